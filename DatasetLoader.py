@@ -1,0 +1,313 @@
+"""Audio loading and cropping, list parsing, the training dataset and its batch samplers, the test dataset."""
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.data import Dataset
+
+from errors import SpeakerNetError, located
+
+SAMPLE_RATE = 16000
+NUM_EVAL = 10
+
+
+def max_audio_samples(max_frames: int) -> int:
+    """Samples in a crop of ``max_frames`` 10-ms frames (25-ms window: 240 extra samples)."""
+    return max_frames * 160 + 240
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Lists
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainList:
+    files: list[str]        # full paths
+    labels: np.ndarray      # class index per file (speakers numbered by sorted name)
+    speakers: list[str]     # sorted speaker names
+
+
+@dataclass
+class Trial:
+    label: int | None       # 1 target, 0 non-target, None when the list has no labels
+    enroll: str
+    test: str
+
+
+def _read_lines(list_path: str) -> list[str]:
+    if not list_path:
+        raise SpeakerNetError("no list file given (--train_list / --test_list)")
+    try:
+        with open(list_path, encoding="utf-8") as handle:
+            return handle.read().splitlines()
+    except FileNotFoundError:
+        raise SpeakerNetError(f"{list_path}: list file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpeakerNetError(f"{list_path}: cannot read list file ({error})") from None
+
+
+def read_train_list(list_path: str, train_path: str) -> TrainList:
+    """Parse ``<speaker> <relative/path.wav>`` lines; blank lines are skipped, anything else malformed is an error."""
+    pairs = []
+    for number, line in enumerate(_read_lines(list_path), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise located(list_path, number, f"expected '<speaker> <path.wav>' (2 fields), got {len(fields)}: {line!r}")
+        pairs.append((fields[0], os.path.join(train_path, fields[1])))
+    if not pairs:
+        raise located(list_path, None, "the training list holds no utterances")
+    speakers = sorted({speaker for speaker, _ in pairs})
+    index = {speaker: i for i, speaker in enumerate(speakers)}
+    labels = np.array([index[speaker] for speaker, _ in pairs], dtype=np.int64)
+    return TrainList([path for _, path in pairs], labels, speakers)
+
+
+def read_trial_list(list_path: str) -> list[Trial]:
+    """Parse ``<label> <enroll> <test>`` lines (or ``<enroll> <test>`` without labels)."""
+    trials = []
+    for number, line in enumerate(_read_lines(list_path), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) == 2:
+            trials.append(Trial(None, fields[0], fields[1]))
+        elif len(fields) == 3 and fields[0] in ("0", "1"):
+            trials.append(Trial(int(fields[0]), fields[1], fields[2]))
+        else:
+            raise located(list_path, number, f"expected '<label 0|1> <enroll.wav> <test.wav>' or "
+                                             f"'<enroll.wav> <test.wav>', got: {line!r}")
+    if not trials:
+        raise located(list_path, None, "the trial list holds no trials")
+    labelled = {trial.label is None for trial in trials}
+    if len(labelled) > 1:
+        raise located(list_path, None, "mixes labelled (3-field) and unlabelled (2-field) trials")
+    return trials
+
+
+def check_files_exist(paths: list[str], list_path: str, shown: int = 5) -> None:
+    """Fail before any work starts if files of a list are missing: count them all, name the first ones."""
+    missing = [path for path in dict.fromkeys(paths) if not os.path.isfile(path)]
+    if missing:
+        names = "\n  ".join(missing[:shown])
+        more = f"\n  ... and {len(missing) - shown} more" if len(missing) > shown else ""
+        raise SpeakerNetError(f"{list_path}: {len(missing)} audio file(s) listed but not found:\n  {names}{more}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Audio
+# ----------------------------------------------------------------------------------------------------------------
+
+def _open_checked(filename: str) -> sf.SoundFile:
+    try:
+        handle = sf.SoundFile(filename)
+    except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        raise SpeakerNetError(f"{filename}: cannot read audio ({error})") from None
+    if handle.samplerate != SAMPLE_RATE:
+        handle.close()
+        raise SpeakerNetError(f"{filename}: sample rate {handle.samplerate} Hz, expected {SAMPLE_RATE} Hz")
+    if handle.channels != 1:
+        handle.close()
+        raise SpeakerNetError(f"{filename}: {handle.channels} channels, expected mono")
+    if handle.frames < 160:
+        handle.close()
+        raise SpeakerNetError(f"{filename}: {handle.frames} samples, shorter than one 10-ms hop")
+    return handle
+
+
+def _read_int_scale(handle: sf.SoundFile, frames: int = -1) -> np.ndarray:
+    """Samples in the int16 range as float32, as the original reads them (not scaled to [-1, 1])."""
+    audio = handle.read(frames, dtype="float32") * 32768.0
+    if not np.isfinite(audio).all():
+        raise SpeakerNetError(f"{handle.name}: non-finite (NaN/inf) samples")
+    return audio
+
+
+def _pad_short(audio: np.ndarray, max_audio: int) -> np.ndarray:
+    """The original's symmetric zero padding of a file no longer than one crop."""
+    shortage = (max_audio - audio.shape[0] + 1) // 2
+    return np.pad(audio, (shortage, shortage))
+
+
+def load_wav(filename: str, max_frames: int, evalmode: bool = True, num_eval: int = NUM_EVAL,
+             rng: np.random.Generator | None = None) -> np.ndarray:
+    """The original's ``loadWAV``: ``(crops, samples)`` float32 in the int16 range.
+
+    Training mode reads only the bytes of its one random crop (seek + partial read); evaluation reads the file
+    once and takes ``num_eval`` evenly spaced crops, or the whole file when ``max_frames == 0``.
+    """
+    max_audio = max_audio_samples(max_frames)
+    with _open_checked(filename) as handle:
+        total = handle.frames
+        if not evalmode and total > max_audio:
+            start = int((rng or np.random.default_rng()).random() * (total - max_audio))
+            handle.seek(start)
+            return _read_int_scale(handle, max_audio)[None, :]
+        audio = _read_int_scale(handle)
+    if evalmode and max_frames == 0:
+        return audio[None, :]
+    if audio.shape[0] <= max_audio:
+        audio = _pad_short(audio, max_audio)
+    if evalmode:
+        starts = np.linspace(0, audio.shape[0] - max_audio, num=num_eval).astype(np.int64)
+    else:
+        starts = [int((rng or np.random.default_rng()).random() * (audio.shape[0] - max_audio))]
+    return np.stack([audio[start:start + max_audio] for start in starts])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training data
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Group:
+    """Utterances of one speaker that go through the loss together; ``crop_seed`` fixes their random crops."""
+    label: int
+    files: tuple[int, ...]
+    crop_seed: int
+
+
+class TrainDataset(Dataset):
+    """Maps a :class:`Group` to ``(waves (len(group), samples), label)``."""
+
+    def __init__(self, train_list: TrainList, max_frames: int, augmenter=None):
+        self.files = train_list.files
+        self.max_frames = max_frames
+        self.augmenter = augmenter
+
+    def __getitem__(self, group: Group):
+        rng = np.random.default_rng(group.crop_seed)
+        waves = np.concatenate([load_wav(self.files[i], self.max_frames, evalmode=False, rng=rng)
+                                for i in group.files])
+        if self.augmenter is not None:
+            waves = np.stack([self.augmenter(wave, rng) for wave in waves])
+        return waves, group.label
+
+    def __len__(self):
+        return len(self.files)
+
+
+def collate_groups(items):
+    """Concatenate groups into a flat ``(utterances, samples)`` batch with per-utterance labels."""
+    waves = torch.from_numpy(np.concatenate([waves for waves, _ in items]))
+    labels = torch.tensor([label for waves, label in items for _ in range(len(waves))], dtype=torch.long)
+    sizes = torch.tensor([len(waves) for waves, _ in items], dtype=torch.long)
+    return waves, labels, sizes
+
+
+class GroupBatchSampler(torch.utils.data.Sampler):
+    """Batches of ``batch_size`` groups with distinct speakers.
+
+    Each epoch every speaker draws a group size from ``group_sizes`` ((2,) balanced, (2, 3) the original's
+    imbalanced sampler, (1,) classification), its utterances (at most ``max_seg_per_spk``) are shuffled and cut
+    into groups of that size, and the shuffled groups are packed into batches. A group whose speaker is already in
+    the batch being filled waits for the next batch (the original dropped it). The order depends only on
+    ``seed`` and the epoch, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, labels: np.ndarray, group_sizes: tuple[int, ...], batch_size: int, max_seg_per_spk: int,
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.group_sizes = tuple(group_sizes)
+        self.batch_size = batch_size
+        self.max_seg_per_spk = max_seg_per_spk
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        order = np.argsort(labels, kind="stable")
+        boundaries = np.flatnonzero(np.diff(labels[order])) + 1
+        self.files_by_speaker = [(int(labels[chunk[0]]), chunk) for chunk in np.split(order, boundaries)]
+        self._check_fillable()
+        self.epoch = 0
+        self._batches = None
+
+    def _check_fillable(self):
+        if self.batch_size < 1:
+            raise SpeakerNetError(f"--batch_size must be at least 1, got {self.batch_size}")
+        needed = min(self.group_sizes)
+        usable = sum(len(files) >= needed and self.max_seg_per_spk >= needed for _, files in self.files_by_speaker)
+        if usable < self.batch_size * self.world_size:
+            raise SpeakerNetError(
+                f"--batch_size {self.batch_size} can never be filled: a batch needs {self.batch_size} distinct "
+                f"speakers{' per rank' if self.world_size > 1 else ''} with at least {needed} utterance(s) each, "
+                f"and the training list has {usable}")
+
+    def set_epoch(self, epoch: int):
+        if epoch != self.epoch:
+            self.epoch, self._batches = epoch, None
+
+    def _make_groups(self, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+        groups = []
+        for label, files in self.files_by_speaker:
+            size = int(rng.choice(self.group_sizes))
+            count = min(len(files), self.max_seg_per_spk) // size * size
+            for chunk in rng.permutation(files)[:count].reshape(-1, size):
+                groups.append((label, chunk))
+        return groups
+
+    def _pack(self, groups, order) -> list[list[int]]:
+        batches, batch, speakers, waiting = [], [], set(), []
+
+        def close_if_full():
+            nonlocal batch, speakers, waiting
+            while len(batch) == self.batch_size:
+                batches.append(batch)
+                batch, speakers, still = [], set(), []
+                for index in waiting:
+                    if len(batch) < self.batch_size and groups[index][0] not in speakers:
+                        batch.append(index)
+                        speakers.add(groups[index][0])
+                    else:
+                        still.append(index)
+                waiting = still
+
+        for index in order:
+            if groups[index][0] in speakers:
+                waiting.append(index)
+                continue
+            batch.append(index)
+            speakers.add(groups[index][0])
+            close_if_full()
+        return batches
+
+    def batches(self) -> list[list[Group]]:
+        """This epoch's batches for this rank."""
+        if self._batches is None:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            groups = self._make_groups(rng)
+            order = rng.permutation(len(groups))
+            crop_seeds = rng.integers(0, 2 ** 63 - 1, size=len(groups))
+            packed = self._pack(groups, order)
+            packed = packed[:len(packed) - len(packed) % self.world_size]
+            self._batches = [[Group(groups[i][0], tuple(int(f) for f in groups[i][1]), int(crop_seeds[i]))
+                              for i in batch] for batch in packed[self.rank::self.world_size]]
+        return self._batches
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self):
+        return len(self.batches())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Test data
+# ----------------------------------------------------------------------------------------------------------------
+
+class TestDataset(Dataset):
+    """Evaluation crops of each file: ``(num_eval, samples)``, or ``(1, whole file)`` with ``max_frames == 0``."""
+
+    def __init__(self, files: list[str], test_path: str, max_frames: int, num_eval: int = NUM_EVAL):
+        self.files = files
+        self.test_path = test_path
+        self.max_frames = max_frames
+        self.num_eval = num_eval
+
+    def __getitem__(self, index):
+        path = os.path.join(self.test_path, self.files[index])
+        return torch.from_numpy(load_wav(path, self.max_frames, evalmode=True, num_eval=self.num_eval)), index
+
+    def __len__(self):
+        return len(self.files)

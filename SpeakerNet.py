@@ -1,0 +1,269 @@
+"""The model wrapper (embedding network ``__S__`` + loss ``__L__``), the trainer, evaluation and checkpoints."""
+
+import glob
+import math
+import os
+import pickle
+import re
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import atomic
+import plugins
+from DatasetLoader import NUM_EVAL, TestDataset, Trial
+from errors import SpeakerNetError
+from loss._common import IMBALANCED
+
+CHECKPOINT_PATTERN = "model%09d.model"
+
+
+class SpeakerNet(nn.Module):
+    """``__S__`` maps waveforms to embeddings; ``__L__`` (absent when only evaluating) is the training objective."""
+
+    def __init__(self, model: str, trainfunc: str = "", **kwargs):
+        super().__init__()
+        if not model:
+            raise SpeakerNetError(f"--model is required; choices: {', '.join(plugins.choices('models'))}")
+        self.__S__ = plugins.load("models", model)(**kwargs)
+        self.__L__ = plugins.load("loss", trainfunc)(**kwargs) if trainfunc else None
+        self.train_normalize = getattr(self.__L__, "train_normalize", True)
+        self.test_normalize = getattr(self.__L__, "test_normalize", True)
+
+    @property
+    def utterances_per_speaker(self):
+        return self.__L__.utterances_per_speaker
+
+    def forward(self, waves: torch.Tensor, labels: torch.Tensor, groups: int):
+        """Loss and accuracy of a flat batch of ``groups`` speaker groups (labels per utterance)."""
+        embeddings = self.__S__(waves).float()
+        if self.train_normalize:
+            embeddings = F.normalize(embeddings, p=2, dim=1)
+        if self.__L__.utterances_per_speaker == IMBALANCED:
+            return self.__L__(embeddings, labels)
+        per_group = embeddings.shape[0] // groups
+        return self.__L__(embeddings.view(groups, per_group, -1), labels.view(groups, per_group)[:, 0])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------------------------
+
+def read_checkpoint(path: str) -> dict:
+    """Any checkpoint format of SPEC section 8, as ``{"model_state_dict": flat state, ...}``."""
+    if not os.path.isfile(path):
+        raise SpeakerNetError(f"{path}: checkpoint not found")
+    try:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            loaded = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for corrupt files
+        raise SpeakerNetError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    if isinstance(loaded, dict) and "model_state_dict" in loaded:
+        checkpoint = dict(loaded)
+    elif isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        checkpoint = {"model_state_dict": loaded}          # the original's flat state dict
+    else:
+        raise SpeakerNetError(f"{path}: not a SpeakerNet checkpoint (expected a state dict of tensors or a dict "
+                              f"with 'model_state_dict')")
+    state = checkpoint["model_state_dict"]
+    checkpoint["model_state_dict"] = {key[len("module."):] if key.startswith("module.") else key: value
+                                      for key, value in state.items()}
+    return checkpoint
+
+
+def load_model_state(net: nn.Module, state: dict, source: str) -> dict:
+    """Copy matching tensors into ``net``; skip, with a warning naming them, keys that are unknown or misshapen.
+
+    Returns ``{"loaded", "missing", "unexpected", "misshapen"}`` key lists.
+    """
+    own = net.state_dict()
+    report = {"loaded": [], "missing": [], "unexpected": [], "misshapen": []}
+    with torch.no_grad():
+        for key, value in state.items():
+            if key not in own:
+                report["unexpected"].append(key)
+            elif own[key].shape != value.shape:
+                report["misshapen"].append(f"{key} (model {tuple(own[key].shape)}, file {tuple(value.shape)})")
+            else:
+                own[key].copy_(value)
+                report["loaded"].append(key)
+    report["missing"] = [key for key in own if key not in state]
+    if not report["loaded"]:
+        raise SpeakerNetError(f"{source}: no key of this checkpoint matches the model "
+                              f"(file keys start with {sorted(state)[:3]}); is it from another model?")
+    for kind in ("misshapen", "unexpected", "missing"):
+        keys = report[kind]
+        model_keys = [k for k in keys if k.startswith("__S__.")]
+        if model_keys or (keys and kind == "misshapen"):
+            shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+            print(f"WARNING: {source}: {kind} key(s) skipped: {shown}", file=sys.stderr)
+        elif keys:
+            print(f"note: {source}: {len(keys)} {kind} loss key(s) ({', '.join(keys[:4])}) left as initialised",
+                  file=sys.stderr)
+    return report
+
+
+def latest_checkpoint(model_dir: str) -> tuple[str, int] | None:
+    """The newest complete ``model%09d.model`` in ``model_dir`` and its epoch."""
+    found = []
+    for path in glob.glob(os.path.join(model_dir, "model*.model")):
+        match = re.fullmatch(r"model(\d{9})\.model", os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    if not found:
+        return None
+    epoch, path = max(found)
+    return path, epoch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------------------------
+
+def _is_plateau(scheduler) -> bool:
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+class ModelTrainer:
+    """Owns the network, optimizer and scheduler; trains epochs, evaluates trial lists, saves and resumes."""
+
+    max_bad_steps = 5   # consecutive non-finite losses before the run stops
+
+    def __init__(self, net: SpeakerNet, device: torch.device, optimizer: str = "adam", scheduler: str = "plateau",
+                 **kwargs):
+        self.net = net.to(device)
+        self.device = device
+        self.optimizer = plugins.load("optimizer", optimizer)(self.net.parameters(), **kwargs)
+        self.scheduler = plugins.load("scheduler", scheduler)(self.optimizer, **kwargs)
+        self.last_eer = 50.0       # what the original's plateau scheduler sees before the first evaluation
+        self.epoch = 0             # last completed epoch
+
+    @property
+    def lr(self) -> float:
+        return max(group["lr"] for group in self.optimizer.param_groups)
+
+    # ---- training -------------------------------------------------------------------------------------------
+
+    def train_network(self, loader, epoch: int, show_progress: bool = True) -> tuple[float, float]:
+        """One epoch; returns the mean loss and mean accuracy (percent)."""
+        self.net.train()
+        if _is_plateau(self.scheduler):
+            self.scheduler.step(self.last_eer)
+        totals, steps, bad_in_a_row = np.zeros(2), 0, 0
+        utterances, started = 0, time.time()
+        bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not show_progress, dynamic_ncols=True,
+                   file=sys.stdout)
+        for step, (waves, labels, sizes) in enumerate(bar):
+            waves = waves.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, accuracy = self.net(waves, labels, len(sizes))
+            # The one host synchronisation of the step: the values we log (and check before applying the step).
+            loss_value, accuracy_value = torch.stack([loss.detach(), accuracy.detach().to(loss.dtype)]).tolist()
+            if not math.isfinite(loss_value):
+                bad_in_a_row += 1
+                warnings.warn(f"epoch {epoch}, batch {step}: non-finite loss ({loss_value}); step skipped")
+                if bad_in_a_row >= self.max_bad_steps:
+                    raise SpeakerNetError(f"epoch {epoch}: {bad_in_a_row} non-finite losses in a row (last at batch "
+                                          f"{step}); stopping. The last good checkpoint is kept; try a lower --lr")
+                continue
+            bad_in_a_row = 0
+            loss.backward()
+            self.optimizer.step()
+            totals += (loss_value, accuracy_value)
+            steps += 1
+            utterances += waves.shape[0]
+            bar.set_postfix(loss=f"{totals[0] / steps:.4f}", acc=f"{totals[1] / steps:.2f}%",
+                            utt_s=f"{utterances / (time.time() - started):.1f}")
+        bar.close()
+        if not _is_plateau(self.scheduler):
+            self.scheduler.step()
+        if steps == 0:
+            raise SpeakerNetError(f"epoch {epoch}: no training step was made (empty loader or only bad batches)")
+        return totals[0] / steps, totals[1] / steps
+
+    # ---- evaluation -----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def embed_files(self, files: list[str], test_path: str, eval_frames: int, num_workers: int = 0,
+                    files_per_batch: int = 8, show_progress: bool = True) -> torch.Tensor:
+        """``(files, crops, nOut)`` embeddings (crops = 10, or 1 for whole files with ``eval_frames == 0``)."""
+        self.net.eval()
+        whole_files = eval_frames == 0
+        loader = torch.utils.data.DataLoader(
+            TestDataset(files, test_path, eval_frames), batch_size=1 if whole_files else files_per_batch,
+            num_workers=num_workers, pin_memory=self.device.type == "cuda")
+        chunks = []
+        for crops, _ in tqdm(loader, desc="embedding", unit="batch", disable=not show_progress, file=sys.stdout):
+            batch, count, samples = crops.shape
+            embeddings = self.net.__S__(crops.view(batch * count, samples).to(self.device, non_blocking=True))
+            chunks.append(embeddings.float().view(batch, count, -1).cpu())
+        return torch.cat(chunks)
+
+    def score_trials(self, embeddings: torch.Tensor, enroll: torch.Tensor, test: torch.Tensor,
+                     chunk: int = 4096) -> torch.Tensor:
+        """Minus the mean Euclidean distance over all crop pairs of the two files, for every trial."""
+        if self.net.test_normalize:
+            embeddings = F.normalize(embeddings, p=2, dim=2)
+        scores = [-torch.cdist(embeddings[enroll[i:i + chunk]], embeddings[test[i:i + chunk]]).mean(dim=(1, 2))
+                  for i in range(0, len(enroll), chunk)]
+        return torch.cat(scores)
+
+    def evaluate_trials(self, trials: list[Trial], test_path: str, eval_frames: int, num_workers: int = 0,
+                        show_progress: bool = True) -> np.ndarray:
+        """Scores of ``trials`` in list order; every file is embedded once."""
+        files = sorted({path for trial in trials for path in (trial.enroll, trial.test)})
+        index = {path: i for i, path in enumerate(files)}
+        embeddings = self.embed_files(files, test_path, eval_frames, num_workers, show_progress=show_progress)
+        enroll = torch.tensor([index[trial.enroll] for trial in trials])
+        test = torch.tensor([index[trial.test] for trial in trials])
+        return self.score_trials(embeddings, enroll, test).numpy()
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------
+
+    def save(self, path: str, epoch: int) -> None:
+        atomic.save_torch({
+            "model_state_dict": self.net.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scheduler_state_dict": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "last_eer": self.last_eer,
+            "torch_rng_state": torch.get_rng_state(),
+            "cuda_rng_state": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }, path)
+
+    def load_weights(self, path: str) -> dict:
+        """Weights only (``--initial_model``); returns the key report."""
+        return load_model_state(self.net, read_checkpoint(path)["model_state_dict"], path)
+
+    def resume(self, path: str, epoch_from_name: int) -> None:
+        """Weights, optimizer, scheduler, epoch and random state, as far as the file has them."""
+        checkpoint = read_checkpoint(path)
+        load_model_state(self.net, checkpoint["model_state_dict"], path)
+        if "optimizer_state_dict" in checkpoint:
+            self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+        if "scheduler_state_dict" in checkpoint:
+            self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
+        self.epoch = int(checkpoint.get("epoch", epoch_from_name))
+        self.last_eer = float(checkpoint.get("last_eer", self.last_eer))
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+        if checkpoint.get("cuda_rng_state") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["cuda_rng_state"])
+
+
+def checkpoint_path(model_dir: str, epoch: int) -> str:
+    return os.path.join(model_dir, CHECKPOINT_PATTERN % epoch)
+
+
+__all__ = ["SpeakerNet", "ModelTrainer", "read_checkpoint", "load_model_state", "latest_checkpoint",
+           "checkpoint_path", "NUM_EVAL"]

@@ -1,0 +1,11 @@
+"""The project's own error type: everything a user can get wrong ends in one of these, never in a traceback."""
+
+
+class SpeakerNetError(Exception):
+    """A user-facing error: the message names the file, line or key and what was expected."""
+
+
+def located(path, line_number: int | None, message: str) -> SpeakerNetError:
+    """An error pointing at ``path:line`` (or just ``path``)."""
+    where = f"{path}:{line_number}" if line_number is not None else f"{path}"
+    return SpeakerNetError(f"{where}: {message}")

@@ -1,0 +1,131 @@
+"""The masked-proxy family (Lian et al., Interspeech 2021): MP and MMP, balanced and imbalanced batches.
+
+Every loss of the family works on *slots*: one slot per group of utterances of one speaker, holding a query (the
+group's first utterance), an anchor (the mean of its other utterances) and the class. For balanced batches the
+slots are the groups; for the imbalanced (2-or-3) sampler the loss sees a flat batch and every utterance is a slot
+candidate: the first utterance of each class in the batch becomes its slot and the rest make its anchor. A class
+with a single utterance in the batch has no anchor, so its slot is switched off (``valid`` False): it adds nothing
+to the loss and its proxy stays in the masked centre table. All of this is dense tensor algebra over a fixed number
+of slots, so nothing synchronises with the host.
+
+Masked centres: ``M`` is the normalised proxy table with the rows of the classes present in the batch replaced by
+their anchors (MP) or normalised anchors (MMP).
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from loss._common import IMBALANCED, accuracy
+
+
+def _masked_fill_min(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Replace entries where ``keep`` is False by the dtype's lowest finite value.
+
+    Finite rather than -inf so that a row with nothing kept has a zero gradient instead of NaN.
+    """
+    return values.masked_fill(~keep, torch.finfo(values.dtype).min)
+
+
+def _log1p_sum_exp(logits: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
+    """``log(1 + sum_keep exp(logits))`` along ``dim``, computed stably; 0 where nothing is kept."""
+    return F.softplus(torch.logsumexp(_masked_fill_min(logits, keep), dim=dim))
+
+
+def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    weight = valid.to(values.dtype)
+    return (values * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def balanced_slots(x: torch.Tensor, label: torch.Tensor):
+    """``x`` (groups, utterances >= 2, dim): query = first utterance, anchor = mean of the others."""
+    if x.dim() != 3 or x.shape[1] < 2:
+        raise ValueError(f"masked-proxy losses need groups of at least 2 utterances, got shape {tuple(x.shape)}")
+    valid = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    return x[:, 0], x[:, 1:].mean(dim=1), label, valid
+
+
+def imbalanced_slots(x: torch.Tensor, label: torch.Tensor):
+    """Regroup a flat batch by label without leaving the device.
+
+    Slot ``i`` is valid when utterance ``i`` is the first of its class in the batch and the class has at least
+    two utterances; its anchor is the mean of the class's other utterances.
+    """
+    same = label[:, None] == label[None, :]
+    earlier = torch.tril(same, diagonal=-1).any(dim=1)           # an earlier utterance has the same label
+    others = same & ~torch.eye(len(label), dtype=torch.bool, device=x.device)
+    count = others.sum(dim=1, keepdim=True)
+    anchor = (others.to(x.dtype) @ x) / count.clamp_min(1).to(x.dtype)
+    valid = ~earlier & (count.squeeze(1) > 0)
+    return x, anchor, label, valid
+
+
+class MaskedProxyLoss(nn.Module):
+    """MP or MMP with the regulariser ``lambda * CE(w * anchor . P[y_j] + sign * b, target j = i)``.
+
+    Subclasses set ``variant`` ("mp" or "mmp"), ``b_init``, ``utterances_per_speaker`` (2 or IMBALANCED) and
+    ``has_unused_scalars`` (the original's ``mp`` and ``mp_balance`` define ``w2``/``b2`` and never use them: they
+    are kept as buffers so that its checkpoints load with every key).
+    """
+
+    variant = "mp"
+    b_init = -5.0
+    utterances_per_speaker = 2
+    has_unused_scalars = False
+    train_normalize = True
+    test_normalize = True
+
+    def __init__(self, nOut: int = 512, nSpeakers: int = 5994, w_init: float = 10.0, lambda_reg: float = 0.5,
+                 **kwargs):
+        super().__init__()
+        self.proxies = nn.Parameter(torch.empty(nSpeakers, nOut))
+        nn.init.kaiming_normal_(self.proxies, mode="fan_out")
+        self.w = nn.Parameter(torch.tensor(float(w_init)))
+        self.b = nn.Parameter(torch.tensor(float(self.b_init)))
+        if self.has_unused_scalars:
+            self.register_buffer("w2", torch.tensor(float(w_init)))
+            self.register_buffer("b2", torch.tensor(float(self.b_init)))
+        self.lambda_reg = lambda_reg
+        # MP adds b to its logits, MMP subtracts it (the sign convention of the paper's equations).
+        self.bias_sign = 1.0 if self.variant == "mp" else -1.0
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor):
+        if self.utterances_per_speaker == IMBALANCED:
+            query, anchor, label, valid = imbalanced_slots(x, label)
+        else:
+            query, anchor, label, valid = balanced_slots(x, label)
+        proxies = F.normalize(self.proxies, dim=1)
+        centre_anchor = F.normalize(anchor, dim=1) if self.variant == "mmp" else anchor
+
+        # Masked centre table: the proxy rows of the classes present in the batch replaced by their anchors.
+        present_onehot = F.one_hot(label, proxies.shape[0]).to(x.dtype) * valid[:, None].to(x.dtype)
+        present = present_onehot.sum(dim=0) > 0
+        centres = torch.where(present[:, None], present_onehot.t() @ centre_anchor, proxies)
+        similarity = query @ centres.t()                                  # (slots, classes)
+
+        if self.variant == "mp":
+            main = _masked_mean(F.cross_entropy(self.w * similarity + self.b, label, reduction="none"), valid)
+        else:
+            main = self._mmp_terms(query, centre_anchor, similarity, present, valid)
+
+        main = main + self.lambda_reg * self._regulariser(anchor, proxies[label], valid)
+        return main, accuracy(similarity, label, valid)
+
+    def _mmp_terms(self, query, centre_anchor, similarity, present, valid):
+        """Positive pairs, absent-class proxies and in-batch negatives, each as ``log(1 + sum exp)``."""
+        batch_similarity = query @ centre_anchor.t()                      # s_ij = q_i . M[y_j]
+        positive = _log1p_sum_exp(-self.w * batch_similarity.diagonal() + self.b, valid, dim=0)
+        absent = valid[:, None] & ~present[None, :]
+        proxy = _masked_mean(_log1p_sum_exp(self.w * similarity - self.b, absent, dim=1), valid)
+        off_diagonal = valid[:, None] & valid[None, :] & ~torch.eye(len(valid), dtype=torch.bool, device=valid.device)
+        batch = _masked_mean(_log1p_sum_exp(self.w * batch_similarity - self.b, off_diagonal, dim=1), valid)
+        return positive + proxy + batch
+
+    def _regulariser(self, anchor, class_proxies, valid):
+        """Each anchor against the proxies of the batch's speakers, its own proxy as the target."""
+        logits = self.w * (anchor @ class_proxies.t()) + self.bias_sign * self.b
+        target = torch.arange(len(valid), device=valid.device)
+        # Columns of slots without an anchor are not speakers of this batch; each row keeps its own target.
+        keep = valid[None, :] | (target[:, None] == target[None, :])
+        logits = _masked_fill_min(logits, keep)
+        return _masked_mean(F.cross_entropy(logits, target, reduction="none"), valid)

@@ -1,0 +1,10 @@
+"""MMP (multi-positive/negative pair form of MP) on the original's imbalanced batches; b starts at -5."""
+
+from loss._common import IMBALANCED
+from loss._masked_proxy import MaskedProxyLoss
+
+
+class LossFunction(MaskedProxyLoss):
+    variant = "mmp"
+    b_init = -5.0
+    utterances_per_speaker = IMBALANCED

@@ -1,0 +1,9 @@
+"""MMP on balanced batches, b starting at -5."""
+
+from loss._masked_proxy import MaskedProxyLoss
+
+
+class LossFunction(MaskedProxyLoss):
+    variant = "mmp"
+    b_init = -5.0
+    utterances_per_speaker = 2

@@ -1,0 +1,11 @@
+"""MP on the original's imbalanced batches (2 or 3 utterances per speaker): softmax over masked centres."""
+
+from loss._common import IMBALANCED
+from loss._masked_proxy import MaskedProxyLoss
+
+
+class LossFunction(MaskedProxyLoss):
+    variant = "mp"
+    b_init = -5.0
+    utterances_per_speaker = IMBALANCED
+    has_unused_scalars = True

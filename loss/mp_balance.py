@@ -1,0 +1,10 @@
+"""MP on balanced batches (every speaker with ``nPerSpeaker`` utterances): the original's recommended loss."""
+
+from loss._masked_proxy import MaskedProxyLoss
+
+
+class LossFunction(MaskedProxyLoss):
+    variant = "mp"
+    b_init = -5.0
+    utterances_per_speaker = 2
+    has_unused_scalars = True

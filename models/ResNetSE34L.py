@@ -1,0 +1,8 @@
+"""The original's "Fast ResNet-34": 16-32-64-128 channels, 3-4-6-3 SE basic blocks (about 1.4 M parameters)."""
+
+from models._resnet_se import ResNetSE
+
+
+def MainModel(nOut: int = 512, encoder_type: str = "SAP", **kwargs):
+    return ResNetSE(layers=[3, 4, 6, 3], num_filters=[16, 32, 64, 128], nOut=nOut, encoder_type=encoder_type,
+                    **kwargs)

@@ -1,0 +1,321 @@
+#!/usr/bin/env python3
+"""SpeakerNet command line: train a speaker-verification model, or evaluate one with ``--eval``.
+
+Flags and defaults are the original's (see README); ``--config FILE.yaml`` sets defaults that explicit flags
+override.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import yaml
+
+import atomic
+import plugins
+from DatasetLoader import (GroupBatchSampler, TrainDataset, check_files_exist, collate_groups, read_train_list,
+                           read_trial_list)
+from errors import SpeakerNetError
+from loss._common import IMBALANCED
+from SpeakerNet import ModelTrainer, SpeakerNet, checkpoint_path, latest_checkpoint
+from tuneThreshold import compute_metrics
+
+SCORE_LINE = "IT %d, LR %f, TEER/T1 %2.2f, TLOSS %f, VEER %2.4f"
+TRAIN_LINE = "IT %d, LR %f, TEER %2.2f, TLOSS %f"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev stays on: the original README writes ``--encoder SAP`` for ``--encoder_type``, so no other flag
+    # may start with "--encoder".
+    parser = argparse.ArgumentParser(description="SpeakerNet: train and evaluate speaker verification models")
+    add = parser.add_argument
+    add("--config", type=str, default=None, help="YAML file of flag values (explicit flags win)")
+
+    # Data loader
+    add("--max_frames", type=int, default=200, help="training crop in 10-ms frames")
+    add("--eval_frames", type=int, default=None, help="evaluation crop in frames (default --max_frames; 0 = whole file)")
+    add("--batch_size", type=int, default=200, help="speaker groups per batch")
+    add("--max_seg_per_spk", type=int, default=100, help="utterances per speaker per epoch, at most")
+    add("--nDataLoaderThread", type=int, default=5, help="loader worker processes")
+    add("--nPerSpeaker", type=int, default=None, help="utterances per speaker group (default: what the loss needs)")
+    add("--seed", type=int, default=10, help="random seed (model init, batches, crops)")
+    add("--augment", action="store_true", help="MUSAN noise and RIR reverberation in the loader")
+    add("--musan_path", type=str, default="data/musan_split", help="MUSAN folder for --augment")
+    add("--rir_path", type=str, default="data/RIRS_NOISES/simulated_rirs", help="RIR folder for --augment")
+
+    # Training details
+    add("--test_interval", type=int, default=1, help="evaluate and save every N epochs")
+    add("--lr_interval", type=int, default=10, help="kept for compatibility (unused, as in the original)")
+    add("--max_epoch", type=int, default=500, help="last epoch")
+    add("--trainfunc", type=str, default="", help="loss: " + ", ".join(plugins.choices("loss")))
+    add("--optimizer", type=str, default="adam", help="optimizer: " + ", ".join(plugins.choices("optimizer")))
+    add("--scheduler", type=str, default="plateau", help="LR schedule: " + ", ".join(plugins.choices("scheduler")))
+    add("--lr", type=float, default=0.001, help="learning rate")
+    add("--lr_decay", type=float, default=0.95, help="steplr: LR factor every --test_interval epochs")
+    add("--weight_decay", type=float, default=5e-5, help="weight decay")
+
+    # Loss functions
+    add("--hard_prob", type=float, default=0.5, help="triplet: probability of a hard negative")
+    add("--hard_rank", type=int, default=10, help="triplet: hard negatives drawn from this many hardest")
+    add("--margin", type=float, default=None, help="margin losses (default: the loss's own)")
+    add("--scale", type=float, default=None, help="margin losses (default: the loss's own)")
+    add("--nSpeakers", "--nClasses", dest="nSpeakers", type=int, default=5994,
+        help="training classes (default: the number of speakers in --train_list when not given)")
+
+    # Load and save
+    add("--initial_model", type=str, default="", help="weights to start from or to evaluate")
+    add("--save_path", type=str, default="./data/exp1", help="run folder (model/ and result/ inside)")
+
+    # Data
+    add("--train_list", type=str, default="", help="training list: '<speaker> <path.wav>' per line")
+    add("--test_list", type=str, default="", help="trial list: '<label> <enroll.wav> <test.wav>' per line")
+    add("--train_path", type=str, default="voxceleb2", help="root of the training list's paths")
+    add("--test_path", type=str, default="voxceleb1", help="root of the trial list's paths")
+
+    # Evaluation
+    add("--eval", action="store_true", help="evaluate --initial_model (or the latest checkpoint) and exit")
+    add("--save_scores", type=str, default="", help="--eval: write 'score label enroll test' lines here")
+    add("--dcf_p_target", type=float, default=0.05, help="minDCF target prior")
+    add("--dcf_c_miss", type=float, default=1.0, help="minDCF cost of a miss")
+    add("--dcf_c_fa", type=float, default=1.0, help="minDCF cost of a false alarm")
+
+    # Model definition
+    add("--model", type=str, default="", help="network: " + ", ".join(plugins.choices("models")))
+    add("--encoder_type", type=str, default="SAP", choices=["SAP", "ASP"], help="pooling")
+    add("--nOut", type=int, default=512, help="embedding size")
+    add("--n_mels", type=int, default=40, help="mel bands")
+    add("--log_input", action=argparse.BooleanOptionalAction, default=True, help="log of the mel energies")
+
+    # Hardware
+    add("--device", type=str, default=None, help="cuda or cpu (default: cuda when available)")
+    add("--distributed", action="store_true", help="one process per GPU (torch.distributed)")
+    add("--port", type=str, default="8888", help="--distributed: master port")
+    add("--mixedprec", action="store_true", help="mixed precision training")
+    add("--gpu_id", type=int, default=0, help="GPU index")
+    return parser
+
+
+def _coerce(action: argparse.Action, key: str, value, source: str):
+    """A YAML value converted to the flag's type, or a clear error."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+        if not isinstance(value, bool):
+            raise SpeakerNetError(f"{source}: key '{key}' expects true or false, got {value!r}")
+        return value
+    if value is None or action.type is None:
+        return value
+    if action.type in (int, float) and isinstance(value, bool):
+        raise SpeakerNetError(f"{source}: key '{key}' expects {action.type.__name__}, got {value!r}")
+    try:
+        converted = action.type(value)
+    except (TypeError, ValueError):
+        raise SpeakerNetError(f"{source}: key '{key}' expects {action.type.__name__}, got {value!r}") from None
+    if action.type is int and isinstance(value, float) and value != converted:
+        raise SpeakerNetError(f"{source}: key '{key}' expects int, got {value!r}")
+    if action.choices and converted not in action.choices:
+        raise SpeakerNetError(f"{source}: key '{key}' must be one of {list(action.choices)}, got {value!r}")
+    return converted
+
+
+def read_config(path: str, parser: argparse.ArgumentParser) -> dict:
+    """YAML flag values; an unknown key or a wrong type is an error that names it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise SpeakerNetError(f"{path}: config file not found") from None
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as error:
+        raise SpeakerNetError(f"{path}: not a valid YAML file ({' '.join(str(error).split())})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise SpeakerNetError(f"{path}: expected a mapping of flag names to values, got {type(values).__name__}")
+    actions = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
+    aliases = {"nClasses": "nSpeakers"}
+    config = {}
+    for key, value in values.items():
+        dest = aliases.get(key, key)
+        if dest not in actions:
+            raise SpeakerNetError(f"{path}: unknown key '{key}' (not a flag of trainSpeakerNet.py)")
+        config[dest] = _coerce(actions[dest], str(key), value, path)
+    return config
+
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, set]:
+    """Flags > YAML > defaults. Also returns the names set explicitly (by flag or YAML)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = read_config(args.config, parser) if args.config else {}
+    # Names given on the command line: parse again with every default suppressed.
+    probe = build_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    explicit = set(vars(probe.parse_args(argv)))
+    for key, value in config.items():
+        if key not in explicit:
+            setattr(args, key, value)
+    if args.eval_frames is None:
+        args.eval_frames = args.max_frames
+    return args, explicit | set(config)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def choose_device(requested: str | None, gpu_id: int = 0) -> torch.device:
+    if requested:
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise SpeakerNetError(f"--device {requested}: CUDA is not available on this machine")
+        return torch.device(requested)
+    return torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() else "cpu")
+
+
+def group_sizes_for(loss_needs, n_per_speaker: int | None) -> tuple[int, ...]:
+    """Utterances per speaker group for the batch sampler."""
+    if loss_needs == IMBALANCED:
+        if n_per_speaker:
+            print(f"note: --nPerSpeaker {n_per_speaker} ignored: this loss uses 2-or-3 utterance groups")
+        return (2, 3)
+    size = n_per_speaker or loss_needs
+    if size < loss_needs:
+        raise SpeakerNetError(f"--nPerSpeaker {size}: this loss needs at least {loss_needs} utterances per speaker")
+    return (size,)
+
+
+def evaluate(trainer: ModelTrainer, args, trials, show_progress=True):
+    """Scores and (when the list has labels) metrics."""
+    scores = trainer.evaluate_trials(trials, args.test_path, args.eval_frames, args.nDataLoaderThread,
+                                     show_progress=show_progress)
+    labels = [trial.label for trial in trials]
+    metrics = None
+    if labels[0] is not None:
+        p_targets = tuple(dict.fromkeys((args.dcf_p_target, 0.01)))
+        metrics = compute_metrics(scores, labels, p_targets, args.dcf_c_miss, args.dcf_c_fa)
+    return scores, metrics
+
+
+def write_scores(path: str, scores, trials) -> None:
+    lines = [f"{score:.6f} {'-' if trial.label is None else trial.label} {trial.enroll} {trial.test}\n"
+             for score, trial in zip(scores, trials)]
+    atomic.write_text(path, "".join(lines))
+
+
+def load_trials(args):
+    trials = read_trial_list(args.test_list)
+    check_files_exist([os.path.join(args.test_path, p) for t in trials for p in (t.enroll, t.test)], args.test_list)
+    return trials
+
+
+def make_trainer(args) -> ModelTrainer:
+    settings = {**vars(args), "device": choose_device(args.device, args.gpu_id)}
+    return ModelTrainer(SpeakerNet(**settings), **settings)
+
+
+def run_eval(args) -> None:
+    trainer = make_trainer(args)
+    model_dir = os.path.join(args.save_path, "model")
+    source = args.initial_model or (latest_checkpoint(model_dir) or (None,))[0]
+    if not source:
+        raise SpeakerNetError("--eval needs --initial_model, or a checkpoint in --save_path/model")
+    trainer.load_weights(source)
+    print(f"Model {source} loaded!")
+    trials = load_trials(args)
+    scores, metrics = evaluate(trainer, args, trials)
+    if metrics is not None:
+        print("EER %2.4f" % metrics.eer)
+        print(metrics.summary())
+    else:
+        print(f"{len(trials)} unlabelled trials scored (no EER without labels)")
+    if args.save_scores:
+        write_scores(args.save_scores, scores, trials)
+        print(f"scores written to {args.save_scores}")
+
+
+def build_loader(args, train_list, loss_needs, device):
+    sampler = GroupBatchSampler(train_list.labels, group_sizes_for(loss_needs, args.nPerSpeaker), args.batch_size,
+                                args.max_seg_per_spk, seed=args.seed)
+    workers = args.nDataLoaderThread
+    loader = torch.utils.data.DataLoader(
+        TrainDataset(train_list, args.max_frames), batch_sampler=sampler, collate_fn=collate_groups,
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None)
+    return loader, sampler
+
+
+def run_train(args, explicit: set) -> None:
+    if not args.trainfunc:
+        raise SpeakerNetError(f"--trainfunc is required for training; choices: {', '.join(plugins.choices('loss'))}")
+    plugins.load("loss", args.trainfunc)        # an unknown name fails before any file is read
+    train_list = read_train_list(args.train_list, args.train_path)
+    check_files_exist(train_list.files, args.train_list)
+    trials = load_trials(args)
+    if "nSpeakers" not in explicit:
+        args.nSpeakers = len(train_list.speakers)
+    elif args.nSpeakers < len(train_list.speakers):
+        raise SpeakerNetError(f"--nSpeakers {args.nSpeakers} is smaller than the {len(train_list.speakers)} speakers "
+                              f"of {args.train_list}")
+
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    trainer = make_trainer(args)
+    loader, sampler = build_loader(args, train_list, trainer.net.utterances_per_speaker, trainer.device)
+
+    model_dir = os.path.join(args.save_path, "model")
+    result_dir = os.path.join(args.save_path, "result")
+    os.makedirs(model_dir, exist_ok=True)
+    os.makedirs(result_dir, exist_ok=True)
+    previous = latest_checkpoint(model_dir)
+    if previous:
+        trainer.resume(*previous)
+        print(f"Model {previous[0]} loaded from previous state! Resuming after epoch {trainer.epoch}")
+    elif args.initial_model:
+        trainer.load_weights(args.initial_model)
+        print(f"Model {args.initial_model} loaded!")
+
+    with open(os.path.join(result_dir, "scores.txt"), "a+") as scorefile:
+        for key, value in vars(args).items():
+            scorefile.write(f"{key} {value}\n")
+        scorefile.flush()
+        for epoch in range(trainer.epoch + 1, args.max_epoch + 1):
+            sampler.set_epoch(epoch)
+            lr = trainer.lr
+            print(time.strftime("%Y-%m-%d %H:%M:%S"), epoch, f"Training {args.model} with LR {lr:f}...")
+            started = time.time()
+            loss, accuracy = trainer.train_network(loader, epoch)
+            train_seconds = time.time() - started
+            if epoch % args.test_interval == 0:
+                scores, metrics = evaluate(trainer, args, trials)
+                if metrics is None:
+                    raise SpeakerNetError(f"{args.test_list}: training needs a labelled trial list for VEER")
+                trainer.last_eer = metrics.eer
+                line = SCORE_LINE % (epoch, lr, accuracy, loss, metrics.eer)
+                extra = f"INFO epoch {epoch}: {metrics.summary()}, train {train_seconds:.1f} s"
+                trainer.epoch = epoch
+                trainer.save(checkpoint_path(model_dir, epoch), epoch)
+                atomic.write_text(checkpoint_path(model_dir, epoch)[:-len(".model")] + ".eer", "%.4f" % metrics.eer)
+            else:
+                line = TRAIN_LINE % (epoch, lr, accuracy, loss)
+                extra = f"INFO epoch {epoch}: train {train_seconds:.1f} s"
+                trainer.epoch = epoch
+            print(time.strftime("%Y-%m-%d %H:%M:%S"), line)
+            print(extra)
+            scorefile.write(line + "\n" + extra + "\n")
+            scorefile.flush()
+
+
+def main(argv=None) -> int:
+    try:
+        args, explicit = parse_args(argv)
+        if args.eval:
+            run_eval(args)
+        else:
+            run_train(args, explicit)
+    except SpeakerNetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
