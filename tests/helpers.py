@@ -1,0 +1,26 @@
+"""Shared test fixtures: where the shared fixtures are, a tiny synthetic corpus, and running the CLI."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FIXTURES = SHARED / "fixtures"
+
+
+def shared_file(*parts) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present (the shared fixtures live beside the repository)")
+    return path
+
+
+def run_cli(*args, cwd=None, timeout=600, env=None):
+    """Run ``trainSpeakerNet.py`` in a subprocess; returns the CompletedProcess (text)."""
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "trainSpeakerNet.py"), *map(str, args)], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout, env=environment)

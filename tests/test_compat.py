@@ -1,0 +1,111 @@
+"""Compatibility with the original code: its checkpoint, embeddings and scores; every checkpoint format loads."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from DatasetLoader import load_wav
+from errors import SpeakerNetError
+from SpeakerNet import SpeakerNet, load_model_state, read_checkpoint
+from tests.helpers import run_cli, shared_file
+
+SEED_MODEL = "seed_mp_balance_sap.model"
+
+
+def seed_net(**overrides):
+    settings = dict(model="ResNetSE34L", trainfunc="mp_balance", nOut=512, encoder_type="SAP", nSpeakers=20)
+    return SpeakerNet(**{**settings, **overrides})
+
+
+def test_state_dict_keys_equal_the_originals():
+    listed = {}
+    for line in shared_file("fixtures", "seed_state_dict_keys.txt").read_text().splitlines():
+        key, shape, _ = line.split("\t")
+        listed[key] = tuple(json.loads(shape))
+    ours = {key: tuple(value.shape) for key, value in seed_net().state_dict().items()}
+    assert ours == listed
+
+
+def test_seed_checkpoint_loads_every_key_and_reproduces_embeddings():
+    net = seed_net()
+    report = load_model_state(net, read_checkpoint(str(shared_file("fixtures", SEED_MODEL)))["model_state_dict"],
+                              SEED_MODEL)
+    assert not report["missing"] and not report["unexpected"] and not report["misshapen"]
+    net.eval()
+    reference = np.load(shared_file("fixtures", "seed_embeddings.npz"))
+    for name in "abc":
+        crops = torch.from_numpy(load_wav(str(shared_file("fixtures", "wav", f"{name}.wav")), 400))
+        with torch.no_grad():
+            embeddings = net.__S__(crops).numpy()
+        relative = np.abs(embeddings - reference[name]).max() / np.abs(reference[name]).max()
+        assert relative <= 1e-4, (name, relative)
+
+
+def test_original_eval_command_reproduces_fixture_scores(tmp_path):
+    """The README's evaluation command, data paths changed, with the seed checkpoint and a trial list."""
+    wav = shared_file("fixtures", "wav")
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 a.wav b.wav\n0 a.wav c.wav\n1 b.wav c.wav\n")
+    scores_file = tmp_path / "scores.tsv"
+    result = run_cli("--model", "ResNetSE34L", "--encoder", "SAP", "--trainfunc", "mmp_balance", "--optimizer", "sgd",
+                     "--save_path", tmp_path / "res", "--batch_size", "200", "--lr", "0.2", "--max_frames", "400",
+                     "--train_list", "unused.txt", "--test_list", trials, "--train_path", "unused",
+                     "--test_path", wav, "--eval", "--initial_model", shared_file("fixtures", SEED_MODEL),
+                     "--save_scores", scores_file, "--nDataLoaderThread", "0")
+    assert result.returncode == 0, result.stderr
+    expected = json.loads(shared_file("fixtures", "seed_scores.json").read_text())
+    lines = [line.split() for line in scores_file.read_text().splitlines()]
+    assert [line[1:] for line in lines] == [["1", "a.wav", "b.wav"], ["0", "a.wav", "c.wav"], ["1", "b.wav", "c.wav"]]
+    for line, key in zip(lines, ["a_b", "a_c", "b_c"]):
+        assert abs(float(line[0]) - expected[key]) <= 1e-4
+    assert "EER " in result.stdout and "minDCF(p=0.05)" in result.stdout
+    # mmp_balance has no w2/b2 and 5994 proxies: the loss keys differ, the model keys all load
+    assert "WARNING" not in result.stderr or "__S__" not in result.stderr
+
+
+@pytest.mark.parametrize("wrap", ["flat", "module", "trainer_dict"])
+def test_every_checkpoint_format_loads(tmp_path, wrap):
+    source = seed_net()
+    state = source.state_dict()
+    if wrap == "module":
+        obj = {f"module.{key}": value for key, value in state.items()}
+    elif wrap == "trainer_dict":
+        obj = {"model_state_dict": state, "optimizer_state_dict": {}, "scheduler_state_dict": {}, "epoch": 3}
+    else:
+        obj = state
+    path = tmp_path / "x.model"
+    torch.save(obj, path)
+    target = seed_net()
+    report = load_model_state(target, read_checkpoint(str(path))["model_state_dict"], str(path))
+    assert not report["missing"] and not report["misshapen"]
+    for key, value in target.state_dict().items():
+        assert torch.equal(value, state[key])
+
+
+def test_misshapen_keys_are_skipped_with_a_warning(tmp_path, capsys):
+    path = tmp_path / "x.model"
+    torch.save(seed_net().state_dict(), path)
+    target = seed_net(nSpeakers=7)
+    report = load_model_state(target, read_checkpoint(str(path))["model_state_dict"], str(path))
+    assert report["misshapen"] == ["__L__.proxies (model (7, 512), file (20, 512))"]
+    assert "__L__.proxies" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", b""])
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "broken.model"
+    path.write_bytes(content)
+    with pytest.raises(SpeakerNetError, match="not a readable PyTorch checkpoint"):
+        read_checkpoint(str(path))
+
+
+def test_checkpoint_of_another_model_names_the_keys(tmp_path):
+    path = tmp_path / "other.model"
+    torch.save({"encoder.weight": torch.zeros(3)}, path)
+    with pytest.raises(SpeakerNetError, match="no key of this checkpoint matches"):
+        load_model_state(seed_net(), read_checkpoint(str(path))["model_state_dict"], str(path))
+    torch.save([1, 2, 3], path)
+    with pytest.raises(SpeakerNetError, match="not a SpeakerNet checkpoint"):
+        read_checkpoint(str(path))

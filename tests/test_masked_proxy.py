@@ -1,0 +1,193 @@
+"""The masked-proxy losses against plain per-example references written from the paper's equations (float64)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import plugins
+from loss._common import IMBALANCED
+
+NAMES = ["mp", "mmp", "mp_balance", "mmp_balance", "mmp_balance2"]
+
+
+def make_loss(name, classes=7, dim=5, seed=0):
+    torch.manual_seed(seed)
+    loss = plugins.load("loss", name)(nOut=dim, nSpeakers=classes).double()
+    with torch.no_grad():
+        loss.w.fill_(3.0)   # a moderate scale keeps every term away from saturation, so gradients are informative
+    return loss
+
+
+# ---- plain references ----------------------------------------------------------------------------------------
+
+def _ce(logits, target):
+    return -logits[target] + torch.logsumexp(torch.stack(list(logits)), 0)
+
+
+def reference(variant, queries, anchors, labels, proxies, w, b, classes, lam=0.5):
+    """Per-example loops over groups and classes, straight from SPEC section 6."""
+    P = [proxies[c] / proxies[c].norm() for c in range(classes)]
+    n = len(queries)
+    if n == 0:
+        return torch.zeros((), dtype=torch.float64)
+    centre_anchor = [a / a.norm() if variant == "mmp" else a for a in anchors]
+    M = list(P)
+    for j in range(n):
+        M[labels[j]] = centre_anchor[j]
+    sign = 1.0 if variant == "mp" else -1.0
+    reg = 0
+    for i in range(n):
+        logits = [w * torch.dot(anchors[i], P[labels[j]]) + sign * b for j in range(n)]
+        reg = reg + _ce(logits, i)
+    reg = reg / n
+    if variant == "mp":
+        main = 0
+        for i in range(n):
+            logits = [w * torch.dot(queries[i], M[c]) + b for c in range(classes)]
+            main = main + _ce(logits, labels[i])
+        return main / n + lam * reg
+    pos = torch.log(1 + sum(torch.exp(-w * torch.dot(queries[i], M[labels[i]]) + b) for i in range(n)))
+    absent = [c for c in range(classes) if c not in labels]
+    proxy = sum(torch.log(1 + sum((torch.exp(w * torch.dot(queries[i], P[c]) - b) for c in absent),
+                                  torch.zeros((), dtype=torch.float64))) for i in range(n)) / n
+    batch = sum(torch.log(1 + sum((torch.exp(w * torch.dot(queries[i], M[labels[j]]) - b)
+                                   for j in range(n) if j != i), torch.zeros((), dtype=torch.float64)))
+                for i in range(n)) / n
+    return pos + proxy + batch + lam * reg
+
+
+def regroup(x, labels):
+    """Imbalanced batch -> groups in order of first appearance; single-utterance groups have no anchor."""
+    queries, anchors, classes = [], [], []
+    for label in dict.fromkeys(labels.tolist()):
+        members = [x[i] for i in range(len(labels)) if labels[i] == label]
+        if len(members) > 1:
+            queries.append(members[0])
+            anchors.append(sum(members[1:]) / (len(members) - 1))
+            classes.append(label)
+    return queries, anchors, classes
+
+
+def reference_for(loss, x, labels):
+    variant = "mmp" if "mmp" in type(loss).__module__ else "mp"
+    if loss.utterances_per_speaker == IMBALANCED:
+        queries, anchors, classes = regroup(x, labels)
+    else:
+        queries = [x[i, 0] for i in range(len(x))]
+        anchors = [x[i, 1:].mean(0) for i in range(len(x))]
+        classes = labels.tolist()
+    return reference(variant, queries, anchors, classes, loss.proxies, loss.w, loss.b, loss.proxies.shape[0])
+
+
+def batch_for(loss, seed=1, dim=5):
+    generator = torch.Generator().manual_seed(seed)
+    if loss.utterances_per_speaker == IMBALANCED:
+        labels = torch.tensor([3, 0, 3, 5, 0, 3, 1, 5, 2])          # 2 and 3 per class, plus singletons 1 and 2
+        x = torch.randn(len(labels), dim, generator=generator, dtype=torch.float64)
+    else:
+        labels = torch.tensor([4, 0, 6, 2])
+        x = torch.randn(len(labels), 3, dim, generator=generator, dtype=torch.float64)
+    return F.normalize(x, dim=-1).requires_grad_(True), labels
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_value_and_gradients_match_reference(name):
+    loss = make_loss(name)
+    x, labels = batch_for(loss)
+    ours, _ = loss(x, labels)
+    params = [x, loss.proxies, loss.w, loss.b]
+    grads = torch.autograd.grad(ours, params)
+    expected = reference_for(loss, x, labels)
+    expected_grads = torch.autograd.grad(expected, params)
+    assert torch.allclose(ours, expected, rtol=1e-10, atol=1e-12), (ours.item(), expected.item())
+    for got, want in zip(grads, expected_grads):
+        assert torch.allclose(got, want, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradcheck(name):
+    loss = make_loss(name)
+    x, labels = batch_for(loss)
+    assert torch.autograd.gradcheck(lambda inp: loss(inp, labels)[0], (x.detach().requires_grad_(),))
+
+
+@pytest.mark.parametrize("name", ["mp", "mmp"])
+def test_singletons_never_produce_nan(name):
+    loss = make_loss(name)
+    x = F.normalize(torch.randn(4, 5, dtype=torch.float64), dim=1).requires_grad_(True)
+    for labels in (torch.tensor([0, 1, 2, 3]), torch.tensor([0, 0, 1, 2])):
+        value, accuracy = loss(x, labels)
+        value.backward()
+        assert torch.isfinite(value) and torch.isfinite(accuracy)
+        assert torch.isfinite(x.grad).all() and torch.isfinite(loss.proxies.grad).all()
+        x.grad = None
+        loss.zero_grad()
+    value, _ = loss(x, torch.tensor([0, 1, 2, 3]))     # no group has an anchor: nothing to learn
+    assert value.item() == 0.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_order_and_class_relabelling(name):
+    """Permuting groups leaves the loss unchanged; so does renaming classes together with their proxies."""
+    loss = make_loss(name)
+    x, labels = batch_for(loss)
+    value, _ = loss(x, labels)
+    if loss.utterances_per_speaker == IMBALANCED:
+        # keep the first utterance of each class first, so that queries stay the same
+        order = torch.tensor([1, 0, 3, 6, 8, 4, 2, 5, 7])
+    else:
+        order = torch.tensor([2, 0, 3, 1])
+    permuted, _ = loss(x[order], labels[order])
+    assert torch.allclose(value, permuted, rtol=1e-12)
+    mapping = torch.tensor([6, 4, 5, 0, 1, 3, 2])
+    with torch.no_grad():
+        proxies = loss.proxies.clone()
+        loss.proxies[mapping] = proxies
+    relabelled, _ = loss(x, mapping[labels])
+    assert torch.allclose(value, relabelled, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_accuracy_is_top1_against_masked_centres(name):
+    loss = make_loss(name)
+    x, labels = batch_for(loss)
+    _, accuracy = loss(x, labels)
+    assert 0.0 <= accuracy.item() <= 100.0
+    # identical query and anchor, far from every other centre: every query is classified correctly
+    loss = make_loss(name, classes=4, dim=4)
+    eye = torch.eye(4, dtype=torch.float64)
+    if loss.utterances_per_speaker == IMBALANCED:
+        x, labels = torch.cat([eye, eye]), torch.tensor([0, 1, 2, 3] * 2)
+    else:
+        x, labels = torch.stack([eye, eye], dim=1), torch.tensor([0, 1, 2, 3])
+    assert loss(x, labels)[1].item() == 100.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_few_steps_lower_the_loss(name):
+    loss = make_loss(name, classes=20, dim=16).float()
+    x, labels = batch_for(loss, dim=16)
+    x = x.detach().float().requires_grad_(True)
+    optimizer = torch.optim.SGD([x, *loss.parameters()], lr=0.5)
+    first = None
+    for _ in range(20):
+        value, _ = loss(F.normalize(x, dim=-1), labels)
+        first = value.item() if first is None else first
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+    assert math.isfinite(value.item()) and value.item() < first
+
+
+def test_checkpoint_keys_and_initial_scalars():
+    """The original's parameter names (w2/b2 only where it had them) and initial b of each variant."""
+    expected_b = {"mp": -5.0, "mp_balance": -5.0, "mmp": -5.0, "mmp_balance": -5.0, "mmp_balance2": 5.0}
+    for name, b in expected_b.items():
+        loss = plugins.load("loss", name)(nOut=8, nSpeakers=3)
+        keys = set(loss.state_dict())
+        assert {"proxies", "w", "b"} <= keys
+        assert ("w2" in keys) == name.startswith("mp")
+        assert loss.b.item() == b and loss.w.item() == 10.0
+        assert {n for n, _ in loss.named_parameters()} == {"proxies", "w", "b"}
