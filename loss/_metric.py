@@ -1,0 +1,64 @@
+"""Similarity pieces shared by the baseline losses (prototypical, GE2E, triplet, margin softmaxes, proxies).
+
+Everything here is batched tensor math on the input's device: no host synchronisation, no Python loops over
+examples or classes.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from errors import SpeakerNetError
+
+
+def check_groups(x: torch.Tensor, loss_name: str, minimum: int, exact: bool = False) -> None:
+    """Reject an ``x`` that is not ``(batch >= 2, group, dim)`` with ``group >= minimum`` (``== minimum`` if exact).
+
+    Only shapes are inspected, so this costs no device synchronisation.
+    """
+    if x.dim() != 3:
+        raise SpeakerNetError(f"loss '{loss_name}' expects embeddings shaped (batch, utterances, dim), got {tuple(x.shape)}")
+    group = x.size(1)
+    if (exact and group != minimum) or group < minimum:
+        wanted = f"exactly {minimum}" if exact else f"at least {minimum}"
+        raise SpeakerNetError(f"loss '{loss_name}' needs {wanted} utterances per speaker, got {group}")
+    if x.size(0) < 2:
+        raise SpeakerNetError(f"loss '{loss_name}' needs at least 2 speakers in a batch, got {x.size(0)}")
+
+
+def positive_and_anchor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``(batch, group, dim)`` groups as voxceleb_trainer does: positive (query) = utterance 0,
+    anchor (support prototype) = mean of utterances 1..group-1."""
+    return x[:, 0, :], x[:, 1:, :].mean(dim=1)
+
+
+def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(n, d)`` x ``(m, d)`` -> ``(n, m)`` cosine similarities."""
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-1, -2)
+
+
+def squared_distance_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(n, d)`` x ``(m, d)`` -> ``(n, m)`` squared Euclidean distances ``|a_i - b_j|^2``.
+
+    Uses the ``|a|^2 + |b|^2 - 2 a.b`` expansion (no ``(n, m, d)`` intermediate), clamped at 0 against rounding.
+    """
+    a2 = (a * a).sum(dim=-1, keepdim=True)
+    b2 = (b * b).sum(dim=-1, keepdim=True).transpose(-1, -2)
+    return (a2 + b2 - 2.0 * (a @ b.transpose(-1, -2))).clamp_min(0.0)
+
+
+def target_mask(label: torch.Tensor, classes: int) -> torch.Tensor:
+    """``(n,)`` labels -> ``(n, classes)`` boolean one-hot (a comparison, so no value check that would synchronise)."""
+    return label.unsqueeze(1) == torch.arange(classes, device=label.device).unsqueeze(0)
+
+
+def diagonal_targets(n: int, device: torch.device) -> torch.Tensor:
+    """Targets ``0..n-1``: row ``i`` of a (query x prototype) matrix belongs to column ``i``."""
+    return torch.arange(n, device=device)
+
+
+def log1p_masked_sum_exp(logits: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """``log(1 + sum_{mask} exp(logits))`` along ``dim``, computed stably (0 where the mask is empty)."""
+    masked = logits.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(masked, dim=dim)
+    # softplus(lse) = log(1 + exp(lse)); an empty mask gives lse = -inf -> 0.
+    return F.softplus(lse)

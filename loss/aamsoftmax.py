@@ -1,0 +1,46 @@
+"""Additive angular margin softmax (ArcFace): Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face
+Recognition", CVPR 2019.  The target logit is ``scale * cos(theta + margin)``; past ``theta > pi - margin``
+(where ``cos(theta + m)`` stops decreasing) it falls back to ``cos(theta) - sin(pi - m) * m`` as in
+voxceleb_trainer (``easy_margin`` False)."""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from loss._common import accuracy, flatten_groups
+from loss._metric import cosine_matrix, target_mask
+
+DEFAULT_MARGIN = 0.2
+DEFAULT_SCALE = 30.0
+
+
+class LossFunction(nn.Module):
+    """Cross-entropy over ArcFace logits; accuracy is read from the margin-adjusted logits."""
+
+    utterances_per_speaker = 1
+    train_normalize = False
+    test_normalize = True
+
+    def __init__(self, nOut: int, nSpeakers: int, margin: float | None = None, scale: float | None = None, **kwargs):
+        super().__init__()
+        self.m = DEFAULT_MARGIN if margin is None else float(margin)
+        self.s = DEFAULT_SCALE if scale is None else float(scale)
+        self.cos_m = math.cos(self.m)
+        self.sin_m = math.sin(self.m)
+        self.th = math.cos(math.pi - self.m)
+        self.mm = math.sin(math.pi - self.m) * self.m
+        self.weight = nn.Parameter(torch.empty(nSpeakers, nOut))
+        nn.init.xavier_normal_(self.weight, gain=1)
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, label = flatten_groups(x, label)
+        cosine = cosine_matrix(x, self.weight)
+        # sin(theta) >= 0; the tiny floor keeps the gradient finite at |cos| == 1 (value unchanged elsewhere).
+        sine = (1.0 - cosine * cosine).clamp(min=1e-12, max=1.0).sqrt()
+        phi = cosine * self.cos_m - sine * self.sin_m  # cos(theta + m)
+        phi = torch.where(cosine > self.th, phi, cosine - self.mm)
+        target = target_mask(label, cosine.size(1))
+        logits = self.s * torch.where(target, phi, cosine)
+        return F.cross_entropy(logits, label), accuracy(logits.detach(), label)
