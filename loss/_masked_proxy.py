@@ -17,19 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from loss._common import IMBALANCED, accuracy
-
-
-def _masked_fill_min(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Replace entries where ``keep`` is False by the dtype's lowest finite value.
-
-    Finite rather than -inf so that a row with nothing kept has a zero gradient instead of NaN.
-    """
-    return values.masked_fill(~keep, torch.finfo(values.dtype).min)
-
-
-def _log1p_sum_exp(logits: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
-    """``log(1 + sum_keep exp(logits))`` along ``dim``, computed stably; 0 where nothing is kept."""
-    return F.softplus(torch.logsumexp(_masked_fill_min(logits, keep), dim=dim))
+from loss._metric import log1p_masked_sum_exp, masked_fill_min
 
 
 def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -114,11 +102,11 @@ class MaskedProxyLoss(nn.Module):
     def _mmp_terms(self, query, centre_anchor, similarity, present, valid):
         """Positive pairs, absent-class proxies and in-batch negatives, each as ``log(1 + sum exp)``."""
         batch_similarity = query @ centre_anchor.t()                      # s_ij = q_i . M[y_j]
-        positive = _log1p_sum_exp(-self.w * batch_similarity.diagonal() + self.b, valid, dim=0)
+        positive = log1p_masked_sum_exp(-self.w * batch_similarity.diagonal() + self.b, valid, dim=0)
         absent = valid[:, None] & ~present[None, :]
-        proxy = _masked_mean(_log1p_sum_exp(self.w * similarity - self.b, absent, dim=1), valid)
+        proxy = _masked_mean(log1p_masked_sum_exp(self.w * similarity - self.b, absent, dim=1), valid)
         off_diagonal = valid[:, None] & valid[None, :] & ~torch.eye(len(valid), dtype=torch.bool, device=valid.device)
-        batch = _masked_mean(_log1p_sum_exp(self.w * batch_similarity - self.b, off_diagonal, dim=1), valid)
+        batch = _masked_mean(log1p_masked_sum_exp(self.w * batch_similarity - self.b, off_diagonal, dim=1), valid)
         return positive + proxy + batch
 
     def _regulariser(self, anchor, class_proxies, valid):
@@ -127,5 +115,5 @@ class MaskedProxyLoss(nn.Module):
         target = torch.arange(len(valid), device=valid.device)
         # Columns of slots without an anchor are not speakers of this batch; each row keeps its own target.
         keep = valid[None, :] | (target[:, None] == target[None, :])
-        logits = _masked_fill_min(logits, keep)
+        logits = masked_fill_min(logits, keep)
         return _masked_mean(F.cross_entropy(logits, target, reduction="none"), valid)

@@ -56,9 +56,15 @@ def diagonal_targets(n: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, device=device)
 
 
+def masked_fill_min(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Replace entries where ``keep`` is False by the dtype's lowest finite value.
+
+    Finite rather than -inf so that a row with nothing kept has a zero gradient instead of NaN.
+    """
+    return values.masked_fill(~keep, torch.finfo(values.dtype).min)
+
+
 def log1p_masked_sum_exp(logits: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
-    """``log(1 + sum_{mask} exp(logits))`` along ``dim``, computed stably (0 where the mask is empty)."""
-    masked = logits.masked_fill(~mask, float("-inf"))
-    lse = torch.logsumexp(masked, dim=dim)
-    # softplus(lse) = log(1 + exp(lse)); an empty mask gives lse = -inf -> 0.
-    return F.softplus(lse)
+    """``log(1 + sum_{mask} exp(logits))`` along ``dim``, computed stably; 0 (with zero gradient) where the
+    mask is empty."""
+    return F.softplus(torch.logsumexp(masked_fill_min(logits, mask), dim=dim))
