@@ -222,6 +222,7 @@ class GroupBatchSampler(torch.utils.data.Sampler):
         self._check_fillable()
         self.epoch = 0
         self._batches = None
+        self.first_batch = 0
 
     def _check_fillable(self):
         if self.batch_size < 1:
@@ -237,6 +238,11 @@ class GroupBatchSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int):
         if epoch != self.epoch:
             self.epoch, self._batches = epoch, None
+        self.first_batch = 0
+
+    def start_at(self, batch: int):
+        """Skip this epoch's first ``batch`` batches (resuming an interrupted epoch)."""
+        self.first_batch = batch
 
     def _make_groups(self, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
         groups = []
@@ -286,10 +292,10 @@ class GroupBatchSampler(torch.utils.data.Sampler):
         return self._batches
 
     def __iter__(self):
-        return iter(self.batches())
+        return iter(self.batches()[self.first_batch:])
 
     def __len__(self):
-        return len(self.batches())
+        return max(len(self.batches()) - self.first_batch, 0)
 
 
 # ----------------------------------------------------------------------------------------------------------------

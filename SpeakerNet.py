@@ -7,7 +7,7 @@ import pickle
 import re
 import sys
 import time
-import warnings
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -129,6 +129,29 @@ def latest_checkpoint(model_dir: str) -> tuple[str, int] | None:
 # Trainer
 # ----------------------------------------------------------------------------------------------------------------
 
+@dataclass
+class EpochProgress:
+    """Where an epoch stands: batches consumed (including skipped ones) and the running sums of what is logged."""
+    epoch: int
+    batches: int = 0
+    steps: int = 0
+    loss_sum: float = 0.0
+    accuracy_sum: float = 0.0
+
+    def add(self, loss: float, accuracy: float) -> None:
+        self.steps += 1
+        self.loss_sum += loss
+        self.accuracy_sum += accuracy
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.steps, 1)
+
+    @property
+    def mean_accuracy(self) -> float:
+        return self.accuracy_sum / max(self.steps, 1)
+
+
 def _is_plateau(scheduler) -> bool:
     return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
@@ -146,6 +169,8 @@ class ModelTrainer:
         self.scheduler = plugins.load("scheduler", scheduler)(self.optimizer, **kwargs)
         self.last_eer = 50.0       # what the original's plateau scheduler sees before the first evaluation
         self.epoch = 0             # last completed epoch
+        self.progress = None       # EpochProgress of an epoch in progress
+        self.stop_requested = False
 
     @property
     def lr(self) -> float:
@@ -153,43 +178,56 @@ class ModelTrainer:
 
     # ---- training -------------------------------------------------------------------------------------------
 
-    def train_network(self, loader, epoch: int, show_progress: bool = True) -> tuple[float, float]:
-        """One epoch; returns the mean loss and mean accuracy (percent)."""
+    def train_network(self, loader, epoch: int, show_progress: bool = True) -> tuple[float, float] | None:
+        """One epoch; returns the mean loss and accuracy (percent), or None when a stop was requested.
+
+        An interrupted epoch keeps its progress in ``self.progress`` (saved with the checkpoint), and the next
+        call for the same epoch skips the batches already done.
+        """
         self.net.train()
-        if _is_plateau(self.scheduler):
-            self.scheduler.step(self.last_eer)
-        totals, steps, bad_in_a_row = np.zeros(2), 0, 0
-        utterances, started = 0, time.time()
+        if self.progress is None or self.progress.epoch != epoch:
+            if _is_plateau(self.scheduler):
+                self.scheduler.step(self.last_eer)
+            self.progress = EpochProgress(epoch)
+        progress = self.progress
+        loader.batch_sampler.start_at(progress.batches)
+        bad_in_a_row, utterances, started = 0, 0, time.time()
         bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not show_progress, dynamic_ncols=True,
-                   file=sys.stdout)
-        for step, (waves, labels, sizes) in enumerate(bar):
+                   file=sys.stdout, initial=progress.batches, total=progress.batches + len(loader))
+        for waves, labels, sizes in bar:
             waves = waves.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
             loss, accuracy = self.net(waves, labels, len(sizes))
             # The one host synchronisation of the step: the values we log (and check before applying the step).
             loss_value, accuracy_value = torch.stack([loss.detach(), accuracy.detach().to(loss.dtype)]).tolist()
-            if not math.isfinite(loss_value):
+            progress.batches += 1
+            if math.isfinite(loss_value):
+                bad_in_a_row = 0
+                loss.backward()
+                self.optimizer.step()
+                progress.add(loss_value, accuracy_value)
+                utterances += waves.shape[0]
+                bar.set_postfix(loss=f"{progress.mean_loss:.4f}", acc=f"{progress.mean_accuracy:.2f}%",
+                                utt_s=f"{utterances / (time.time() - started):.1f}")
+            else:
                 bad_in_a_row += 1
-                warnings.warn(f"epoch {epoch}, batch {step}: non-finite loss ({loss_value}); step skipped")
+                print(f"WARNING: epoch {epoch}, batch {progress.batches - 1}: non-finite loss ({loss_value}); "
+                      f"step skipped", file=sys.stderr)
                 if bad_in_a_row >= self.max_bad_steps:
                     raise SpeakerNetError(f"epoch {epoch}: {bad_in_a_row} non-finite losses in a row (last at batch "
-                                          f"{step}); stopping. The last good checkpoint is kept; try a lower --lr")
-                continue
-            bad_in_a_row = 0
-            loss.backward()
-            self.optimizer.step()
-            totals += (loss_value, accuracy_value)
-            steps += 1
-            utterances += waves.shape[0]
-            bar.set_postfix(loss=f"{totals[0] / steps:.4f}", acc=f"{totals[1] / steps:.2f}%",
-                            utt_s=f"{utterances / (time.time() - started):.1f}")
+                                          f"{progress.batches - 1}); stopping. The last good checkpoint is kept; "
+                                          f"try a lower --lr")
+            if self.stop_requested:
+                bar.close()
+                return None
         bar.close()
+        if progress.steps == 0:
+            raise SpeakerNetError(f"epoch {epoch}: no training step was made (empty loader or only bad batches)")
         if not _is_plateau(self.scheduler):
             self.scheduler.step()
-        if steps == 0:
-            raise SpeakerNetError(f"epoch {epoch}: no training step was made (empty loader or only bad batches)")
-        return totals[0] / steps, totals[1] / steps
+        self.progress = None
+        return progress.mean_loss, progress.mean_accuracy
 
     # ---- evaluation -----------------------------------------------------------------------------------------
 
@@ -237,6 +275,7 @@ class ModelTrainer:
             "scheduler_state_dict": self.scheduler.state_dict(),
             "epoch": epoch,
             "last_eer": self.last_eer,
+            "progress": asdict(self.progress) if self.progress is not None else None,
             "torch_rng_state": torch.get_rng_state(),
             "cuda_rng_state": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }, path)
@@ -255,6 +294,7 @@ class ModelTrainer:
             self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
         self.epoch = int(checkpoint.get("epoch", epoch_from_name))
         self.last_eer = float(checkpoint.get("last_eer", self.last_eer))
+        self.progress = EpochProgress(**checkpoint["progress"]) if checkpoint.get("progress") else None
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
         if checkpoint.get("cuda_rng_state") and torch.cuda.is_available():

@@ -7,6 +7,7 @@ override.
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -20,11 +21,12 @@ from DatasetLoader import (GroupBatchSampler, TrainDataset, check_files_exist, c
                            read_trial_list)
 from errors import SpeakerNetError
 from loss._common import IMBALANCED
-from SpeakerNet import ModelTrainer, SpeakerNet, checkpoint_path, latest_checkpoint
+from SpeakerNet import ModelTrainer, SpeakerNet, checkpoint_path, latest_checkpoint, read_checkpoint
 from tuneThreshold import compute_metrics
 
 SCORE_LINE = "IT %d, LR %f, TEER/T1 %2.2f, TLOSS %f, VEER %2.4f"
 TRAIN_LINE = "IT %d, LR %f, TEER %2.2f, TLOSS %f"
+RESUME_STATE = "resume.state"  # saved after epochs without evaluation and on interruption
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,6 +234,12 @@ def run_eval(args) -> None:
         print(f"scores written to {args.save_scores}")
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGINT/SIGTERM to the main process, which finishes its step and saves first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def build_loader(args, train_list, loss_needs, device):
     sampler = GroupBatchSampler(train_list.labels, group_sizes_for(loss_needs, args.nPerSpeaker), args.batch_size,
                                 args.max_seg_per_spk, seed=args.seed)
@@ -239,11 +247,50 @@ def build_loader(args, train_list, loss_needs, device):
     loader = torch.utils.data.DataLoader(
         TrainDataset(train_list, args.max_frames), batch_sampler=sampler, collate_fn=collate_groups,
         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None)
+        prefetch_factor=4 if workers > 0 else None, worker_init_fn=_ignore_stop_signals if workers > 0 else None,
+        generator=torch.Generator().manual_seed(args.seed))  # its own generator: the global RNG stays untouched
     return loader, sampler
 
 
-def run_train(args, explicit: set) -> None:
+class StopRequest:
+    """SIGINT/SIGTERM ask the trainer to stop after the current step; a second SIGINT stops at once."""
+
+    def __init__(self, trainer: ModelTrainer):
+        self.trainer = trainer
+        self.signal_number = None
+
+    def __enter__(self):
+        self.previous = {number: signal.signal(number, self._handle) for number in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, number, frame):
+        if self.signal_number is not None and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = number
+        self.trainer.stop_requested = True
+        print(f"\n{signal.Signals(number).name} received: finishing the current step, then saving", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        return False
+
+
+def resume_point(model_dir: str):
+    """The furthest saved state: the newest ``model%09d.model`` or ``resume.state`` (mid-interval / interrupted)."""
+    candidates = []
+    newest = latest_checkpoint(model_dir)
+    if newest:
+        candidates.append(((newest[1], 0), newest[0], newest[1]))
+    state = os.path.join(model_dir, RESUME_STATE)
+    if os.path.isfile(state):
+        checkpoint = read_checkpoint(state)
+        batches = (checkpoint.get("progress") or {}).get("batches", 0)
+        candidates.append(((int(checkpoint["epoch"]), batches), state, int(checkpoint["epoch"])))
+    return max(candidates)[1:] if candidates else None
+
+
+def run_train(args, explicit: set) -> int:
     if not args.trainfunc:
         raise SpeakerNetError(f"--trainfunc is required for training; choices: {', '.join(plugins.choices('loss'))}")
     plugins.load("loss", args.trainfunc)        # an unknown name fails before any file is read
@@ -265,43 +312,64 @@ def run_train(args, explicit: set) -> None:
     result_dir = os.path.join(args.save_path, "result")
     os.makedirs(model_dir, exist_ok=True)
     os.makedirs(result_dir, exist_ok=True)
-    previous = latest_checkpoint(model_dir)
+    previous = resume_point(model_dir)
     if previous:
         trainer.resume(*previous)
-        print(f"Model {previous[0]} loaded from previous state! Resuming after epoch {trainer.epoch}")
+        where = f"epoch {trainer.progress.epoch}, batch {trainer.progress.batches}" if trainer.progress else \
+            f"after epoch {trainer.epoch}"
+        print(f"Model {previous[0]} loaded from previous state! Resuming {where}")
     elif args.initial_model:
         trainer.load_weights(args.initial_model)
         print(f"Model {args.initial_model} loaded!")
 
-    with open(os.path.join(result_dir, "scores.txt"), "a+") as scorefile:
+    with open(os.path.join(result_dir, "scores.txt"), "a+") as scorefile, StopRequest(trainer) as stop:
         for key, value in vars(args).items():
             scorefile.write(f"{key} {value}\n")
         scorefile.flush()
         for epoch in range(trainer.epoch + 1, args.max_epoch + 1):
-            sampler.set_epoch(epoch)
-            lr = trainer.lr
-            print(time.strftime("%Y-%m-%d %H:%M:%S"), epoch, f"Training {args.model} with LR {lr:f}...")
-            started = time.time()
-            loss, accuracy = trainer.train_network(loader, epoch)
-            train_seconds = time.time() - started
-            if epoch % args.test_interval == 0:
-                scores, metrics = evaluate(trainer, args, trials)
-                if metrics is None:
-                    raise SpeakerNetError(f"{args.test_list}: training needs a labelled trial list for VEER")
-                trainer.last_eer = metrics.eer
-                line = SCORE_LINE % (epoch, lr, accuracy, loss, metrics.eer)
-                extra = f"INFO epoch {epoch}: {metrics.summary()}, train {train_seconds:.1f} s"
-                trainer.epoch = epoch
-                trainer.save(checkpoint_path(model_dir, epoch), epoch)
-                atomic.write_text(checkpoint_path(model_dir, epoch)[:-len(".model")] + ".eer", "%.4f" % metrics.eer)
-            else:
-                line = TRAIN_LINE % (epoch, lr, accuracy, loss)
-                extra = f"INFO epoch {epoch}: train {train_seconds:.1f} s"
-                trainer.epoch = epoch
-            print(time.strftime("%Y-%m-%d %H:%M:%S"), line)
-            print(extra)
-            scorefile.write(line + "\n" + extra + "\n")
-            scorefile.flush()
+            if not train_one_epoch(trainer, args, epoch, loader, sampler, trials, scorefile, model_dir):
+                trainer.save(os.path.join(model_dir, RESUME_STATE), trainer.epoch)
+                print(f"Stopped during epoch {epoch} after {trainer.progress.batches} batches; state saved to "
+                      f"{os.path.join(model_dir, RESUME_STATE)}. Run the same command again to resume.",
+                      file=sys.stderr)
+                return 128 + stop.signal_number
+    return 0
+
+
+def train_one_epoch(trainer, args, epoch, loader, sampler, trials, scorefile, model_dir) -> bool:
+    """Train, evaluate when due, save, log. False when a stop was requested during the epoch."""
+    sampler.set_epoch(epoch)
+    lr = trainer.lr
+    print(time.strftime("%Y-%m-%d %H:%M:%S"), epoch, f"Training {args.model} with LR {lr:f}...")
+    started = time.time()
+    result = trainer.train_network(loader, epoch)
+    if result is None:
+        return False
+    loss, accuracy = result
+    train_seconds = time.time() - started
+    trainer.epoch = epoch
+    if epoch % args.test_interval == 0:
+        scores, metrics = evaluate(trainer, args, trials)
+        if metrics is None:
+            raise SpeakerNetError(f"{args.test_list}: training needs a labelled trial list for VEER")
+        trainer.last_eer = metrics.eer
+        line = SCORE_LINE % (epoch, lr, accuracy, loss, metrics.eer)
+        extra = f"INFO epoch {epoch}: {metrics.summary()}, train {train_seconds:.1f} s"
+        path = checkpoint_path(model_dir, epoch)
+        trainer.save(path, epoch)
+        atomic.write_text(path[:-len(".model")] + ".eer", "%.4f" % metrics.eer)
+        stale = os.path.join(model_dir, RESUME_STATE)
+        if os.path.exists(stale):
+            os.unlink(stale)
+    else:
+        line = TRAIN_LINE % (epoch, lr, accuracy, loss)
+        extra = f"INFO epoch {epoch}: train {train_seconds:.1f} s"
+        trainer.save(os.path.join(model_dir, RESUME_STATE), epoch)
+    print(time.strftime("%Y-%m-%d %H:%M:%S"), line)
+    print(extra)
+    scorefile.write(line + "\n" + extra + "\n")
+    scorefile.flush()
+    return True
 
 
 def main(argv=None) -> int:
@@ -309,12 +377,11 @@ def main(argv=None) -> int:
         args, explicit = parse_args(argv)
         if args.eval:
             run_eval(args)
-        else:
-            run_train(args, explicit)
+            return 0
+        return run_train(args, explicit)
     except SpeakerNetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":
