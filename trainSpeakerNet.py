@@ -20,6 +20,7 @@ import plugins
 from DatasetLoader import (GroupBatchSampler, TrainDataset, check_files_exist, collate_groups, read_train_list,
                            read_trial_list)
 from errors import SpeakerNetError
+from plots import write_plots
 from loss._common import IMBALANCED
 from SpeakerNet import ModelTrainer, SpeakerNet, checkpoint_path, latest_checkpoint, read_checkpoint
 from tuneThreshold import compute_metrics
@@ -227,6 +228,9 @@ def run_eval(args) -> None:
     if metrics is not None:
         print("EER %2.4f" % metrics.eer)
         print(metrics.summary())
+        plots = write_plots(scores, [t.label for t in trials], os.path.join(args.save_path, "result"), "_eval",
+                            eer=metrics.eer)
+        print(f"DET curve and score histogram: {', '.join(plots)}")
     else:
         print(f"{len(trials)} unlabelled trials scored (no EER without labels)")
     if args.save_scores:
@@ -353,6 +357,7 @@ def train_one_epoch(trainer, args, epoch, loader, sampler, trials, scorefile, mo
         if metrics is None:
             raise SpeakerNetError(f"{args.test_list}: training needs a labelled trial list for VEER")
         trainer.last_eer = metrics.eer
+        write_plots(scores, [t.label for t in trials], os.path.join(args.save_path, "result"), eer=metrics.eer)
         line = SCORE_LINE % (epoch, lr, accuracy, loss, metrics.eer)
         extra = f"INFO epoch {epoch}: {metrics.summary()}, train {train_seconds:.1f} s"
         path = checkpoint_path(model_dir, epoch)
