@@ -1,0 +1,37 @@
+"""EER and minDCF against brute-force definitions over every threshold."""
+
+import numpy as np
+import pytest
+
+from tuneThreshold import compute_metrics, tuneThresholdfromScore
+
+
+def brute_force(scores, labels, p_target):
+    thresholds = np.concatenate([[np.inf], np.sort(scores)[::-1]])
+    fnr = np.array([np.mean(scores[labels == 1] < t) for t in thresholds])
+    fpr = np.array([np.mean(scores[labels == 0] >= t) for t in thresholds])
+    dcf = np.min(fnr * p_target + fpr * (1 - p_target)) / min(p_target, 1 - p_target)
+    return fnr, fpr, dcf
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_eer_and_min_dcf(seed):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(400) < 0.3).astype(int)
+    scores = rng.normal(size=400) + 1.5 * labels
+    metrics = compute_metrics(scores, labels)
+    fnr, fpr, dcf05 = brute_force(scores, labels, 0.05)
+    # EER lies between the two error rates where they cross
+    crossing = np.argmin(np.abs(fnr - fpr))
+    assert min(fnr[crossing], fpr[crossing]) * 100 - 1e-9 <= metrics.eer <= max(fnr[crossing], fpr[crossing]) * 100 + 1
+    assert metrics.min_dcf[0.05][0] == pytest.approx(dcf05, abs=1e-12)
+    assert metrics.min_dcf[0.01][0] == pytest.approx(brute_force(scores, labels, 0.01)[2], abs=1e-12)
+    assert tuneThresholdfromScore(scores, labels, [1, 0.1])[1] == metrics.eer
+
+
+def test_separable_and_reversed():
+    labels = np.array([0, 0, 1, 1])
+    assert compute_metrics(np.array([0.1, 0.2, 0.8, 0.9]), labels).eer == 0.0
+    assert compute_metrics(np.array([0.9, 0.8, 0.2, 0.1]), labels).eer == 100.0
+    with pytest.raises(ValueError):
+        compute_metrics(np.array([0.1, 0.2]), np.array([1, 1]))
