@@ -171,6 +171,8 @@ class ModelTrainer:
         self.epoch = 0             # last completed epoch
         self.progress = None       # EpochProgress of an epoch in progress
         self.stop_requested = False
+        self._running_stats = [buffer for module in self.net.modules()
+                               if isinstance(module, nn.modules.batchnorm._BatchNorm) for buffer in module.buffers()]
 
     @property
     def lr(self) -> float:
@@ -198,6 +200,7 @@ class ModelTrainer:
             waves = waves.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
+            running_stats = [buffer.clone() for buffer in self._running_stats]
             loss, accuracy = self.net(waves, labels, len(sizes))
             # The one host synchronisation of the step: the values we log (and check before applying the step).
             loss_value, accuracy_value = torch.stack([loss.detach(), accuracy.detach().to(loss.dtype)]).tolist()
@@ -212,6 +215,7 @@ class ModelTrainer:
                                 utt_s=f"{utterances / (time.time() - started):.1f}")
             else:
                 bad_in_a_row += 1
+                torch._foreach_copy_(self._running_stats, running_stats)   # a bad batch must not poison BatchNorm
                 print(f"WARNING: epoch {epoch}, batch {progress.batches - 1}: non-finite loss ({loss_value}); "
                       f"step skipped", file=sys.stderr)
                 if bad_in_a_row >= self.max_bad_steps:

@@ -6,6 +6,7 @@ override.
 """
 
 import argparse
+import glob
 import os
 import signal
 import sys
@@ -294,6 +295,12 @@ def resume_point(model_dir: str):
     return max(candidates)[1:] if candidates else None
 
 
+def remove_stale_temporaries(folder: str) -> None:
+    """Temporary files of saves that a killed run never finished (the complete files they would replace remain)."""
+    for path in glob.glob(os.path.join(folder, ".*.tmp")):
+        os.unlink(path)
+
+
 def run_train(args, explicit: set) -> int:
     if not args.trainfunc:
         raise SpeakerNetError(f"--trainfunc is required for training; choices: {', '.join(plugins.choices('loss'))}")
@@ -316,6 +323,7 @@ def run_train(args, explicit: set) -> int:
     result_dir = os.path.join(args.save_path, "result")
     os.makedirs(model_dir, exist_ok=True)
     os.makedirs(result_dir, exist_ok=True)
+    remove_stale_temporaries(model_dir)
     previous = resume_point(model_dir)
     if previous:
         trainer.resume(*previous)

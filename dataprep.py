@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Data preparation.
+
+Only the synthetic corpus is supported (no network access is assumed):
+
+    python dataprep.py --synthetic --save_path data/synth [--speakers 150] [--utterances 24]
+                       [--test_speakers 40] [--test_utterances 12] [--trials 3000]
+                       [--min_duration 2.1] [--max_duration 4.0] [--seed 0] [--workers N]
+
+writes ``SAVE_PATH/wav/idNNNNN/sessSS/UUUUU.wav`` (16 kHz mono PCM_16), ``SAVE_PATH/train_list.txt`` (training
+speakers, ``speaker relative/path.wav``) and ``SAVE_PATH/veri_test.txt`` (held-out speakers,
+``label enroll.wav test.wav``, about half target trials).  The same arguments (whatever ``--workers``) give
+byte-identical files.  See ``synthetic_corpus.py`` for the signal model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from synthetic_corpus import CorpusConfig, make_corpus
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = CorpusConfig()
+    p = argparse.ArgumentParser(description="Prepare speaker-verification data (synthetic VoxCeleb-shaped corpus).")
+    p.add_argument("--synthetic", action="store_true", help="generate the synthetic corpus")
+    p.add_argument("--save_path", type=str, default="data/synthetic", help="output directory (default: %(default)s)")
+    p.add_argument("--speakers", type=int, default=d.speakers, help="training speakers (default: %(default)s)")
+    p.add_argument("--utterances", type=int, default=d.utterances,
+                   help="utterances per training speaker (default: %(default)s)")
+    p.add_argument("--test_speakers", type=int, default=d.test_speakers,
+                   help="held-out speakers for veri_test.txt (default: %(default)s)")
+    p.add_argument("--test_utterances", type=int, default=d.test_utterances,
+                   help="utterances per test speaker (default: %(default)s)")
+    p.add_argument("--trials", type=int, default=d.trials, help="verification trials (default: %(default)s)")
+    p.add_argument("--min_duration", type=float, default=d.min_duration,
+                   help="shortest utterance, seconds (default: %(default)s)")
+    p.add_argument("--max_duration", type=float, default=d.max_duration,
+                   help="longest utterance, seconds (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="worker processes; does not change the output (default: %(default)s)")
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.synthetic:
+        parser.error("nothing to do: pass --synthetic (downloading VoxCeleb is not supported)")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1 (got {args.workers})")
+    try:
+        CorpusConfig(args.speakers, args.utterances, args.test_speakers, args.test_utterances, args.trials,
+                     args.min_duration, args.max_duration, args.seed).validate()
+    except ValueError as e:
+        parser.error(str(e))
+    info = make_corpus(
+        args.save_path,
+        speakers=args.speakers,
+        utterances=args.utterances,
+        test_speakers=args.test_speakers,
+        test_utterances=args.test_utterances,
+        trials=args.trials,
+        min_duration=args.min_duration,
+        max_duration=args.max_duration,
+        seed=args.seed,
+        workers=args.workers,
+        progress=True,
+    )
+    print(
+        f"wrote {info['files']} files ({info['seconds'] / 3600:.2f} h of audio, {info['bytes'] / 2**20:.1f} MiB) "
+        f"in {info['elapsed']:.1f} s ({info['files'] / max(info['elapsed'], 1e-9):.1f} files/s, "
+        f"{args.workers} worker{'s' if args.workers > 1 else ''})\n"
+        f"  train list: {info['train_list']}\n  trials:     {info['test_list']}\n  wav root:   {info['train_path']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
