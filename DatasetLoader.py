@@ -206,7 +206,10 @@ class GroupBatchSampler(torch.utils.data.Sampler):
     imbalanced sampler, (1,) classification), its utterances (at most ``max_seg_per_spk``) are shuffled and cut
     into groups of that size, and the shuffled groups are packed into batches. A group whose speaker is already in
     the batch being filled waits for the next batch (the original dropped it). The order depends only on
-    ``seed`` and the epoch, so a resumed run sees the same batches.
+    ``seed`` and the epoch, so a resumed run sees the same batches. Under torch.distributed the batches are
+    global (``batch_size`` groups per rank, distinct speakers across all ranks) and each rank takes its slice:
+    the shards are disjoint and equally long, and k ranks with ``batch_size`` B see exactly the batches of one
+    process with ``batch_size`` k*B.
     """
 
     def __init__(self, labels: np.ndarray, group_sizes: tuple[int, ...], batch_size: int, max_seg_per_spk: int,
@@ -254,15 +257,16 @@ class GroupBatchSampler(torch.utils.data.Sampler):
         return groups
 
     def _pack(self, groups, order) -> list[list[int]]:
+        global_batch = self.batch_size * self.world_size
         batches, batch, speakers, waiting = [], [], set(), []
 
         def close_if_full():
             nonlocal batch, speakers, waiting
-            while len(batch) == self.batch_size:
+            while len(batch) == global_batch:
                 batches.append(batch)
                 batch, speakers, still = [], set(), []
                 for index in waiting:
-                    if len(batch) < self.batch_size and groups[index][0] not in speakers:
+                    if len(batch) < global_batch and groups[index][0] not in speakers:
                         batch.append(index)
                         speakers.add(groups[index][0])
                     else:
@@ -285,10 +289,10 @@ class GroupBatchSampler(torch.utils.data.Sampler):
             groups = self._make_groups(rng)
             order = rng.permutation(len(groups))
             crop_seeds = rng.integers(0, 2 ** 63 - 1, size=len(groups))
-            packed = self._pack(groups, order)
-            packed = packed[:len(packed) - len(packed) % self.world_size]
+            # Global batches of batch_size groups per rank; this rank takes its own contiguous slice of each.
+            mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
             self._batches = [[Group(groups[i][0], tuple(int(f) for f in groups[i][1]), int(crop_seeds[i]))
-                              for i in batch] for batch in packed[self.rank::self.world_size]]
+                              for i in batch[mine]] for batch in self._pack(groups, order)]
         return self._batches
 
     def __iter__(self):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import atomic
+import distributed
 import plugins
 from DatasetLoader import NUM_EVAL, TestDataset, Trial
 from errors import SpeakerNetError
@@ -42,11 +43,18 @@ class SpeakerNet(nn.Module):
 
     def forward(self, waves: torch.Tensor, labels: torch.Tensor, groups: int):
         """Loss and accuracy of a flat batch of ``groups`` speaker groups (labels per utterance)."""
-        embeddings = self.__S__(waves).float()
+        embeddings = self.__S__(waves)
+        if embeddings.dtype in (torch.float16, torch.bfloat16):
+            embeddings = embeddings.float()          # the loss runs in float32 under mixed precision
         if self.train_normalize:
             embeddings = F.normalize(embeddings, p=2, dim=1)
-        if self.__L__.utterances_per_speaker == IMBALANCED:
+        # Under torch.distributed the loss sees the global batch (every rank's groups, in rank order).
+        imbalanced = self.__L__.utterances_per_speaker == IMBALANCED
+        labels = distributed.gather_without_grad(labels, equal_sizes=not imbalanced)
+        embeddings = distributed.gather_with_grad(embeddings, equal_sizes=not imbalanced)
+        if imbalanced:
             return self.__L__(embeddings, labels)
+        groups *= distributed.world_size()
         per_group = embeddings.shape[0] // groups
         return self.__L__(embeddings.view(groups, per_group, -1), labels.view(groups, per_group)[:, 0])
 
@@ -162,9 +170,16 @@ class ModelTrainer:
     max_bad_steps = 5   # consecutive non-finite losses before the run stops
 
     def __init__(self, net: SpeakerNet, device: torch.device, optimizer: str = "adam", scheduler: str = "plateau",
-                 **kwargs):
+                 mixedprec: str | None = None, **kwargs):
         self.net = net.to(device)
         self.device = device
+        # What the training step calls: the network itself, or its DistributedDataParallel wrapper.
+        self.model = self.net
+        if distributed.is_active() and net.__L__ is not None:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[device.index] if device.type == "cuda" else None)
+        self.autocast_dtype = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}[mixedprec]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=mixedprec == "fp16")
         self.optimizer = plugins.load("optimizer", optimizer)(self.net.parameters(), **kwargs)
         self.scheduler = plugins.load("scheduler", scheduler)(self.optimizer, **kwargs)
         self.last_eer = 50.0       # what the original's plateau scheduler sees before the first evaluation
@@ -194,21 +209,23 @@ class ModelTrainer:
         progress = self.progress
         loader.batch_sampler.start_at(progress.batches)
         bad_in_a_row, utterances, started = 0, 0, time.time()
-        bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not show_progress, dynamic_ncols=True,
+        bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not (show_progress and distributed.is_main()), dynamic_ncols=True,
                    file=sys.stdout, initial=progress.batches, total=progress.batches + len(loader))
         for waves, labels, sizes in bar:
             waves = waves.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
             running_stats = [buffer.clone() for buffer in self._running_stats]
-            loss, accuracy = self.net(waves, labels, len(sizes))
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                loss, accuracy = self.model(waves, labels, len(sizes))
             # The one host synchronisation of the step: the values we log (and check before applying the step).
             loss_value, accuracy_value = torch.stack([loss.detach(), accuracy.detach().to(loss.dtype)]).tolist()
             progress.batches += 1
             if math.isfinite(loss_value):
                 bad_in_a_row = 0
-                loss.backward()
-                self.optimizer.step()
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
                 progress.add(loss_value, accuracy_value)
                 utterances += waves.shape[0]
                 bar.set_postfix(loss=f"{progress.mean_loss:.4f}", acc=f"{progress.mean_accuracy:.2f}%",
@@ -277,6 +294,7 @@ class ModelTrainer:
             "model_state_dict": self.net.state_dict(),
             "optimizer_state_dict": self.optimizer.state_dict(),
             "scheduler_state_dict": self.scheduler.state_dict(),
+            "scaler_state_dict": self.scaler.state_dict(),
             "epoch": epoch,
             "last_eer": self.last_eer,
             "progress": asdict(self.progress) if self.progress is not None else None,
@@ -296,6 +314,8 @@ class ModelTrainer:
             self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
         if "scheduler_state_dict" in checkpoint:
             self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
+        if checkpoint.get("scaler_state_dict"):
+            self.scaler.load_state_dict(checkpoint["scaler_state_dict"])
         self.epoch = int(checkpoint.get("epoch", epoch_from_name))
         self.last_eer = float(checkpoint.get("last_eer", self.last_eer))
         self.progress = EpochProgress(**checkpoint["progress"]) if checkpoint.get("progress") else None

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 import atomic
+import distributed
 import plugins
 from DatasetLoader import (GroupBatchSampler, TrainDataset, check_files_exist, collate_groups, read_train_list,
                            read_trial_list)
@@ -97,18 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
     add("--device", type=str, default=None, help="cuda or cpu (default: cuda when available)")
     add("--distributed", action="store_true", help="one process per GPU (torch.distributed)")
     add("--port", type=str, default="8888", help="--distributed: master port")
-    add("--mixedprec", action="store_true", help="mixed precision training")
+    add("--mixedprec", nargs="?", const="fp16", default=None, choices=["fp16", "bf16"],
+        help="mixed precision: float16 with a gradient scaler (no value), or --mixedprec bf16")
     add("--gpu_id", type=int, default=0, help="GPU index")
     return parser
 
 
 def _coerce(action: argparse.Action, key: str, value, source: str):
     """A YAML value converted to the flag's type, or a clear error."""
+    if action.const is not None and isinstance(value, bool):     # e.g. "mixedprec: true" -> its flag's value
+        return action.const if value else None
     if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
         if not isinstance(value, bool):
             raise SpeakerNetError(f"{source}: key '{key}' expects true or false, got {value!r}")
         return value
-    if value is None or action.type is None:
+    if value is None or (action.type is None and not action.choices):
+        return value
+    if action.type is None:
+        if value not in action.choices:
+            raise SpeakerNetError(f"{source}: key '{key}' must be one of {list(action.choices)}, got {value!r}")
         return value
     if action.type in (int, float) and isinstance(value, bool):
         raise SpeakerNetError(f"{source}: key '{key}' expects {action.type.__name__}, got {value!r}")
@@ -212,7 +220,9 @@ def load_trials(args):
 
 
 def make_trainer(args) -> ModelTrainer:
-    settings = {**vars(args), "device": choose_device(args.device, args.gpu_id)}
+    device = distributed.local_device(args.device) if distributed.is_active() else choose_device(args.device,
+                                                                                                 args.gpu_id)
+    settings = {**vars(args), "device": device}
     return ModelTrainer(SpeakerNet(**settings), **settings)
 
 
@@ -247,7 +257,8 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
 def build_loader(args, train_list, loss_needs, device):
     sampler = GroupBatchSampler(train_list.labels, group_sizes_for(loss_needs, args.nPerSpeaker), args.batch_size,
-                                args.max_seg_per_spk, seed=args.seed)
+                                args.max_seg_per_spk, seed=args.seed, rank=distributed.rank(),
+                                world_size=distributed.world_size())
     workers = args.nDataLoaderThread
     loader = torch.utils.data.DataLoader(
         TrainDataset(train_list, args.max_frames), batch_sampler=sampler, collate_fn=collate_groups,
@@ -334,18 +345,31 @@ def run_train(args, explicit: set) -> int:
         trainer.load_weights(args.initial_model)
         print(f"Model {args.initial_model} loaded!")
 
-    with open(os.path.join(result_dir, "scores.txt"), "a+") as scorefile, StopRequest(trainer) as stop:
+    scores_path = os.path.join(result_dir, "scores.txt") if distributed.is_main() else os.devnull
+    with open(scores_path, "a+") as scorefile, StopRequest(trainer) as stop:
         for key, value in vars(args).items():
             scorefile.write(f"{key} {value}\n")
         scorefile.flush()
         for epoch in range(trainer.epoch + 1, args.max_epoch + 1):
             if not train_one_epoch(trainer, args, epoch, loader, sampler, trials, scorefile, model_dir):
-                trainer.save(os.path.join(model_dir, RESUME_STATE), trainer.epoch)
+                save_on_main(trainer, os.path.join(model_dir, RESUME_STATE), trainer.epoch)
                 print(f"Stopped during epoch {epoch} after {trainer.progress.batches} batches; state saved to "
                       f"{os.path.join(model_dir, RESUME_STATE)}. Run the same command again to resume.",
                       file=sys.stderr)
                 return 128 + stop.signal_number
     return 0
+
+
+def save_on_main(trainer, path: str, epoch: int, eer: float | None = None) -> None:
+    """Rank 0 writes the checkpoint (and its ``.eer``); a complete epoch checkpoint retires ``resume.state``."""
+    if distributed.is_main():
+        trainer.save(path, epoch)
+        if eer is not None:
+            atomic.write_text(path[:-len(".model")] + ".eer", "%.4f" % eer)
+            stale = os.path.join(os.path.dirname(path), RESUME_STATE)
+            if os.path.exists(stale):
+                os.unlink(stale)
+    distributed.barrier()
 
 
 def train_one_epoch(trainer, args, epoch, loader, sampler, trials, scorefile, model_dir) -> bool:
@@ -369,15 +393,11 @@ def train_one_epoch(trainer, args, epoch, loader, sampler, trials, scorefile, mo
         line = SCORE_LINE % (epoch, lr, accuracy, loss, metrics.eer)
         extra = f"INFO epoch {epoch}: {metrics.summary()}, train {train_seconds:.1f} s"
         path = checkpoint_path(model_dir, epoch)
-        trainer.save(path, epoch)
-        atomic.write_text(path[:-len(".model")] + ".eer", "%.4f" % metrics.eer)
-        stale = os.path.join(model_dir, RESUME_STATE)
-        if os.path.exists(stale):
-            os.unlink(stale)
+        save_on_main(trainer, path, epoch, eer=metrics.eer)
     else:
         line = TRAIN_LINE % (epoch, lr, accuracy, loss)
         extra = f"INFO epoch {epoch}: train {train_seconds:.1f} s"
-        trainer.save(os.path.join(model_dir, RESUME_STATE), epoch)
+        save_on_main(trainer, os.path.join(model_dir, RESUME_STATE), epoch)
     print(time.strftime("%Y-%m-%d %H:%M:%S"), line)
     print(extra)
     scorefile.write(line + "\n" + extra + "\n")
@@ -385,15 +405,39 @@ def train_one_epoch(trainer, args, epoch, loader, sampler, trials, scorefile, mo
     return True
 
 
-def main(argv=None) -> int:
+def run(args, explicit: set) -> int:
+    """This process's work; under --distributed it joins the process group first (torchrun or spawned)."""
+    if args.distributed:
+        distributed.init_process_group(distributed.local_device(args.device))
+        if not distributed.is_main():
+            sys.stdout = open(os.devnull, "w")      # rank 0 alone reports; errors still reach stderr
     try:
-        args, explicit = parse_args(argv)
         if args.eval:
             run_eval(args)
             return 0
         return run_train(args, explicit)
+    finally:
+        distributed.shutdown()
+
+
+def _spawned(local_rank: int, processes: int, argv) -> None:
+    """One of the processes of the one-machine launch (``--distributed`` without torchrun)."""
+    os.environ.update(distributed.spawn_environment(parse_args(argv)[0].port, local_rank, processes))
+    code = main(argv)
+    if code:
+        sys.exit(code)
+
+
+def main(argv=None) -> int:
+    try:
+        args, explicit = parse_args(argv)
+        if args.distributed and not distributed.launched_by_torchrun():
+            processes = distributed.gpus_to_spawn()
+            torch.multiprocessing.spawn(_spawned, args=(processes, argv), nprocs=processes)
+            return 0
+        return run(args, explicit)
     except SpeakerNetError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error{f' (rank {distributed.rank()})' if distributed.is_active() else ''}: {error}", file=sys.stderr)
         return 2
 
 

@@ -95,7 +95,7 @@ class ResNetSE(nn.Module):
     def log_mel(self, waves: torch.Tensor) -> torch.Tensor:
         """Waveform -> instance-normalised log mel, in float32 and without gradient (it has no parameters)."""
         with torch.no_grad(), torch.autocast(device_type=waves.device.type, enabled=False):
-            x = self.torchfb(waves.float()) + 1e-6
+            x = self.torchfb(waves.to(self.torchfb.spectrogram.window.dtype)) + 1e-6   # float32 unless .double()
             if self.log_input:
                 x = x.log()
             return self.instancenorm(x).unsqueeze(1)

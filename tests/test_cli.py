@@ -17,7 +17,7 @@ ORIGINAL_DEFAULTS = {
     "hard_prob": 0.5, "hard_rank": 10, "nSpeakers": 5994, "initial_model": "", "save_path": "./data/exp1",
     "train_list": "", "test_list": "", "train_path": "voxceleb2", "test_path": "voxceleb1", "eval": False,
     "model": "", "encoder_type": "SAP", "nOut": 512, "margin": None, "scale": None, "scheduler": "plateau",
-    "log_input": True, "augment": False, "distributed": False, "mixedprec": False,
+    "log_input": True, "augment": False, "distributed": False, "mixedprec": None,
 }
 
 
