@@ -170,7 +170,7 @@ class ModelTrainer:
     max_bad_steps = 5   # consecutive non-finite losses before the run stops
 
     def __init__(self, net: SpeakerNet, device: torch.device, optimizer: str = "adam", scheduler: str = "plateau",
-                 mixedprec: str | None = None, **kwargs):
+                 mixedprec: str | None = None, compile: bool = False, **kwargs):
         self.net = net.to(device)
         self.device = device
         # What the training step calls: the network itself, or its DistributedDataParallel wrapper.
@@ -178,6 +178,8 @@ class ModelTrainer:
         if distributed.is_active() and net.__L__ is not None:
             self.model = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[device.index] if device.type == "cuda" else None)
+        if compile:
+            self.model = torch.compile(self.model)   # the step only: checkpoints keep the plain parameter names
         self.autocast_dtype = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}[mixedprec]
         self.scaler = torch.amp.GradScaler(device.type, enabled=mixedprec == "fp16")
         self.optimizer = plugins.load("optimizer", optimizer)(self.net.parameters(), **kwargs)

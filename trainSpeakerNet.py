@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--mixedprec", nargs="?", const="fp16", default=None, choices=["fp16", "bf16"],
         help="mixed precision: float16 with a gradient scaler (no value), or --mixedprec bf16")
     add("--gpu_id", type=int, default=0, help="GPU index")
+    add("--compile", action="store_true", help="torch.compile the training step (first steps are slow)")
     return parser
 
 

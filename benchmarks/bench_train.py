@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Training-step throughput: our trainer's step next to one written the way voxceleb_trainer's ``train_network``
+does it, on the same network, loss, weights and batches, in the same run.
+
+Default shape: ResNetSE34L + angleproto, 64 speakers x 2 utterances x 200 frames (issue: "bench_train").
+``benchmarks/bench_train_gpu.py`` runs the original README's mp_balance shape on a GPU.
+"""
+
+import argparse
+import copy
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from DatasetLoader import max_audio_samples  # noqa: E402
+from SpeakerNet import ModelTrainer, SpeakerNet  # noqa: E402
+
+
+class Batches(list):
+    """Pre-made batches with the sampler hook our trainer calls (no audio I/O: the step alone is measured)."""
+
+    class batch_sampler:  # noqa: N801
+        @staticmethod
+        def start_at(batch):
+            pass
+
+
+def make_batches(groups, per_group, frames, count, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(groups).repeat_interleave(per_group)
+    return Batches((torch.randn(groups * per_group, max_audio_samples(frames), generator=generator) * 3000,
+                    labels, torch.full((groups,), per_group)) for _ in range(count))
+
+
+def reference_epoch(net, optimizer, batches, device):
+    """voxceleb_trainer's loop: data (per_group, groups, samples) moved per step, module.zero_grad(),
+    the loss and accuracy copied to the host with two .item() calls."""
+    net.train()
+    total_loss, total_top1 = 0.0, 0.0
+    for waves, labels, sizes in batches:
+        groups = len(sizes)
+        data = waves.view(groups, -1, waves.shape[-1]).transpose(1, 0)
+        net.zero_grad()
+        label = torch.LongTensor(labels.view(groups, -1)[:, 0].tolist()).to(device)
+        outp = net.__S__(data.reshape(-1, data.size(-1)).to(device))
+        if net.train_normalize:
+            outp = torch.nn.functional.normalize(outp, p=2, dim=1)
+        outp = outp.reshape(data.size(0), groups, -1).transpose(1, 0).squeeze(1)
+        nloss, prec1 = net.__L__(outp, label)
+        nloss.backward()
+        optimizer.step()
+        total_loss += nloss.detach().cpu().item()
+        total_top1 += prec1.detach().cpu().item()
+    return total_loss / len(batches)
+
+
+def synchronise(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_runs(run, device, repeats):
+    times = []
+    for _ in range(repeats):
+        synchronise(device)
+        started = time.perf_counter()
+        run()
+        synchronise(device)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def measure(trainfunc="angleproto", groups=64, per_group=2, frames=200, steps=3, repeats=3, device="cpu",
+            mixedprec=None, compile=False, reference=True, classes=None):
+    """Utterances/s of our step and of the reference step (None when not measured)."""
+    device = torch.device(device)
+    torch.manual_seed(0)
+    net = SpeakerNet(model="ResNetSE34L", trainfunc=trainfunc, nOut=512, nSpeakers=classes or groups).to(device)
+    reference_net = copy.deepcopy(net)
+    ours = ModelTrainer(net, device, optimizer="sgd", scheduler="steplr", lr=1e-4, mixedprec=mixedprec,
+                        compile=compile)
+    batches = make_batches(groups, per_group, frames, steps)
+    warm = make_batches(groups, per_group, frames, 1, seed=1)
+    ours.train_network(warm, epoch=1, show_progress=False)
+    ours_seconds = time_runs(lambda: ours.train_network(batches, epoch=1, show_progress=False), device, repeats)
+    result = {"ours": groups * per_group * steps / ours_seconds, "reference": None}
+    if reference:
+        optimizer = torch.optim.SGD(reference_net.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-5)
+        reference_epoch(reference_net, optimizer, warm, device)
+        seconds = time_runs(lambda: reference_epoch(reference_net, optimizer, batches, device), device, repeats)
+        result["reference"] = groups * per_group * steps / seconds
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--trainfunc", default="angleproto")
+    parser.add_argument("--groups", type=int, default=64)
+    parser.add_argument("--per_group", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args(argv)
+    result = measure(args.trainfunc, args.groups, args.per_group, args.frames, args.steps, args.repeats,
+                     args.device, compile=args.compile)
+    print(f"device {args.device}, threads {torch.get_num_threads()}, {args.trainfunc}, "
+          f"{args.groups} x {args.per_group} x {args.frames} frames, {args.steps} steps, best of {args.repeats}")
+    print(f"{'step':<28}{'utt/s':>10}")
+    print(f"{'ours':<28}{result['ours']:>10.1f}")
+    print(f"{'voxceleb_trainer-style':<28}{result['reference']:>10.1f}")
+    print(f"ratio ours / reference: {result['ours'] / result['reference']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
