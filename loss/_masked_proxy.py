@@ -9,7 +9,8 @@ to the loss and its proxy stays in the masked centre table. All of this is dense
 of slots, so nothing synchronises with the host.
 
 Masked centres: ``M`` is the normalised proxy table with the rows of the classes present in the batch replaced by
-their anchors (MP) or normalised anchors (MMP).
+their anchors (MP) or normalised anchors (MMP). The table itself is never built: the query-to-proxy similarities
+are computed once and the columns of the present classes are swapped for the query-to-anchor similarities.
 """
 
 import torch
@@ -48,6 +49,43 @@ def imbalanced_slots(x: torch.Tensor, label: torch.Tensor):
     return x, anchor, label, valid
 
 
+def compact_slots(query, anchor, label, valid):
+    """Keep ``len // 2`` slots, valid ones first: a valid slot needs two utterances, so none is lost, and the
+    (slots x classes) work halves without a data-dependent shape."""
+    keep = torch.argsort((~valid).to(torch.uint8), stable=True)[: len(valid) // 2]
+    return query[keep], anchor[keep], label[keep], valid[keep]
+
+
+class ProxySimilarity(torch.autograd.Function):
+    """``q @ normalize(P).T`` and ``normalize(P)[label]`` without materialising the normalised table.
+
+    The backward writes the (classes x dim) proxy gradient once, instead of the several full-table passes that
+    autograd through ``F.normalize`` makes: that table is the largest tensor of the loss (5994 x 512).
+    """
+
+    @staticmethod
+    def forward(ctx, query, proxies, label):
+        norms = proxies.norm(dim=1).clamp_min(1e-12)
+        similarity = (query @ proxies.t()) / norms
+        class_proxies = proxies[label] / norms[label, None]
+        ctx.save_for_backward(query, proxies, label, norms, similarity)
+        return similarity, class_proxies
+
+    @staticmethod
+    def backward(ctx, grad_similarity, grad_class_proxies):
+        query, proxies, label, norms, similarity = ctx.saved_tensors
+        scaled = grad_similarity / norms
+        grad_query = scaled @ proxies
+        # d(q.p/|p|)/dp = (q - (q.p/|p|) p/|p|) / |p|: the direct part, then the radial correction.
+        grad_proxies = scaled.t() @ query
+        grad_proxies.addcmul_(proxies, (-(grad_similarity * similarity).sum(0) / norms ** 2)[:, None])
+        label_norms = norms[label, None]
+        unit = proxies[label] / label_norms
+        radial = (grad_class_proxies * unit).sum(1, keepdim=True)
+        grad_proxies.index_add_(0, label, (grad_class_proxies - unit * radial) / label_norms)
+        return grad_query, grad_proxies, None
+
+
 class MaskedProxyLoss(nn.Module):
     """MP or MMP with the regulariser ``lambda * CE(w * anchor . P[y_j] + sign * b, target j = i)``.
 
@@ -79,32 +117,33 @@ class MaskedProxyLoss(nn.Module):
 
     def forward(self, x: torch.Tensor, label: torch.Tensor):
         if self.utterances_per_speaker == IMBALANCED:
-            query, anchor, label, valid = imbalanced_slots(x, label)
+            query, anchor, label, valid = compact_slots(*imbalanced_slots(x, label))
         else:
             query, anchor, label, valid = balanced_slots(x, label)
-        proxies = F.normalize(self.proxies, dim=1)
+        proxy_similarity, class_proxies = ProxySimilarity.apply(query, self.proxies, label)
         centre_anchor = F.normalize(anchor, dim=1) if self.variant == "mmp" else anchor
+        batch_similarity = query @ centre_anchor.t()                      # s_ij = q_i . M[y_j]
 
-        # Masked centre table: the proxy rows of the classes present in the batch replaced by their anchors.
-        present_onehot = F.one_hot(label, proxies.shape[0]).to(x.dtype) * valid[:, None].to(x.dtype)
-        present = present_onehot.sum(dim=0) > 0
-        centres = torch.where(present[:, None], present_onehot.t() @ centre_anchor, proxies)
-        similarity = query @ centres.t()                                  # (slots, classes)
+        # Against the masked centre table: the columns of the classes present in the batch hold the anchors
+        # instead of the proxies. Swapping those few columns avoids building the (classes x dim) table.
+        swap = (batch_similarity - query @ class_proxies.t()) * valid[None, :].to(x.dtype)
+        similarity = proxy_similarity.index_add(1, label, swap)          # (slots, classes)
 
         if self.variant == "mp":
             main = _masked_mean(F.cross_entropy(self.w * similarity + self.b, label, reduction="none"), valid)
         else:
-            main = self._mmp_terms(query, centre_anchor, similarity, present, valid)
-
-        main = main + self.lambda_reg * self._regulariser(anchor, proxies[label], valid)
+            main = self._mmp_terms(batch_similarity, proxy_similarity, label, valid)
+        main = main + self.lambda_reg * self._regulariser(anchor, class_proxies, valid)
         return main, accuracy(similarity, label, valid)
 
-    def _mmp_terms(self, query, centre_anchor, similarity, present, valid):
+    def _mmp_terms(self, batch_similarity, proxy_similarity, label, valid):
         """Positive pairs, absent-class proxies and in-batch negatives, each as ``log(1 + sum exp)``."""
-        batch_similarity = query @ centre_anchor.t()                      # s_ij = q_i . M[y_j]
+        weight = valid.to(batch_similarity.dtype)
+        present = torch.zeros(proxy_similarity.shape[1], dtype=weight.dtype, device=weight.device)
+        present = present.index_add(0, label, weight) > 0
         positive = log1p_masked_sum_exp(-self.w * batch_similarity.diagonal() + self.b, valid, dim=0)
         absent = valid[:, None] & ~present[None, :]
-        proxy = _masked_mean(log1p_masked_sum_exp(self.w * similarity - self.b, absent, dim=1), valid)
+        proxy = _masked_mean(log1p_masked_sum_exp(self.w * proxy_similarity - self.b, absent, dim=1), valid)
         off_diagonal = valid[:, None] & valid[None, :] & ~torch.eye(len(valid), dtype=torch.bool, device=valid.device)
         batch = _masked_mean(log1p_masked_sum_exp(self.w * batch_similarity - self.b, off_diagonal, dim=1), valid)
         return positive + proxy + batch

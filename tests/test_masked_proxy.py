@@ -191,3 +191,26 @@ def test_checkpoint_keys_and_initial_scalars():
         assert ("w2" in keys) == name.startswith("mp")
         assert loss.b.item() == b and loss.w.item() == 10.0
         assert {n for n, _ in loss.named_parameters()} == {"proxies", "w", "b"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradcheck_proxies_and_scalars(name):
+    """The proxy similarity has a hand-written backward: check it against finite differences."""
+    loss = make_loss(name)
+    x, labels = batch_for(loss)
+    proxies = loss.proxies.detach().clone().requires_grad_(True)
+    w = loss.w.detach().clone().requires_grad_(True)
+    b = loss.b.detach().clone().requires_grad_(True)
+
+    def value(p, w_, b_):
+        return torch.func.functional_call(loss, {"proxies": p, "w": w_, "b": b_}, (x.detach(), labels))[0]
+
+    assert torch.autograd.gradcheck(value, (proxies, w, b))
+
+
+def test_no_valid_slot_is_lost_when_compacting():
+    """Imbalanced batches keep half the utterances as slots: enough for every class with two or more."""
+    loss = make_loss("mp", classes=12)
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5])         # 6 pairs: exactly len // 2 valid slots
+    x = F.normalize(torch.randn(12, 5, dtype=torch.float64), dim=1).requires_grad_(True)
+    assert torch.allclose(loss(x, labels)[0], reference_for(loss, x, labels), rtol=1e-10)
