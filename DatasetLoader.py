@@ -121,6 +121,8 @@ def _open_checked(filename: str) -> sf.SoundFile:
 
 def _read_int_scale(handle: sf.SoundFile, frames: int = -1) -> np.ndarray:
     """Samples in the int16 range as float32, as the original reads them (not scaled to [-1, 1])."""
+    if handle.subtype == "PCM_16":      # the same values, without libsndfile's float conversion (~2x faster)
+        return handle.read(frames, dtype="int16").astype(np.float32)
     audio = handle.read(frames, dtype="float32") * 32768.0
     if not np.isfinite(audio).all():
         raise SpeakerNetError(f"{handle.name}: non-finite (NaN/inf) samples")
@@ -318,6 +320,11 @@ class TestDataset(Dataset):
     def __getitem__(self, index):
         path = os.path.join(self.test_path, self.files[index])
         return torch.from_numpy(load_wav(path, self.max_frames, evalmode=True, num_eval=self.num_eval)), index
+
+    def num_samples(self, index) -> int:
+        """Samples of a file from its header (whole-file evaluation batches files of equal length)."""
+        with _open_checked(os.path.join(self.test_path, self.files[index])) as handle:
+            return handle.frames
 
     def __len__(self):
         return len(self.files)

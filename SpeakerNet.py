@@ -17,8 +17,9 @@ from tqdm import tqdm
 
 import atomic
 import distributed
+import evaluation
 import plugins
-from DatasetLoader import NUM_EVAL, TestDataset, Trial
+from DatasetLoader import NUM_EVAL, Trial
 from errors import SpeakerNetError
 from loss._common import IMBALANCED
 
@@ -256,38 +257,63 @@ class ModelTrainer:
 
     @torch.no_grad()
     def embed_files(self, files: list[str], test_path: str, eval_frames: int, num_workers: int = 0,
-                    files_per_batch: int = 8, show_progress: bool = True) -> torch.Tensor:
-        """``(files, crops, nOut)`` embeddings (crops = 10, or 1 for whole files with ``eval_frames == 0``)."""
+                    files_per_batch: int | None = None, show_progress: bool = True) -> torch.Tensor:
+        """``(files, crops, nOut)`` embeddings (crops = 10, or 1 for whole files with ``eval_frames == 0``).
+
+        Several files per forward pass (``files_per_batch``, default 2 on the CPU and 32 on a GPU), loaded by a
+        DataLoader with ``num_workers`` workers; see :func:`evaluation.extract_embeddings`.
+        """
         self.net.eval()
-        whole_files = eval_frames == 0
-        loader = torch.utils.data.DataLoader(
-            TestDataset(files, test_path, eval_frames), batch_size=1 if whole_files else files_per_batch,
-            num_workers=num_workers, pin_memory=self.device.type == "cuda")
-        chunks = []
-        for crops, _ in tqdm(loader, desc="embedding", unit="batch", disable=not show_progress, file=sys.stdout):
-            batch, count, samples = crops.shape
-            embeddings = self.net.__S__(crops.view(batch * count, samples).to(self.device, non_blocking=True))
-            chunks.append(embeddings.float().view(batch, count, -1).cpu())
-        return torch.cat(chunks)
+        return evaluation.extract_embeddings(self.net.__S__, files, test_path, eval_frames, self.device, num_workers,
+                                             files_per_batch, show_progress)
 
     def score_trials(self, embeddings: torch.Tensor, enroll: torch.Tensor, test: torch.Tensor,
-                     chunk: int = 4096) -> torch.Tensor:
-        """Minus the mean Euclidean distance over all crop pairs of the two files, for every trial."""
-        if self.net.test_normalize:
-            embeddings = F.normalize(embeddings, p=2, dim=2)
-        scores = [-torch.cdist(embeddings[enroll[i:i + chunk]], embeddings[test[i:i + chunk]]).mean(dim=(1, 2))
-                  for i in range(0, len(enroll), chunk)]
-        return torch.cat(scores)
+                     scoring: str = "crops", chunk: int | None = None) -> torch.Tensor:
+        """Scores of the trials ``(enroll[i], test[i])`` (file indices into ``embeddings``), on the CPU.
+
+        ``crops`` (the original's): minus the mean Euclidean distance over all crop pairs of the two files;
+        ``cosine``: the cosine of the crop-averaged embeddings. Crops are L2-normalised when the loss says so.
+        """
+        scorer = evaluation.TrialScorer(embeddings, scoring, self.net.test_normalize, self.device, chunk)
+        return scorer(enroll, test)
+
+    def evaluate_lists(self, trial_lists: list[list[Trial]], test_path: str, eval_frames: int, num_workers: int = 0,
+                       files_per_batch: int | None = None, scoring: str = "crops", score_norm: str = "none",
+                       cohort: tuple[list[str], np.ndarray] | None = None, cohort_size: int = 200,
+                       show_progress: bool = True) -> tuple[evaluation.EmbeddingStore, list[np.ndarray]]:
+        """Scores of several trial lists (each in list order); a file shared by lists is embedded once.
+
+        ``score_norm="asnorm"`` needs ``cohort``: the files (full paths) and speaker labels of the cohort, whose
+        per-speaker mean embeddings are the cohort (:func:`evaluation.speaker_means`), and uses the
+        ``cohort_size`` top cohort scores of each file. Returns the embedding store and the scores per list.
+        """
+        if score_norm not in evaluation.SCORE_NORMS:
+            raise SpeakerNetError(f"--score_norm {score_norm!r}: choose one of {', '.join(evaluation.SCORE_NORMS)}")
+        files = sorted({path for trials in trial_lists for trial in trials for path in (trial.enroll, trial.test)})
+        store = evaluation.EmbeddingStore(files, self.embed_files(files, test_path, eval_frames, num_workers,
+                                                                  files_per_batch, show_progress))
+        scorer = evaluation.TrialScorer(store.embeddings, scoring, self.net.test_normalize, self.device)
+        pairs = [(store.indices(t.enroll for t in trials), store.indices(t.test for t in trials))
+                 for trials in trial_lists]
+        results = [scorer(enroll, test) for enroll, test in pairs]
+        if score_norm == "asnorm":
+            if cohort is None:
+                raise SpeakerNetError("--score_norm asnorm needs a cohort (--train_list)")
+            cohort_files, cohort_labels = cohort
+            cohort_embeddings = self.embed_files(list(cohort_files), "", eval_frames, num_workers, files_per_batch,
+                                                 show_progress)
+            _, speakers = np.unique(np.asarray(cohort_labels), return_inverse=True)
+            means = evaluation.speaker_means(cohort_embeddings, speakers, self.net.test_normalize)
+            mean, std = evaluation.cohort_statistics(scorer, torch.arange(len(files)), means, cohort_size)
+            results = [evaluation.as_norm(scores, enroll, test, mean, std)
+                       for scores, (enroll, test) in zip(results, pairs)]
+        return store, [scores.numpy() for scores in results]
 
     def evaluate_trials(self, trials: list[Trial], test_path: str, eval_frames: int, num_workers: int = 0,
-                        show_progress: bool = True) -> np.ndarray:
-        """Scores of ``trials`` in list order; every file is embedded once."""
-        files = sorted({path for trial in trials for path in (trial.enroll, trial.test)})
-        index = {path: i for i, path in enumerate(files)}
-        embeddings = self.embed_files(files, test_path, eval_frames, num_workers, show_progress=show_progress)
-        enroll = torch.tensor([index[trial.enroll] for trial in trials])
-        test = torch.tensor([index[trial.test] for trial in trials])
-        return self.score_trials(embeddings, enroll, test).numpy()
+                        show_progress: bool = True, **options) -> np.ndarray:
+        """Scores of ``trials`` in list order; every file is embedded once (options: see :meth:`evaluate_lists`)."""
+        return self.evaluate_lists([trials], test_path, eval_frames, num_workers, show_progress=show_progress,
+                                   **options)[1][0]
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 
+import prep_voxceleb
 from synthetic_corpus import CorpusConfig, make_corpus
 
 
@@ -42,12 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="worker processes; does not change the output (default: %(default)s)")
+    prep_voxceleb.add_arguments(p)      # --download, --extract, --convert, --make_list, --augment, --musan, --rirs
     return p
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if prep_voxceleb.requested(args):   # VoxCeleb / MUSAN / RIR steps (prep_voxceleb.py), then --synthetic if given
+        status = prep_voxceleb.run(args)
+        if status or not args.synthetic:
+            return status
     if not args.synthetic:
         parser.error("nothing to do: pass --synthetic (downloading VoxCeleb is not supported)")
     if args.workers < 1:

@@ -127,7 +127,6 @@ def speaker_params(seed: int, role: int, index: int) -> dict:
         "fric_off": np.exp(r.normal(0.0, 0.08, size=len(_FRIC_CENTRE))),
         "rate": r.uniform(0.75, 1.3),
         "pause_p": r.uniform(0.08, 0.35),
-        "creak": r.uniform(0.0, 0.5),  # tendency to lower pitch / irregularity at phrase ends
     }
 
 
@@ -153,20 +152,20 @@ def _noise_curve(n: dict, f: np.ndarray) -> np.ndarray:
 def session_params(seed: int, role: int, index: int, session: int) -> dict:
     """Recording conditions of one session and the speaker's state in it."""
     r = _rng(seed, role, _S_SESSION, index, session)
-    nb = r.integers(2, 5)
-    narrow = r.random() < 0.25
+    nb = r.integers(1, 4)
+    narrow = r.random() < 0.15
     channel = {
-        "tilt": r.normal(0.0, 1.5),
+        "tilt": r.normal(0.0, 1.0),
         "bump_c": r.uniform(np.log2(150.0), np.log2(6500.0), size=nb),
         "bump_w": r.uniform(0.25, 1.2, size=nb),
-        "bump_g": r.normal(0.0, 6.0, size=nb),
+        "bump_g": r.normal(0.0, 3.0, size=nb),
         "hp": np.exp(r.uniform(np.log(50.0), np.log(350.0))),
         "hp_order": int(r.integers(1, 4)),
         "lp": r.uniform(3300.0, 4500.0) if narrow else r.uniform(5500.0, 7900.0),
         "lp_order": int(r.integers(2, 6)),
     }
     noise = {
-        "snr": r.uniform(5.0, 30.0),
+        "snr": 30.0 - 25.0 * r.random() ** 3,  # 5-30 dB, mostly clean-ish (median 27 dB, 12 % below 13 dB)
         "slope": r.uniform(-0.5, 2.0),  # 0 white, 1 pink, 2 brown-ish
         "bump_c": r.uniform(np.log2(200.0), np.log2(5000.0)),
         "bump_w": r.uniform(0.3, 1.5),
@@ -176,7 +175,7 @@ def session_params(seed: int, role: int, index: int, session: int) -> dict:
         "hum_f": 50.0 if r.random() < 0.5 else 60.0,
     }
     reverb = None
-    if r.random() < 0.35:
+    if r.random() < 0.25:
         rt60 = r.uniform(0.2, 0.8)
         n_ir = int(rt60 * SR)
         t = np.arange(n_ir) / SR
@@ -295,6 +294,13 @@ def _istft(spec: np.ndarray, length: int) -> np.ndarray:
 
 
 _BIN_WEIGHT = np.where((FREQS > 0) & (FREQS < SR / 2), 2.0, 1.0)  # rfft bins -> power
+
+
+def _power(spec: np.ndarray) -> float:
+    """Signal energy (up to a constant) from one-sided STFT frames."""
+    return float(np.sum((spec.real**2 + spec.imag**2) @ _BIN_WEIGHT))
+
+
 _COS1 = np.cos(2.0 * np.pi * FREQS / SR).astype(np.float32)
 _COS2 = np.cos(4.0 * np.pi * FREQS / SR).astype(np.float32)
 
@@ -327,6 +333,19 @@ def _fric_spectra(spk: dict) -> np.ndarray:
     lin = _FRIC_LEVEL[:, None] * (np.exp(g) + 0.03)
     lin[:, FREQS < 200.0] *= 0.1
     return lin
+
+
+_PULSE_LEN = 2048
+
+
+def _rosenberg(oq: float, sq: float) -> np.ndarray:
+    """One period of Rosenberg glottal flow sampled at ``_PULSE_LEN`` phases: a raised-cosine opening over
+    ``oq * sq`` of the period, a quarter-cosine closing over the rest of the open phase, then closed."""
+    ph = np.arange(_PULSE_LEN) / _PULSE_LEN
+    tp, tn = oq * sq, oq * (1.0 - sq)
+    flow = np.where(ph < tp, 0.5 * (1.0 - np.cos(np.pi * ph / tp)), 0.0)
+    closing = (ph >= tp) & (ph < tp + tn)
+    return np.where(closing, np.cos(0.5 * np.pi * (ph - tp) / tn), flow)
 
 
 def synthesize(spk: dict, ses: dict, r: np.random.Generator, duration: float) -> np.ndarray:
@@ -388,16 +407,11 @@ def synthesize(spk: dict, ses: dict, r: np.random.Generator, duration: float) ->
     cyc0 = np.floor(np.cumsum(f0) / SR).astype(int)
     n_cyc = cyc0[-1] + 2
     f0 = f0 * (1.0 + spk["jitter"] * r.standard_normal(n_cyc))[cyc0]
-    phase = np.cumsum(f0) / SR
-    cyc = np.floor(phase).astype(int)
-    ph = phase - cyc
-    tp = spk["oq"] * spk["sq"]
-    tn = spk["oq"] - tp
-    flow = np.where(ph < tp, 0.5 * (1.0 - np.cos(np.pi * ph / tp)), 0.0)
-    closing = (ph >= tp) & (ph < tp + tn)
-    flow = np.where(closing, np.cos(0.5 * np.pi * (ph - tp) / tn), flow)
+    phase = np.cumsum(f0) * (_PULSE_LEN / SR)  # in pulse-table samples
+    pos = phase.astype(np.int64)
+    cyc = pos // _PULSE_LEN
     amp = np.exp(spk["shimmer"] * r.standard_normal(cyc[-1] + 2))
-    flow = flow * amp[cyc]
+    flow = _rosenberg(spk["oq"], spk["sq"])[pos % _PULSE_LEN] * amp[cyc]
     dflow = np.diff(flow, prepend=0.0)
     dflow /= np.sqrt(np.mean(dflow**2)) + 1e-12
     breath = spk["breath"] * voice["breath"]
@@ -416,7 +430,8 @@ def synthesize(spk: dict, ses: dict, r: np.random.Generator, duration: float) ->
     env_n = fric * fa[:, None] + tract * (0.25 * aa)[:, None]
 
     # ---- session nuisances (reverberation, background noise and channel in the STFT domain) -------------
-    spec = src_spec * env_v + noise_spec * env_n
+    spec = src_spec * env_v
+    spec += noise_spec * env_n
     if ses["reverb"] is not None:
         spec = _stft(fftconvolve(_istft(spec, length), ses["reverb"])[:length], n_frames)
     # background noise re-uses the white-noise STFT of the frication source (a different colour, level and
@@ -428,10 +443,10 @@ def synthesize(spk: dict, ses: dict, r: np.random.Generator, duration: float) ->
         env = np.exp(1.2 * env / (np.std(env) + 1e-9))
         bg *= np.interp(np.arange(n_frames), np.arange(len(env)) * 2.0, env)[:, None]
     snr = np.clip(nz["snr"] + r.normal(0.0, 2.0), 3.0, 35.0)
-    p_speech = np.sum(np.abs(spec) ** 2 * _BIN_WEIGHT)
-    p_bg = np.sum(np.abs(bg) ** 2 * _BIN_WEIGHT) + 1e-20
-    bg *= np.sqrt(p_speech / p_bg / 10.0 ** (snr / 10.0))
-    mix = _istft((spec + bg) * _channel_curve(ses["channel"], FREQS), length)
+    bg *= np.sqrt(_power(spec) / (_power(bg) + 1e-20) / 10.0 ** (snr / 10.0))
+    spec += bg
+    spec *= _channel_curve(ses["channel"], FREQS)
+    mix = _istft(spec, length)
     if nz["hum"] > 0:  # mains hum picked up after the microphone
         n = np.arange(length) / SR
         hum = sum(np.sin(2.0 * np.pi * k * nz["hum_f"] * n + k) / k for k in (1, 2, 3))
@@ -495,11 +510,15 @@ def _speaker_plan(cfg: CorpusConfig, role: int, index: int, n_utt: int) -> list[
 
 
 def _speaker_ids(cfg: CorpusConfig) -> tuple[list[str], list[str]]:
-    """Random distinct ``idNNNNN`` names, unrelated to generation order or voice parameters."""
-    r = _rng(cfg.seed, 0, _S_IDS, cfg.speakers, cfg.test_speakers)
-    nums = r.choice(np.arange(1, 100000), size=cfg.speakers + cfg.test_speakers, replace=False)
-    ids = [f"id{n:05d}" for n in nums]
-    return ids[: cfg.speakers], ids[cfg.speakers :]
+    """Random distinct ``idNNNNN`` names, unrelated to generation order or voice parameters.
+
+    One random permutation of 00001..99999 per seed: test speakers take names from its front, training speakers
+    from its back, so the test split (names, audio, trials) does not depend on the number of training speakers.
+    """
+    perm = _rng(cfg.seed, 0, _S_IDS).permutation(np.arange(1, 100000))
+    test = [f"id{n:05d}" for n in perm[: cfg.test_speakers]]
+    train = [f"id{n:05d}" for n in perm[len(perm) - cfg.speakers :]]
+    return train, test
 
 
 @dataclass(frozen=True)
@@ -619,7 +638,7 @@ def make_corpus(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(jobs), unit="file", desc="synthesising", dynamic_ncols=True)
+        bar = tqdm(total=len(jobs), unit="file", desc="synthesising", dynamic_ncols=True, mininterval=0.5)
     seconds = 0.0
     if workers == 1:
         for job in jobs:

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,10 +19,13 @@ import yaml
 
 import atomic
 import distributed
+import evaluation
 import plugins
+from augment import Augmenter
 from DatasetLoader import (GroupBatchSampler, TrainDataset, check_files_exist, collate_groups, read_train_list,
                            read_trial_list)
 from errors import SpeakerNetError
+from evaluation import EmbeddingStore, TrialList, list_names, per_list_path, pick_cohort_files
 from plots import write_plots
 from loss._common import IMBALANCED
 from SpeakerNet import ModelTrainer, SpeakerNet, checkpoint_path, latest_checkpoint, read_checkpoint
@@ -76,13 +80,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Data
     add("--train_list", type=str, default="", help="training list: '<speaker> <path.wav>' per line")
-    add("--test_list", type=str, default="", help="trial list: '<label> <enroll.wav> <test.wav>' per line")
+    add("--test_list", type=str, default="",
+        help="trial list: '<label> <enroll.wav> <test.wav>' per line; several lists: a.txt,b.txt")
     add("--train_path", type=str, default="voxceleb2", help="root of the training list's paths")
     add("--test_path", type=str, default="voxceleb1", help="root of the trial list's paths")
 
     # Evaluation
     add("--eval", action="store_true", help="evaluate --initial_model (or the latest checkpoint) and exit")
-    add("--save_scores", type=str, default="", help="--eval: write 'score label enroll test' lines here")
+    add("--val_list", type=str, default="",
+        help="held-out validation trial list (audio relative to --test_path): in training its EER drives the LR "
+             "schedule and the .eer files instead of the (first) test list's")
+    add("--scoring", type=str, default="crops", choices=list(evaluation.SCORINGS),
+        help="crops: minus the mean distance over the 10x10 crop pairs (the original); cosine: cosine of the "
+             "crop-averaged embeddings")
+    add("--score_norm", type=str, default="none", choices=list(evaluation.SCORE_NORMS),
+        help="asnorm: adaptive score normalisation against a cohort of --train_list speakers")
+    add("--cohort_size", type=int, default=200, help="asnorm: top cohort scores per file (N of AS-norm)")
+    add("--cohort_utterances", type=int, default=3,
+        help="asnorm: files per training speaker averaged into its cohort embedding (fewer when it has fewer)")
+    add("--eval_batch_size", type=int, default=None,
+        help="files per forward pass when embedding (default 2 on the CPU, 32 on a GPU)")
+    add("--save_scores", type=str, default="",
+        help="--eval: write 'score label enroll test' lines here (several lists: FILE_<list stem>.ext each)")
+    add("--save_embeddings", type=str, default="",
+        help="--eval: write an .npz mapping each trial file name to its (crops, dim) embedding")
     add("--dcf_p_target", type=float, default=0.05, help="minDCF target prior")
     add("--dcf_c_miss", type=float, default=1.0, help="minDCF cost of a miss")
     add("--dcf_c_fa", type=float, default=1.0, help="minDCF cost of a false alarm")
@@ -196,28 +217,105 @@ def group_sizes_for(loss_needs, n_per_speaker: int | None) -> tuple[int, ...]:
     return (size,)
 
 
-def evaluate(trainer: ModelTrainer, args, trials, show_progress=True):
-    """Scores and (when the list has labels) metrics."""
-    scores = trainer.evaluate_trials(trials, args.test_path, args.eval_frames, args.nDataLoaderThread,
-                                     show_progress=show_progress)
-    labels = [trial.label for trial in trials]
-    metrics = None
-    if labels[0] is not None:
-        p_targets = tuple(dict.fromkeys((args.dcf_p_target, 0.01)))
-        metrics = compute_metrics(scores, labels, p_targets, args.dcf_c_miss, args.dcf_c_fa)
-    return scores, metrics
+@dataclass
+class EvalPlan:
+    """What an evaluation scores: the test lists (``--test_list a.txt,b.txt``), the validation list
+    (``--val_list``) and the AS-norm cohort (files and speaker labels from ``--train_list``), all checked upfront."""
+    tests: list[TrialList]
+    val: TrialList | None = None
+    cohort: tuple[list[str], np.ndarray] | None = None
+
+    @property
+    def lists(self) -> list[TrialList]:
+        return self.tests + ([self.val] if self.val is not None else [])
+
+
+@dataclass
+class ListResult:
+    trial_list: TrialList
+    scores: np.ndarray
+    metrics: object | None          # tuneThreshold.Metrics, None for an unlabelled list
+
+
+@dataclass
+class EvalOutcome:
+    tests: list[ListResult]
+    val: ListResult | None
+    store: EmbeddingStore
+    seconds: float
+
+
+def evaluate(trainer: ModelTrainer, args, plan: EvalPlan, show_progress=True) -> EvalOutcome:
+    """Scores and (for labelled lists) metrics of every list of ``plan``; files shared by lists are embedded once."""
+    started = time.time()
+    lists = plan.lists
+    store, scores = trainer.evaluate_lists(
+        [trial_list.trials for trial_list in lists], args.test_path, args.eval_frames, args.nDataLoaderThread,
+        files_per_batch=args.eval_batch_size, scoring=args.scoring, score_norm=args.score_norm, cohort=plan.cohort,
+        cohort_size=args.cohort_size, show_progress=show_progress)
+    p_targets = tuple(dict.fromkeys((args.dcf_p_target, 0.01)))
+    results = []
+    for trial_list, list_scores in zip(lists, scores):
+        labels = [trial.label for trial in trial_list.trials]
+        metrics = None
+        if labels[0] is not None:
+            metrics = compute_metrics(list_scores, labels, p_targets, args.dcf_c_miss, args.dcf_c_fa)
+        results.append(ListResult(trial_list, list_scores, metrics))
+    val = results.pop() if plan.val is not None else None
+    return EvalOutcome(results, val, store, time.time() - started)
 
 
 def write_scores(path: str, scores, trials) -> None:
+    """``score label enroll test`` per trial, in list order (label ``-`` for an unlabelled list)."""
     lines = [f"{score:.6f} {'-' if trial.label is None else trial.label} {trial.enroll} {trial.test}\n"
              for score, trial in zip(scores, trials)]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic.write_text(path, "".join(lines))
 
 
-def load_trials(args):
-    trials = read_trial_list(args.test_list)
-    check_files_exist([os.path.join(args.test_path, p) for t in trials for p in (t.enroll, t.test)], args.test_list)
-    return trials
+def _read_trials(list_path: str, test_path: str, name: str, need_labels: str = "") -> TrialList:
+    trials = read_trial_list(list_path)
+    check_files_exist([os.path.join(test_path, p) for t in trials for p in (t.enroll, t.test)], list_path)
+    if need_labels and trials[0].label is None:
+        raise SpeakerNetError(f"{list_path}: {need_labels} needs a labelled trial list ('<label> <enroll> <test>')")
+    return TrialList(list_path, name, trials)
+
+
+def load_cohort(args) -> tuple[list[str], np.ndarray]:
+    """AS-norm cohort: up to ``--cohort_utterances`` files of each speaker of ``--train_list``."""
+    if not args.train_list:
+        raise SpeakerNetError("--score_norm asnorm needs --train_list (and --train_path): its speakers are the cohort")
+    train_list = read_train_list(args.train_list, args.train_path)
+    if len(train_list.speakers) < 2:
+        raise SpeakerNetError(f"{args.train_list}: AS-norm needs at least 2 cohort speakers, the list has "
+                              f"{len(train_list.speakers)}")
+    picked = pick_cohort_files(train_list.labels, args.cohort_utterances)
+    files = [train_list.files[i] for i in picked]
+    check_files_exist(files, args.train_list)
+    return files, train_list.labels[picked]
+
+
+def load_trials(args) -> EvalPlan:
+    """The lists to evaluate (``--test_list``, comma-separated for several; ``--val_list`` in training) and the
+    AS-norm cohort, read and checked before anything is written."""
+    paths = [path.strip() for path in args.test_list.split(",") if path.strip()] or [args.test_list]
+    if len(set(paths)) < len(paths):
+        raise SpeakerNetError(f"--test_list names a list twice: {args.test_list}")
+    if args.cohort_size < 2:
+        raise SpeakerNetError(f"--cohort_size must be at least 2, got {args.cohort_size}")
+    if args.eval_batch_size is not None and args.eval_batch_size < 1:
+        raise SpeakerNetError(f"--eval_batch_size must be at least 1, got {args.eval_batch_size}")
+    training = not args.eval
+    tests = [_read_trials(path, args.test_path, name, "training (VEER)" if training and i == 0 else "")
+             for i, (path, name) in enumerate(zip(paths, list_names(paths)))]
+    val = None
+    if args.val_list:
+        if training:
+            val = _read_trials(args.val_list, args.test_path, "val", "--val_list")
+        else:
+            print(f"note: --val_list {args.val_list} is used in training only; --eval scores the --test_list lists")
+    cohort = load_cohort(args) if args.score_norm == "asnorm" else None
+    return EvalPlan(tests, val, cohort)
 
 
 def make_trainer(args) -> ModelTrainer:
@@ -233,21 +331,34 @@ def run_eval(args) -> None:
     source = args.initial_model or (latest_checkpoint(model_dir) or (None,))[0]
     if not source:
         raise SpeakerNetError("--eval needs --initial_model, or a checkpoint in --save_path/model")
+    plan = load_trials(args)
     trainer.load_weights(source)
     print(f"Model {source} loaded!")
-    trials = load_trials(args)
-    scores, metrics = evaluate(trainer, args, trials)
-    if metrics is not None:
-        print("EER %2.4f" % metrics.eer)
-        print(metrics.summary())
-        plots = write_plots(scores, [t.label for t in trials], os.path.join(args.save_path, "result"), "_eval",
-                            eer=metrics.eer)
-        print(f"DET curve and score histogram: {', '.join(plots)}")
-    else:
-        print(f"{len(trials)} unlabelled trials scored (no EER without labels)")
-    if args.save_scores:
-        write_scores(args.save_scores, scores, trials)
-        print(f"scores written to {args.save_scores}")
+    outcome = evaluate(trainer, args, plan)
+    several = len(outcome.tests) > 1
+    files = len(outcome.store.files)
+    print(f"{files} files embedded once for {len(outcome.tests)} list(s); evaluation {outcome.seconds:.1f} s")
+    for result in outcome.tests:
+        trial_list = result.trial_list
+        print(f"== {trial_list.path}: {len(trial_list.trials)} trials ({args.scoring} scoring"
+              f"{', AS-norm' if args.score_norm == 'asnorm' else ''})")
+        if result.metrics is not None:
+            print("EER %2.4f" % result.metrics.eer)
+            print(result.metrics.report())
+            if distributed.is_main():
+                plots = write_plots(result.scores, [t.label for t in trial_list.trials],
+                                    os.path.join(args.save_path, "result"),
+                                    "_eval" + (f"_{trial_list.name}" if several else ""), eer=result.metrics.eer)
+                print(f"DET curve and score histogram: {', '.join(plots)}")
+        else:
+            print(f"{len(trial_list.trials)} unlabelled trials scored (no EER without labels)")
+        if args.save_scores and distributed.is_main():
+            path = per_list_path(args.save_scores, trial_list.name) if several else args.save_scores
+            write_scores(path, result.scores, trial_list.trials)
+            print(f"scores written to {path}")
+    if args.save_embeddings and distributed.is_main():
+        outcome.store.save_npz(args.save_embeddings)
+        print(f"{files} embeddings written to {args.save_embeddings}")
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -261,10 +372,13 @@ def build_loader(args, train_list, loss_needs, device):
                                 args.max_seg_per_spk, seed=args.seed, rank=distributed.rank(),
                                 world_size=distributed.world_size())
     workers = args.nDataLoaderThread
+    # built here, before any output is written: a missing or empty MUSAN/RIR folder fails the run at once
+    augmenter = Augmenter(args.musan_path, args.rir_path, args.max_frames) if args.augment else None
     loader = torch.utils.data.DataLoader(
-        TrainDataset(train_list, args.max_frames), batch_sampler=sampler, collate_fn=collate_groups,
-        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None, worker_init_fn=_ignore_stop_signals if workers > 0 else None,
+        TrainDataset(train_list, args.max_frames, augmenter=augmenter), batch_sampler=sampler,
+        collate_fn=collate_groups, num_workers=workers, pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_ignore_stop_signals if workers > 0 else None,
         generator=torch.Generator().manual_seed(args.seed))  # its own generator: the global RNG stays untouched
     return loader, sampler
 
@@ -386,15 +500,29 @@ def train_one_epoch(trainer, args, epoch, loader, sampler, trials, scorefile, mo
     train_seconds = time.time() - started
     trainer.epoch = epoch
     if epoch % args.test_interval == 0:
-        scores, metrics = evaluate(trainer, args, trials)
-        if metrics is None:
-            raise SpeakerNetError(f"{args.test_list}: training needs a labelled trial list for VEER")
-        trainer.last_eer = metrics.eer
-        write_plots(scores, [t.label for t in trials], os.path.join(args.save_path, "result"), eer=metrics.eer)
-        line = SCORE_LINE % (epoch, lr, accuracy, loss, metrics.eer)
-        extra = f"INFO epoch {epoch}: {metrics.summary()}, train {train_seconds:.1f} s"
+        outcome = evaluate(trainer, args, trials)       # ``trials`` is load_trials' EvalPlan
+        first = outcome.tests[0]
+        # the validation list, when given, steers the schedule and the .eer files; the test list is only reported
+        steering = outcome.val if outcome.val is not None else first
+        trainer.last_eer = steering.metrics.eer
+        several = len(outcome.tests) > 1
+        if distributed.is_main():
+            for result in outcome.tests:
+                if result.metrics is not None:
+                    write_plots(result.scores, [t.label for t in result.trial_list.trials],
+                                os.path.join(args.save_path, "result"),
+                                f"_{result.trial_list.name}" if several else "", eer=result.metrics.eer)
+        line = SCORE_LINE % (epoch, lr, accuracy, loss, first.metrics.eer)
+        val = f", val EER {outcome.val.metrics.eer:2.4f}" if outcome.val is not None else ""
+        extra = (f"INFO epoch {epoch}: {first.metrics.summary()}{val}, train {train_seconds:.1f} s, "
+                 f"eval {outcome.seconds:.1f} s")
+        for result in outcome.tests[1:] + ([outcome.val] if outcome.val is not None else []):
+            role = "val" if result is outcome.val else "list"
+            summary = result.metrics.summary() if result.metrics is not None else \
+                f"{len(result.trial_list.trials)} unlabelled trials scored"
+            extra += f"\nINFO epoch {epoch} {role} {result.trial_list.path}: {summary}"
         path = checkpoint_path(model_dir, epoch)
-        save_on_main(trainer, path, epoch, eer=metrics.eer)
+        save_on_main(trainer, path, epoch, eer=steering.metrics.eer)
     else:
         line = TRAIN_LINE % (epoch, lr, accuracy, loss)
         extra = f"INFO epoch {epoch}: train {train_seconds:.1f} s"

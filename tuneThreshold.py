@@ -49,6 +49,12 @@ class Metrics:
         dcfs = ", ".join(f"minDCF(p={p:g}) {value:.4f}" for p, (value, _) in self.min_dcf.items())
         return f"EER {self.eer:2.4f}, {dcfs}"
 
+    def report(self) -> str:
+        """The summary with the threshold of each operating point."""
+        dcfs = ", ".join(f"minDCF(p={p:g}) {value:.4f} (threshold {threshold:.6g})"
+                         for p, (value, threshold) in self.min_dcf.items())
+        return f"EER {self.eer:2.4f} (threshold {self.eer_threshold:.6g}), {dcfs}"
+
 
 def compute_metrics(scores, labels, p_targets=(0.05, 0.01), c_miss=1.0, c_fa=1.0) -> Metrics:
     labels = np.asarray(labels)

@@ -10,6 +10,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures"
+# One compute thread per training subprocess: its loader workers need the other core, and oversubscribing
+# 2 cores makes every step several times slower.
+SUBPROCESS_ENV = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 def shared_file(*parts) -> Path:
@@ -21,6 +24,6 @@ def shared_file(*parts) -> Path:
 
 def run_cli(*args, cwd=None, timeout=600, env=None):
     """Run ``trainSpeakerNet.py`` in a subprocess; returns the CompletedProcess (text)."""
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    environment = {**os.environ, **SUBPROCESS_ENV, **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "trainSpeakerNet.py"), *map(str, args)], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=timeout, env=environment)

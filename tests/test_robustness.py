@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from DatasetLoader import read_train_list, read_trial_list
 from errors import SpeakerNetError
 from SpeakerNet import ModelTrainer, SpeakerNet
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, SUBPROCESS_ENV, run_cli
 from trainSpeakerNet import parse_args
 
 FAST = ["--max_frames", "50", "--batch_size", "8", "--nDataLoaderThread", "0", "--model", "ResNetSE34L",
@@ -45,7 +45,8 @@ def test_sigkill_during_a_save_then_resume(tiny_corpus, tmp_path):
     save_path = tmp_path / "run"
     argv = [*FAST, *corpus_flags(tiny_corpus), "--save_path", str(save_path), "--max_epoch", "2"]
     script = KILL_DURING_SAVE.format(repo=str(REPO), suffix="model000000002.model")
-    killed = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=600)
+    killed = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, **SUBPROCESS_ENV})
     assert killed.returncode == -signal.SIGKILL
     model_dir = save_path / "model"
     assert (model_dir / "model000000001.model").is_file()                 # the last complete epoch
@@ -64,7 +65,8 @@ def test_sigkill_during_an_epoch_then_resume(tiny_corpus, tmp_path):
     save_path = tmp_path / "run"
     argv = [*FAST, *corpus_flags(tiny_corpus), "--save_path", str(save_path), "--max_epoch", "2"]
     process = subprocess.Popen([sys.executable, str(REPO / "trainSpeakerNet.py"), *argv],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, **SUBPROCESS_ENV})
     first = save_path / "model" / "model000000001.model"
     deadline = time.time() + 300
     while time.time() < deadline and not first.exists():

@@ -1,6 +1,7 @@
 """End to end through the command line on a tiny synthetic corpus: the original's training commands, logs,
 checkpoints, resume, and the errors a user meets first."""
 
+import os
 import re
 import shlex
 import signal
@@ -11,7 +12,7 @@ import time
 import pytest
 import torch
 
-from tests.helpers import REPO, run_cli, shared_file
+from tests.helpers import REPO, SUBPROCESS_ENV, run_cli, shared_file
 
 SCORE = re.compile(r"^IT (\d+), LR (\d+\.\d{6}), TEER/T1 (\d+\.\d{2}), TLOSS (-?\d+\.\d{6}), VEER (\d+\.\d{4})$")
 TRAIN = re.compile(r"^IT (\d+), LR (\d+\.\d{6}), TEER (\d+\.\d{2}), TLOSS (-?\d+\.\d{6})$")
@@ -82,7 +83,8 @@ def test_sigterm_saves_and_resumes(tiny_corpus, tmp_path):
     argv = ["--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--save_path", save_path, "--max_epoch", "3",
             *[f"--{k}={v}" for k, v in tiny_corpus.items()], *FAST[:-1], "0", "--batch_size", "4"]
     process = subprocess.Popen([sys.executable, str(REPO / "trainSpeakerNet.py"), *map(str, argv)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, **SUBPROCESS_ENV})
     deadline = time.time() + 120
     while time.time() < deadline and not (save_path / "result" / "scores.txt").exists():
         time.sleep(0.2)
