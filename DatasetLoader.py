@@ -121,11 +121,16 @@ def _open_checked(filename: str) -> sf.SoundFile:
 
 def _read_int_scale(handle: sf.SoundFile, frames: int = -1) -> np.ndarray:
     """Samples in the int16 range as float32, as the original reads them (not scaled to [-1, 1])."""
+    expected = handle.frames - handle.tell() if frames < 0 else frames
     if handle.subtype == "PCM_16":      # the same values, without libsndfile's float conversion (~2x faster)
-        return handle.read(frames, dtype="int16").astype(np.float32)
-    audio = handle.read(frames, dtype="float32") * 32768.0
-    if not np.isfinite(audio).all():
-        raise SpeakerNetError(f"{handle.name}: non-finite (NaN/inf) samples")
+        audio = handle.read(frames, dtype="int16").astype(np.float32)
+    else:
+        audio = handle.read(frames, dtype="float32") * 32768.0
+        if not np.isfinite(audio).all():
+            raise SpeakerNetError(f"{handle.name}: non-finite (NaN/inf) samples")
+    if audio.shape[0] < expected:
+        raise SpeakerNetError(f"{handle.name}: truncated file: the header announces {handle.frames} samples, "
+                              f"{audio.shape[0]} could be read where {expected} were expected")
     return audio
 
 

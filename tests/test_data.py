@@ -75,6 +75,29 @@ def test_bad_audio_is_a_clear_error(tmp_path, kind, message):
     assert str(path) in str(raised.value)
 
 
+def test_non_finite_samples_are_an_error(tmp_path):
+    path = tmp_path / "nan.wav"
+    samples = np.zeros(20000, dtype=np.float32)
+    samples[1234] = np.nan
+    sf.write(path, samples, 16000, subtype="FLOAT")
+    with pytest.raises(SpeakerNetError, match=r"nan.wav: non-finite \(NaN/inf\) samples"):
+        load_wav(str(path), 100)
+
+
+@pytest.mark.parametrize("evalmode", [True, False])
+def test_truncated_file_is_an_error(tmp_path, evalmode):
+    path = tmp_path / "cut.wav"
+    write_wav(path, np.arange(40000) % 3000)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 3])          # the header still announces 40000 samples
+    try:
+        crops = load_wav(str(path), 100, evalmode=evalmode, rng=FixedRandom(0.99))
+    except SpeakerNetError as error:
+        assert "cut.wav: truncated file" in str(error)
+    else:   # libsndfile may shorten the announced length itself: then the crops must still be whole
+        assert crops.shape[1] == max_audio_samples(100)
+
+
 def test_train_list_parsing_and_errors(tmp_path):
     good = tmp_path / "train.txt"
     good.write_text("idB b/1.wav\n\nidA a/1.wav\nidB b/2.wav\n")
