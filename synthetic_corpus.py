@@ -22,7 +22,26 @@ speaker / session / utterance it belongs to, so the bytes of each file do not de
 processes or on the order files are rendered in, and the test split does not depend on how many training
 speakers there are.
 
+Where identity lives, and what removes it.  A speaker is F0 (bimodal, 13 % spread within each mode), intonation
+range, jitter / shimmer, glottal open quotient, spectral tilt, breathiness, a vocal-tract-length factor scaling
+every formant (5 % spread within each mode), per-vowel and per-consonant formant offsets (6 %), F4/F5,
+bandwidths, sibilant spectra, speaking rate and pause habits.  Nothing trivial identifies a speaker: names are
+a random permutation unrelated to generation order, durations and output levels are drawn per utterance from
+the same distribution for everybody, sessions are numbered per speaker.  A CNN over 40 instance-normalised
+log-mel bands sees pitch harmonics and per-frame formant patterns, which survive the channel EQ (static, so
+mostly removed by the per-band normalisation); the utterance-level MFCC statistics of ``baseline.py`` do not
+resolve harmonics and confound the long-term spectrum with channel and noise.
+
+Calibration of the defaults (150 x 24 training utterances, 40 x 12 test utterances, 3000 trials, 2.1-4 s),
+seed 0: ``baseline.py`` (MFCC mean/std + cosine) 26.7 % EER; a 0.5 M-parameter CNN (40 log-mel,
+instance norm, AM-softmax, 128 crops of 2 s per step, one CPU thread) 33 / 22 / 19.4 % EER after 250 / 500 /
+750 steps.  The difficulty knobs are the nuisance levels in :func:`session_params` (SNR distribution, channel
+bump strength, reverberation rate) - with all sessions at 30 dB SNR the baseline drops to about 24 %, with a flat
+channel by about 3 points.  Rendering costs about 15 ms of CPU per 3 s file (4080 files, 3.45 h, 379 MiB).
+
 The public entry point is :func:`make_corpus`; ``dataprep.py --synthetic`` is its command-line front end.
+With ``workers > 1`` it uses a ``spawn`` process pool, so a script calling it needs the usual
+``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
@@ -35,6 +54,7 @@ from dataclasses import dataclass, asdict
 
 import numpy as np
 import soundfile as sf
+import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import fftconvolve
 
@@ -43,7 +63,7 @@ N_FFT = 512
 HOP = 128
 FRAME_S = HOP / SR
 FREQS = np.fft.rfftfreq(N_FFT, 1.0 / SR)
-_WIN = np.sqrt(np.hanning(N_FFT + 1)[:-1])  # periodic sqrt-Hann: analysis * synthesis = Hann
+_WIN = np.sqrt(np.hanning(N_FFT + 1)[:-1]).astype(np.float32)  # periodic sqrt-Hann: analysis * synthesis = Hann
 
 # random streams (second element of the SeedSequence key after the role)
 TRAIN, TEST = 0, 1
@@ -269,9 +289,11 @@ def _smooth(x: np.ndarray, n: int) -> np.ndarray:
 
 
 def _stft(x: np.ndarray, n_frames: int) -> np.ndarray:
-    xp = np.pad(x, (N_FFT // 2, N_FFT // 2 + HOP))
+    """(n_frames, N_FFT // 2 + 1) complex64 STFT, frame k centred on sample k * HOP (single precision is plenty
+    for 16-bit output and twice as fast)."""
+    xp = np.pad(x.astype(np.float32), (N_FFT // 2, N_FFT // 2 + HOP))
     frames = sliding_window_view(xp, N_FFT)[::HOP][:n_frames]
-    return np.fft.rfft(frames * _WIN, axis=1)
+    return scipy.fft.rfft(frames * _WIN, axis=1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -280,25 +302,25 @@ def _ola_norm(n_frames: int) -> np.ndarray:
     wsum = np.zeros((n_frames - 1) * HOP + N_FFT)
     for j in range(N_FFT // HOP):
         wsum[j * HOP : j * HOP + n_frames * HOP] += np.tile(_WIN[j * HOP : (j + 1) * HOP] ** 2, n_frames)
-    return 1.0 / np.maximum(wsum[N_FFT // 2 :], 1e-3)
+    return (1.0 / np.maximum(wsum[N_FFT // 2 :], 1e-3)).astype(np.float32)
 
 
 def _istft(spec: np.ndarray, length: int) -> np.ndarray:
-    frames = np.fft.irfft(spec, n=N_FFT, axis=1)
+    frames = scipy.fft.irfft(spec, n=N_FFT, axis=1)
     frames *= _WIN
     n_frames = frames.shape[0]
-    out = np.zeros((n_frames - 1) * HOP + N_FFT)
+    out = np.zeros((n_frames - 1) * HOP + N_FFT, np.float32)
     for j in range(N_FFT // HOP):
         out[j * HOP : j * HOP + n_frames * HOP] += frames[:, j * HOP : (j + 1) * HOP].reshape(-1)
     return out[N_FFT // 2 : N_FFT // 2 + length] * _ola_norm(n_frames)[:length]
 
 
-_BIN_WEIGHT = np.where((FREQS > 0) & (FREQS < SR / 2), 2.0, 1.0)  # rfft bins -> power
 
 
 def _power(spec: np.ndarray) -> float:
-    """Signal energy (up to a constant) from one-sided STFT frames."""
-    return float(np.sum((spec.real**2 + spec.imag**2) @ _BIN_WEIGHT))
+    """Signal energy (up to a constant) from one-sided STFT frames: twice every bin but DC and Nyquist."""
+    edges = spec[:, [0, -1]]
+    return 2.0 * float(np.vdot(spec, spec).real) - float(np.vdot(edges, edges).real)
 
 
 _COS1 = np.cos(2.0 * np.pi * FREQS / SR).astype(np.float32)
@@ -422,10 +444,11 @@ def synthesize(spk: dict, ses: dict, r: np.random.Generator, duration: float) ->
     # ---- filter (frame domain) -------------------------------------------------------------------------
     tract = _formant_envelope(formants, bws)
     tilt = spk["tilt"] + voice["tilt_shift"]
-    tilt_curve = 10.0 ** (-tilt / 20.0 * np.log2(np.maximum(FREQS, 300.0) / 300.0))
+    tilt_curve = (10.0 ** (-tilt / 20.0 * np.log2(np.maximum(FREQS, 300.0) / 300.0))).astype(np.float32)
     src_spec = _stft(src[:length], n_frames)
-    noise_spec = _stft(r.standard_normal(length), n_frames)
-    fric = _fric_spectra(spk)[ft]
+    noise_spec = _stft(r.standard_normal(length, dtype=np.float32), n_frames)
+    fric = _fric_spectra(spk).astype(np.float32)[ft]
+    va, fa, aa = va.astype(np.float32), fa.astype(np.float32), aa.astype(np.float32)
     env_v = tract * (tilt_curve[None, :] * va[:, None])
     env_n = fric * fa[:, None] + tract * (0.25 * aa)[:, None]
 
@@ -437,15 +460,15 @@ def synthesize(spk: dict, ses: dict, r: np.random.Generator, duration: float) ->
     # background noise re-uses the white-noise STFT of the frication source (a different colour, level and
     # time course; frication is sparse, so sharing the random numbers is inaudible and saves an STFT)
     nz = ses["noise"]
-    bg = noise_spec * _noise_curve(nz, FREQS)
+    bg = noise_spec * _noise_curve(nz, FREQS).astype(np.float32)
     if nz["modulated"]:  # babble-like: slowly fluctuating level
         env = _smooth(r.standard_normal(n_frames // 2 + 2), 6)
         env = np.exp(1.2 * env / (np.std(env) + 1e-9))
-        bg *= np.interp(np.arange(n_frames), np.arange(len(env)) * 2.0, env)[:, None]
+        bg *= np.interp(np.arange(n_frames), np.arange(len(env)) * 2.0, env).astype(np.float32)[:, None]
     snr = np.clip(nz["snr"] + r.normal(0.0, 2.0), 3.0, 35.0)
     bg *= np.sqrt(_power(spec) / (_power(bg) + 1e-20) / 10.0 ** (snr / 10.0))
     spec += bg
-    spec *= _channel_curve(ses["channel"], FREQS)
+    spec *= _channel_curve(ses["channel"], FREQS).astype(np.float32)
     mix = _istft(spec, length)
     if nz["hum"] > 0:  # mains hum picked up after the microphone
         n = np.arange(length) / SR
