@@ -59,6 +59,7 @@ def loss_and_gradients(model, net, waves, labels, sizes):
 
 
 def worker(rank, port, trainfunc, out):
+    torch.set_num_threads(1)          # two ranks share the two cores
     os.environ.update(distributed.spawn_environment(port, rank, WORLD))
     distributed.init_process_group(torch.device("cpu"))
     try:
