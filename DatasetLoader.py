@@ -102,20 +102,23 @@ def check_files_exist(paths: list[str], list_path: str, shown: int = 5) -> None:
 # Audio
 # ----------------------------------------------------------------------------------------------------------------
 
-def _open_checked(filename: str) -> sf.SoundFile:
+def open_audio(filename: str, min_frames: int = 160, mono: bool = True) -> sf.SoundFile:
+    """Open a 16-kHz file, or raise an error naming it: unreadable, wrong rate, not mono, or too short."""
     try:
         handle = sf.SoundFile(filename)
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
         raise SpeakerNetError(f"{filename}: cannot read audio ({error})") from None
+    problem = None
     if handle.samplerate != SAMPLE_RATE:
+        problem = f"sample rate {handle.samplerate} Hz, expected {SAMPLE_RATE} Hz"
+    elif mono and handle.channels != 1:
+        problem = f"{handle.channels} channels, expected mono"
+    elif handle.frames < min_frames:
+        problem = (f"{handle.frames} samples, shorter than one 10-ms hop" if min_frames == 160
+                   else f"{handle.frames} samples: empty audio file")
+    if problem:
         handle.close()
-        raise SpeakerNetError(f"{filename}: sample rate {handle.samplerate} Hz, expected {SAMPLE_RATE} Hz")
-    if handle.channels != 1:
-        handle.close()
-        raise SpeakerNetError(f"{filename}: {handle.channels} channels, expected mono")
-    if handle.frames < 160:
-        handle.close()
-        raise SpeakerNetError(f"{filename}: {handle.frames} samples, shorter than one 10-ms hop")
+        raise SpeakerNetError(f"{filename}: {problem}")
     return handle
 
 
@@ -148,7 +151,7 @@ def load_wav(filename: str, max_frames: int, evalmode: bool = True, num_eval: in
     once and takes ``num_eval`` evenly spaced crops, or the whole file when ``max_frames == 0``.
     """
     max_audio = max_audio_samples(max_frames)
-    with _open_checked(filename) as handle:
+    with open_audio(filename) as handle:
         total = handle.frames
         if not evalmode and total > max_audio:
             start = int((rng or np.random.default_rng()).random() * (total - max_audio))
@@ -328,7 +331,7 @@ class TestDataset(Dataset):
 
     def num_samples(self, index) -> int:
         """Samples of a file from its header (whole-file evaluation batches files of equal length)."""
-        with _open_checked(os.path.join(self.test_path, self.files[index])) as handle:
+        with open_audio(os.path.join(self.test_path, self.files[index])) as handle:
             return handle.frames
 
     def __len__(self):

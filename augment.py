@@ -23,10 +23,9 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import soundfile as sf
 from scipy.signal import fftconvolve
 
-from DatasetLoader import SAMPLE_RATE, max_audio_samples
+from DatasetLoader import max_audio_samples, open_audio
 from errors import SpeakerNetError
 
 AUGMENT_TYPES = ("none", "reverb", "music", "speech", "noise")
@@ -46,25 +45,10 @@ def wav_files(folder: str) -> list[str]:
     return sorted(glob.glob(os.path.join(glob.escape(folder), "**", "*.wav"), recursive=True))
 
 
-def _open(path: str) -> sf.SoundFile:
-    try:
-        handle = sf.SoundFile(path)
-    except (sf.LibsndfileError, RuntimeError, OSError) as error:
-        raise SpeakerNetError(f"{path}: cannot read augmentation audio ({error})") from None
-    if handle.samplerate != SAMPLE_RATE:
-        handle.close()
-        raise SpeakerNetError(f"{path}: sample rate {handle.samplerate} Hz, expected {SAMPLE_RATE} Hz "
-                              f"(augmentation files must match the training audio)")
-    if handle.frames < 1:
-        handle.close()
-        raise SpeakerNetError(f"{path}: empty audio file")
-    return handle
-
-
 def read_noise_crop(path: str, length: int, rng: np.random.Generator) -> np.ndarray:
     """``length`` samples (float64, int16 scale) from a random start of ``path``: a seek and a partial read.
     A file shorter than ``length`` is read whole and tiled. The first channel of a multi-channel file is used."""
-    with _open(path) as handle:
+    with open_audio(path, min_frames=1, mono=False) as handle:
         total = handle.frames
         pcm16 = handle.subtype == "PCM_16"      # read as integers: the same values, no float conversion
         if total > length:
@@ -78,7 +62,7 @@ def read_noise_crop(path: str, length: int, rng: np.random.Generator) -> np.ndar
 
 def read_rir(path: str) -> np.ndarray:
     """An impulse response (first channel) normalised to unit energy."""
-    with _open(path) as handle:
+    with open_audio(path, min_frames=1, mono=False) as handle:
         rir = handle.read(dtype="float64", always_2d=True)[:, 0]
     energy = np.sqrt(np.sum(rir ** 2))
     if not np.isfinite(energy) or energy == 0:
