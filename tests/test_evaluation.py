@@ -62,14 +62,16 @@ def test_vectorised_scores_equal_the_per_trial_loop(scoring, normalize, crops):
     enroll[3], test[3] = 4, 5
     reference = (evaluation.reference_crop_scores(embeddings, enroll, test, normalize) if scoring == "crops"
                  else cosine_loop(embeddings, enroll, test, normalize))
-    # small chunks and two threads: the chunking and the thread pool are exercised
-    scorer = evaluation.TrialScorer(embeddings, scoring, normalize, chunk=64)
-    ours = scorer(enroll, test).numpy()
-    assert np.abs(ours - reference).max() <= 1e-5 * max(1.0, np.abs(reference).max())
-    threaded = evaluation.crop_scores(embeddings, enroll, test, normalize, chunk=32, threads=2)
+    tolerance = 1e-5 * max(1.0, np.abs(reference).max())
+    ours = evaluation.TrialScorer(embeddings, scoring, normalize, chunk=64)(enroll, test).numpy()   # 8 chunks
+    assert np.abs(ours - reference).max() <= tolerance
+    # the same with the chunks shared by two threads
     if scoring == "crops":
-        assert np.abs(threaded.numpy() - reference).max() <= 1e-5 * max(1.0, np.abs(reference).max())
-    assert torch.get_num_threads() >= 1
+        threaded = evaluation.crop_scores(embeddings, enroll, test, normalize, chunk=32, threads=2)
+    else:
+        means = evaluation.mean_embeddings(embeddings, normalize)
+        threaded = evaluation.cosine_scores(means, enroll, test, chunk=32, threads=2)
+    assert np.abs(threaded.numpy() - reference).max() <= tolerance
 
 
 def test_crop_scores_keep_the_callers_thread_count():
@@ -128,6 +130,19 @@ def test_whole_files_are_batched_by_equal_length(tiny_corpus, tiny_trainer, monk
         for i in (0, 6):
             alone = real_forward(torch.from_numpy(load_wav(files[i], 0)))
             assert torch.allclose(embeddings[i], alone, atol=1e-4)
+
+
+def test_threaded_extraction_with_a_loader_worker(tiny_corpus, tiny_trainer):
+    """Batches forwarded in two threads (one intra-op thread each) while a worker loads: same embeddings, same
+    order, and the caller's thread count is kept."""
+    files = sorted({t.enroll for t in read_trial_list(tiny_corpus["test_list"])})[:7]
+    model, root = tiny_trainer.net.__S__.eval(), tiny_corpus["test_path"]
+    before = torch.get_num_threads()
+    single = evaluation.extract_embeddings(model, files, root, 20, threads=1, files_per_batch=2, show_progress=False)
+    threaded = evaluation.extract_embeddings(model, files, root, 20, num_workers=1, threads=2, files_per_batch=2,
+                                             show_progress=False)
+    assert torch.get_num_threads() == before
+    assert threaded.shape == (7, 10, 16) and torch.allclose(single, threaded, atol=1e-6)
 
 
 def test_equal_length_batches():
