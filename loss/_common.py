@@ -37,3 +37,31 @@ def flatten_groups(x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, 
         return x, label
     batch, group, dim = x.shape
     return x.reshape(batch * group, dim), label.repeat_interleave(group)
+
+
+class LearnedScaleLoss(torch.nn.Module):
+    """Base of the pair losses with a learned logit scale ``w`` (init 10) and bias ``b`` (init -5)."""
+
+    utterances_per_speaker = 2
+    train_normalize = True
+    test_normalize = True
+
+    def __init__(self, init_w: float = 10.0, init_b: float = -5.0, **kwargs):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(float(init_w)))
+        self.b = torch.nn.Parameter(torch.tensor(float(init_b)))
+
+
+class MarginSoftmaxLoss(torch.nn.Module):
+    """Base of the margin softmaxes: one utterance per speaker, ``margin``/``scale`` defaulting to 0.2 and 30."""
+
+    utterances_per_speaker = 1
+    train_normalize = False
+    test_normalize = True
+    default_margin = 0.2
+    default_scale = 30.0
+
+    def __init__(self, margin: float | None = None, scale: float | None = None, **kwargs):
+        super().__init__()
+        self.m = self.default_margin if margin is None else float(margin)
+        self.s = self.default_scale if scale is None else float(scale)

@@ -9,24 +9,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._common import accuracy, flatten_groups
+from loss._common import MarginSoftmaxLoss, accuracy, flatten_groups
 from loss._metric import cosine_matrix, target_mask
 
-DEFAULT_MARGIN = 0.2
-DEFAULT_SCALE = 30.0
-
-
-class LossFunction(nn.Module):
+class LossFunction(MarginSoftmaxLoss):
     """Cross-entropy over ArcFace logits; accuracy is read from the margin-adjusted logits."""
 
-    utterances_per_speaker = 1
-    train_normalize = False
-    test_normalize = True
-
     def __init__(self, nOut: int, nSpeakers: int, margin: float | None = None, scale: float | None = None, **kwargs):
-        super().__init__()
-        self.m = DEFAULT_MARGIN if margin is None else float(margin)
-        self.s = DEFAULT_SCALE if scale is None else float(scale)
+        super().__init__(margin, scale)
         self.cos_m = math.cos(self.m)
         self.sin_m = math.sin(self.m)
         self.th = math.cos(math.pi - self.m)

@@ -5,24 +5,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._common import accuracy, flatten_groups
+from loss._common import MarginSoftmaxLoss, accuracy, flatten_groups
 from loss._metric import cosine_matrix, target_mask
 
-DEFAULT_MARGIN = 0.2
-DEFAULT_SCALE = 30.0
-
-
-class LossFunction(nn.Module):
+class LossFunction(MarginSoftmaxLoss):
     """Cross-entropy over ``scale * (cos - margin on the target class)``; accuracy is read from those logits."""
 
-    utterances_per_speaker = 1
-    train_normalize = False
-    test_normalize = True
-
     def __init__(self, nOut: int, nSpeakers: int, margin: float | None = None, scale: float | None = None, **kwargs):
-        super().__init__()
-        self.m = DEFAULT_MARGIN if margin is None else float(margin)
-        self.s = DEFAULT_SCALE if scale is None else float(scale)
+        super().__init__(margin, scale)
         # Stored (nOut, nSpeakers) like voxceleb_trainer, so its checkpoints load.
         self.W = nn.Parameter(torch.empty(nOut, nSpeakers))
         nn.init.xavier_normal_(self.W, gain=1)

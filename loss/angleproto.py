@@ -3,10 +3,9 @@ Interspeech 2020.  Query = utterance 0 of each group, prototype = mean of the ot
 ``w * cos(query_i, prototype_j) + b`` with learnable ``w > 0`` (init 10) and ``b`` (init -5), target ``j == i``."""
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._common import accuracy
+from loss._common import LearnedScaleLoss, accuracy
 from loss._metric import check_groups, cosine_matrix, diagonal_targets, positive_and_anchor
 
 
@@ -16,17 +15,8 @@ def angular_prototypical_logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tenso
     return cosine_matrix(positive, anchor) * w.clamp(min=1e-6) + b
 
 
-class LossFunction(nn.Module):
+class LossFunction(LearnedScaleLoss):
     """Cross-entropy of each query against all prototypes of the batch (its own speaker's is the target)."""
-
-    utterances_per_speaker = 2
-    train_normalize = True
-    test_normalize = True
-
-    def __init__(self, init_w: float = 10.0, init_b: float = -5.0, **kwargs):
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor(float(init_w)))
-        self.b = nn.Parameter(torch.tensor(float(init_b)))
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         check_groups(x, "angleproto", 2)

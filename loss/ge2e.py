@@ -4,26 +4,16 @@ of its own speaker excludes the utterance itself.  Logits ``w * cos + b``, learn
 (init -5).  As in voxceleb_trainer the cosines are floored at 1e-6 before scaling."""
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._common import accuracy
+from loss._common import LearnedScaleLoss, accuracy
 from loss._metric import check_groups, diagonal_targets
 
 COSINE_FLOOR = 1e-6
 
 
-class LossFunction(nn.Module):
+class LossFunction(LearnedScaleLoss):
     """Cross-entropy of each utterance against the batch's centroids (own centroid leave-one-out)."""
-
-    utterances_per_speaker = 2
-    train_normalize = True
-    test_normalize = True
-
-    def __init__(self, init_w: float = 10.0, init_b: float = -5.0, **kwargs):
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor(float(init_w)))
-        self.b = nn.Parameter(torch.tensor(float(init_b)))
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         check_groups(x, "ge2e", 2)
