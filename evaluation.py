@@ -28,6 +28,7 @@
   files, so there AS-norm is an approximation. With ``cosine`` (the usual choice with AS-norm) cohort and trial scores are the same function.
 """
 
+import copy
 import os
 import signal
 import sys
@@ -53,8 +54,8 @@ NEAR_DUPLICATE = 1e-2
 
 
 def default_files_per_batch(device: torch.device) -> int:
-    """Files per forward pass when not given: small batches on the CPU (one per thread, cache-friendly; larger ones
-    are no faster there), large ones on a GPU."""
+    """Files per forward pass when not given: small batches on the CPU (one per thread; larger ones are slower
+    there, out of cache), large ones on a GPU."""
     return 32 if torch.device(device).type == "cuda" else 2
 
 
@@ -85,7 +86,8 @@ def equal_length_batches(lengths, files_per_batch: int, max_samples: int) -> lis
 @torch.no_grad()
 def extract_embeddings(model: torch.nn.Module, files: list[str], root: str, eval_frames: int,
                        device: torch.device | str = "cpu", num_workers: int = 0, files_per_batch: int | None = None,
-                       show_progress: bool = True, desc: str = "embedding", threads: int | None = None) -> torch.Tensor:
+                       show_progress: bool = True, desc: str = "embedding", threads: int | None = None,
+                       channels_last: bool = True) -> torch.Tensor:
     """``(files, crops, dim)`` float32 CPU embeddings of ``files`` (paths relative to ``root``), in that order.
 
     ``crops`` is ``NUM_EVAL`` (fixed ``eval_frames`` crops) or 1 (whole files, ``eval_frames == 0``). ``model`` maps
@@ -94,7 +96,9 @@ def extract_embeddings(model: torch.nn.Module, files: list[str], root: str, eval
     On the CPU the forward passes run in ``threads`` Python threads (default ``torch.get_num_threads()``), each with
     one intra-op thread, while the loader prepares the next batches: a network of small convolutions gains little
     from splitting each operation over cores, and a machine shared with other work makes every split operation
-    wait for its slowest thread (many times slower); whole batches in parallel avoid both.
+    wait for its slowest thread (many times slower); whole batches in parallel avoid both. With ``channels_last``
+    the CPU forward uses a copy of the model in the channels-last memory format, which the CPU convolutions run
+    faster (the model itself is left as it is; embeddings agree to float32 rounding).
     """
     device = torch.device(device)
     files_per_batch = files_per_batch or default_files_per_batch(device)
@@ -129,6 +133,11 @@ def extract_embeddings(model: torch.nn.Module, files: list[str], root: str, eval
         out[indices] = embeddings
         bar.update(len(indices))
 
+    if device.type == "cpu" and channels_last:
+        try:
+            model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        except Exception:          # a model that cannot be copied runs as it is
+            pass
     previous = torch.get_num_threads()
     threads = (threads or previous) if device.type == "cpu" else 1
     if threads <= 1:
