@@ -264,8 +264,13 @@ class ModelTrainer:
         DataLoader with ``num_workers`` workers; see :func:`evaluation.extract_embeddings`.
         """
         self.net.eval()
-        return evaluation.extract_embeddings(self.net.__S__, files, test_path, eval_frames, self.device, num_workers,
-                                             files_per_batch, show_progress)
+        ranks, rank = distributed.world_size(), distributed.rank()
+        # under torch.distributed every rank embeds every ranks-th file and all of them receive all embeddings
+        mine = evaluation.extract_embeddings(self.net.__S__, files[rank::ranks], test_path, eval_frames,
+                                             self.device, num_workers, files_per_batch, show_progress)
+        if ranks == 1:
+            return mine
+        return distributed.gather_strided(mine, len(files), self.device)
 
     def score_trials(self, embeddings: torch.Tensor, enroll: torch.Tensor, test: torch.Tensor,
                      scoring: str = "crops", chunk: int | None = None) -> torch.Tensor:

@@ -4,7 +4,7 @@
 Per file: 20 MFCCs (c1..c20 of 40 log-mel bands, 25 ms Hamming windows every 10 ms; the energy coefficient c0 is
 left out because the output level of the corpus is random), summarised by their mean and standard deviation over
 all frames -> a 40-dimensional vector.  Vectors are z-normalised with the per-dimension mean / standard deviation of
-(a subsample of) the training files, trials are scored by cosine similarity and the EER is read off sklearn's ROC.
+(a subsample of) the training files, trials are scored by cosine similarity; lists are read and the EER computed as in training.
 
     python baseline.py DIR            # DIR holds train_list.txt, veri_test.txt and wav/
     -> baseline EER xx.xx%
@@ -20,7 +20,10 @@ import numpy as np
 import soundfile as sf
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.fft import dct
-from sklearn.metrics import roc_curve
+
+from DatasetLoader import Trial, read_train_list, read_trial_list
+from errors import SpeakerNetError
+from tuneThreshold import compute_metrics
 
 SR = 16000
 WIN, HOP, NFFT = 400, 160, 512
@@ -72,37 +75,16 @@ def file_embedding(path: str) -> np.ndarray:
 
 
 def compute_eer(labels, scores) -> float:
-    """Equal error rate in percent: at the ROC point where |FNR - FPR| is smallest, max(FPR, FNR)."""
-    fpr, tpr, _ = roc_curve(np.asarray(labels), np.asarray(scores), pos_label=1)
-    fnr = 1.0 - tpr
-    i = int(np.nanargmin(np.abs(fnr - fpr)))
-    return float(max(fpr[i], fnr[i]) * 100.0)
+    """Equal error rate in percent, as the trainer reports it (:func:`tuneThreshold.compute_metrics`)."""
+    return compute_metrics(scores, labels, p_targets=()).eer
 
 
-def read_trials(path: str) -> list[tuple[int, str, str]]:
-    trials = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 3:
-                raise ValueError(f"{path}:{n}: expected 'label enroll test', got {line!r}")
-            trials.append((int(parts[0]), parts[1], parts[2]))
+def read_trials(path: str) -> list[Trial]:
+    """A labelled trial list (the shared reader's formats and errors; labels are needed for an EER)."""
+    trials = read_trial_list(path)
+    if any(trial.label is None for trial in trials):
+        raise SpeakerNetError(f"{path}: the baseline needs a labelled trial list ('<label> <enroll> <test>')")
     return trials
-
-
-def read_train_list(path: str) -> list[tuple[str, str]]:
-    items = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{n}: expected 'speaker path', got {line!r}")
-            items.append((parts[0], parts[1]))
-    return items
 
 
 def train_statistics(train_files: list[str], max_files: int = 1000) -> tuple[np.ndarray, np.ndarray]:
@@ -114,25 +96,22 @@ def train_statistics(train_files: list[str], max_files: int = 1000) -> tuple[np.
     return emb.mean(axis=0), emb.std(axis=0) + 1e-8
 
 
-def score_trials(trials, wav_root: str, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    files = sorted({p for _, a, b in trials for p in (a, b)})
+def score_trials(trials: list[Trial], wav_root: str, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    files = sorted({p for t in trials for p in (t.enroll, t.test)})
     emb = {}
     for p in files:
         e = (file_embedding(os.path.join(wav_root, p)) - mean) / std
         emb[p] = e / (np.linalg.norm(e) + 1e-12)
-    return np.array([float(emb[a] @ emb[b]) for _, a, b in trials])
+    return np.array([float(emb[t.enroll] @ emb[t.test]) for t in trials])
 
 
 def baseline_eer(corpus_dir: str, max_train_files: int = 1000) -> float:
     """EER (percent) of the MFCC-statistics cosine baseline on ``corpus_dir/veri_test.txt``."""
     wav_root = os.path.join(corpus_dir, "wav")
-    train = read_train_list(os.path.join(corpus_dir, "train_list.txt"))
-    mean, std = train_statistics([os.path.join(wav_root, p) for _, p in train], max_train_files)
+    train = read_train_list(os.path.join(corpus_dir, "train_list.txt"), wav_root)
+    mean, std = train_statistics(train.files, max_train_files)
     trials = read_trials(os.path.join(corpus_dir, "veri_test.txt"))
-    labels = np.array([t[0] for t in trials])
-    if labels.min() == labels.max():
-        raise ValueError("the trial list needs both target (1) and non-target (0) trials")
-    return compute_eer(labels, score_trials(trials, wav_root, mean, std))
+    return compute_eer([t.label for t in trials], score_trials(trials, wav_root, mean, std))
 
 
 def main(argv=None) -> int:
@@ -146,7 +125,11 @@ def main(argv=None) -> int:
             parser.error(f"{os.path.join(args.corpus_dir, name)} does not exist")
     if args.max_train_files < 1:
         parser.error("--max_train_files must be >= 1")
-    print(f"baseline EER {baseline_eer(args.corpus_dir, args.max_train_files):.2f}%")
+    try:
+        print(f"baseline EER {baseline_eer(args.corpus_dir, args.max_train_files):.2f}%")
+    except (SpeakerNetError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

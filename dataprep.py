@@ -3,7 +3,7 @@
 
 Only the synthetic corpus is supported (no network access is assumed):
 
-    python dataprep.py --synthetic --save_path data/synth [--speakers 150] [--utterances 24]
+    python dataprep.py --synthetic --save_path data/synth [--speakers 300] [--utterances 12]
                        [--test_speakers 40] [--test_utterances 12] [--trials 3000]
                        [--min_duration 2.1] [--max_duration 4.0] [--seed 0] [--workers N]
 

@@ -94,6 +94,23 @@ def gather_without_grad(x: torch.Tensor, equal_sizes: bool) -> torch.Tensor:
         return gather_with_grad(x.detach(), equal_sizes) if is_active() else x
 
 
+def gather_strided(mine: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
+    """Reassemble ``total`` rows sharded round-robin (rank ``r`` holds rows ``r, r + k, ...``) on every rank.
+
+    A rank with no rows may hold a tensor of another trailing shape (e.g. ``(0, crops, 0)``); the shape of the
+    ranks that have rows wins. Collectives run on ``device`` (NCCL needs CUDA tensors); the result is on the CPU.
+    """
+    shapes = all_gather_objects(tuple(mine.shape))
+    trailing = next(shape[1:] for shape in shapes if shape[0] > 0) if total else tuple(mine.shape[1:])
+    if mine.shape[0] == 0:
+        mine = torch.empty((0, *trailing), dtype=mine.dtype)
+    gathered = gather_without_grad(mine.to(device), equal_sizes=False).cpu()
+    order = torch.cat([torch.arange(r, total, world_size()) for r in range(world_size())])
+    out = torch.empty_like(gathered)
+    out[order] = gathered
+    return out
+
+
 def broadcast_float(value: float) -> float:
     """Rank 0's value on every rank (e.g. the EER that drives the scheduler)."""
     if not is_active():

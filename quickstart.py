@@ -16,24 +16,33 @@ import baseline
 import trainSpeakerNet
 from synthetic_corpus import make_corpus
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default="data/synthetic", help="synthetic corpus folder (built when absent)")
-    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--config", default=os.path.join(HERE, "configs", "quickstart.yaml"))
     parser.add_argument("--skip_baseline", action="store_true", help="do not compute the MFCC baseline")
     own, extra = parser.parse_known_args(argv)
     started = time.time()
+    # lists of your own (e.g. VoxCeleb) replace the synthetic corpus, which is then neither built nor scored
+    own_lists = argparse.ArgumentParser(add_help=False)
+    own_lists.add_argument("--train_list")
+    own_lists.add_argument("--test_list")
+    given, _ = own_lists.parse_known_args(extra)
     train_list = os.path.join(own.corpus, "train_list.txt")
     test_list = os.path.join(own.corpus, "veri_test.txt")
-    if not (os.path.isfile(train_list) and os.path.isfile(test_list)):
+    wav = os.path.join(own.corpus, "wav")
+    corpus = ["--train_list", train_list, "--test_list", test_list, "--train_path", wav, "--test_path", wav]
+    if given.train_list or given.test_list:
+        corpus = []
+    elif not (os.path.isfile(train_list) and os.path.isfile(test_list)):
         print(f"Building the synthetic corpus in {own.corpus} ...")
         make_corpus(own.corpus, workers=os.cpu_count() or 1, progress=True)
-    wav = os.path.join(own.corpus, "wav")
-    if not own.skip_baseline:
+    if corpus and not own.skip_baseline:
         print(f"MFCC-statistics baseline on {test_list}: EER {baseline.baseline_eer(own.corpus):.2f}%")
-    code = trainSpeakerNet.main(["--config", own.config, "--train_list", train_list, "--test_list", test_list,
-                                 "--train_path", wav, "--test_path", wav, *extra])
+    code = trainSpeakerNet.main(["--config", own.config, *corpus, *extra])
     print(f"quickstart finished in {time.time() - started:.0f} s (exit code {code})")
     return code
 

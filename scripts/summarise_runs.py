@@ -5,7 +5,9 @@
 
 Each ``SWEEP_DIR/NAME`` is a ``trainSpeakerNet.py --save_path``. From its ``result/scores.txt`` (the original's
 ``IT %d, LR %f, TEER/T1 %2.2f, TLOSS %f, VEER %2.4f`` lines and the ``INFO epoch N: EER x, minDCF(p=P) y, ...``
-lines) the table gives the VEER and minDCF of the last evaluated epoch and the epoch with the lowest VEER.
+lines) the table gives the VEER and minDCF of the last evaluated epoch and the best epoch: the one with the lowest
+validation EER when the run had ``--val_list`` (its ``, val EER x`` in the INFO lines, as trainSpeakerNet.py
+chooses its best checkpoint), else the one with the lowest VEER.
 ``exit_code.txt`` and ``wall_seconds.txt`` beside it (written by ``scripts/sweep_losses.sh``) give the status and
 the wall time; a run with a non-zero exit code is shown as failed, with whatever epochs it logged. Without NAMEs,
 every sub-folder of SWEEP_DIR is listed; ``--check`` exits 1 when one failed. Lines of an appended (resumed) log replace earlier ones of the same epoch.
@@ -23,6 +25,7 @@ SCORE_RE = re.compile(rf"^IT (\d+), LR {_NUMBER}, TEER(?:/T1)? {_NUMBER}, TLOSS 
 TRAIN_RE = re.compile(rf"^IT (\d+), LR {_NUMBER}, TEER(?:/T1)? {_NUMBER}, TLOSS {_NUMBER}\s*$")
 INFO_RE = re.compile(r"^INFO epoch (\d+):(.*)$")
 DCF_RE = re.compile(rf"minDCF\(p=([^)]+)\) {_NUMBER}")
+VAL_RE = re.compile(rf", val EER {_NUMBER}")
 
 
 @dataclass
@@ -33,6 +36,7 @@ class Epoch:
     train_loss: float
     veer: float | None = None
     min_dcf: dict = field(default_factory=dict)      # p_target (as written) -> value, in the order written
+    val_eer: float | None = None                     # with --val_list: the EER that chose the best checkpoint
 
 
 @dataclass
@@ -57,9 +61,13 @@ class RunSummary:
 
     @property
     def best(self) -> Epoch | None:
-        """The evaluated epoch with the lowest VEER (the earliest on ties; NaN never wins)."""
-        evaluated = [e for e in self.evaluated if not math.isnan(e.veer)]
-        return min(evaluated, key=lambda e: (e.veer, e.epoch)) if evaluated else None
+        """The evaluated epoch with the lowest validation EER when every evaluation has one, else the lowest VEER
+        (the earliest on ties; NaN never wins)."""
+        evaluated = self.evaluated
+        by_val = bool(evaluated) and all(e.val_eer is not None for e in evaluated)
+        key = (lambda e: e.val_eer) if by_val else (lambda e: e.veer)
+        candidates = [e for e in evaluated if not math.isnan(key(e))]
+        return min(candidates, key=lambda e: (key(e), e.epoch)) if candidates else None
 
     @property
     def failed(self) -> bool:
@@ -81,6 +89,8 @@ def parse_scores(text: str) -> dict:
             epoch = epochs.get(int(match.group(1)))
             if epoch is not None:
                 epoch.min_dcf = {p: float(value) for p, value in DCF_RE.findall(match.group(2))}
+                if val := VAL_RE.search(match.group(2)):
+                    epoch.val_eer = float(val.group(1))
     return epochs
 
 

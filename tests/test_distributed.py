@@ -7,7 +7,9 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -113,3 +115,74 @@ def test_torchrun_two_process_training(tiny_corpus, tmp_path):
     single = SpeakerNet(model="ResNetSE34L", trainfunc="mp", nSpeakers=40).state_dict()
     assert {k: v.shape for k, v in checkpoint["model_state_dict"].items()} == {k: v.shape for k, v in single.items()}
     assert checkpoint["epoch"] == 1
+
+
+def embed_worker(rank, port, files, root, out):
+    torch.set_num_threads(1)
+    os.environ.update(distributed.spawn_environment(port, rank, WORLD))
+    distributed.init_process_group(torch.device("cpu"))
+    try:
+        torch.manual_seed(0)
+        trainer = ModelTrainer(SpeakerNet(model="ResNetSE34L", nOut=16), torch.device("cpu"), lr=0.001)
+        embeddings = {count: trainer.embed_files(files[:count], root, eval_frames=50, show_progress=False)
+                      for count in (len(files), 1)}
+        torch.save(embeddings, f"{out}.{rank}")
+    finally:
+        distributed.shutdown()
+
+
+def test_evaluation_is_sharded_over_ranks(tiny_corpus, tmp_path):
+    """Each rank embeds half of the files; every rank ends with all embeddings, in file order, equal to one
+    process's (also when a rank has no file at all)."""
+    root = tiny_corpus["test_path"]
+    files = sorted({path for line in open(tiny_corpus["test_list"]) for path in line.split()[1:]})[:5]
+    out = tmp_path / "embeddings"
+    mp.spawn(embed_worker, args=(free_port(), files, root, str(out)), nprocs=WORLD)
+    torch.manual_seed(0)
+    trainer = ModelTrainer(SpeakerNet(model="ResNetSE34L", nOut=16), torch.device("cpu"), lr=0.001)
+    for rank in range(WORLD):
+        sharded = torch.load(f"{out}.{rank}", weights_only=True)
+        for count, embeddings in sharded.items():
+            single = trainer.embed_files(files[:count], root, eval_frames=50, show_progress=False)
+            assert embeddings.shape == single.shape == (count, 10, 16)
+            assert torch.allclose(embeddings, single, atol=1e-5), (rank, count)
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
+                    reason="torchrun not installed beside this interpreter")
+def test_failure_on_one_rank_ends_all_ranks(tiny_corpus, tmp_path):
+    """A file of NaN samples is read by one rank only (the shards are disjoint; 120 groups in global batches of 8
+    use every group): that rank stops with the
+    file's error and the other, waiting in a collective, ends too, instead of hanging; no checkpoint is written."""
+    bad = tmp_path / "nan.wav"
+    samples = np.full(40000, np.nan, dtype=np.float32)        # every crop of it is bad
+    soundfile.write(bad, samples, 16000, subtype="FLOAT")
+    lines = open(tiny_corpus["train_list"]).read().splitlines()
+    speaker = lines[0].split()[0]
+    train_list = tmp_path / "train_list.txt"
+    train_list.write_text("\n".join([f"{speaker} {bad}", *lines[1:]]) + "\n")
+    save_path = tmp_path / "run"
+    command = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2",
+               "--master_port", str(free_port()), str(REPO / "trainSpeakerNet.py"), "--distributed",
+               "--device", "cpu", "--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--max_frames", "50",
+               "--batch_size", "4", "--max_epoch", "1", "--nDataLoaderThread", "0", "--save_path", str(save_path),
+               "--train_list", str(train_list), "--train_path", tiny_corpus["train_path"],
+               "--test_list", tiny_corpus["test_list"], "--test_path", tiny_corpus["test_path"]]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    assert f"{bad}: non-finite (NaN/inf) samples" in result.stderr
+    assert not (save_path / "model" / "model000000001.model").exists()
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
+                    reason="torchrun not installed beside this interpreter")
+def test_distributed_throughput_benchmark_runs(tiny_corpus, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_distributed_cpu
+
+    result = bench_distributed_cpu.main(["--corpus", os.path.dirname(tiny_corpus["train_list"]), "--max_frames", "20",
+                                         "--batch_size", "8"])
+    assert set(result["seconds"]) == {"1 process", "2 processes"}
+    assert all(seconds > 0 for seconds in result["seconds"].values()) and result["ratio"] > 0
+    assert "2 processes / 1 process:" in capsys.readouterr().out

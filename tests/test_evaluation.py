@@ -95,6 +95,8 @@ def test_each_file_embedded_once_in_batches(tiny_corpus, tiny_trainer, monkeypat
     first, second = trials[:60], trials[40:100] + [Trial(None, trials[0].enroll, trials[99].test)]
     loads, forwards = [], []
     real_load, real_forward = DatasetLoader.load_wav, tiny_trainer.net.__S__.forward
+    # count the passes of the network itself, not of the folded CPU copy (whose check forwards would count too)
+    monkeypatch.setattr(evaluation, "inference_copy", lambda model, example, channels_last: model)
     monkeypatch.setattr(DatasetLoader, "load_wav", lambda path, *a, **k: loads.append(path) or real_load(path, *a, **k))
     monkeypatch.setattr(tiny_trainer.net.__S__, "forward", lambda x: forwards.append(x.shape[0]) or real_forward(x))
     store, (scores1, scores2) = tiny_trainer.evaluate_lists([first, second], tiny_corpus["test_path"], 20,
@@ -122,6 +124,7 @@ def test_whole_files_are_batched_by_equal_length(tiny_corpus, tiny_trainer, monk
     files = [f"{root}/{name}" for name in names] + [str(tmp_path / "short" / "a.wav")]
     forwards = []
     real_forward = tiny_trainer.net.__S__.forward
+    monkeypatch.setattr(evaluation, "inference_copy", lambda model, example, channels_last: model)
     monkeypatch.setattr(tiny_trainer.net.__S__, "forward", lambda x: forwards.append(tuple(x.shape)) or real_forward(x))
     embeddings = tiny_trainer.embed_files(files, "", 0, files_per_batch=2, show_progress=False)
     assert embeddings.shape == (7, 1, 16)
@@ -143,6 +146,54 @@ def test_threaded_extraction_with_a_loader_worker(tiny_corpus, tiny_trainer):
                                              show_progress=False)
     assert torch.get_num_threads() == before
     assert threaded.shape == (7, 10, 16) and torch.allclose(single, threaded, atol=1e-6)
+
+
+def randomise_batch_norms(model, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1, generator=generator)
+            module.running_var.uniform_(0.5, 2.0, generator=generator)
+            module.weight.data.uniform_(0.5, 1.5, generator=generator)
+            module.bias.data.normal_(0, 0.1, generator=generator)
+    return model.eval()
+
+
+def test_batch_norms_fold_into_the_convolutions():
+    torch.manual_seed(0)
+    model = randomise_batch_norms(SpeakerNet(model="ResNetSE34L", nOut=32).__S__)
+    waves = torch.randn(3, 8240) * 1000
+    fast = evaluation.inference_copy(model, waves[:2], channels_last=True)
+    # folded: the stem's bn1, every block's bn2 (3 + 4 + 6 + 3 blocks) and the 3 downsampling shortcuts; kept:
+    # every block's bn1, which the original applies after a ReLU
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 1 + 2 * 16 + 3
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules()) == 16
+    assert all(isinstance(block.bn1, torch.nn.BatchNorm2d) and isinstance(block.bn2, torch.nn.Identity)
+               for layer in (fast.layer1, fast.layer2, fast.layer3, fast.layer4) for block in layer)
+    with torch.no_grad():
+        assert torch.allclose(fast(waves), model(waves), rtol=1e-4, atol=1e-4)
+
+
+class PreActivation(torch.nn.Module):
+    """Named like a ResNet block, but the norm runs *before* its convolution: folding would be wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn1 = torch.nn.BatchNorm2d(1)
+        self.conv1 = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, waves):
+        return self.conv1(self.bn1(waves.view(len(waves), 1, 4, -1))).flatten(1)
+
+
+def test_folding_is_kept_only_when_the_output_matches():
+    model = randomise_batch_norms(PreActivation())
+    model.bn1.running_mean.fill_(3.0)
+    waves = torch.randn(2, 64)
+    fast = evaluation.inference_copy(model, waves, channels_last=False)
+    assert isinstance(fast.bn1, torch.nn.BatchNorm2d)
+    with torch.no_grad():
+        assert torch.equal(fast(waves), model(waves))
 
 
 def test_equal_length_batches():

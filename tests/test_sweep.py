@@ -104,6 +104,19 @@ def test_summary_failed_empty_missing_and_nan(tmp_path):
     assert diverged.best.epoch == 2 and diverged.status == "ok"
 
 
+def test_best_epoch_follows_the_validation_list(tmp_path):
+    """With --val_list the INFO lines carry ``val EER``: the best epoch is the one trainSpeakerNet.py chose by it,
+    not the one with the lowest test EER."""
+    text = "".join(f"IT {e}, LR 0.001000, TEER/T1 10.00, TLOSS 3.0, VEER {test:.4f}\n"
+                   f"INFO epoch {e}: EER {test:.4f}, minDCF(p=0.05) 0.9, val EER {val:.4f}, train 1.0 s\n"
+                   for e, test, val in [(1, 30.0, 35.0), (2, 20.0, 33.0), (3, 25.0, 31.0)])
+    run = summarise.summarise_run(write_run(tmp_path, "mp", text, 0, 1))
+    assert [run.epochs[e].val_eer for e in (1, 2, 3)] == [35.0, 33.0, 31.0]
+    assert run.best.epoch == 3 and run.final.epoch == 3
+    without_val = summarise.summarise_run(write_run(tmp_path, "mmp", text.replace(", val EER", ", other"), 0, 1))
+    assert without_val.best.epoch == 2
+
+
 def test_table_and_main(tmp_path, capsys):
     write_run(tmp_path, "mp_balance", SCORES, 0, 31.04)
     write_run(tmp_path, "triplet", None, 1, 2.25)
