@@ -154,10 +154,10 @@ def extract_embeddings(model: torch.nn.Module, files: list[str], root: str, eval
     On the CPU the forward passes run in ``threads`` Python threads (default ``torch.get_num_threads()``), each with
     one intra-op thread, while the loader prepares the next batches: a network of small convolutions gains little
     from splitting each operation over cores, and a machine shared with other work makes every split operation
-    wait for its slowest thread (many times slower); whole batches in parallel avoid both. With ``channels_last``
-    the CPU forward uses a copy of the model in the channels-last memory format, which the CPU convolutions run
-    faster, and its BatchNorms are folded into the convolutions (:func:`inference_copy`; the model itself is left as
-    it is; embeddings agree to float32 rounding).
+    wait for its slowest thread (many times slower); whole batches in parallel avoid both. The CPU forward uses
+    a copy of the model with its BatchNorms folded into the convolutions and, with ``channels_last``, in the
+    channels-last memory format (:func:`inference_copy`; the model itself is left as it is; embeddings agree to
+    float32 rounding).
     """
     device = torch.device(device)
     files_per_batch = files_per_batch or default_files_per_batch(device)
