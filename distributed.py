@@ -8,6 +8,7 @@ NCCL on GPUs, gloo on CPU.
 
 import datetime
 import os
+import socket
 import warnings
 
 import torch
@@ -61,6 +62,13 @@ def spawn_environment(port: str, local_rank: int, processes: int) -> dict:
     """What torchrun would set, for the one-machine launch."""
     return {"MASTER_ADDR": "localhost", "MASTER_PORT": str(port), "RANK": str(local_rank),
             "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(processes)}
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a local MASTER_PORT (tests, benchmarks)."""
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return handle.getsockname()[1]
 
 
 def gpus_to_spawn() -> int:

@@ -14,7 +14,6 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+import distributed  # noqa: E402
 from DatasetLoader import read_train_list  # noqa: E402
 from synthetic_corpus import make_corpus  # noqa: E402
 
@@ -34,12 +34,6 @@ def train_seconds(save_path: str) -> float:
     if not found:
         raise RuntimeError(f"{save_path}: no training time logged")
     return float(found[-1][1])
-
-
-def free_port() -> int:
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return handle.getsockname()[1]
 
 
 def run(command: list, threads: int) -> None:
@@ -75,7 +69,7 @@ def main(argv=None) -> dict:
     try:
         single, multi = os.path.join(work, "single"), os.path.join(work, "multi")
         run([sys.executable, os.path.join(REPO, "trainSpeakerNet.py"), *common, "--save_path", single], args.nproc)
-        run([torchrun, "--nproc_per_node", str(args.nproc), "--master_port", str(free_port()),
+        run([torchrun, "--nproc_per_node", str(args.nproc), "--master_port", str(distributed.free_port()),
              os.path.join(REPO, "trainSpeakerNet.py"), "--distributed", *common, "--save_path", multi], 1)
         seconds = {"1 process": train_seconds(single), f"{args.nproc} processes": train_seconds(multi)}
     finally:

@@ -3,7 +3,6 @@ batch B, parameters stay identical across ranks, and a 2-process command-line ru
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -20,12 +19,6 @@ from tests.helpers import REPO
 
 SAMPLES = 8240            # 0.5-s crops
 WORLD = 2
-
-
-def free_port() -> int:
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return handle.getsockname()[1]
 
 
 def make_net(trainfunc):
@@ -85,7 +78,7 @@ def worker(rank, port, trainfunc, out):
 @pytest.mark.parametrize("trainfunc", ["mp_balance", "mmp_balance", "mp"])
 def test_two_ranks_equal_one_process(tmp_path, trainfunc):
     out = tmp_path / "rank0.pt"
-    mp.spawn(worker, args=(free_port(), trainfunc, str(out)), nprocs=WORLD)
+    mp.spawn(worker, args=(distributed.free_port(), trainfunc, str(out)), nprocs=WORLD)
     result = torch.load(out, weights_only=True)
     net = make_net(trainfunc)
     waves, labels, sizes = global_batch(trainfunc)
@@ -102,7 +95,7 @@ def test_two_ranks_equal_one_process(tmp_path, trainfunc):
 def test_torchrun_two_process_training(tiny_corpus, tmp_path):
     save_path = tmp_path / "run"
     command = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2",
-               "--master_port", str(free_port()), str(REPO / "trainSpeakerNet.py"), "--distributed",
+               "--master_port", str(distributed.free_port()), str(REPO / "trainSpeakerNet.py"), "--distributed",
                "--device", "cpu", "--model", "ResNetSE34L", "--trainfunc", "mp", "--max_frames", "50",
                "--batch_size", "4", "--max_epoch", "1", "--nDataLoaderThread", "0", "--save_path", str(save_path),
                *[f"--{key}={value}" for key, value in tiny_corpus.items()]]
@@ -137,7 +130,7 @@ def test_evaluation_is_sharded_over_ranks(tiny_corpus, tmp_path):
     root = tiny_corpus["test_path"]
     files = sorted({path for line in open(tiny_corpus["test_list"]) for path in line.split()[1:]})[:5]
     out = tmp_path / "embeddings"
-    mp.spawn(embed_worker, args=(free_port(), files, root, str(out)), nprocs=WORLD)
+    mp.spawn(embed_worker, args=(distributed.free_port(), files, root, str(out)), nprocs=WORLD)
     torch.manual_seed(0)
     trainer = ModelTrainer(SpeakerNet(model="ResNetSE34L", nOut=16), torch.device("cpu"), lr=0.001)
     for rank in range(WORLD):
@@ -163,7 +156,7 @@ def test_failure_on_one_rank_ends_all_ranks(tiny_corpus, tmp_path):
     train_list.write_text("\n".join([f"{speaker} {bad}", *lines[1:]]) + "\n")
     save_path = tmp_path / "run"
     command = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2",
-               "--master_port", str(free_port()), str(REPO / "trainSpeakerNet.py"), "--distributed",
+               "--master_port", str(distributed.free_port()), str(REPO / "trainSpeakerNet.py"), "--distributed",
                "--device", "cpu", "--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--max_frames", "50",
                "--batch_size", "4", "--max_epoch", "1", "--nDataLoaderThread", "0", "--save_path", str(save_path),
                "--train_list", str(train_list), "--train_path", tiny_corpus["train_path"],
