@@ -257,17 +257,20 @@ class ModelTrainer:
 
     @torch.no_grad()
     def embed_files(self, files: list[str], test_path: str, eval_frames: int, num_workers: int = 0,
-                    files_per_batch: int | None = None, show_progress: bool = True) -> torch.Tensor:
+                    files_per_batch: int | None = None, show_progress: bool = True,
+                    precision: str = "fp32") -> torch.Tensor:
         """``(files, crops, nOut)`` embeddings (crops = 10, or 1 for whole files with ``eval_frames == 0``).
 
-        Several files per forward pass (``files_per_batch``, default 2 on the CPU and 32 on a GPU), loaded by a
-        DataLoader with ``num_workers`` workers; see :func:`evaluation.extract_embeddings`.
+        Several files per forward pass (``files_per_batch``, default 1 on the CPU and 32 on a GPU), loaded by a
+        DataLoader with ``num_workers`` workers, the network in ``precision``; see
+        :func:`evaluation.extract_embeddings`.
         """
         self.net.eval()
         ranks, rank = distributed.world_size(), distributed.rank()
         # under torch.distributed every rank embeds every ranks-th file and all of them receive all embeddings
         mine = evaluation.extract_embeddings(self.net.__S__, files[rank::ranks], test_path, eval_frames,
-                                             self.device, num_workers, files_per_batch, show_progress)
+                                             self.device, num_workers, files_per_batch, show_progress,
+                                             precision=precision)
         if ranks == 1:
             return mine
         return distributed.gather_strided(mine, len(files), self.device)
@@ -283,7 +286,8 @@ class ModelTrainer:
         return scorer(enroll, test)
 
     def evaluate_lists(self, trial_lists: list[list[Trial]], test_path: str, eval_frames: int, num_workers: int = 0,
-                       files_per_batch: int | None = None, scoring: str = "crops", score_norm: str = "none",
+                       files_per_batch: int | None = None, precision: str = "fp32", scoring: str = "crops",
+                       score_norm: str = "none",
                        cohort: tuple[list[str], np.ndarray] | None = None, cohort_size: int = 200,
                        show_progress: bool = True) -> tuple[evaluation.EmbeddingStore, list[np.ndarray]]:
         """Scores of several trial lists (each in list order); a file shared by lists is embedded once.
@@ -296,7 +300,7 @@ class ModelTrainer:
             raise SpeakerNetError(f"--score_norm {score_norm!r}: choose one of {', '.join(evaluation.SCORE_NORMS)}")
         files = sorted({path for trials in trial_lists for trial in trials for path in (trial.enroll, trial.test)})
         store = evaluation.EmbeddingStore(files, self.embed_files(files, test_path, eval_frames, num_workers,
-                                                                  files_per_batch, show_progress))
+                                                                  files_per_batch, show_progress, precision))
         scorer = evaluation.TrialScorer(store.embeddings, scoring, self.net.test_normalize, self.device)
         pairs = [(store.indices(t.enroll for t in trials), store.indices(t.test for t in trials))
                  for trials in trial_lists]
@@ -306,7 +310,7 @@ class ModelTrainer:
                 raise SpeakerNetError("--score_norm asnorm needs a cohort (--train_list)")
             cohort_files, cohort_labels = cohort
             cohort_embeddings = self.embed_files(list(cohort_files), "", eval_frames, num_workers, files_per_batch,
-                                                 show_progress)
+                                                 show_progress, precision)
             _, speakers = np.unique(np.asarray(cohort_labels), return_inverse=True)
             means = evaluation.speaker_means(cohort_embeddings, speakers, self.net.test_normalize)
             mean, std = evaluation.cohort_statistics(scorer, torch.arange(len(files)), means, cohort_size)

@@ -213,7 +213,7 @@ def session_params(seed: int, role: int, index: int, session: int) -> dict:
         tail[0] = 1.0
         reverb = tail
     voice = {
-        "f0_shift": r.normal(0.0, 0.4),  # semitones
+        "f0_shift": r.normal(0.0, 0.3),  # semitones
         "tilt_shift": r.normal(0.0, 1.5),
         "breath": np.exp(r.normal(0.0, 0.3)),
         "rate": np.exp(r.normal(0.0, 0.06)),
@@ -417,7 +417,7 @@ def synthesize(spk: dict, ses: dict, r: np.random.Generator, duration: float) ->
     # pitch contour (semitones around the session median)
     t = np.arange(n_frames) * FRAME_S
     rng_st = spk["f0_range"]
-    st = r.normal(0.0, 0.7) + r.normal(-1.5, 0.6) * t / max(duration, 1.0) * rng_st / 3.0
+    st = r.normal(0.0, 0.35) + r.normal(-1.5, 0.6) * t / max(duration, 1.0) * rng_st / 3.0
     drift = _smooth(r.standard_normal(n_frames), max(3, int(0.3 / FRAME_S)))
     st = st + drift / (np.std(drift) + 1e-9) * 0.25 * rng_st
     vowel_frames = np.array([s[7] for s in segs])[seg_idx]

@@ -11,17 +11,20 @@ subsample and the time of ``--scoring cosine``.
 
 (b) **Extraction.** ``--extract_files`` synthetic wav files of ``--extract_seconds`` s (written to a temporary
 folder), embedded with ResNetSE34L (random weights) from ``--eval_frames`` crops: ours is
-:func:`evaluation.extract_embeddings` (DataLoader with ``--workers`` workers, ``--eval_batch_size`` files per
-forward pass), the original loads a file, runs its crops through the network, and goes on to the next. Both run
-``--rounds`` times, alternating, in this process; the table gives the best round of each (the least disturbed on a
-shared machine) and the largest embedding difference.
+:func:`evaluation.extract_embeddings` (DataLoader, ``--eval_batch_size`` files per forward pass, the folded CPU
+copy of the network) once per ``--precisions`` value (``fp32``: the default; ``bf16``: ``--eval_precision bf16``);
+the original loads a file, runs its crops through the network, and goes on to the next. All run ``--rounds``
+times, alternating, in this process; the table gives the best round of each (the least disturbed on a shared
+machine), the ratio of the medians, and how far each is from the original's embeddings.
 
     python benchmarks/bench_eval.py                         # both, full size
     python benchmarks/bench_eval.py --files 20000 --trials 80000 --skip_extraction
 """
 
 import argparse
+import functools
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -33,8 +36,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from DatasetLoader import load_wav  # noqa: E402
-from evaluation import (cosine_scores, crop_norms, crop_scores, extract_embeddings, mean_embeddings,  # noqa: E402
-                        reference_crop_scores)
+from evaluation import (available_cores, cosine_scores, cpu_has_native_bf16, crop_norms, crop_scores,  # noqa: E402
+                        extract_embeddings, mean_embeddings, reference_crop_scores)
 
 
 def random_embeddings(files: int, crops: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -125,36 +128,47 @@ def bench_extraction(args) -> dict:
     from SpeakerNet import SpeakerNet
     torch.manual_seed(args.seed)
     model = SpeakerNet("ResNetSE34L", nOut=512).__S__.eval()
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     print(f"(b) extraction: {args.extract_files} files of {args.extract_seconds:g} s, {args.eval_frames}-frame crops, "
-          f"ResNetSE34L, {torch.get_num_threads()} threads, {args.workers} loader worker(s), "
-          f"{args.eval_batch_size} files per forward pass", flush=True)
+          f"ResNetSE34L, {torch.get_num_threads()} threads, {available_cores()} cores, {args.workers} loader "
+          f"worker(s) asked for, {args.eval_batch_size or 'default'} files per forward pass; native bfloat16 on "
+          f"this CPU: {'yes' if cpu_has_native_bf16() else 'no'}", flush=True)
+    runs = {"original": lambda: original_extraction(model, files, root, args.eval_frames)}
+    for precision in precisions:
+        runs[f"ours {precision}"] = functools.partial(
+            lambda precision: extract_embeddings(model, files, root, args.eval_frames, "cpu", args.workers,
+                                                 args.eval_batch_size, show_progress=False, precision=precision),
+            precision)
+    times = {name: [] for name in runs}
+    cpu = {name: [] for name in runs}
+    embeddings = {}
     with tempfile.TemporaryDirectory() as root:
         files = write_wavs(root, args.extract_files, args.extract_seconds, args.seed)
         original_extraction(model, files[:2], root, args.eval_frames)          # warm-up
-        times = {"original": [], "ours": []}
-        cpu = {"original": [], "ours": []}
         for _ in range(args.rounds):
-            started, used = time.perf_counter(), _cpu_seconds()
-            reference = original_extraction(model, files, root, args.eval_frames)
-            times["original"].append(time.perf_counter() - started)
-            cpu["original"].append(_cpu_seconds() - used)
-            started, used = time.perf_counter(), _cpu_seconds()
-            ours = extract_embeddings(model, files, root, args.eval_frames, "cpu", args.workers, args.eval_batch_size,
-                                      show_progress=False)
-            times["ours"].append(time.perf_counter() - started)
-            cpu["ours"].append(_cpu_seconds() - used)
-    difference = float((ours - reference).abs().max() / reference.abs().max())
+            for name, run in runs.items():
+                started, used = time.perf_counter(), _cpu_seconds()
+                embeddings[name] = run()
+                times[name].append(time.perf_counter() - started)
+                cpu[name].append(_cpu_seconds() - used)
+    reference = embeddings["original"]
     best = {name: min(values) for name, values in times.items()}
     best_cpu = {name: min(values) for name, values in cpu.items()}
-    rows = [(name, f"{best[name]:.2f}", f"{args.extract_files / best[name]:.2f}", f"{best_cpu[name]:.2f}",
-             ", ".join(f"{t:.2f}" for t in times[name])) for name in ("original", "ours")]
-    rows.append(("speed-up", f"{best['original'] / best['ours']:.2f}x", "",
-                 f"{best_cpu['original'] / best_cpu['ours']:.2f}x", ""))
-    rows.append(("max relative embedding difference", f"{difference:.1e}", "", "", ""))
-    _table(["extraction", "best s", "files/s", "CPU s", "rounds (s)"], rows)
+    rows, result = [], {}
+    for name in runs:
+        speedup = best["original"] / best[name]
+        median = statistics.median(times["original"]) / statistics.median(times[name])
+        cosine = torch.nn.functional.cosine_similarity(embeddings[name], reference, dim=-1).min()
+        difference = float((embeddings[name] - reference).abs().max() / reference.abs().max())
+        rows.append((name, f"{best[name]:.2f}", f"{args.extract_files / best[name]:.2f}", f"{best_cpu[name]:.2f}",
+                     f"{speedup:.2f}x", f"{median:.2f}x", f"{difference:.1e}", f"{float(cosine):.6f}",
+                     ", ".join(f"{t:.2f}" for t in times[name])))
+        result[name] = {"seconds": best[name], "speedup": speedup, "median_speedup": median,
+                        "difference": difference, "min_cosine": float(cosine)}
+    _table(["extraction", "best s", "files/s", "CPU s", "speed-up", "median speed-up", "max rel. diff",
+            "min cosine", "rounds (s)"], rows)
     _load()
-    return {"original": best["original"], "ours": best["ours"], "speedup": best["original"] / best["ours"],
-            "cpu_speedup": best_cpu["original"] / best_cpu["ours"], "difference": difference}
+    return result
 
 
 def _cpu_seconds() -> float:
@@ -189,9 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--extract_files", type=int, default=64, help="(b) wav files")
     add("--extract_seconds", type=float, default=6.0, help="(b) seconds per file")
     add("--eval_frames", type=int, default=400, help="(b) crop length in frames (400 = 4 s)")
-    add("--workers", type=int, default=1, help="(b) loader workers of ours")
-    add("--eval_batch_size", type=int, default=2, help="(b) files per forward pass of ours")
-    add("--rounds", type=int, default=2, help="(b) alternating rounds of each")
+    add("--workers", type=int, default=1,
+        help="(b) loader workers of ours (on the CPU, only those the forward threads leave a core for)")
+    add("--eval_batch_size", type=int, default=None, help="(b) files per forward pass of ours (default: evaluation's)")
+    add("--precisions", default="fp32,bf16", help="(b) --eval_precision values of ours, comma-separated")
+    add("--rounds", type=int, default=3, help="(b) alternating rounds of each")
     add("--skip_scoring", action="store_true")
     add("--skip_extraction", action="store_true")
     add("--seed", type=int, default=0)

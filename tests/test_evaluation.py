@@ -1,6 +1,7 @@
 """Evaluation at scale: vectorised scores against the original's per-trial loop, embedding each file once, batched
 extraction, AS-norm, several lists, saved scores and embeddings, and the validation list in training."""
 
+import copy
 import re
 
 import numpy as np
@@ -135,9 +136,10 @@ def test_whole_files_are_batched_by_equal_length(tiny_corpus, tiny_trainer, monk
             assert torch.allclose(embeddings[i], alone, atol=1e-4)
 
 
-def test_threaded_extraction_with_a_loader_worker(tiny_corpus, tiny_trainer):
+def test_threaded_extraction_with_a_loader_worker(tiny_corpus, tiny_trainer, monkeypatch):
     """Batches forwarded in two threads (one intra-op thread each) while a worker loads: same embeddings, same
     order, and the caller's thread count is kept."""
+    monkeypatch.setattr(evaluation, "available_cores", lambda: 3)      # a core left for the worker
     files = sorted({t.enroll for t in read_trial_list(tiny_corpus["test_list"])})[:7]
     model, root = tiny_trainer.net.__S__.eval(), tiny_corpus["test_path"]
     before = torch.get_num_threads()
@@ -146,6 +148,32 @@ def test_threaded_extraction_with_a_loader_worker(tiny_corpus, tiny_trainer):
                                              show_progress=False)
     assert torch.get_num_threads() == before
     assert threaded.shape == (7, 10, 16) and torch.allclose(single, threaded, atol=1e-6)
+
+
+def test_cpu_loader_workers_only_on_spare_cores(monkeypatch):
+    monkeypatch.setattr(evaluation, "available_cores", lambda: 2)
+    assert evaluation.cpu_loader_workers(5, forward_threads=2) == 0
+    monkeypatch.setattr(evaluation, "available_cores", lambda: 16)
+    assert evaluation.cpu_loader_workers(5, forward_threads=8) == 5
+    assert evaluation.cpu_loader_workers(5, forward_threads=14) == 2
+
+
+def test_bf16_extraction_is_close_to_float32(tiny_corpus, tiny_trainer):
+    files = sorted({t.enroll for t in read_trial_list(tiny_corpus["test_list"])})[:4]
+    model, root = tiny_trainer.net.__S__.eval(), tiny_corpus["test_path"]
+    full = evaluation.extract_embeddings(model, files, root, 20, show_progress=False)
+    half = evaluation.extract_embeddings(model, files, root, 20, show_progress=False, precision="bf16")
+    assert half.dtype == torch.float32 and half.shape == full.shape
+    assert not torch.equal(half, full)                                  # the network really ran in bfloat16
+    assert F.cosine_similarity(half, full, dim=-1).min() > 0.999
+
+
+def test_fp16_extraction_needs_a_gpu():
+    with pytest.raises(evaluation.SpeakerNetError, match="fp16 needs a GPU"):
+        evaluation.eval_autocast_dtype("fp16", torch.device("cpu"))
+    with pytest.raises(evaluation.SpeakerNetError, match="choose one of fp32, bf16, fp16"):
+        evaluation.eval_autocast_dtype("int8", torch.device("cpu"))
+    assert evaluation.eval_autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
 
 
 def randomise_batch_norms(model, seed=0):
@@ -186,12 +214,47 @@ class PreActivation(torch.nn.Module):
         return self.conv1(self.bn1(waves.view(len(waves), 1, 4, -1))).flatten(1)
 
 
-def test_folding_is_kept_only_when_the_output_matches():
+class OddlyNamed(torch.nn.Module):
+    """A conv feeding a norm under names no naming rule would pair, then a conv whose output is used twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1))
+        self.after = torch.nn.BatchNorm2d(4)
+        self.shared = torch.nn.Conv2d(4, 4, 1)
+        self.norm = torch.nn.BatchNorm2d(4)
+
+    def forward(self, waves):
+        x = self.after(self.features(waves.view(len(waves), 1, 4, -1)))
+        y = self.shared(x)
+        return (self.norm(y) + y if self.use_twice else self.norm(y)).flatten(1)
+
+
+def test_folding_follows_the_data_flow_not_the_names():
     model = randomise_batch_norms(PreActivation())
     model.bn1.running_mean.fill_(3.0)
     waves = torch.randn(2, 64)
     fast = evaluation.inference_copy(model, waves, channels_last=False)
     assert isinstance(fast.bn1, torch.nn.BatchNorm2d)
+    with torch.no_grad():
+        assert torch.equal(fast(waves), model(waves))
+
+    model = randomise_batch_norms(OddlyNamed())
+    model.use_twice = False
+    fast = evaluation.inference_copy(model, waves, channels_last=False)
+    assert isinstance(fast.after, torch.nn.Identity) and isinstance(fast.norm, torch.nn.Identity)
+    with torch.no_grad():
+        assert torch.allclose(fast(waves), model(waves), rtol=1e-5, atol=1e-5)
+
+
+def test_folding_is_undone_when_the_output_changes():
+    """The second conv's output also bypasses its norm, so folding the norm into it would change the result."""
+    model = randomise_batch_norms(OddlyNamed())
+    model.use_twice = True
+    waves = torch.randn(2, 64)
+    assert evaluation.fold_batch_norms(copy.deepcopy(model), waves) == 0
+    fast = evaluation.inference_copy(model, waves, channels_last=False)
+    assert isinstance(fast.after, torch.nn.BatchNorm2d) and isinstance(fast.norm, torch.nn.BatchNorm2d)
     with torch.no_grad():
         assert torch.equal(fast(waves), model(waves))
 
@@ -392,4 +455,6 @@ def test_benchmark_runs_at_a_tiny_size():
                           "--extract_files", "3", "--extract_seconds", "1", "--eval_frames", "20", "--rounds", "1",
                           "--workers", "0", "--eval_batch_size", "2"])
     assert results["scoring"]["difference"] < 1e-5
-    assert results["extraction"]["difference"] < 1e-4
+    assert results["extraction"]["ours fp32"]["difference"] < 1e-4
+    assert results["extraction"]["ours bf16"]["min_cosine"] > 0.999
+    assert results["extraction"]["original"]["speedup"] == 1.0
