@@ -3,10 +3,11 @@
 * **Extraction** (:func:`extract_embeddings`): a DataLoader (workers, pinned memory on CUDA) feeds several files per
   forward pass (on the CPU: one file per pass, passes in parallel threads with one intra-op thread each, the
   BatchNorms folded into the convolutions, loader workers only on spare cores; ``--eval_precision bf16`` runs
-  the network in bfloat16 autocast). With fixed-size crops every file gives ``NUM_EVAL`` crops of the same length, so files are simply
-  stacked; with whole files (``eval_frames == 0``) files are grouped by their exact number of samples (read from
-  the header) and only files of equal length share a forward pass, so nothing is padded and every embedding is the
-  one a single-file forward gives. Every unique file is embedded once, whatever the number of lists sharing it.
+  the network in bfloat16 autocast). With fixed-size crops every file gives ``NUM_EVAL`` crops of the same
+  length, so files are simply stacked; with whole files (``eval_frames == 0``) files are grouped by their exact
+  number of samples (read from the header) and only files of equal length share a forward pass, so nothing is
+  padded and every embedding is the one a single-file forward gives. Every unique file is embedded once, whatever
+  the number of lists sharing it.
 * **Scoring** (:class:`TrialScorer`, :func:`crop_scores`): ``crops`` is the original's score, minus the mean over
   the ``C x C`` crop pairs of the Euclidean distance between the (L2-normalised when the loss says so) crop
   embeddings. It is computed for chunks of trials at once from ``|a - b|^2 = |a|^2 + |b|^2 - 2 a.b`` with one

@@ -22,7 +22,6 @@ machine), the ratio of the medians, and how far each is from the original's embe
 """
 
 import argparse
-import functools
 import os
 import statistics
 import sys
@@ -133,12 +132,12 @@ def bench_extraction(args) -> dict:
           f"ResNetSE34L, {torch.get_num_threads()} threads, {available_cores()} cores, {args.workers} loader "
           f"worker(s) asked for, {args.eval_batch_size or 'default'} files per forward pass; native bfloat16 on "
           f"this CPU: {'yes' if cpu_has_native_bf16() else 'no'}", flush=True)
+    def ours(precision):
+        return lambda: extract_embeddings(model, files, root, args.eval_frames, "cpu", args.workers,
+                                          args.eval_batch_size, show_progress=False, precision=precision)
+
     runs = {"original": lambda: original_extraction(model, files, root, args.eval_frames)}
-    for precision in precisions:
-        runs[f"ours {precision}"] = functools.partial(
-            lambda precision: extract_embeddings(model, files, root, args.eval_frames, "cpu", args.workers,
-                                                 args.eval_batch_size, show_progress=False, precision=precision),
-            precision)
+    runs.update({f"ours {precision}": ours(precision) for precision in precisions})
     times = {name: [] for name in runs}
     cpu = {name: [] for name in runs}
     embeddings = {}
