@@ -176,6 +176,16 @@ def test_fp16_extraction_needs_a_gpu():
     assert evaluation.eval_autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
 
 
+def test_fp16_evaluation_on_the_cpu_fails_before_any_work(tiny_corpus, tmp_path):
+    save_path = tmp_path / "run"
+    result = run_cli("--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--nOut", "16", "--eval",
+                     "--test_list", tiny_corpus["test_list"], "--test_path", tiny_corpus["test_path"],
+                     "--save_path", save_path, "--device", "cpu", "--eval_precision", "fp16", env=ONE_THREAD)
+    assert result.returncode != 0
+    assert "--eval_precision fp16 needs a GPU" in result.stderr
+    assert not (save_path / "result").exists()
+
+
 def randomise_batch_norms(model, seed=0):
     generator = torch.Generator().manual_seed(seed)
     for module in model.modules():
@@ -217,8 +227,9 @@ class PreActivation(torch.nn.Module):
 class OddlyNamed(torch.nn.Module):
     """A conv feeding a norm under names no naming rule would pair, then a conv whose output is used twice."""
 
-    def __init__(self):
+    def __init__(self, use_twice: bool):
         super().__init__()
+        self.use_twice = use_twice
         self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1))
         self.after = torch.nn.BatchNorm2d(4)
         self.shared = torch.nn.Conv2d(4, 4, 1)
@@ -239,8 +250,7 @@ def test_folding_follows_the_data_flow_not_the_names():
     with torch.no_grad():
         assert torch.equal(fast(waves), model(waves))
 
-    model = randomise_batch_norms(OddlyNamed())
-    model.use_twice = False
+    model = randomise_batch_norms(OddlyNamed(use_twice=False))
     fast = evaluation.inference_copy(model, waves, channels_last=False)
     assert isinstance(fast.after, torch.nn.Identity) and isinstance(fast.norm, torch.nn.Identity)
     with torch.no_grad():
@@ -249,8 +259,7 @@ def test_folding_follows_the_data_flow_not_the_names():
 
 def test_folding_is_undone_when_the_output_changes():
     """The second conv's output also bypasses its norm, so folding the norm into it would change the result."""
-    model = randomise_batch_norms(OddlyNamed())
-    model.use_twice = True
+    model = randomise_batch_norms(OddlyNamed(use_twice=True))
     waves = torch.randn(2, 64)
     assert evaluation.fold_batch_norms(copy.deepcopy(model), waves) == 0
     fast = evaluation.inference_copy(model, waves, channels_last=False)
