@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from errors import SpeakerNetError, located
+from core.errors import SpeakerNetError, located
 
 SAMPLE_RATE = 16000
 NUM_EVAL = 10

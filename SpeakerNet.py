@@ -15,12 +15,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import atomic
-import distributed
-import evaluation
-import plugins
+from core import atomic
+from core import distributed
+from core import evaluation
+from core import plugins
 from DatasetLoader import NUM_EVAL, Trial
-from errors import SpeakerNetError
+from core.errors import SpeakerNetError
 from loss._common import IMBALANCED
 
 CHECKPOINT_PATTERN = "model%09d.model"

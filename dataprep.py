@@ -19,8 +19,8 @@ import argparse
 import os
 import sys
 
-import prep_voxceleb
-from synthetic_corpus import CorpusConfig, make_corpus
+from tools import prep_voxceleb
+from tools.synthetic_corpus import CorpusConfig, make_corpus
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,9 +12,9 @@ import os
 import sys
 import time
 
-import baseline
+from tools import baseline
 import trainSpeakerNet
-from synthetic_corpus import make_corpus
+from tools.synthetic_corpus import make_corpus
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -17,16 +17,16 @@ import numpy as np
 import torch
 import yaml
 
-import atomic
-import distributed
-import evaluation
-import plugins
-from augment import Augmenter
+from core import atomic
+from core import distributed
+from core import evaluation
+from core import plugins
+from core.augment import Augmenter
 from DatasetLoader import (GroupBatchSampler, TrainDataset, check_files_exist, collate_groups, read_train_list,
                            read_trial_list)
-from errors import SpeakerNetError
-from evaluation import EmbeddingStore, TrialList, list_names, per_list_path, pick_cohort_files
-from plots import write_plots
+from core.errors import SpeakerNetError
+from core.evaluation import EmbeddingStore, TrialList, list_names, per_list_path, pick_cohort_files
+from core.plots import write_plots
 from loss._common import IMBALANCED
 from SpeakerNet import ModelTrainer, SpeakerNet, checkpoint_path, latest_checkpoint, read_checkpoint
 from tuneThreshold import compute_metrics

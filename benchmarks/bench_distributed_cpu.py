@@ -21,9 +21,9 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import distributed  # noqa: E402
+from core import distributed  # noqa: E402
 from DatasetLoader import read_train_list  # noqa: E402
-from synthetic_corpus import make_corpus  # noqa: E402
+from tools.synthetic_corpus import make_corpus  # noqa: E402
 
 TRAIN_SECONDS = re.compile(r"^INFO epoch (\d+):.*train ([\d.]+) s", re.M)
 

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from DatasetLoader import TrainDataset, _pad_short, load_wav, max_audio_samples, read_train_list  # noqa: E402
-from synthetic_corpus import make_corpus  # noqa: E402
+from tools.synthetic_corpus import make_corpus  # noqa: E402
 from trainSpeakerNet import build_loader  # noqa: E402
 
 _RealSoundFile = sf.SoundFile

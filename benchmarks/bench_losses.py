@@ -34,7 +34,7 @@ from sklearn.preprocessing import label_binarize
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import plugins  # noqa: E402
+from core import plugins  # noqa: E402
 from loss._common import IMBALANCED  # noqa: E402
 
 LOSSES = ("mp", "mmp", "mp_balance", "mmp_balance", "mmp_balance2")

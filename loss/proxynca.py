@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from errors import SpeakerNetError
+from core.errors import SpeakerNetError
 from loss._common import accuracy, flatten_groups
 from loss._metric import cosine_matrix, target_mask
 

@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 
-import augment
-from augment import AUGMENT_TYPES, Augmenter, NoiseDraw, power_db
+from core import augment
+from core.augment import AUGMENT_TYPES, Augmenter, NoiseDraw, power_db
 from DatasetLoader import load_wav, max_audio_samples, read_train_list
-from errors import SpeakerNetError
+from core.errors import SpeakerNetError
 from tests.helpers import REPO, run_cli
 
 FRAMES = 50

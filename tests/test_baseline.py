@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-import baseline
-import synthetic_corpus as sc
-from errors import SpeakerNetError
+from tools import baseline
+from tools import synthetic_corpus as sc
+from core.errors import SpeakerNetError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,7 +52,7 @@ def tiny(tmp_path_factory):
 def test_baseline_eer_and_cli(tiny):
     eer = baseline.baseline_eer(tiny["save_path"])
     assert 0.0 <= eer <= 100.0
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "baseline.py"), tiny["save_path"]],
+    res = subprocess.run([sys.executable, "-m", "tools.baseline", tiny["save_path"]],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stderr
     m = re.fullmatch(r"baseline EER (\d+\.\d\d)%\n", res.stdout)
@@ -60,7 +60,7 @@ def test_baseline_eer_and_cli(tiny):
 
 
 def test_cli_errors(tmp_path):
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "baseline.py"), str(tmp_path)],
+    res = subprocess.run([sys.executable, "-m", "tools.baseline", str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 2 and "train_list.txt does not exist" in res.stderr
 

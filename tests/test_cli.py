@@ -6,9 +6,9 @@ import shlex
 import pytest
 import yaml
 
-import plugins
+from core import plugins
 from tests.helpers import REPO, run_cli, shared_file
-from errors import SpeakerNetError
+from core.errors import SpeakerNetError
 from trainSpeakerNet import build_parser, parse_args
 
 ORIGINAL_DEFAULTS = {

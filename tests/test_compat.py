@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from DatasetLoader import load_wav
-from errors import SpeakerNetError
+from core.errors import SpeakerNetError
 from SpeakerNet import SpeakerNet, load_model_state, read_checkpoint
 from tests.helpers import run_cli, shared_file
 

@@ -6,7 +6,7 @@ import soundfile as sf
 
 from DatasetLoader import (GroupBatchSampler, check_files_exist, load_wav, max_audio_samples, read_train_list,
                            read_trial_list)
-from errors import SpeakerNetError
+from core.errors import SpeakerNetError
 
 
 def write_wav(path, samples, rate=16000, channels=1):

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import distributed
+from core import distributed
 from SpeakerNet import ModelTrainer, SpeakerNet
 from tests.helpers import REPO
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import DatasetLoader
-import evaluation
+from core import evaluation
 from DatasetLoader import Trial, load_wav, read_trial_list
 from SpeakerNet import ModelTrainer, SpeakerNet
 from trainSpeakerNet import load_trials, parse_args

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from errors import SpeakerNetError
+from core.errors import SpeakerNetError
 from loss.triplet import mine_negatives
 
 N_OUT = 5

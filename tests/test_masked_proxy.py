@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import plugins
+from core import plugins
 from loss._common import IMBALANCED
 
 NAMES = ["mp", "mmp", "mp_balance", "mmp_balance", "mmp_balance2"]

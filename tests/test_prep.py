@@ -14,10 +14,10 @@ import pytest
 import soundfile as sf
 
 import dataprep
-import prep_voxceleb
-from augment import Augmenter
+from tools import prep_voxceleb
+from core.augment import Augmenter
 from DatasetLoader import read_train_list
-from errors import SpeakerNetError
+from core.errors import SpeakerNetError
 
 
 def wav_bytes(samples, rate=16000):

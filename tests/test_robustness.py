@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from DatasetLoader import read_train_list, read_trial_list
-from errors import SpeakerNetError
+from core.errors import SpeakerNetError
 from SpeakerNet import ModelTrainer, SpeakerNet
 from tests.helpers import REPO, SUBPROCESS_ENV, run_cli
 from trainSpeakerNet import parse_args
@@ -25,7 +25,7 @@ FAST = ["--max_frames", "50", "--batch_size", "8", "--nDataLoaderThread", "0", "
 KILL_DURING_SAVE = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
-import atomic
+from core import atomic
 real_replace = os.replace
 def replace(source, target):
     if target.endswith({suffix!r}):

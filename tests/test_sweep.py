@@ -156,7 +156,7 @@ def test_sweep_rejects_bad_arguments(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_end_to_end(tmp_path):
-    from synthetic_corpus import make_corpus
+    from tools.synthetic_corpus import make_corpus
 
     corpus = tmp_path / "corpus"
     make_corpus(str(corpus), speakers=12, utterances=4, test_speakers=4, test_utterances=4, trials=40,

@@ -42,7 +42,7 @@ from multiprocessing import get_context
 import numpy as np
 import soundfile as sf
 
-from errors import SpeakerNetError
+from core.errors import SpeakerNetError
 
 SAMPLE_RATE = 16000
 SEGMENT_SECONDS, HOP_SECONDS = 5, 3

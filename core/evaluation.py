@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import atomic
+from core import atomic
 from DatasetLoader import NUM_EVAL, TestDataset, max_audio_samples
-from errors import SpeakerNetError
+from core.errors import SpeakerNetError
 
 SCORINGS = ("crops", "cosine")
 SCORE_NORMS = ("none", "asnorm")

@@ -6,7 +6,7 @@ left out because the output level of the corpus is random), summarised by their 
 all frames -> a 40-dimensional vector.  Vectors are z-normalised with the per-dimension mean / standard deviation of
 (a subsample of) the training files, trials are scored by cosine similarity; lists are read and the EER computed as in training.
 
-    python baseline.py DIR            # DIR holds train_list.txt, veri_test.txt and wav/
+    python -m tools.baseline DIR      # DIR holds train_list.txt, veri_test.txt and wav/
     -> baseline EER xx.xx%
 """
 
@@ -22,7 +22,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy.fft import dct
 
 from DatasetLoader import Trial, read_train_list, read_trial_list
-from errors import SpeakerNetError
+from core.errors import SpeakerNetError
 from tuneThreshold import compute_metrics
 
 SR = 16000

@@ -3,10 +3,10 @@
 import importlib
 import os
 
-from errors import SpeakerNetError
+from core.errors import SpeakerNetError
 
 EXPORTS = {"models": "MainModel", "loss": "LossFunction", "optimizer": "Optimizer", "scheduler": "Scheduler"}
-_HERE = os.path.dirname(os.path.abspath(__file__))
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository root
 
 
 def choices(package: str) -> list[str]:

@@ -26,7 +26,7 @@ import numpy as np
 from scipy.signal import fftconvolve
 
 from DatasetLoader import max_audio_samples, open_audio
-from errors import SpeakerNetError
+from core.errors import SpeakerNetError
 
 AUGMENT_TYPES = ("none", "reverb", "music", "speech", "noise")
 NOISE_CATEGORIES = ("noise", "speech", "music")
