@@ -1,6 +1,7 @@
-"""Audio loading and cropping, list parsing, the training dataset and its batch samplers, the test dataset."""
+"""Data: audio loading and cropping, training lists, the training dataset and its batch sampler, the test dataset."""
 
 import os
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,14 +31,7 @@ class TrainList:
     speakers: list[str]     # sorted speaker names
 
 
-@dataclass
-class Trial:
-    label: int | None       # 1 target, 0 non-target, None when the list has no labels
-    enroll: str
-    test: str
-
-
-def _read_lines(list_path: str) -> list[str]:
+def read_lines(list_path: str) -> list[str]:
     if not list_path:
         raise SpeakerNetError("no list file given (--train_list / --test_list)")
     try:
@@ -52,7 +46,7 @@ def _read_lines(list_path: str) -> list[str]:
 def read_train_list(list_path: str, train_path: str) -> TrainList:
     """Parse ``<speaker> <relative/path.wav>`` lines; blank lines are skipped, anything else malformed is an error."""
     pairs = []
-    for number, line in enumerate(_read_lines(list_path), start=1):
+    for number, line in enumerate(read_lines(list_path), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -67,28 +61,6 @@ def read_train_list(list_path: str, train_path: str) -> TrainList:
     return TrainList([path for _, path in pairs], labels, speakers)
 
 
-def read_trial_list(list_path: str) -> list[Trial]:
-    """Parse ``<label> <enroll> <test>`` lines (or ``<enroll> <test>`` without labels)."""
-    trials = []
-    for number, line in enumerate(_read_lines(list_path), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) == 2:
-            trials.append(Trial(None, fields[0], fields[1]))
-        elif len(fields) == 3 and fields[0] in ("0", "1"):
-            trials.append(Trial(int(fields[0]), fields[1], fields[2]))
-        else:
-            raise located(list_path, number, f"expected '<label 0|1> <enroll.wav> <test.wav>' or "
-                                             f"'<enroll.wav> <test.wav>', got: {line!r}")
-    if not trials:
-        raise located(list_path, None, "the trial list holds no trials")
-    labelled = {trial.label is None for trial in trials}
-    if len(labelled) > 1:
-        raise located(list_path, None, "mixes labelled (3-field) and unlabelled (2-field) trials")
-    return trials
-
-
 def check_files_exist(paths: list[str], list_path: str, shown: int = 5) -> None:
     """Fail before any work starts if files of a list are missing: count them all, name the first ones."""
     missing = [path for path in dict.fromkeys(paths) if not os.path.isfile(path)]
@@ -96,6 +68,12 @@ def check_files_exist(paths: list[str], list_path: str, shown: int = 5) -> None:
         names = "\n  ".join(missing[:shown])
         more = f"\n  ... and {len(missing) - shown} more" if len(missing) > shown else ""
         raise SpeakerNetError(f"{list_path}: {len(missing)} audio file(s) listed but not found:\n  {names}{more}")
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGINT/SIGTERM to the main process, which finishes its step and saves first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -2,45 +2,56 @@
 """SpeakerNet command line: train a speaker-verification model, or evaluate one with ``--eval``.
 
 Flags and defaults are the original's (see README); ``--config FILE.yaml`` sets defaults that explicit flags
-override.
+override. This is the edge: every flag is read and checked here, and the library below gets plain values.
 """
 
 import argparse
-import glob
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import yaml
 
-from core import atomic
-from core import distributed
-from core import evaluation
-from core import plugins
+from core import atomic, checkpoints, distributed, logs, plugins
 from core.augment import Augmenter
-from DatasetLoader import (GroupBatchSampler, TrainDataset, check_files_exist, collate_groups, read_train_list,
-                           read_trial_list)
+from core.checkpoints import latest_checkpoint, load_model_state, read_checkpoint
 from core.errors import SpeakerNetError
-from core.evaluation import EmbeddingStore, TrialList, list_names, per_list_path, pick_cohort_files
-from core.plots import write_plots
+from core.evaluation import (EVAL_PRECISIONS, SCORE_NORMS, SCORINGS, EvalOptions, EvalOutcome, EvalPlan, evaluate,
+                             per_list_path, read_cohort, read_plan, write_plots, write_scores)
+from core.logs import log
+from core.training import INITIAL_EER, EpochProgress, ModelTrainer
+from DatasetLoader import GroupBatchSampler, TrainDataset, check_files_exist, collate_groups, ignore_stop_signals, \
+    read_train_list
 from loss._common import IMBALANCED
-from SpeakerNet import ModelTrainer, SpeakerNet, checkpoint_path, latest_checkpoint, read_checkpoint
-from tuneThreshold import compute_metrics
+from SpeakerNet import SpeakerNet
 
 SCORE_LINE = "IT %d, LR %f, TEER/T1 %2.2f, TLOSS %f, VEER %2.4f"
 TRAIN_LINE = "IT %d, LR %f, TEER %2.2f, TLOSS %f"
-RESUME_STATE = "resume.state"  # saved after epochs without evaluation and on interruption
+CONFIG_FILE = "config.yaml"        # the resolved configuration of a training run, in its --save_path
+
+
+def at_least(minimum: int):
+    """An argparse type: an integer no smaller than ``minimum``."""
+    def parse(text) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = "int"          # argparse and the YAML reader name the type by it
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # allow_abbrev stays on: the original README writes ``--encoder SAP`` for ``--encoder_type``, so no other flag
-    # may start with "--encoder".
+    """The flags, with each flag's action kept in ``parser.flag_actions`` (by destination) for the YAML reader."""
     parser = argparse.ArgumentParser(description="SpeakerNet: train and evaluate speaker verification models")
-    add = parser.add_argument
+    parser.flag_actions = {}
+
+    def add(*names, **options):
+        action = parser.add_argument(*names, **options)
+        parser.flag_actions[action.dest] = action
     add("--config", type=str, default=None, help="YAML file of flag values (explicit flags win)")
 
     # Data loader
@@ -71,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--hard_rank", type=int, default=10, help="triplet: hard negatives drawn from this many hardest")
     add("--margin", type=float, default=None, help="margin losses (default: the loss's own)")
     add("--scale", type=float, default=None, help="margin losses (default: the loss's own)")
-    add("--nSpeakers", "--nClasses", dest="nSpeakers", type=int, default=5994,
-        help="training classes (default: the number of speakers in --train_list when not given)")
+    add("--nSpeakers", "--nClasses", dest="nSpeakers", type=int, default=None,
+        help="training classes (default: the number of speakers in --train_list; 5994 for VoxCeleb2)")
 
     # Load and save
     add("--initial_model", type=str, default="", help="weights to start from or to evaluate")
@@ -90,17 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--val_list", type=str, default="",
         help="held-out validation trial list (audio relative to --test_path): in training its EER drives the LR "
              "schedule and the .eer files instead of the (first) test list's")
-    add("--scoring", type=str, default="crops", choices=list(evaluation.SCORINGS),
+    add("--scoring", type=str, default="crops", choices=list(SCORINGS),
         help="crops: minus the mean distance over the 10x10 crop pairs (the original); cosine: cosine of the "
              "crop-averaged embeddings")
-    add("--score_norm", type=str, default="none", choices=list(evaluation.SCORE_NORMS),
+    add("--score_norm", type=str, default="none", choices=list(SCORE_NORMS),
         help="asnorm: adaptive score normalisation against a cohort of --train_list speakers")
-    add("--cohort_size", type=int, default=200, help="asnorm: top cohort scores per file (N of AS-norm)")
-    add("--cohort_utterances", type=int, default=3,
+    add("--cohort_size", type=at_least(2), default=200, help="asnorm: top cohort scores per file (N of AS-norm)")
+    add("--cohort_utterances", type=at_least(1), default=3,
         help="asnorm: files per training speaker averaged into its cohort embedding (fewer when it has fewer)")
-    add("--eval_batch_size", type=int, default=None,
+    add("--eval_batch_size", type=at_least(1), default=None,
         help="files per forward pass when embedding (default 1 on the CPU, 32 on a GPU)")
-    add("--eval_precision", type=str, default="fp32", choices=list(evaluation.EVAL_PRECISIONS),
+    add("--eval_precision", type=str, default="fp32", choices=list(EVAL_PRECISIONS),
         help="network precision when embedding: fp32 (the original's), or bf16 / fp16 (GPU) autocast, faster "
              "on a GPU or a CPU with native bfloat16, with embeddings that differ slightly")
     add("--save_scores", type=str, default="",
@@ -113,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Model definition
     add("--model", type=str, default="", help="network: " + ", ".join(plugins.choices("models")))
-    add("--encoder_type", type=str, default="SAP", choices=["SAP", "ASP"], help="pooling")
+    # --encoder: the original README's spelling of --encoder_type
+    add("--encoder_type", "--encoder", dest="encoder_type", type=str, default="SAP", choices=["SAP", "ASP"],
+        help="pooling")
     add("--nOut", type=int, default=512, help="embedding size")
     add("--n_mels", type=int, default=40, help="mel bands")
     add("--log_input", action=argparse.BooleanOptionalAction, default=True, help="log of the mel energies")
@@ -126,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="mixed precision: float16 with a gradient scaler (no value), or --mixedprec bf16")
     add("--gpu_id", type=int, default=0, help="GPU index")
     add("--compile", action="store_true", help="torch.compile the training step (first steps are slow)")
+    parser.flag_actions.pop("help", None)
     return parser
 
 
@@ -133,7 +147,7 @@ def _coerce(action: argparse.Action, key: str, value, source: str):
     """A YAML value converted to the flag's type, or a clear error."""
     if action.const is not None and isinstance(value, bool):     # e.g. "mixedprec: true" -> its flag's value
         return action.const if value else None
-    if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):     # switches
         if not isinstance(value, bool):
             raise SpeakerNetError(f"{source}: key '{key}' expects true or false, got {value!r}")
         return value
@@ -143,13 +157,16 @@ def _coerce(action: argparse.Action, key: str, value, source: str):
         if value not in action.choices:
             raise SpeakerNetError(f"{source}: key '{key}' must be one of {list(action.choices)}, got {value!r}")
         return value
-    if action.type in (int, float) and isinstance(value, bool):
-        raise SpeakerNetError(f"{source}: key '{key}' expects {action.type.__name__}, got {value!r}")
+    type_name = action.type.__name__
+    if type_name in ("int", "float") and isinstance(value, bool):
+        raise SpeakerNetError(f"{source}: key '{key}' expects {type_name}, got {value!r}")
     try:
         converted = action.type(value)
     except (TypeError, ValueError):
-        raise SpeakerNetError(f"{source}: key '{key}' expects {action.type.__name__}, got {value!r}") from None
-    if action.type is int and isinstance(value, float) and value != converted:
+        raise SpeakerNetError(f"{source}: key '{key}' expects {type_name}, got {value!r}") from None
+    except argparse.ArgumentTypeError as error:
+        raise SpeakerNetError(f"{source}: key '{key}' {error}") from None
+    if type_name == "int" and isinstance(value, float) and value != converted:
         raise SpeakerNetError(f"{source}: key '{key}' expects int, got {value!r}")
     if action.choices and converted not in action.choices:
         raise SpeakerNetError(f"{source}: key '{key}' must be one of {list(action.choices)}, got {value!r}")
@@ -169,8 +186,8 @@ def read_config(path: str, parser: argparse.ArgumentParser) -> dict:
         return {}
     if not isinstance(values, dict):
         raise SpeakerNetError(f"{path}: expected a mapping of flag names to values, got {type(values).__name__}")
-    actions = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
-    aliases = {"nClasses": "nSpeakers"}
+    actions = {dest: action for dest, action in parser.flag_actions.items() if dest != "config"}
+    aliases = {"nClasses": "nSpeakers", "encoder": "encoder_type"}
     config = {}
     for key, value in values.items():
         dest = aliases.get(key, key)
@@ -180,39 +197,47 @@ def read_config(path: str, parser: argparse.ArgumentParser) -> dict:
     return config
 
 
-def parse_args(argv=None) -> tuple[argparse.Namespace, set]:
-    """Flags > YAML > defaults. Also returns the names set explicitly (by flag or YAML)."""
+def parse_args(argv=None) -> argparse.Namespace:
+    """Flags > YAML (``--config``) > defaults, in one parse: the YAML values become the parser's defaults."""
     parser = build_parser()
+    config_path = vars(parser.parse_known_args(argv)[0])["config"]
+    if config_path:
+        parser.set_defaults(**read_config(config_path, parser))
     args = parser.parse_args(argv)
-    config = read_config(args.config, parser) if args.config else {}
-    # Names given on the command line: parse again with every default suppressed.
-    probe = build_parser()
-    for action in probe._actions:
-        action.default = argparse.SUPPRESS
-    explicit = set(vars(probe.parse_args(argv)))
-    for key, value in config.items():
-        if key not in explicit:
-            setattr(args, key, value)
     if args.eval_frames is None:
         args.eval_frames = args.max_frames
-    return args, explicit | set(config)
+    return args
+
+
+def resolved_config(args) -> dict:
+    """The run's options as YAML values that ``--config`` reads back unchanged."""
+    return {key: value for key, value in vars(args).items() if key != "config"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# From flags to values
+# ----------------------------------------------------------------------------------------------------------------
 
-def choose_device(requested: str | None, gpu_id: int = 0) -> torch.device:
-    if requested:
-        if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise SpeakerNetError(f"--device {requested}: CUDA is not available on this machine")
-        return torch.device(requested)
-    return torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() else "cpu")
+def choose_device(args) -> torch.device:
+    """``--device`` (or CUDA when present); checked against what this machine and ``--eval_precision`` allow."""
+    if distributed.is_active():
+        device = distributed.local_device(args.device)
+    elif args.device:
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise SpeakerNetError(f"--device {args.device}: CUDA is not available on this machine")
+        device = torch.device(args.device)
+    else:
+        device = torch.device(f"cuda:{args.gpu_id}" if torch.cuda.is_available() else "cpu")
+    if args.eval_precision == "fp16" and device.type != "cuda":
+        raise SpeakerNetError("--eval_precision fp16 needs a GPU; on the CPU use bf16")
+    return device
 
 
 def group_sizes_for(loss_needs, n_per_speaker: int | None) -> tuple[int, ...]:
     """Utterances per speaker group for the batch sampler."""
     if loss_needs == IMBALANCED:
         if n_per_speaker:
-            print(f"note: --nPerSpeaker {n_per_speaker} ignored: this loss uses 2-or-3 utterance groups")
+            log.info(f"note: --nPerSpeaker {n_per_speaker} ignored: this loss uses 2-or-3 utterance groups")
         return (2, 3)
     size = n_per_speaker or loss_needs
     if size < loss_needs:
@@ -220,156 +245,84 @@ def group_sizes_for(loss_needs, n_per_speaker: int | None) -> tuple[int, ...]:
     return (size,)
 
 
-@dataclass
-class EvalPlan:
-    """What an evaluation scores: the test lists (``--test_list a.txt,b.txt``), the validation list
-    (``--val_list``) and the AS-norm cohort (files and speaker labels from ``--train_list``), all checked upfront."""
-    tests: list[TrialList]
-    val: TrialList | None = None
-    cohort: tuple[list[str], np.ndarray] | None = None
-
-    @property
-    def lists(self) -> list[TrialList]:
-        return self.tests + ([self.val] if self.val is not None else [])
+def eval_options(args) -> EvalOptions:
+    return EvalOptions(eval_frames=args.eval_frames, num_workers=args.nDataLoaderThread,
+                       files_per_batch=args.eval_batch_size, precision=args.eval_precision, scoring=args.scoring,
+                       score_norm=args.score_norm, cohort_size=args.cohort_size,
+                       p_targets=(args.dcf_p_target, 0.01), c_miss=args.dcf_c_miss, c_fa=args.dcf_c_fa,
+                       show_progress=distributed.is_main())
 
 
-@dataclass
-class ListResult:
-    trial_list: TrialList
-    scores: np.ndarray
-    metrics: object | None          # tuneThreshold.Metrics, None for an unlabelled list
-
-
-@dataclass
-class EvalOutcome:
-    tests: list[ListResult]
-    val: ListResult | None
-    store: EmbeddingStore
-    seconds: float
-
-
-def evaluate(trainer: ModelTrainer, args, plan: EvalPlan, show_progress=True) -> EvalOutcome:
-    """Scores and (for labelled lists) metrics of every list of ``plan``; files shared by lists are embedded once."""
-    started = time.time()
-    lists = plan.lists
-    store, scores = trainer.evaluate_lists(
-        [trial_list.trials for trial_list in lists], args.test_path, args.eval_frames, args.nDataLoaderThread,
-        files_per_batch=args.eval_batch_size, precision=args.eval_precision, scoring=args.scoring,
-        score_norm=args.score_norm, cohort=plan.cohort, cohort_size=args.cohort_size, show_progress=show_progress)
-    p_targets = tuple(dict.fromkeys((args.dcf_p_target, 0.01)))
-    results = []
-    for trial_list, list_scores in zip(lists, scores):
-        labels = [trial.label for trial in trial_list.trials]
-        metrics = None
-        if labels[0] is not None:
-            metrics = compute_metrics(list_scores, labels, p_targets, args.dcf_c_miss, args.dcf_c_fa)
-        results.append(ListResult(trial_list, list_scores, metrics))
-    val = results.pop() if plan.val is not None else None
-    return EvalOutcome(results, val, store, time.time() - started)
-
-
-def write_scores(path: str, scores, trials) -> None:
-    """``score label enroll test`` per trial, in list order (label ``-`` for an unlabelled list)."""
-    lines = [f"{score:.6f} {'-' if trial.label is None else trial.label} {trial.enroll} {trial.test}\n"
-             for score, trial in zip(scores, trials)]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic.write_text(path, "".join(lines))
-
-
-def _read_trials(list_path: str, test_path: str, name: str, need_labels: str = "") -> TrialList:
-    trials = read_trial_list(list_path)
-    check_files_exist([os.path.join(test_path, p) for t in trials for p in (t.enroll, t.test)], list_path)
-    if need_labels and trials[0].label is None:
-        raise SpeakerNetError(f"{list_path}: {need_labels} needs a labelled trial list ('<label> <enroll> <test>')")
-    return TrialList(list_path, name, trials)
-
-
-def load_cohort(args) -> tuple[list[str], np.ndarray]:
-    """AS-norm cohort: up to ``--cohort_utterances`` files of each speaker of ``--train_list``."""
-    if not args.train_list:
-        raise SpeakerNetError("--score_norm asnorm needs --train_list (and --train_path): its speakers are the cohort")
-    train_list = read_train_list(args.train_list, args.train_path)
-    if len(train_list.speakers) < 2:
-        raise SpeakerNetError(f"{args.train_list}: AS-norm needs at least 2 cohort speakers, the list has "
-                              f"{len(train_list.speakers)}")
-    picked = pick_cohort_files(train_list.labels, args.cohort_utterances)
-    files = [train_list.files[i] for i in picked]
-    check_files_exist(files, args.train_list)
-    return files, train_list.labels[picked]
-
-
-def load_trials(args) -> EvalPlan:
+def load_plan(args) -> EvalPlan:
     """The lists to evaluate (``--test_list``, comma-separated for several; ``--val_list`` in training) and the
     AS-norm cohort, read and checked before anything is written."""
     paths = [path.strip() for path in args.test_list.split(",") if path.strip()] or [args.test_list]
-    if len(set(paths)) < len(paths):
-        raise SpeakerNetError(f"--test_list names a list twice: {args.test_list}")
-    if args.cohort_size < 2:
-        raise SpeakerNetError(f"--cohort_size must be at least 2, got {args.cohort_size}")
-    if args.eval_batch_size is not None and args.eval_batch_size < 1:
-        raise SpeakerNetError(f"--eval_batch_size must be at least 1, got {args.eval_batch_size}")
     training = not args.eval
-    tests = [_read_trials(path, args.test_path, name, "training (VEER)" if training and i == 0 else "")
-             for i, (path, name) in enumerate(zip(paths, list_names(paths)))]
-    val = None
-    if args.val_list:
-        if training:
-            val = _read_trials(args.val_list, args.test_path, "val", "--val_list")
+    cohort = None
+    if args.score_norm == "asnorm":
+        if not args.train_list:
+            raise SpeakerNetError("--score_norm asnorm needs --train_list (and --train_path): its speakers are the "
+                                  "cohort")
+        cohort = read_cohort(args.train_list, args.train_path, args.cohort_utterances)
+    val_list = args.val_list if training else ""
+    if args.val_list and not training:
+        log.info(f"note: --val_list {args.val_list} is used in training only; --eval scores the --test_list lists")
+    return read_plan(paths, args.test_path, "training (VEER)" if training else "", val_list, cohort)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --eval
+# ----------------------------------------------------------------------------------------------------------------
+
+def report_eval(args, outcome: EvalOutcome) -> None:
+    several = len(outcome.tests) > 1
+    files = len(outcome.store.files)
+    log.info(f"{files} files embedded once for {len(outcome.tests)} list(s); evaluation {outcome.seconds:.1f} s")
+    for result in outcome.tests:
+        trial_list = result.trial_list
+        log.info(f"== {trial_list.path}: {len(trial_list.trials)} trials ({args.scoring} scoring"
+                 f"{', AS-norm' if args.score_norm == 'asnorm' else ''})")
+        if result.metrics is not None:
+            log.info("EER %2.4f" % result.metrics.eer)
+            log.info(result.metrics.report())
+            if distributed.is_main():
+                plots = write_plots(result.scores, trial_list.labels, os.path.join(args.save_path, "result"),
+                                    "_eval" + (f"_{trial_list.name}" if several else ""), eer=result.metrics.eer)
+                log.info(f"DET curve and score histogram: {', '.join(plots)}")
         else:
-            print(f"note: --val_list {args.val_list} is used in training only; --eval scores the --test_list lists")
-    cohort = load_cohort(args) if args.score_norm == "asnorm" else None
-    return EvalPlan(tests, val, cohort)
-
-
-def make_trainer(args) -> ModelTrainer:
-    device = distributed.local_device(args.device) if distributed.is_active() else choose_device(args.device,
-                                                                                                 args.gpu_id)
-    evaluation.eval_autocast_dtype(args.eval_precision, device)     # fp16 on a CPU: an error before any work
-    settings = {**vars(args), "device": device}
-    return ModelTrainer(SpeakerNet(**settings), **settings)
+            log.info(f"{len(trial_list.trials)} unlabelled trials scored (no EER without labels)")
+        if args.save_scores and distributed.is_main():
+            path = per_list_path(args.save_scores, trial_list.name) if several else args.save_scores
+            write_scores(path, result.scores, trial_list.trials)
+            log.info(f"scores written to {path}")
+    if args.save_embeddings and distributed.is_main():
+        outcome.store.save_npz(args.save_embeddings)
+        log.info(f"{files} embeddings written to {args.save_embeddings}")
 
 
 def run_eval(args) -> None:
-    trainer = make_trainer(args)
+    """Embedding network and scoring only: no loss, optimizer, scheduler or scaler is built."""
+    device = choose_device(args)
     model_dir = os.path.join(args.save_path, "model")
     source = args.initial_model or (latest_checkpoint(model_dir) or (None,))[0]
     if not source:
         raise SpeakerNetError("--eval needs --initial_model, or a checkpoint in --save_path/model")
-    plan = load_trials(args)
-    trainer.load_weights(source)
-    print(f"Model {source} loaded!")
-    outcome = evaluate(trainer, args, plan)
-    several = len(outcome.tests) > 1
-    files = len(outcome.store.files)
-    print(f"{files} files embedded once for {len(outcome.tests)} list(s); evaluation {outcome.seconds:.1f} s")
-    for result in outcome.tests:
-        trial_list = result.trial_list
-        print(f"== {trial_list.path}: {len(trial_list.trials)} trials ({args.scoring} scoring"
-              f"{', AS-norm' if args.score_norm == 'asnorm' else ''})")
-        if result.metrics is not None:
-            print("EER %2.4f" % result.metrics.eer)
-            print(result.metrics.report())
-            if distributed.is_main():
-                plots = write_plots(result.scores, [t.label for t in trial_list.trials],
-                                    os.path.join(args.save_path, "result"),
-                                    "_eval" + (f"_{trial_list.name}" if several else ""), eer=result.metrics.eer)
-                print(f"DET curve and score histogram: {', '.join(plots)}")
-        else:
-            print(f"{len(trial_list.trials)} unlabelled trials scored (no EER without labels)")
-        if args.save_scores and distributed.is_main():
-            path = per_list_path(args.save_scores, trial_list.name) if several else args.save_scores
-            write_scores(path, result.scores, trial_list.trials)
-            print(f"scores written to {path}")
-    if args.save_embeddings and distributed.is_main():
-        outcome.store.save_npz(args.save_embeddings)
-        print(f"{files} embeddings written to {args.save_embeddings}")
+    plugins.load("loss", args.trainfunc) if args.trainfunc else None     # an unknown name fails before any work
+    plan = load_plan(args)
+    net = SpeakerNet(**{**vars(args), "with_loss": False}).to(device)
+    load_model_state(net, read_checkpoint(source)["model_state_dict"], source, prefixes=("__S__.",))
+    log.info(f"Model {source} loaded!")
+    outcome = evaluation_of(net, args, plan, device)
+    report_eval(args, outcome)
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Loader workers leave SIGINT/SIGTERM to the main process, which finishes its step and saves first."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def evaluation_of(net: SpeakerNet, args, plan: EvalPlan, device: torch.device) -> EvalOutcome:
+    return evaluate(net.__S__, net.test_normalize, plan, args.test_path, eval_options(args), device)
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------
 
 def build_loader(args, train_list, loss_needs, device):
     sampler = GroupBatchSampler(train_list.labels, group_sizes_for(loss_needs, args.nPerSpeaker), args.batch_size,
@@ -382,16 +335,15 @@ def build_loader(args, train_list, loss_needs, device):
         TrainDataset(train_list, args.max_frames, augmenter=augmenter), batch_sampler=sampler,
         collate_fn=collate_groups, num_workers=workers, pin_memory=device.type == "cuda",
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=_ignore_stop_signals if workers > 0 else None,
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
         generator=torch.Generator().manual_seed(args.seed))  # its own generator: the global RNG stays untouched
     return loader, sampler
 
 
 class StopRequest:
-    """SIGINT/SIGTERM ask the trainer to stop after the current step; a second SIGINT stops at once."""
+    """SIGINT/SIGTERM ask training to stop after the current step; a second SIGINT stops at once."""
 
-    def __init__(self, trainer: ModelTrainer):
-        self.trainer = trainer
+    def __init__(self):
         self.signal_number = None
 
     def __enter__(self):
@@ -402,8 +354,10 @@ class StopRequest:
         if self.signal_number is not None and number == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal_number = number
-        self.trainer.stop_requested = True
         print(f"\n{signal.Signals(number).name} received: finishing the current step, then saving", file=sys.stderr)
+
+    def requested(self) -> bool:
+        return self.signal_number is not None
 
     def __exit__(self, *exc):
         for number, handler in self.previous.items():
@@ -411,110 +365,96 @@ class StopRequest:
         return False
 
 
-def resume_point(model_dir: str):
-    """The furthest saved state: the newest ``model%09d.model`` or ``resume.state`` (mid-interval / interrupted)."""
-    candidates = []
-    newest = latest_checkpoint(model_dir)
-    if newest:
-        candidates.append(((newest[1], 0), newest[0], newest[1]))
-    state = os.path.join(model_dir, RESUME_STATE)
-    if os.path.isfile(state):
-        checkpoint = read_checkpoint(state)
-        batches = (checkpoint.get("progress") or {}).get("batches", 0)
-        candidates.append(((int(checkpoint["epoch"]), batches), state, int(checkpoint["epoch"])))
-    return max(candidates)[1:] if candidates else None
+class TrainingRun:
+    """The epoch driver: where the run stands (last completed epoch, the epoch in progress, the last EER), what
+    each epoch does (train, evaluate when due, step the schedule, save, log), and resuming."""
 
+    def __init__(self, args, trainer: ModelTrainer, plan: EvalPlan, loader, sampler):
+        self.args, self.trainer, self.plan, self.loader, self.sampler = args, trainer, plan, loader, sampler
+        self.model_dir = os.path.join(args.save_path, "model")
+        self.result_dir = os.path.join(args.save_path, "result")
+        self.completed = 0                       # last completed epoch
+        self.progress: EpochProgress | None = None
+        self.last_eer = INITIAL_EER
 
-def remove_stale_temporaries(folder: str) -> None:
-    """Temporary files of saves that a killed run never finished (the complete files they would replace remain)."""
-    for path in glob.glob(os.path.join(folder, ".*.tmp")):
-        os.unlink(path)
+    def resume(self) -> bool:
+        """Continue from the furthest saved state of ``--save_path``, if any."""
+        previous = checkpoints.resume_point(self.model_dir)
+        if not previous:
+            return False
+        path, epoch_from_name = previous
+        checkpoint = read_checkpoint(path)
+        load_model_state(self.trainer.net, checkpoint["model_state_dict"], path)
+        self.completed = int(checkpoint.get("epoch", epoch_from_name))
+        self.last_eer = float(checkpoint.get("last_eer", self.last_eer))
+        self.progress = EpochProgress(**checkpoint["progress"]) if checkpoint.get("progress") else None
+        self.trainer.load_state_dict(checkpoint, None if self.progress else self.completed, self.last_eer)
+        checkpoints.restore_random_state(checkpoint)
+        where = f"epoch {self.progress.epoch}, batch {self.progress.batches}" if self.progress else \
+            f"after epoch {self.completed}"
+        log.info(f"Model {path} loaded from previous state! Resuming {where}")
+        return True
 
+    def save(self, eer: float | None = None) -> None:
+        """Rank 0 writes an epoch checkpoint (evaluated epochs) or ``resume.state``."""
+        if distributed.is_main():
+            state = self.trainer.state_dict()
+            if eer is not None:
+                checkpoints.save_epoch(self.model_dir, state, self.completed, eer)
+            else:
+                checkpoints.save_resume_state(self.model_dir, state, self.completed, self.last_eer,
+                                              self.progress.state() if self.progress else None)
+        distributed.barrier()
 
-def run_train(args, explicit: set) -> int:
-    if not args.trainfunc:
-        raise SpeakerNetError(f"--trainfunc is required for training; choices: {', '.join(plugins.choices('loss'))}")
-    plugins.load("loss", args.trainfunc)        # an unknown name fails before any file is read
-    train_list = read_train_list(args.train_list, args.train_path)
-    check_files_exist(train_list.files, args.train_list)
-    trials = load_trials(args)
-    if "nSpeakers" not in explicit:
-        args.nSpeakers = len(train_list.speakers)
-    elif args.nSpeakers < len(train_list.speakers):
-        raise SpeakerNetError(f"--nSpeakers {args.nSpeakers} is smaller than the {len(train_list.speakers)} speakers "
-                              f"of {args.train_list}")
-
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    trainer = make_trainer(args)
-    loader, sampler = build_loader(args, train_list, trainer.net.utterances_per_speaker, trainer.device)
-
-    model_dir = os.path.join(args.save_path, "model")
-    result_dir = os.path.join(args.save_path, "result")
-    os.makedirs(model_dir, exist_ok=True)
-    os.makedirs(result_dir, exist_ok=True)
-    remove_stale_temporaries(model_dir)
-    previous = resume_point(model_dir)
-    if previous:
-        trainer.resume(*previous)
-        where = f"epoch {trainer.progress.epoch}, batch {trainer.progress.batches}" if trainer.progress else \
-            f"after epoch {trainer.epoch}"
-        print(f"Model {previous[0]} loaded from previous state! Resuming {where}")
-    elif args.initial_model:
-        trainer.load_weights(args.initial_model)
-        print(f"Model {args.initial_model} loaded!")
-
-    scores_path = os.path.join(result_dir, "scores.txt") if distributed.is_main() else os.devnull
-    with open(scores_path, "a+") as scorefile, StopRequest(trainer) as stop:
-        for key, value in vars(args).items():
-            scorefile.write(f"{key} {value}\n")
-        scorefile.flush()
-        for epoch in range(trainer.epoch + 1, args.max_epoch + 1):
-            if not train_one_epoch(trainer, args, epoch, loader, sampler, trials, scorefile, model_dir):
-                save_on_main(trainer, os.path.join(model_dir, RESUME_STATE), trainer.epoch)
-                print(f"Stopped during epoch {epoch} after {trainer.progress.batches} batches; state saved to "
-                      f"{os.path.join(model_dir, RESUME_STATE)}. Run the same command again to resume.",
-                      file=sys.stderr)
+    def run(self, stop: StopRequest, scores) -> int:
+        for epoch in range(self.completed + 1, self.args.max_epoch + 1):
+            if not self.epoch(epoch, stop, scores):
+                self.save()
+                state = os.path.join(self.model_dir, checkpoints.RESUME_STATE)
+                print(f"Stopped during epoch {epoch} after {self.progress.batches} batches; state saved to "
+                      f"{state}. Run the same command again to resume.", file=sys.stderr)
                 return 128 + stop.signal_number
-    return 0
+        return 0
 
+    def epoch(self, epoch: int, stop: StopRequest, scores) -> bool:
+        """Train, evaluate when due, step the schedule, save, log. False when a stop was requested."""
+        args = self.args
+        self.sampler.set_epoch(epoch)
+        lr = self.trainer.lr
+        log.info(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {epoch} Training {args.model} with LR {lr:f}...")
+        started = time.time()
+        progress = self.progress if self.progress is not None and self.progress.epoch == epoch else None
+        self.progress = self.trainer.train_network(self.loader, epoch, progress, stop.requested)
+        if not self.progress.finished:
+            return False
+        loss, accuracy = self.progress.mean_loss, self.progress.mean_accuracy
+        train_seconds = time.time() - started
+        self.completed, self.progress = epoch, None
+        if epoch % args.test_interval == 0:
+            line, extra, eer = self.evaluate(epoch, lr, loss, accuracy, train_seconds)
+            self.last_eer = eer
+            self.trainer.step_schedule(eer)
+            self.save(eer)
+        else:
+            line = TRAIN_LINE % (epoch, lr, accuracy, loss)
+            extra = f"INFO epoch {epoch}: train {train_seconds:.1f} s"
+            self.trainer.step_schedule(self.last_eer)
+            self.save()
+        log.info(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}")
+        log.info(extra)
+        scores.info(line + "\n" + extra)
+        return True
 
-def save_on_main(trainer, path: str, epoch: int, eer: float | None = None) -> None:
-    """Rank 0 writes the checkpoint (and its ``.eer``); a complete epoch checkpoint retires ``resume.state``."""
-    if distributed.is_main():
-        trainer.save(path, epoch)
-        if eer is not None:
-            atomic.write_text(path[:-len(".model")] + ".eer", "%.4f" % eer)
-            stale = os.path.join(os.path.dirname(path), RESUME_STATE)
-            if os.path.exists(stale):
-                os.unlink(stale)
-    distributed.barrier()
-
-
-def train_one_epoch(trainer, args, epoch, loader, sampler, trials, scorefile, model_dir) -> bool:
-    """Train, evaluate when due, save, log. False when a stop was requested during the epoch."""
-    sampler.set_epoch(epoch)
-    lr = trainer.lr
-    print(time.strftime("%Y-%m-%d %H:%M:%S"), epoch, f"Training {args.model} with LR {lr:f}...")
-    started = time.time()
-    result = trainer.train_network(loader, epoch)
-    if result is None:
-        return False
-    loss, accuracy = result
-    train_seconds = time.time() - started
-    trainer.epoch = epoch
-    if epoch % args.test_interval == 0:
-        outcome = evaluate(trainer, args, trials)       # ``trials`` is load_trials' EvalPlan
+    def evaluate(self, epoch: int, lr: float, loss: float, accuracy: float, train_seconds: float):
+        """The evaluated epoch's score line, its INFO lines and the EER that steers (``--val_list``'s if given)."""
+        outcome = evaluation_of(self.trainer.net, self.args, self.plan, self.trainer.device)
         first = outcome.tests[0]
-        # the validation list, when given, steers the schedule and the .eer files; the test list is only reported
         steering = outcome.val if outcome.val is not None else first
-        trainer.last_eer = steering.metrics.eer
         several = len(outcome.tests) > 1
         if distributed.is_main():
             for result in outcome.tests:
                 if result.metrics is not None:
-                    write_plots(result.scores, [t.label for t in result.trial_list.trials],
-                                os.path.join(args.save_path, "result"),
+                    write_plots(result.scores, result.trial_list.labels, self.result_dir,
                                 f"_{result.trial_list.name}" if several else "", eer=result.metrics.eer)
         line = SCORE_LINE % (epoch, lr, accuracy, loss, first.metrics.eer)
         val = f", val EER {outcome.val.metrics.eer:2.4f}" if outcome.val is not None else ""
@@ -525,37 +465,64 @@ def train_one_epoch(trainer, args, epoch, loader, sampler, trials, scorefile, mo
             summary = result.metrics.summary() if result.metrics is not None else \
                 f"{len(result.trial_list.trials)} unlabelled trials scored"
             extra += f"\nINFO epoch {epoch} {role} {result.trial_list.path}: {summary}"
-        path = checkpoint_path(model_dir, epoch)
-        save_on_main(trainer, path, epoch, eer=steering.metrics.eer)
-    else:
-        line = TRAIN_LINE % (epoch, lr, accuracy, loss)
-        extra = f"INFO epoch {epoch}: train {train_seconds:.1f} s"
-        save_on_main(trainer, os.path.join(model_dir, RESUME_STATE), epoch)
-    print(time.strftime("%Y-%m-%d %H:%M:%S"), line)
-    print(extra)
-    scorefile.write(line + "\n" + extra + "\n")
-    scorefile.flush()
-    return True
+        return line, extra, steering.metrics.eer
 
 
-def run(args, explicit: set) -> int:
+def run_train(args) -> int:
+    if not args.trainfunc:
+        raise SpeakerNetError(f"--trainfunc is required for training; choices: {', '.join(plugins.choices('loss'))}")
+    plugins.load("loss", args.trainfunc)        # an unknown name fails before any file is read
+    train_list = read_train_list(args.train_list, args.train_path)
+    check_files_exist(train_list.files, args.train_list)
+    plan = load_plan(args)
+    if args.nSpeakers is None:
+        args.nSpeakers = len(train_list.speakers)
+    elif args.nSpeakers < len(train_list.speakers):
+        raise SpeakerNetError(f"--nSpeakers {args.nSpeakers} is smaller than the {len(train_list.speakers)} speakers "
+                              f"of {args.train_list}")
+    device = choose_device(args)
+
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    trainer = ModelTrainer(SpeakerNet(**vars(args)), **{**vars(args), "device": device})
+    loader, sampler = build_loader(args, train_list, trainer.net.utterances_per_speaker, device)
+    run = TrainingRun(args, trainer, plan, loader, sampler)
+
+    main_process = distributed.is_main()
+    if main_process:
+        os.makedirs(run.model_dir, exist_ok=True)
+        os.makedirs(run.result_dir, exist_ok=True)
+        checkpoints.remove_stale_temporaries(run.model_dir)
+    distributed.barrier()
+    if not run.resume() and args.initial_model:
+        load_model_state(trainer.net, read_checkpoint(args.initial_model)["model_state_dict"], args.initial_model)
+        log.info(f"Model {args.initial_model} loaded!")
+    if main_process:
+        atomic.write_text(os.path.join(args.save_path, CONFIG_FILE),
+                          yaml.safe_dump(resolved_config(args), sort_keys=False))
+    scores_path = os.path.join(run.result_dir, "scores.txt") if main_process else None
+    with logs.scores_file(scores_path) as scores, StopRequest() as stop:
+        scores.info("\n".join(f"{key} {value}" for key, value in vars(args).items()))
+        return run.run(stop, scores)
+
+
+def run(args) -> int:
     """This process's work; under --distributed it joins the process group first (torchrun or spawned)."""
     if args.distributed:
         distributed.init_process_group(distributed.local_device(args.device))
-        if not distributed.is_main():
-            sys.stdout = open(os.devnull, "w")      # rank 0 alone reports; errors still reach stderr
+    logs.setup(main_process=distributed.is_main())
     try:
         if args.eval:
             run_eval(args)
             return 0
-        return run_train(args, explicit)
+        return run_train(args)
     finally:
         distributed.shutdown()
 
 
 def _spawned(local_rank: int, processes: int, argv) -> None:
     """One of the processes of the one-machine launch (``--distributed`` without torchrun)."""
-    os.environ.update(distributed.spawn_environment(parse_args(argv)[0].port, local_rank, processes))
+    os.environ.update(distributed.spawn_environment(parse_args(argv).port, local_rank, processes))
     code = main(argv)
     if code:
         sys.exit(code)
@@ -563,12 +530,12 @@ def _spawned(local_rank: int, processes: int, argv) -> None:
 
 def main(argv=None) -> int:
     try:
-        args, explicit = parse_args(argv)
+        args = parse_args(argv)
         if args.distributed and not distributed.launched_by_torchrun():
             processes = distributed.gpus_to_spawn()
             torch.multiprocessing.spawn(_spawned, args=(processes, argv), nprocs=processes)
             return 0
-        return run(args, explicit)
+        return run(args)
     except SpeakerNetError as error:
         print(f"error{f' (rank {distributed.rank()})' if distributed.is_active() else ''}: {error}", file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from core import distributed  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 from DatasetLoader import read_train_list  # noqa: E402
 from tools.synthetic_corpus import make_corpus  # noqa: E402
 
@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
     try:
         single, multi = os.path.join(work, "single"), os.path.join(work, "multi")
         run([sys.executable, os.path.join(REPO, "trainSpeakerNet.py"), *common, "--save_path", single], args.nproc)
-        run([torchrun, "--nproc_per_node", str(args.nproc), "--master_port", str(distributed.free_port()),
+        run([torchrun, "--nproc_per_node", str(args.nproc), "--master_port", str(free_port()),
              os.path.join(REPO, "trainSpeakerNet.py"), "--distributed", *common, "--save_path", multi], 1)
         seconds = {"1 process": train_seconds(single), f"{args.nproc} processes": train_seconds(multi)}
     finally:

@@ -8,7 +8,6 @@ NCCL on GPUs, gloo on CPU.
 
 import datetime
 import os
-import socket
 import warnings
 
 import torch
@@ -64,13 +63,6 @@ def spawn_environment(port: str, local_rank: int, processes: int) -> dict:
             "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(processes)}
 
 
-def free_port() -> int:
-    """A TCP port free on this machine now, for a local MASTER_PORT (tests, benchmarks)."""
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return handle.getsockname()[1]
-
-
 def gpus_to_spawn() -> int:
     count = torch.cuda.device_count()
     if count == 0:
@@ -117,15 +109,6 @@ def gather_strided(mine: torch.Tensor, total: int, device: torch.device) -> torc
     out = torch.empty_like(gathered)
     out[order] = gathered
     return out
-
-
-def broadcast_float(value: float) -> float:
-    """Rank 0's value on every rank (e.g. the EER that drives the scheduler)."""
-    if not is_active():
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
 
 
 def all_gather_objects(obj) -> list:

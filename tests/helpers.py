@@ -1,6 +1,7 @@
 """Shared test fixtures: where the shared fixtures are, a tiny synthetic corpus, and running the CLI."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,3 +28,10 @@ def run_cli(*args, cwd=None, timeout=600, env=None):
     environment = {**os.environ, **SUBPROCESS_ENV, **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "trainSpeakerNet.py"), *map(str, args)], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=timeout, env=environment)
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a local MASTER_PORT (tests, benchmarks)."""
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return handle.getsockname()[1]

@@ -8,7 +8,8 @@ import torch
 
 from DatasetLoader import load_wav
 from core.errors import SpeakerNetError
-from SpeakerNet import SpeakerNet, load_model_state, read_checkpoint
+from core.checkpoints import load_model_state, read_checkpoint
+from SpeakerNet import SpeakerNet
 from tests.helpers import run_cli, shared_file
 
 SEED_MODEL = "seed_mp_balance_sap.model"
@@ -32,7 +33,7 @@ def test_seed_checkpoint_loads_every_key_and_reproduces_embeddings():
     net = seed_net()
     report = load_model_state(net, read_checkpoint(str(shared_file("fixtures", SEED_MODEL)))["model_state_dict"],
                               SEED_MODEL)
-    assert not report["missing"] and not report["unexpected"] and not report["misshapen"]
+    assert not report.missing and not report.unexpected and not report.misshapen
     net.eval()
     reference = np.load(shared_file("fixtures", "seed_embeddings.npz"))
     for name in "abc":
@@ -79,7 +80,7 @@ def test_every_checkpoint_format_loads(tmp_path, wrap):
     torch.save(obj, path)
     target = seed_net()
     report = load_model_state(target, read_checkpoint(str(path))["model_state_dict"], str(path))
-    assert not report["missing"] and not report["misshapen"]
+    assert not report.missing and not report.misshapen
     for key, value in target.state_dict().items():
         assert torch.equal(value, state[key])
 
@@ -89,7 +90,7 @@ def test_misshapen_keys_are_skipped_with_a_warning(tmp_path, capsys):
     torch.save(seed_net().state_dict(), path)
     target = seed_net(nSpeakers=7)
     report = load_model_state(target, read_checkpoint(str(path))["model_state_dict"], str(path))
-    assert report["misshapen"] == ["__L__.proxies (model (7, 512), file (20, 512))"]
+    assert report.misshapen == ["__L__.proxies (model (7, 512), file (20, 512))"]
     assert "__L__.proxies" in capsys.readouterr().err
 
 

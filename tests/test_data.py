@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from DatasetLoader import (GroupBatchSampler, check_files_exist, load_wav, max_audio_samples, read_train_list,
-                           read_trial_list)
+from core.evaluation import read_trial_list
+from DatasetLoader import GroupBatchSampler, check_files_exist, load_wav, max_audio_samples, read_train_list
 from core.errors import SpeakerNetError
 
 

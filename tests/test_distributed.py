@@ -14,8 +14,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from core import distributed
-from SpeakerNet import ModelTrainer, SpeakerNet
-from tests.helpers import REPO
+from core.evaluation import embed_files
+from core.training import ModelTrainer
+from SpeakerNet import SpeakerNet
+from tests.helpers import REPO, free_port
+
+CPU = torch.device("cpu")
 
 SAMPLES = 8240            # 0.5-s crops
 WORLD = 2
@@ -78,7 +82,7 @@ def worker(rank, port, trainfunc, out):
 @pytest.mark.parametrize("trainfunc", ["mp_balance", "mmp_balance", "mp"])
 def test_two_ranks_equal_one_process(tmp_path, trainfunc):
     out = tmp_path / "rank0.pt"
-    mp.spawn(worker, args=(distributed.free_port(), trainfunc, str(out)), nprocs=WORLD)
+    mp.spawn(worker, args=(free_port(), trainfunc, str(out)), nprocs=WORLD)
     result = torch.load(out, weights_only=True)
     net = make_net(trainfunc)
     waves, labels, sizes = global_batch(trainfunc)
@@ -95,7 +99,7 @@ def test_two_ranks_equal_one_process(tmp_path, trainfunc):
 def test_torchrun_two_process_training(tiny_corpus, tmp_path):
     save_path = tmp_path / "run"
     command = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2",
-               "--master_port", str(distributed.free_port()), str(REPO / "trainSpeakerNet.py"), "--distributed",
+               "--master_port", str(free_port()), str(REPO / "trainSpeakerNet.py"), "--distributed",
                "--device", "cpu", "--model", "ResNetSE34L", "--trainfunc", "mp", "--max_frames", "50",
                "--batch_size", "4", "--max_epoch", "1", "--nDataLoaderThread", "0", "--save_path", str(save_path),
                *[f"--{key}={value}" for key, value in tiny_corpus.items()]]
@@ -116,8 +120,8 @@ def embed_worker(rank, port, files, root, out):
     distributed.init_process_group(torch.device("cpu"))
     try:
         torch.manual_seed(0)
-        trainer = ModelTrainer(SpeakerNet(model="ResNetSE34L", nOut=16), torch.device("cpu"), lr=0.001)
-        embeddings = {count: trainer.embed_files(files[:count], root, eval_frames=50, show_progress=False)
+        network = SpeakerNet(model="ResNetSE34L", nOut=16).__S__.eval()
+        embeddings = {count: embed_files(network, files[:count], root, 50, CPU, show_progress=False)
                       for count in (len(files), 1)}
         torch.save(embeddings, f"{out}.{rank}")
     finally:
@@ -130,13 +134,13 @@ def test_evaluation_is_sharded_over_ranks(tiny_corpus, tmp_path):
     root = tiny_corpus["test_path"]
     files = sorted({path for line in open(tiny_corpus["test_list"]) for path in line.split()[1:]})[:5]
     out = tmp_path / "embeddings"
-    mp.spawn(embed_worker, args=(distributed.free_port(), files, root, str(out)), nprocs=WORLD)
+    mp.spawn(embed_worker, args=(free_port(), files, root, str(out)), nprocs=WORLD)
     torch.manual_seed(0)
-    trainer = ModelTrainer(SpeakerNet(model="ResNetSE34L", nOut=16), torch.device("cpu"), lr=0.001)
+    network = SpeakerNet(model="ResNetSE34L", nOut=16).__S__.eval()
     for rank in range(WORLD):
         sharded = torch.load(f"{out}.{rank}", weights_only=True)
         for count, embeddings in sharded.items():
-            single = trainer.embed_files(files[:count], root, eval_frames=50, show_progress=False)
+            single = embed_files(network, files[:count], root, 50, CPU, show_progress=False)
             assert embeddings.shape == single.shape == (count, 10, 16)
             assert torch.allclose(embeddings, single, atol=1e-5), (rank, count)
 
@@ -156,7 +160,7 @@ def test_failure_on_one_rank_ends_all_ranks(tiny_corpus, tmp_path):
     train_list.write_text("\n".join([f"{speaker} {bad}", *lines[1:]]) + "\n")
     save_path = tmp_path / "run"
     command = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2",
-               "--master_port", str(distributed.free_port()), str(REPO / "trainSpeakerNet.py"), "--distributed",
+               "--master_port", str(free_port()), str(REPO / "trainSpeakerNet.py"), "--distributed",
                "--device", "cpu", "--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--max_frames", "50",
                "--batch_size", "4", "--max_epoch", "1", "--nDataLoaderThread", "0", "--save_path", str(save_path),
                "--train_list", str(train_list), "--train_path", tiny_corpus["train_path"],

@@ -10,12 +10,16 @@ import torch
 import torch.nn.functional as F
 
 import DatasetLoader
+from benchmarks.reference_scoring import reference_crop_scores
 from core import evaluation
-from DatasetLoader import Trial, load_wav, read_trial_list
-from SpeakerNet import ModelTrainer, SpeakerNet
-from trainSpeakerNet import load_trials, parse_args
+from core.errors import SpeakerNetError
+from core.evaluation import EvalOptions, Trial, compute_metrics, extraction, read_trial_list
+from DatasetLoader import load_wav
+from SpeakerNet import SpeakerNet
 from tests.helpers import run_cli
-from tuneThreshold import compute_metrics
+from trainSpeakerNet import choose_device, load_plan, parse_args
+
+CPU = torch.device("cpu")
 
 SCORE = re.compile(r"^IT 1, LR \d+\.\d{6}, TEER/T1 \d+\.\d{2}, TLOSS -?\d+\.\d{6}, VEER (\d+\.\d{4})$")
 
@@ -61,7 +65,7 @@ def test_vectorised_scores_equal_the_per_trial_loop(scoring, normalize, crops):
     embeddings[5] = embeddings[4] + 1e-4 * torch.randn(crops, 24, generator=generator)   # near-duplicate file
     enroll, test = random_trials(40, 500, generator)
     enroll[3], test[3] = 4, 5
-    reference = (evaluation.reference_crop_scores(embeddings, enroll, test, normalize) if scoring == "crops"
+    reference = (reference_crop_scores(embeddings, enroll, test, normalize) if scoring == "crops"
                  else cosine_loop(embeddings, enroll, test, normalize))
     tolerance = 1e-5 * max(1.0, np.abs(reference).max())
     ours = evaluation.TrialScorer(embeddings, scoring, normalize, chunk=64)(enroll, test).numpy()   # 8 chunks
@@ -85,23 +89,22 @@ def test_crop_scores_keep_the_callers_thread_count():
 # ---- extraction --------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_trainer():
+def tiny_net():
     torch.manual_seed(0)
-    net = SpeakerNet("ResNetSE34L", "mp_balance", nOut=16, nSpeakers=40)
-    return ModelTrainer(net, torch.device("cpu"), lr=0.001, weight_decay=0.0, lr_decay=0.95, test_interval=1)
+    return SpeakerNet("ResNetSE34L", "mp_balance", nOut=16, with_loss=False).eval()
 
 
-def test_each_file_embedded_once_in_batches(tiny_corpus, tiny_trainer, monkeypatch):
+def test_each_file_embedded_once_in_batches(tiny_corpus, tiny_net, monkeypatch):
     trials = read_trial_list(tiny_corpus["test_list"])
     first, second = trials[:60], trials[40:100] + [Trial(None, trials[0].enroll, trials[99].test)]
     loads, forwards = [], []
-    real_load, real_forward = DatasetLoader.load_wav, tiny_trainer.net.__S__.forward
+    real_load, real_forward = DatasetLoader.load_wav, tiny_net.__S__.forward
     # count the passes of the network itself, not of the folded CPU copy (whose check forwards would count too)
-    monkeypatch.setattr(evaluation, "inference_copy", lambda model, example, channels_last: model)
+    monkeypatch.setattr(extraction, "inference_copy", lambda model, example, channels_last: model)
     monkeypatch.setattr(DatasetLoader, "load_wav", lambda path, *a, **k: loads.append(path) or real_load(path, *a, **k))
-    monkeypatch.setattr(tiny_trainer.net.__S__, "forward", lambda x: forwards.append(x.shape[0]) or real_forward(x))
-    store, (scores1, scores2) = tiny_trainer.evaluate_lists([first, second], tiny_corpus["test_path"], 20,
-                                                            files_per_batch=4, show_progress=False)
+    monkeypatch.setattr(tiny_net.__S__, "forward", lambda x: forwards.append(x.shape[0]) or real_forward(x))
+    store, (scores1, scores2) = evaluation.score_lists(tiny_net.__S__, True, [first, second], tiny_corpus["test_path"],
+                                                       EvalOptions(20, files_per_batch=4, show_progress=False), CPU)
     files = {path for trial in first + second for path in (trial.enroll, trial.test)}
     assert sorted(files) == store.files
     assert len(loads) == len(files) == len(set(loads))                  # each unique file loaded once
@@ -115,7 +118,7 @@ def test_each_file_embedded_once_in_batches(tiny_corpus, tiny_trainer, monkeypat
     assert torch.allclose(store.embeddings[7], alone, atol=1e-5)
 
 
-def test_whole_files_are_batched_by_equal_length(tiny_corpus, tiny_trainer, monkeypatch, tmp_path):
+def test_whole_files_are_batched_by_equal_length(tiny_corpus, tiny_net, monkeypatch, tmp_path):
     import soundfile as sf
     names = [t.enroll for t in read_trial_list(tiny_corpus["test_list"])[:6]]
     root = tiny_corpus["test_path"]
@@ -124,10 +127,10 @@ def test_whole_files_are_batched_by_equal_length(tiny_corpus, tiny_trainer, monk
     sf.write(tmp_path / "short" / "a.wav", audio[:12000], 16000, subtype="PCM_16")     # a different length
     files = [f"{root}/{name}" for name in names] + [str(tmp_path / "short" / "a.wav")]
     forwards = []
-    real_forward = tiny_trainer.net.__S__.forward
-    monkeypatch.setattr(evaluation, "inference_copy", lambda model, example, channels_last: model)
-    monkeypatch.setattr(tiny_trainer.net.__S__, "forward", lambda x: forwards.append(tuple(x.shape)) or real_forward(x))
-    embeddings = tiny_trainer.embed_files(files, "", 0, files_per_batch=2, show_progress=False)
+    real_forward = tiny_net.__S__.forward
+    monkeypatch.setattr(extraction, "inference_copy", lambda model, example, channels_last: model)
+    monkeypatch.setattr(tiny_net.__S__, "forward", lambda x: forwards.append(tuple(x.shape)) or real_forward(x))
+    embeddings = evaluation.embed_files(tiny_net.__S__, files, "", 0, CPU, files_per_batch=2, show_progress=False)
     assert embeddings.shape == (7, 1, 16)
     assert sorted(forwards) == [(1, 12000), (6, audio.shape[0])]        # the 6 files of equal length in one pass
     with torch.no_grad():
@@ -136,12 +139,12 @@ def test_whole_files_are_batched_by_equal_length(tiny_corpus, tiny_trainer, monk
             assert torch.allclose(embeddings[i], alone, atol=1e-4)
 
 
-def test_threaded_extraction_with_a_loader_worker(tiny_corpus, tiny_trainer, monkeypatch):
+def test_threaded_extraction_with_a_loader_worker(tiny_corpus, tiny_net, monkeypatch):
     """Batches forwarded in two threads (one intra-op thread each) while a worker loads: same embeddings, same
     order, and the caller's thread count is kept."""
-    monkeypatch.setattr(evaluation, "available_cores", lambda: 3)      # a core left for the worker
+    monkeypatch.setattr(extraction, "available_cores", lambda: 3)      # a core left for the worker
     files = sorted({t.enroll for t in read_trial_list(tiny_corpus["test_list"])})[:7]
-    model, root = tiny_trainer.net.__S__.eval(), tiny_corpus["test_path"]
+    model, root = tiny_net.__S__.eval(), tiny_corpus["test_path"]
     before = torch.get_num_threads()
     single = evaluation.extract_embeddings(model, files, root, 20, threads=1, files_per_batch=2, show_progress=False)
     threaded = evaluation.extract_embeddings(model, files, root, 20, num_workers=1, threads=2, files_per_batch=2,
@@ -151,16 +154,16 @@ def test_threaded_extraction_with_a_loader_worker(tiny_corpus, tiny_trainer, mon
 
 
 def test_cpu_loader_workers_only_on_spare_cores(monkeypatch):
-    monkeypatch.setattr(evaluation, "available_cores", lambda: 2)
+    monkeypatch.setattr(extraction, "available_cores", lambda: 2)
     assert evaluation.cpu_loader_workers(5, forward_threads=2) == 0
-    monkeypatch.setattr(evaluation, "available_cores", lambda: 16)
+    monkeypatch.setattr(extraction, "available_cores", lambda: 16)
     assert evaluation.cpu_loader_workers(5, forward_threads=8) == 5
     assert evaluation.cpu_loader_workers(5, forward_threads=14) == 2
 
 
-def test_bf16_extraction_is_close_to_float32(tiny_corpus, tiny_trainer):
+def test_bf16_extraction_is_close_to_float32(tiny_corpus, tiny_net):
     files = sorted({t.enroll for t in read_trial_list(tiny_corpus["test_list"])})[:4]
-    model, root = tiny_trainer.net.__S__.eval(), tiny_corpus["test_path"]
+    model, root = tiny_net.__S__.eval(), tiny_corpus["test_path"]
     full = evaluation.extract_embeddings(model, files, root, 20, show_progress=False)
     half = evaluation.extract_embeddings(model, files, root, 20, show_progress=False, precision="bf16")
     assert half.dtype == torch.float32 and half.shape == full.shape
@@ -169,11 +172,11 @@ def test_bf16_extraction_is_close_to_float32(tiny_corpus, tiny_trainer):
 
 
 def test_fp16_extraction_needs_a_gpu():
-    with pytest.raises(evaluation.SpeakerNetError, match="fp16 needs a GPU"):
-        evaluation.eval_autocast_dtype("fp16", torch.device("cpu"))
-    with pytest.raises(evaluation.SpeakerNetError, match="choose one of fp32, bf16, fp16"):
-        evaluation.eval_autocast_dtype("int8", torch.device("cpu"))
-    assert evaluation.eval_autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(SpeakerNetError, match="fp16 needs a GPU"):
+        choose_device(parse_args(["--device", "cpu", "--eval_precision", "fp16"]))
+    with pytest.raises(SystemExit):
+        parse_args(["--eval_precision", "int8"])
+    assert choose_device(parse_args(["--device", "cpu", "--eval_precision", "bf16"])) == CPU
 
 
 def test_fp16_evaluation_on_the_cpu_fails_before_any_work(tiny_corpus, tmp_path):
@@ -326,7 +329,7 @@ def test_cohort_statistics_in_chunks_equal_the_full_matrix(scoring):
     assert full.shape == (25, 8)
     # a cohort score is the trial score with the speaker vector as a one-crop file
     pair = [embeddings[3], speakers[5:6]]
-    reference = (evaluation.reference_crop_scores(pair, [0], [1], normalize=True)[0] if scoring == "crops"
+    reference = (reference_crop_scores(pair, [0], [1], normalize=True)[0] if scoring == "crops"
                  else F.cosine_similarity(F.normalize(pair[0], dim=1).mean(0), pair[1][0], dim=0).item())
     assert full[3, 5].item() == pytest.approx(reference, abs=1e-5)
     mean, std = evaluation.cohort_statistics(scorer, torch.arange(25), speakers, 5, chunk=4)
@@ -340,21 +343,21 @@ def test_cohort_files_per_speaker():
     assert picked.tolist() == [0, 2, 4, 5, 6, 7]
 
 
-def test_asnorm_through_the_trainer(tiny_corpus, tiny_trainer, tmp_path):
+def test_asnorm_through_the_trainer(tiny_corpus, tiny_net, tmp_path):
     """The cohort comes from --train_list (up to --cohort_utterances files per speaker) and AS-norm changes the
     scores by a per-file affine map."""
     train_list = tmp_path / "train.txt"
     train_list.write_text("".join(open(tiny_corpus["train_list"]).readlines()[:48]))       # 8 speakers
-    args, _ = parse_args(["--eval", "--test_list", tiny_corpus["test_list"], "--test_path", tiny_corpus["test_path"],
+    args = parse_args(["--eval", "--test_list", tiny_corpus["test_list"], "--test_path", tiny_corpus["test_path"],
                           "--train_list", str(train_list), "--train_path", tiny_corpus["train_path"],
                           "--score_norm", "asnorm", "--cohort_utterances", "2", "--cohort_size", "4"])
-    plan = load_trials(args)
-    files, labels = plan.cohort
-    assert len(files) == 16 and np.bincount(labels).tolist() == [2] * 8
+    plan = load_plan(args)
+    assert len(plan.cohort.files) == 16 and np.bincount(plan.cohort.speakers).tolist() == [2] * 8
     trials = plan.tests[0].trials[:30]
-    raw = tiny_trainer.evaluate_trials(trials, args.test_path, 20, show_progress=False)
-    normed = tiny_trainer.evaluate_trials(trials, args.test_path, 20, show_progress=False, score_norm="asnorm",
-                                          cohort=plan.cohort, cohort_size=4)
+    raw = evaluation.score_lists(tiny_net.__S__, True, [trials], args.test_path, EvalOptions(20, show_progress=False),
+                                 CPU)[1][0]
+    options = EvalOptions(20, score_norm="asnorm", cohort_size=4, show_progress=False)
+    normed = evaluation.score_lists(tiny_net.__S__, True, [trials], args.test_path, options, CPU, plan.cohort)[1][0]
     assert normed.shape == raw.shape and np.isfinite(normed).all() and not np.allclose(normed, raw)
 
 
@@ -398,7 +401,7 @@ def test_eval_of_several_lists_saves_aligned_scores_and_embeddings(tiny_corpus, 
     # the saved score of a trial is the original's score of the saved embeddings
     for row in saved["second"][::7]:
         pair = torch.stack([torch.from_numpy(embeddings[row[2]]), torch.from_numpy(embeddings[row[3]])])
-        expected = evaluation.reference_crop_scores(pair, [0], [1], normalize=True)[0]
+        expected = reference_crop_scores(pair, [0], [1], normalize=True)[0]
         assert float(row[0]) == pytest.approx(expected, abs=2e-6)
 
 
@@ -439,18 +442,18 @@ def test_training_with_a_validation_list(tiny_corpus, tmp_path):
 
 def test_bad_evaluation_flags_fail_before_work(tiny_corpus, tmp_path):
     base = ["--eval", "--test_path", tiny_corpus["test_path"], "--save_path", str(tmp_path / "run")]
-    args, _ = parse_args(base + ["--test_list", f"{tiny_corpus['test_list']},{tiny_corpus['test_list']}"])
-    with pytest.raises(Exception, match="names a list twice"):
-        load_trials(args)
-    args, _ = parse_args(base + ["--test_list", tiny_corpus["test_list"], "--score_norm", "asnorm"])
-    with pytest.raises(Exception, match="needs --train_list"):
-        load_trials(args)
+    args = parse_args(base + ["--test_list", f"{tiny_corpus['test_list']},{tiny_corpus['test_list']}"])
+    with pytest.raises(SpeakerNetError, match="names a list twice"):
+        load_plan(args)
+    args = parse_args(base + ["--test_list", tiny_corpus["test_list"], "--score_norm", "asnorm"])
+    with pytest.raises(SpeakerNetError, match="needs --train_list"):
+        load_plan(args)
     unlabelled = tmp_path / "u.txt"
     unlabelled.write_text("".join(" ".join(line.split()[1:]) + "\n" for line in open(tiny_corpus["test_list"])))
-    args, _ = parse_args(["--test_list", tiny_corpus["test_list"], "--val_list", str(unlabelled),
+    args = parse_args(["--test_list", tiny_corpus["test_list"], "--val_list", str(unlabelled),
                           "--test_path", tiny_corpus["test_path"]])
-    with pytest.raises(Exception, match="needs a labelled trial list"):
-        load_trials(args)
+    with pytest.raises(SpeakerNetError, match="needs a labelled trial list"):
+        load_plan(args)
 
 
 def test_benchmark_runs_at_a_tiny_size():

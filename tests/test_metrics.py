@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from tuneThreshold import compute_metrics, tuneThresholdfromScore
+from core.evaluation import compute_metrics
+from tuneThreshold import tuneThresholdfromScore
 
 
 def brute_force(scores, labels, p_target):

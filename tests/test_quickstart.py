@@ -15,7 +15,7 @@ def run_quickstart(*args, cwd):
 
 
 def test_quickstart_config_is_valid():
-    args, _ = parse_args(["--config", str(REPO / "configs" / "quickstart.yaml")])
+    args = parse_args(["--config", str(REPO / "configs" / "quickstart.yaml")])
     assert (args.model, args.encoder_type, args.trainfunc) == ("ResNetSE34L", "SAP", "mp_balance")
     assert args.eval_frames == 0 and args.max_epoch % args.test_interval == 0   # the last epoch is evaluated
 

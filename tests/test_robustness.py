@@ -1,5 +1,6 @@
 """Never lose a run: SIGKILL during an epoch and during a save, non-finite losses, fuzzed lists and configs."""
 
+import math
 import os
 import signal
 import subprocess
@@ -11,9 +12,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from DatasetLoader import read_train_list, read_trial_list
+from core.evaluation import read_trial_list
+from DatasetLoader import read_train_list
 from core.errors import SpeakerNetError
-from SpeakerNet import ModelTrainer, SpeakerNet
+from core.training import ModelTrainer
+from SpeakerNet import SpeakerNet
 from tests.helpers import REPO, SUBPROCESS_ENV, run_cli
 from trainSpeakerNet import parse_args
 
@@ -109,8 +112,9 @@ def nan_trainer(bad_steps):
 def test_non_finite_loss_skips_the_step_with_a_warning(capsys):
     trainer, loader = nan_trainer(bad_steps={2, 5})
     before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
-    loss, _ = trainer.train_network(loader, epoch=1, show_progress=False)
-    assert loss == loss and trainer.progress is None                      # finite mean over the good steps
+    progress = trainer.train_network(loader, epoch=1, show_progress=False)
+    assert progress.finished and progress.steps == 6 and progress.batches == 8
+    assert math.isfinite(progress.mean_loss)                              # the mean over the good steps
     err = capsys.readouterr().err
     assert "epoch 1, batch 1: non-finite loss" in err and "epoch 1, batch 4: non-finite loss" in err
     assert any(not torch.equal(before[k], v) for k, v in trainer.net.state_dict().items())

@@ -21,9 +21,9 @@ import soundfile as sf
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.fft import dct
 
-from DatasetLoader import Trial, read_train_list, read_trial_list
 from core.errors import SpeakerNetError
-from tuneThreshold import compute_metrics
+from core.evaluation import Trial, compute_metrics, read_trial_list
+from DatasetLoader import read_train_list
 
 SR = 16000
 WIN, HOP, NFFT = 400, 160, 512

@@ -1,0 +1,190 @@
+"""Checkpoints: their names, reading every supported format, loading weights with a key report, atomic saves,
+the mid-interval ``resume.state`` and its retirement, and the temporaries a killed save leaves.
+
+A SpeakerNet checkpoint is voxceleb_trainer's layout, ``{"model_state_dict", "optimizer_state_dict",
+"scheduler_state_dict", "epoch", ...}``, with the original's ``__S__.*`` / ``__L__.*`` model keys; the original's
+flat state dict and ``module.``-prefixed keys are read too.
+"""
+
+import glob
+import os
+import pickle
+import re
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from core import atomic
+from core.errors import SpeakerNetError
+
+CHECKPOINT_PATTERN = "model%09d.model"
+CHECKPOINT_NAME = re.compile(r"model(\d{9})\.model")
+RESUME_STATE = "resume.state"      # saved after epochs without evaluation and on interruption
+
+
+def checkpoint_path(model_dir: str, epoch: int) -> str:
+    return os.path.join(model_dir, CHECKPOINT_PATTERN % epoch)
+
+
+def eer_path(checkpoint: str) -> str:
+    """The ``.eer`` file beside an epoch checkpoint."""
+    return checkpoint[:-len(".model")] + ".eer"
+
+
+def latest_checkpoint(model_dir: str) -> tuple[str, int] | None:
+    """The newest complete ``model%09d.model`` in ``model_dir`` and its epoch."""
+    found = []
+    for path in glob.glob(os.path.join(model_dir, "model*.model")):
+        match = CHECKPOINT_NAME.fullmatch(os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    if not found:
+        return None
+    epoch, path = max(found)
+    return path, epoch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------------------------
+
+def read_checkpoint(path: str) -> dict:
+    """Any supported checkpoint format, as ``{"model_state_dict": flat state, ...}``."""
+    if not os.path.isfile(path):
+        raise SpeakerNetError(f"{path}: checkpoint not found")
+    try:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            loaded = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for corrupt files
+        raise SpeakerNetError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    if isinstance(loaded, dict) and "model_state_dict" in loaded:
+        checkpoint = dict(loaded)
+    elif isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        checkpoint = {"model_state_dict": loaded}          # the original's flat state dict
+    else:
+        raise SpeakerNetError(f"{path}: not a SpeakerNet checkpoint (expected a state dict of tensors or a dict "
+                              f"with 'model_state_dict')")
+    state = checkpoint["model_state_dict"]
+    checkpoint["model_state_dict"] = {key[len("module."):] if key.startswith("module.") else key: value
+                                      for key, value in state.items()}
+    return checkpoint
+
+
+@dataclass
+class KeyReport:
+    """What :func:`load_model_state` did with each key."""
+    loaded: list[str]
+    missing: list[str]
+    unexpected: list[str]
+    misshapen: list[str]
+
+
+def _warn_about(report: KeyReport, source: str) -> None:
+    for kind in ("misshapen", "unexpected", "missing"):
+        keys = getattr(report, kind)
+        model_keys = [k for k in keys if k.startswith("__S__.")]
+        if model_keys or (keys and kind == "misshapen"):
+            shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+            print(f"WARNING: {source}: {kind} key(s) skipped: {shown}", file=sys.stderr)
+        elif keys:
+            print(f"note: {source}: {len(keys)} {kind} loss key(s) ({', '.join(keys[:4])}) left as initialised",
+                  file=sys.stderr)
+
+
+def load_model_state(net: torch.nn.Module, state: dict, source: str, prefixes: tuple[str, ...] = ()) -> KeyReport:
+    """Copy matching tensors into ``net``; skip, with a warning naming them, keys that are unknown or misshapen.
+
+    With ``prefixes``, only the file's keys that start with one of them are considered (evaluation loads the
+    embedding network ``__S__.`` alone).
+    """
+    if prefixes:
+        state = {key: value for key, value in state.items() if key.startswith(prefixes)}
+    own = net.state_dict()
+    report = KeyReport([], [], [], [])
+    with torch.no_grad():
+        for key, value in state.items():
+            if key not in own:
+                report.unexpected.append(key)
+            elif own[key].shape != value.shape:
+                report.misshapen.append(f"{key} (model {tuple(own[key].shape)}, file {tuple(value.shape)})")
+            else:
+                own[key].copy_(value)
+                report.loaded.append(key)
+    report.missing = [key for key in own if key not in state]
+    if not report.loaded:
+        raise SpeakerNetError(f"{source}: no key of this checkpoint matches the model "
+                              f"(file keys start with {sorted(state)[:3]}); is it from another model?")
+    _warn_about(report, source)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Saving and resuming
+# ----------------------------------------------------------------------------------------------------------------
+
+def save_checkpoint(path: str, trainer_state: dict, epoch: int, last_eer: float, progress: dict | None) -> None:
+    """The trainer's state with the run's position (epoch, progress inside the next one, last EER) and the random
+    state, written atomically."""
+    atomic.save_torch({
+        **trainer_state,
+        "epoch": epoch,
+        "last_eer": last_eer,
+        "progress": progress,
+        "torch_rng_state": torch.get_rng_state(),
+        "cuda_rng_state": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }, path)
+
+
+def restore_random_state(checkpoint: dict) -> None:
+    if "torch_rng_state" in checkpoint:
+        torch.set_rng_state(checkpoint["torch_rng_state"])
+    if checkpoint.get("cuda_rng_state") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(checkpoint["cuda_rng_state"])
+
+
+def resume_point(model_dir: str) -> tuple[str, int] | None:
+    """The furthest saved state: the newest ``model%09d.model`` or ``resume.state`` (mid-interval / interrupted),
+    as its path and the epoch it belongs to."""
+    candidates = []
+    newest = latest_checkpoint(model_dir)
+    if newest:
+        candidates.append(((newest[1], 0), newest[0], newest[1]))
+    state = os.path.join(model_dir, RESUME_STATE)
+    if os.path.isfile(state):
+        checkpoint = read_checkpoint(state)
+        batches = (checkpoint.get("progress") or {}).get("batches", 0)
+        candidates.append(((int(checkpoint["epoch"]), batches), state, int(checkpoint["epoch"])))
+    return max(candidates)[1:] if candidates else None
+
+
+def retire_resume_state(model_dir: str) -> None:
+    """A complete epoch checkpoint supersedes ``resume.state``."""
+    stale = os.path.join(model_dir, RESUME_STATE)
+    if os.path.exists(stale):
+        os.unlink(stale)
+
+
+def save_epoch(model_dir: str, trainer_state: dict, epoch: int, eer: float) -> str:
+    """``model%09d.model`` and its ``.eer`` for an evaluated epoch; retires ``resume.state``."""
+    path = checkpoint_path(model_dir, epoch)
+    save_checkpoint(path, trainer_state, epoch, eer, None)
+    atomic.write_text(eer_path(path), "%.4f" % eer)
+    retire_resume_state(model_dir)
+    return path
+
+
+def save_resume_state(model_dir: str, trainer_state: dict, epoch: int, last_eer: float,
+                      progress: dict | None) -> str:
+    path = os.path.join(model_dir, RESUME_STATE)
+    save_checkpoint(path, trainer_state, epoch, last_eer, progress)
+    return path
+
+
+def remove_stale_temporaries(folder: str) -> None:
+    """Temporary files of saves that a killed run never finished (the complete files they would replace remain)."""
+    for path in glob.glob(os.path.join(folder, ".*.tmp")):
+        os.unlink(path)

@@ -1,0 +1,269 @@
+"""Embedding extraction: a DataLoader (workers, pinned memory on CUDA) feeds several files per forward pass.
+
+On the CPU each forward takes one file's crops, passes run in parallel threads with one intra-op thread each, the
+BatchNorms are folded into the convolutions and loader workers run only on spare cores; ``--eval_precision bf16``
+runs the network in bfloat16 autocast. With fixed-size crops every file gives ``NUM_EVAL`` crops of the same
+length, so files are simply stacked; with whole files (``eval_frames == 0``) files are grouped by their exact
+number of samples (read from the header) and only files of equal length share a forward pass, so nothing is
+padded and every embedding is the one a single-file forward gives. :func:`embed_files` shards the files over the
+ranks of torch.distributed and gathers the embeddings on every rank.
+"""
+
+import copy
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from core import atomic, distributed
+from core.progress import progress_bar
+from DatasetLoader import NUM_EVAL, TestDataset, ignore_stop_signals, max_audio_samples
+
+# --eval_precision: the autocast type of the network during extraction (the log-mel front end stays float32)
+EVAL_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_files_per_batch(device: torch.device) -> int:
+    """Files per forward pass when not given: one file's crops on the CPU (larger batches are slower there, out
+    of cache), many on a GPU."""
+    return 32 if torch.device(device).type == "cuda" else 1
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:          # not on Linux
+        return os.cpu_count() or 1
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 autocast is emulated
+    and slower than float32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")     # torch.cpu's, private but long-lived
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def cpu_loader_workers(requested: int, forward_threads: int) -> int:
+    """Loader workers for a CPU extraction: only as many as the cores the forward passes leave free. The forward
+    is compute-bound and keeps its threads busy; a worker on one of their cores stalls them (each operation
+    waits for its slowest thread) for work the main process does in a few percent of the time."""
+    return max(0, min(requested, available_cores() - forward_threads))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Extraction
+# ----------------------------------------------------------------------------------------------------------------
+
+def equal_length_batches(lengths, files_per_batch: int, max_samples: int) -> list[list[int]]:
+    """Indices grouped by identical length (longest first), at most ``files_per_batch`` files and ``max_samples``
+    samples per batch (a single file longer than that is a batch of its own)."""
+    by_length: dict[int, list[int]] = {}
+    for index, length in enumerate(lengths):
+        by_length.setdefault(int(length), []).append(index)
+    batches = []
+    for length in sorted(by_length, reverse=True):
+        per_batch = max(1, min(files_per_batch, max_samples // max(length, 1)))
+        group = by_length[length]
+        batches += [group[i:i + per_batch] for i in range(0, len(group), per_batch)]
+    return batches
+
+
+_CONVS = (torch.nn.Conv1d, torch.nn.Conv2d)
+_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
+
+
+def _norms_fed_by_convs(model: torch.nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
+    """(conv name, norm name) of every eval-mode BatchNorm whose input, in a forward pass on ``example``, is the
+    very tensor a convolution returned, unmodified (found with hooks, so the module names and the order of
+    declaration do not matter; the original's SE blocks run conv1 -> in-place ReLU -> bn1: the same tensor, but
+    its version counter has moved, so that bn1 is not fed by a conv)."""
+    names = {module: name for name, module in model.named_modules()}
+    # id(output) -> (output, kept alive so the id stays unique; its version; the conv)
+    produced_by: dict[int, tuple[torch.Tensor, int, torch.nn.Module]] = {}
+    pairs: dict[str, str] = {}
+
+    def after_conv(conv, inputs, output):
+        produced_by[id(output)] = (output, output._version, conv)
+
+    def before_norm(norm, inputs):
+        source = produced_by.get(id(inputs[0]))
+        if source is not None and source[0] is inputs[0] and source[1] == inputs[0]._version:
+            pairs[names[norm]] = names[source[2]]
+
+    hooks = [module.register_forward_hook(after_conv) for module in model.modules() if isinstance(module, _CONVS)]
+    hooks += [module.register_forward_pre_hook(before_norm) for module in model.modules()
+              if isinstance(module, _NORMS) and not module.training and module.track_running_stats]
+    try:
+        model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [(conv, norm) for norm, conv in pairs.items()]
+
+
+def _replace(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+@torch.no_grad()
+def fold_batch_norms(model: torch.nn.Module, example: torch.Tensor, tolerance: float = 1e-4) -> int:
+    """Fold eval-mode BatchNorms into the convolutions that feed them (in place); returns how many were folded.
+
+    The pairs come from one forward pass on ``example`` (:func:`_norms_fed_by_convs`). The folds are kept only if
+    the output on ``example`` then stays within ``tolerance`` (relative to its largest value) of the unfolded
+    model's; otherwise (say, a conv whose output is also used unnormalised elsewhere) the model is left as it was.
+    """
+    reference = model(example)
+    pairs = _norms_fed_by_convs(model, example)
+    originals = []
+    for conv_name, norm_name in pairs:
+        conv, norm = model.get_submodule(conv_name), model.get_submodule(norm_name)
+        originals.append((conv, norm))
+        _replace(model, conv_name, torch.nn.utils.fusion.fuse_conv_bn_eval(conv, norm))
+        _replace(model, norm_name, torch.nn.Identity())
+    limit = tolerance * reference.abs().max().clamp_min(1e-6)
+    if pairs and (model(example) - reference).abs().max() > limit:
+        for (conv_name, norm_name), (conv, norm) in zip(pairs, originals):
+            _replace(model, conv_name, conv)
+            _replace(model, norm_name, norm)
+        return 0
+    return len(pairs)
+
+
+def inference_copy(model: torch.nn.Module, example: torch.Tensor, channels_last: bool) -> torch.nn.Module:
+    """A faster CPU copy of an eval-mode ``model``: BatchNorms folded into the convolutions
+    (:func:`fold_batch_norms`) and, with ``channels_last``, the channels-last memory format. A model that cannot
+    be copied (or run on ``example``) is returned as it is."""
+    try:
+        fast = copy.deepcopy(model)
+        fold_batch_norms(fast, example)
+        return fast.to(memory_format=torch.channels_last) if channels_last else fast
+    except Exception:
+        return model
+
+
+@torch.no_grad()
+def extract_embeddings(model: torch.nn.Module, files: list[str], root: str, eval_frames: int,
+                       device: torch.device | str = "cpu", num_workers: int = 0, files_per_batch: int | None = None,
+                       show_progress: bool = True, desc: str = "embedding", threads: int | None = None,
+                       channels_last: bool = True, precision: str = "fp32") -> torch.Tensor:
+    """``(files, crops, dim)`` float32 CPU embeddings of ``files`` (paths relative to ``root``), in that order.
+
+    ``crops`` is ``NUM_EVAL`` (fixed ``eval_frames`` crops) or 1 (whole files, ``eval_frames == 0``). ``model`` maps
+    ``(batch, samples)`` waveforms to ``(batch, dim)`` and must be in eval mode (its forward is then read-only).
+
+    On the CPU the forward passes run in ``threads`` Python threads (default ``torch.get_num_threads()``), each with
+    one intra-op thread: a network of small convolutions gains little from splitting each operation over cores,
+    and a machine shared with other work makes every split operation wait for its slowest thread (many times
+    slower); whole batches in parallel avoid both. Loader workers run only on the cores those threads leave free
+    (:func:`cpu_loader_workers`; none when every core has a forward thread). The CPU forward uses
+    a copy of the model with its BatchNorms folded into the convolutions and, with ``channels_last``, in the
+    channels-last memory format (:func:`inference_copy`; the model itself is left as it is; embeddings agree to
+    float32 rounding).
+
+    ``precision`` ``bf16`` (or ``fp16``, GPU only) runs the network under autocast in that type, with the log-mel
+    front end kept in float32: on a CPU with native bfloat16 (AVX512-BF16 or AMX) and on a GPU, a faster
+    extraction whose embeddings differ slightly from float32's (cosine to them above 0.9999 on ResNetSE34L).
+    """
+    device = torch.device(device)
+    autocast_dtype = EVAL_PRECISIONS[precision]
+    files_per_batch = files_per_batch or default_files_per_batch(device)
+    dataset = TestDataset(files, root, eval_frames)
+    previous = torch.get_num_threads()
+    threads = (threads or previous) if device.type == "cpu" else 1
+    if device.type == "cpu":
+        num_workers = cpu_loader_workers(num_workers, threads)
+    workers = dict(num_workers=num_workers, pin_memory=device.type == "cuda",
+                   worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
+    if eval_frames == 0:
+        lengths = [dataset.num_samples(i) for i in range(len(files))]
+        # as many samples per forward as files_per_batch files of NUM_EVAL 4-s crops would have
+        batches = equal_length_batches(lengths, files_per_batch * NUM_EVAL,
+                                       files_per_batch * NUM_EVAL * max_audio_samples(400))
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, **workers)
+    else:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=files_per_batch, **workers)
+
+    def forward(crops: torch.Tensor) -> torch.Tensor:
+        batch, count, samples = crops.shape
+        # grad and autocast modes are per thread
+        with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            embeddings = model(crops.view(batch * count, samples).to(device, non_blocking=True))
+        return embeddings.float().view(batch, count, -1).cpu()
+
+    out = None
+    bar = progress_bar(total=len(files), enabled=show_progress, desc=desc, unit="file")
+
+    def keep(embeddings: torch.Tensor, indices: torch.Tensor) -> None:
+        nonlocal out
+        if out is None:
+            out = torch.empty(len(files), embeddings.shape[1], embeddings.shape[2])
+        out[indices] = embeddings
+        bar.update(len(indices))
+
+    if device.type == "cpu" and len(files):
+        model = inference_copy(model, torch.randn(2, max_audio_samples(100)) * 1000, channels_last)
+    if threads <= 1:
+        for crops, indices in loader:
+            keep(forward(crops), indices)
+    else:
+        pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,))
+        try:
+            pending = deque()
+            for crops, indices in loader:
+                pending.append((pool.submit(forward, crops), indices))
+                if len(pending) > 2 * threads:
+                    future, done = pending.popleft()
+                    keep(future.result(), done)
+            while pending:
+                future, done = pending.popleft()
+                keep(future.result(), done)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(previous)
+    bar.close()
+    if out is None:
+        return torch.empty(0, NUM_EVAL if eval_frames else 1, 0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Embedding store
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class EmbeddingStore:
+    """Embeddings of unique files: ``embeddings[i]`` (crops x dim, as the network gave them) is ``files[i]``."""
+    files: list[str]
+    embeddings: torch.Tensor
+    index: dict = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.index = {path: i for i, path in enumerate(self.files)}
+
+    def indices(self, paths) -> torch.Tensor:
+        return torch.tensor([self.index[path] for path in paths], dtype=torch.long)
+
+    def save_npz(self, path: str) -> None:
+        """An ``.npz`` (``numpy.load``) whose keys are the file names as in the trial lists and whose values are
+        their ``(crops, dim)`` float32 embeddings as the network gave them (not normalised). Written atomically."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        arrays = dict(zip(self.files, self.embeddings.numpy()))
+        with atomic.atomic_open(path, "wb") as handle:
+            np.savez(handle, **arrays)
+
+
+
+def embed_files(model: torch.nn.Module, files: list[str], root: str, eval_frames: int, device: torch.device,
+                **options) -> torch.Tensor:
+    """:func:`extract_embeddings` sharded over the ranks of torch.distributed: every rank embeds every
+    ``world_size``-th file and receives all the embeddings, in ``files`` order."""
+    ranks, rank = distributed.world_size(), distributed.rank()
+    mine = extract_embeddings(model, files[rank::ranks], root, eval_frames, device, **options)
+    if ranks == 1:
+        return mine
+    return distributed.gather_strided(mine, len(files), device)

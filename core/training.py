@@ -1,0 +1,182 @@
+"""Training: the network (DDP, torch.compile, mixed precision), its optimizer, scheduler and gradient scaler, the
+step and the epoch. The epoch driver (``trainSpeakerNet.py``) says where an epoch starts and when to stop; this
+module knows no file path."""
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from core import distributed, plugins
+from core.errors import SpeakerNetError
+from core.progress import progress_bar
+
+INITIAL_EER = 50.0      # what the original's plateau scheduler sees before the first evaluation
+
+
+@dataclass
+class EpochProgress:
+    """Where an epoch stands: batches consumed (including skipped ones) and the running sums of what is logged."""
+    epoch: int
+    batches: int = 0
+    steps: int = 0
+    loss_sum: float = 0.0
+    accuracy_sum: float = 0.0
+    finished: bool = False
+
+    def count_batch(self) -> None:
+        self.batches += 1
+
+    def add(self, loss: float, accuracy: float) -> None:
+        self.steps += 1
+        self.loss_sum += loss
+        self.accuracy_sum += accuracy
+
+    def finish(self) -> None:
+        self.finished = True
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.steps, 1)
+
+    @property
+    def mean_accuracy(self) -> float:
+        return self.accuracy_sum / max(self.steps, 1)
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of an unfinished epoch (the ``progress`` entry)."""
+        state = asdict(self)
+        del state["finished"]
+        return state
+
+
+def _is_plateau(scheduler) -> bool:
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+class ModelTrainer:
+    """Owns the network, its optimizer, scheduler and scaler; trains epochs.
+
+    ``optimizer`` and ``scheduler`` name plugins, which receive ``kwargs`` (the run's options).
+    """
+
+    max_bad_steps = 5   # consecutive non-finite losses before the run stops
+
+    def __init__(self, net: nn.Module, device: torch.device, optimizer: str = "adam", scheduler: str = "plateau",
+                 mixedprec: str | None = None, compile: bool = False, **kwargs):
+        self.net = net.to(device)
+        self.device = device
+        # What the training step calls: the network itself, or its DistributedDataParallel wrapper.
+        self.model = self.net
+        if distributed.is_active():
+            self.model = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[device.index] if device.type == "cuda" else None)
+        if compile:
+            self.model = torch.compile(self.model)   # the step only: checkpoints keep the plain parameter names
+        self.autocast_dtype = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}[mixedprec]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=mixedprec == "fp16")
+        self.optimizer = plugins.load("optimizer", optimizer)(self.net.parameters(), **kwargs)
+        self.scheduler = plugins.load("scheduler", scheduler)(self.optimizer, **kwargs)
+        if _is_plateau(self.scheduler):
+            self.scheduler.step(INITIAL_EER)     # as the original, whose plateau step precedes every epoch
+        self._running_stats = [buffer for module in self.net.modules()
+                               if isinstance(module, nn.modules.batchnorm._BatchNorm) for buffer in module.buffers()]
+
+    @property
+    def lr(self) -> float:
+        return max(group["lr"] for group in self.optimizer.param_groups)
+
+    def step_schedule(self, eer: float) -> None:
+        """The LR schedule after a completed epoch: the plateau schedule sees the latest EER, the others count."""
+        if _is_plateau(self.scheduler):
+            self.scheduler.step(eer)
+        else:
+            self.scheduler.step()
+
+    # ---- state ----------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "model_state_dict": self.net.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scheduler_state_dict": self.scheduler.state_dict(),
+            "scaler_state_dict": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict, completed_epoch: int | None = None, last_eer: float = INITIAL_EER) -> None:
+        """Optimizer, scheduler and scaler, as far as ``state`` has them (the weights: :func:`load_model_state`).
+
+        A plateau schedule saved after ``completed_epoch`` by an earlier SpeakerNet, which stepped it at the start
+        of each epoch instead of the end, lacks that epoch's step: it is made here, with ``last_eer``.
+        """
+        if "optimizer_state_dict" in state:
+            self.optimizer.load_state_dict(state["optimizer_state_dict"])
+        if "scheduler_state_dict" in state:
+            self.scheduler.load_state_dict(state["scheduler_state_dict"])
+            if (_is_plateau(self.scheduler) and completed_epoch is not None
+                    and self.scheduler.last_epoch == completed_epoch):
+                self.scheduler.step(last_eer)
+        if state.get("scaler_state_dict"):
+            self.scaler.load_state_dict(state["scaler_state_dict"])
+
+    # ---- training -------------------------------------------------------------------------------------------
+
+    def _step(self, waves, labels, groups: int, progress: EpochProgress) -> bool:
+        """One optimizer step; False (and no step) when the loss is not finite."""
+        self.optimizer.zero_grad(set_to_none=True)
+        running_stats = [buffer.clone() for buffer in self._running_stats]
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            loss, accuracy = self.model(waves, labels, groups)
+        # The one host synchronisation of the step: the values we log (and check before applying the step).
+        loss_value, accuracy_value = torch.stack([loss.detach(), accuracy.detach().to(loss.dtype)]).tolist()
+        progress.count_batch()
+        if not math.isfinite(loss_value):
+            torch._foreach_copy_(self._running_stats, running_stats)   # a bad batch must not poison BatchNorm
+            print(f"WARNING: epoch {progress.epoch}, batch {progress.batches - 1}: non-finite loss ({loss_value}); "
+                  f"step skipped", file=sys.stderr)
+            return False
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        progress.add(loss_value, accuracy_value)
+        return True
+
+    def train_network(self, loader, epoch: int, progress: EpochProgress | None = None,
+                      should_stop: Callable[[], bool] = lambda: False, show_progress: bool = True) -> EpochProgress:
+        """Train epoch ``epoch`` from ``progress`` (None: its start) until its end or until ``should_stop()``.
+
+        Returns the epoch's progress: ``finished`` when the loader was exhausted, else where it stopped (the
+        next call with it skips the batches already done).
+        """
+        self.net.train()
+        progress = progress if progress is not None else EpochProgress(epoch)
+        loader.batch_sampler.start_at(progress.batches)
+        bad_in_a_row, utterances, started = 0, 0, time.time()
+        bar = progress_bar(loader, enabled=show_progress and distributed.is_main(), desc=f"epoch {epoch}",
+                           unit="batch", initial=progress.batches, total=progress.batches + len(loader))
+        for waves, labels, sizes in bar:
+            waves = waves.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if self._step(waves, labels, len(sizes), progress):
+                bad_in_a_row = 0
+                utterances += waves.shape[0]
+                bar.set_postfix(loss=f"{progress.mean_loss:.4f}", acc=f"{progress.mean_accuracy:.2f}%",
+                                utt_s=f"{utterances / (time.time() - started):.1f}")
+            else:
+                bad_in_a_row += 1
+                if bad_in_a_row >= self.max_bad_steps:
+                    raise SpeakerNetError(f"epoch {epoch}: {bad_in_a_row} non-finite losses in a row (last at batch "
+                                          f"{progress.batches - 1}); stopping. The last good checkpoint is kept; "
+                                          f"try a lower --lr")
+            if should_stop():
+                bar.close()
+                return progress
+        bar.close()
+        if progress.steps == 0:
+            raise SpeakerNetError(f"epoch {epoch}: no training step was made (empty loader or only bad batches)")
+        progress.finish()
+        return progress
