@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._common import IMBALANCED, accuracy
+from loss._common import IMBALANCED, accuracy, query_and_anchor
 from loss._metric import log1p_masked_sum_exp, masked_fill_min
 
 
@@ -31,7 +31,8 @@ def balanced_slots(x: torch.Tensor, label: torch.Tensor):
     if x.dim() != 3 or x.shape[1] < 2:
         raise ValueError(f"masked-proxy losses need groups of at least 2 utterances, got shape {tuple(x.shape)}")
     valid = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    return x[:, 0], x[:, 1:].mean(dim=1), label, valid
+    query, anchor = query_and_anchor(x)
+    return query, anchor, label, valid
 
 
 def imbalanced_slots(x: torch.Tensor, label: torch.Tensor):
