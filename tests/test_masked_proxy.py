@@ -194,6 +194,18 @@ def test_checkpoint_keys_and_initial_scalars():
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_init_w_keyword_sets_the_initial_scale(name):
+    """``init_w`` is the keyword of every loss with a learned scale (as in voxceleb_trainer), keys unchanged."""
+    loss = plugins.load("loss", name)(nOut=8, nSpeakers=3, init_w=4.0)
+    assert loss.w.item() == 4.0
+    if name.startswith("mp"):
+        assert loss.w2.item() == 4.0 and loss.b2.item() == loss.b.item()
+    assert set(loss.state_dict()) == set(plugins.load("loss", name)(nOut=8, nSpeakers=3).state_dict())
+    pair = plugins.load("loss", "angleproto")(init_w=4.0, init_b=-2.0)
+    assert (pair.w.item(), pair.b.item()) == (4.0, -2.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_gradcheck_proxies_and_scalars(name):
     """The proxy similarity has a hand-written backward: check it against finite differences."""
     loss = make_loss(name)
