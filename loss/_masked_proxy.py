@@ -14,9 +14,10 @@ are computed once and the columns of the present classes are swapped for the que
 """
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
+from core.errors import SpeakerNetError
 from loss._common import IMBALANCED, accuracy, query_and_anchor
 from loss._metric import log1p_masked_sum_exp, masked_fill_min
 
@@ -29,7 +30,7 @@ def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 def balanced_slots(x: torch.Tensor, label: torch.Tensor):
     """``x`` (groups, utterances >= 2, dim): query = first utterance, anchor = mean of the others."""
     if x.dim() != 3 or x.shape[1] < 2:
-        raise ValueError(f"masked-proxy losses need groups of at least 2 utterances, got shape {tuple(x.shape)}")
+        raise SpeakerNetError(f"masked-proxy losses need groups of at least 2 utterances, got shape {tuple(x.shape)}")
     valid = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     query, anchor = query_and_anchor(x)
     return query, anchor, label, valid

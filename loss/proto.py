@@ -3,8 +3,8 @@ speakers by Chung et al., Interspeech 2020).  Query = utterance 0, prototype = m
 ``-|query_i - prototype_j|^2``, target ``j == i``."""
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from loss._common import accuracy, query_and_anchor
 from loss._metric import check_groups, diagonal_targets, squared_distance_matrix

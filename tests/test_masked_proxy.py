@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from core import plugins
+from core.errors import SpeakerNetError
 from loss._common import IMBALANCED
 from tests.helpers import load_module
 
@@ -177,3 +178,12 @@ def test_no_valid_slot_is_lost_when_compacting():
     labels = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5])         # 6 pairs: exactly len // 2 valid slots
     x = F.normalize(torch.randn(12, 5, dtype=torch.float64), dim=1).requires_grad_(True)
     assert torch.allclose(loss(x, labels)[0], reference_for(loss, x, labels), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["mp_balance", "mmp_balance", "mmp_balance2"])
+@pytest.mark.parametrize("shape", [(4, 1, 5), (4, 5)])
+def test_balanced_losses_refuse_groups_of_one_as_a_user_error(name, shape):
+    loss = make_loss(name)
+    x = torch.randn(*shape, dtype=torch.float64)
+    with pytest.raises(SpeakerNetError, match=r"at least 2 utterances, got shape \(" + ", ".join(map(str, shape))):
+        loss(x, torch.tensor([4, 0, 6, 2]))
