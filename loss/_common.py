@@ -39,6 +39,15 @@ def flatten_groups(x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, 
     return x.reshape(batch * group, dim), label.repeat_interleave(group)
 
 
+def query_and_anchor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``(batch, group >= 2, dim)`` groups as voxceleb_trainer does: the query (positive) is utterance 0,
+    the anchor (support prototype) the mean of utterances ``1..group-1``.
+
+    Shared by the prototypical losses and the masked-proxy family; it checks nothing (each caller does).
+    """
+    return x[:, 0, :], x[:, 1:, :].mean(dim=1)
+
+
 class LearnedScaleLoss(torch.nn.Module):
     """Base of the pair losses with a learned logit scale ``w`` (init 10) and bias ``b`` (init -5)."""
 

@@ -14,10 +14,11 @@ are computed once and the columns of the present classes are swapped for the que
 """
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-from loss._common import IMBALANCED, accuracy
+from core.errors import SpeakerNetError
+from loss._common import IMBALANCED, accuracy, query_and_anchor
 from loss._metric import log1p_masked_sum_exp, masked_fill_min
 
 
@@ -29,9 +30,10 @@ def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 def balanced_slots(x: torch.Tensor, label: torch.Tensor):
     """``x`` (groups, utterances >= 2, dim): query = first utterance, anchor = mean of the others."""
     if x.dim() != 3 or x.shape[1] < 2:
-        raise ValueError(f"masked-proxy losses need groups of at least 2 utterances, got shape {tuple(x.shape)}")
+        raise SpeakerNetError(f"masked-proxy losses need groups of at least 2 utterances, got shape {tuple(x.shape)}")
     valid = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    return x[:, 0], x[:, 1:].mean(dim=1), label, valid
+    query, anchor = query_and_anchor(x)
+    return query, anchor, label, valid
 
 
 def imbalanced_slots(x: torch.Tensor, label: torch.Tensor):
@@ -89,28 +91,29 @@ class ProxySimilarity(torch.autograd.Function):
 class MaskedProxyLoss(nn.Module):
     """MP or MMP with the regulariser ``lambda * CE(w * anchor . P[y_j] + sign * b, target j = i)``.
 
-    Subclasses set ``variant`` ("mp" or "mmp"), ``b_init``, ``utterances_per_speaker`` (2 or IMBALANCED) and
+    Subclasses set ``variant`` ("mp" or "mmp"), ``init_b``, ``utterances_per_speaker`` (2 or IMBALANCED) and
     ``has_unused_scalars`` (the original's ``mp`` and ``mp_balance`` define ``w2``/``b2`` and never use them: they
-    are kept as buffers so that its checkpoints load with every key).
+    are kept as buffers so that its checkpoints load with every key). The initial scale is the ``init_w`` keyword,
+    spelt as in ``LearnedScaleLoss``; the initial bias is fixed per variant, so ``init_b`` is a class attribute.
     """
 
     variant = "mp"
-    b_init = -5.0
+    init_b = -5.0
     utterances_per_speaker = 2
     has_unused_scalars = False
     train_normalize = True
     test_normalize = True
 
-    def __init__(self, nOut: int = 512, nSpeakers: int = 5994, w_init: float = 10.0, lambda_reg: float = 0.5,
+    def __init__(self, nOut: int = 512, nSpeakers: int = 5994, init_w: float = 10.0, lambda_reg: float = 0.5,
                  **kwargs):
         super().__init__()
         self.proxies = nn.Parameter(torch.empty(nSpeakers, nOut))
         nn.init.kaiming_normal_(self.proxies, mode="fan_out")
-        self.w = nn.Parameter(torch.tensor(float(w_init)))
-        self.b = nn.Parameter(torch.tensor(float(self.b_init)))
+        self.w = nn.Parameter(torch.tensor(float(init_w)))
+        self.b = nn.Parameter(torch.tensor(float(self.init_b)))
         if self.has_unused_scalars:
-            self.register_buffer("w2", torch.tensor(float(w_init)))
-            self.register_buffer("b2", torch.tensor(float(self.b_init)))
+            self.register_buffer("w2", torch.tensor(float(init_w)))
+            self.register_buffer("b2", torch.tensor(float(self.init_b)))
         self.lambda_reg = lambda_reg
         # MP adds b to its logits, MMP subtracts it (the sign convention of the paper's equations).
         self.bias_sign = 1.0 if self.variant == "mp" else -1.0

@@ -25,12 +25,6 @@ def check_groups(x: torch.Tensor, loss_name: str, minimum: int, exact: bool = Fa
         raise SpeakerNetError(f"loss '{loss_name}' needs at least 2 speakers in a batch, got {x.size(0)}")
 
 
-def positive_and_anchor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split ``(batch, group, dim)`` groups as voxceleb_trainer does: positive (query) = utterance 0,
-    anchor (support prototype) = mean of utterances 1..group-1."""
-    return x[:, 0, :], x[:, 1:, :].mean(dim=1)
-
-
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(n, d)`` x ``(m, d)`` -> ``(n, m)`` cosine similarities."""
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-1, -2)

@@ -5,13 +5,13 @@ Interspeech 2020.  Query = utterance 0 of each group, prototype = mean of the ot
 import torch
 import torch.nn.functional as F
 
-from loss._common import LearnedScaleLoss, accuracy
-from loss._metric import check_groups, cosine_matrix, diagonal_targets, positive_and_anchor
+from loss._common import LearnedScaleLoss, accuracy, query_and_anchor
+from loss._metric import check_groups, cosine_matrix, diagonal_targets
 
 
 def angular_prototypical_logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(batch, group >= 2, dim)`` -> ``(batch, batch)`` scaled cosine logits, query i against prototype j."""
-    positive, anchor = positive_and_anchor(x)
+    positive, anchor = query_and_anchor(x)
     return cosine_matrix(positive, anchor) * w.clamp(min=1e-6) + b
 
 

@@ -5,5 +5,5 @@ from loss._masked_proxy import MaskedProxyLoss
 
 class LossFunction(MaskedProxyLoss):
     variant = "mmp"
-    b_init = 5.0
+    init_b = 5.0
     utterances_per_speaker = 2

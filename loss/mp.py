@@ -6,6 +6,6 @@ from loss._masked_proxy import MaskedProxyLoss
 
 class LossFunction(MaskedProxyLoss):
     variant = "mp"
-    b_init = -5.0
+    init_b = -5.0
     utterances_per_speaker = IMBALANCED
     has_unused_scalars = True

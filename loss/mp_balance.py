@@ -5,6 +5,6 @@ from loss._masked_proxy import MaskedProxyLoss
 
 class LossFunction(MaskedProxyLoss):
     variant = "mp"
-    b_init = -5.0
+    init_b = -5.0
     utterances_per_speaker = 2
     has_unused_scalars = True

@@ -3,11 +3,11 @@ speakers by Chung et al., Interspeech 2020).  Query = utterance 0, prototype = m
 ``-|query_i - prototype_j|^2``, target ``j == i``."""
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-from loss._common import accuracy
-from loss._metric import check_groups, diagonal_targets, positive_and_anchor, squared_distance_matrix
+from loss._common import accuracy, query_and_anchor
+from loss._metric import check_groups, diagonal_targets, squared_distance_matrix
 
 
 class LossFunction(nn.Module):
@@ -22,7 +22,7 @@ class LossFunction(nn.Module):
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         check_groups(x, "proto", 2)
-        positive, anchor = positive_and_anchor(x)
+        positive, anchor = query_and_anchor(x)
         logits = -squared_distance_matrix(positive, anchor)
         target = diagonal_targets(x.size(0), x.device)
         return F.cross_entropy(logits, target), accuracy(logits.detach(), target)

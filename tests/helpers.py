@@ -1,5 +1,6 @@
 """Shared test fixtures: where the shared fixtures are, a tiny synthetic corpus, and running the CLI."""
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -23,11 +24,20 @@ def shared_file(*parts) -> Path:
     return path
 
 
+def load_module(relative_path: str):
+    """Import a script of the repository that is not in a package (``benchmarks/...``, ``scripts/...``) by path."""
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(*args, cwd=None, timeout=600, env=None):
     """Run ``trainSpeakerNet.py`` in a subprocess; returns the CompletedProcess (text)."""
     environment = {**os.environ, **SUBPROCESS_ENV, **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "trainSpeakerNet.py"), *map(str, args)], cwd=cwd or REPO,
-                          capture_output=True, text=True, timeout=timeout, env=environment)
+                          check=False, capture_output=True, text=True, timeout=timeout, env=environment)
 
 
 def free_port() -> int:

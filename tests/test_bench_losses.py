@@ -1,22 +1,12 @@
 """benchmarks/bench_losses.py at a tiny size: the reference (the original's per-step work) agrees with our losses."""
 
-import importlib.util
-
 import pytest
 import torch
 
-from tests.helpers import REPO
+from tests.helpers import load_module
 
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_losses", REPO / "benchmarks" / "bench_losses.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
-TINY = dict(batch=8, classes=50, dim=16)
+bench = load_module("benchmarks/bench_losses.py")
+TINY = {"batch": 8, "classes": 50, "dim": 16}
 
 
 @pytest.mark.parametrize("name", bench.LOSSES)

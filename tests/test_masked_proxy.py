@@ -1,4 +1,5 @@
-"""The masked-proxy losses against plain per-example references written from the paper's equations (float64)."""
+"""The masked-proxy losses against the reference of ``benchmarks/reference_losses.py`` (float64): the original's
+dense computation, with the masked centre table built and the imbalanced batches regrouped in Python."""
 
 import math
 
@@ -7,8 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from core import plugins
+from core.errors import SpeakerNetError
 from loss._common import IMBALANCED
+from tests.helpers import load_module
 
+reference = load_module("benchmarks/reference_losses.py")
 NAMES = ["mp", "mmp", "mp_balance", "mmp_balance", "mmp_balance2"]
 
 
@@ -20,65 +24,9 @@ def make_loss(name, classes=7, dim=5, seed=0):
     return loss
 
 
-# ---- plain references ----------------------------------------------------------------------------------------
-
-def _ce(logits, target):
-    return -logits[target] + torch.logsumexp(torch.stack(list(logits)), 0)
-
-
-def reference(variant, queries, anchors, labels, proxies, w, b, classes, lam=0.5):
-    """Per-example loops over groups and classes, straight from SPEC section 6."""
-    P = [proxies[c] / proxies[c].norm() for c in range(classes)]
-    n = len(queries)
-    if n == 0:
-        return torch.zeros((), dtype=torch.float64)
-    centre_anchor = [a / a.norm() if variant == "mmp" else a for a in anchors]
-    M = list(P)
-    for j in range(n):
-        M[labels[j]] = centre_anchor[j]
-    sign = 1.0 if variant == "mp" else -1.0
-    reg = 0
-    for i in range(n):
-        logits = [w * torch.dot(anchors[i], P[labels[j]]) + sign * b for j in range(n)]
-        reg = reg + _ce(logits, i)
-    reg = reg / n
-    if variant == "mp":
-        main = 0
-        for i in range(n):
-            logits = [w * torch.dot(queries[i], M[c]) + b for c in range(classes)]
-            main = main + _ce(logits, labels[i])
-        return main / n + lam * reg
-    pos = torch.log(1 + sum(torch.exp(-w * torch.dot(queries[i], M[labels[i]]) + b) for i in range(n)))
-    absent = [c for c in range(classes) if c not in labels]
-    proxy = sum(torch.log(1 + sum((torch.exp(w * torch.dot(queries[i], P[c]) - b) for c in absent),
-                                  torch.zeros((), dtype=torch.float64))) for i in range(n)) / n
-    batch = sum(torch.log(1 + sum((torch.exp(w * torch.dot(queries[i], M[labels[j]]) - b)
-                                   for j in range(n) if j != i), torch.zeros((), dtype=torch.float64)))
-                for i in range(n)) / n
-    return pos + proxy + batch + lam * reg
-
-
-def regroup(x, labels):
-    """Imbalanced batch -> groups in order of first appearance; single-utterance groups have no anchor."""
-    queries, anchors, classes = [], [], []
-    for label in dict.fromkeys(labels.tolist()):
-        members = [x[i] for i in range(len(labels)) if labels[i] == label]
-        if len(members) > 1:
-            queries.append(members[0])
-            anchors.append(sum(members[1:]) / (len(members) - 1))
-            classes.append(label)
-    return queries, anchors, classes
-
-
 def reference_for(loss, x, labels):
-    variant = "mmp" if "mmp" in type(loss).__module__ else "mp"
-    if loss.utterances_per_speaker == IMBALANCED:
-        queries, anchors, classes = regroup(x, labels)
-    else:
-        queries = [x[i, 0] for i in range(len(x))]
-        anchors = [x[i, 1:].mean(0) for i in range(len(x))]
-        classes = labels.tolist()
-    return reference(variant, queries, anchors, classes, loss.proxies, loss.w, loss.b, loss.proxies.shape[0])
+    """The reference's loss value (the original's dense per-step computation)."""
+    return reference.reference_loss(loss, x, labels)[0]
 
 
 def batch_for(loss, seed=1, dim=5):
@@ -152,9 +100,13 @@ def test_batch_order_and_class_relabelling(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_accuracy_is_top1_against_masked_centres(name):
     loss = make_loss(name)
-    x, labels = batch_for(loss)
+    x, labels = batch_for(loss, seed=6)     # a batch with right and wrong classifications in it
     _, accuracy = loss(x, labels)
-    assert 0.0 <= accuracy.item() <= 100.0
+    # The reference takes the argmax over its dense masked centre table, over the groups that have an anchor
+    # (imbalanced: 1 of 3, not of 5 classes, the singletons do not count).
+    _, expected = reference.reference_loss(loss, x, labels)
+    assert 0.0 < expected.item() < 100.0
+    assert accuracy.item() == pytest.approx(expected.item(), abs=1e-9)
     # identical query and anchor, far from every other centre: every query is classified correctly
     loss = make_loss(name, classes=4, dim=4)
     eye = torch.eye(4, dtype=torch.float64)
@@ -194,6 +146,18 @@ def test_checkpoint_keys_and_initial_scalars():
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_init_w_keyword_sets_the_initial_scale(name):
+    """``init_w`` is the keyword of every loss with a learned scale (as in voxceleb_trainer), keys unchanged."""
+    loss = plugins.load("loss", name)(nOut=8, nSpeakers=3, init_w=4.0)
+    assert loss.w.item() == 4.0
+    if name.startswith("mp"):
+        assert loss.w2.item() == 4.0 and loss.b2.item() == loss.b.item()
+    assert set(loss.state_dict()) == set(plugins.load("loss", name)(nOut=8, nSpeakers=3).state_dict())
+    pair = plugins.load("loss", "angleproto")(init_w=4.0, init_b=-2.0)
+    assert (pair.w.item(), pair.b.item()) == (4.0, -2.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_gradcheck_proxies_and_scalars(name):
     """The proxy similarity has a hand-written backward: check it against finite differences."""
     loss = make_loss(name)
@@ -214,3 +178,12 @@ def test_no_valid_slot_is_lost_when_compacting():
     labels = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5])         # 6 pairs: exactly len // 2 valid slots
     x = F.normalize(torch.randn(12, 5, dtype=torch.float64), dim=1).requires_grad_(True)
     assert torch.allclose(loss(x, labels)[0], reference_for(loss, x, labels), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["mp_balance", "mmp_balance", "mmp_balance2"])
+@pytest.mark.parametrize("shape", [(4, 1, 5), (4, 5)])
+def test_balanced_losses_refuse_groups_of_one_as_a_user_error(name, shape):
+    loss = make_loss(name)
+    x = torch.randn(*shape, dtype=torch.float64)
+    with pytest.raises(SpeakerNetError, match=r"at least 2 utterances, got shape \(" + ", ".join(map(str, shape))):
+        loss(x, torch.tensor([4, 0, 6, 2]))
