@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Non-learned speaker-verification baseline: MFCC statistics + cosine scoring.
 
-Per file: 20 MFCCs (c1..c20 of 40 log-mel bands, 25 ms Hamming windows every 10 ms; the energy coefficient c0 is
-left out because the output level of the corpus is random), summarised by their mean and standard deviation over
+Per file: 20 MFCCs (``torchaudio.transforms.MFCC`` after a 0.97 pre-emphasis: c1..c20 of 40 log-mel bands, 25 ms
+Hamming windows every 10 ms; the energy coefficient c0 is left out because the output level of the corpus is random), summarised by their mean and standard deviation over
 all frames -> a 40-dimensional vector.  Vectors are z-normalised with the per-dimension mean / standard deviation of
 (a subsample of) the training files, trials are scored by cosine similarity; lists are read and the EER computed as in training.
 
@@ -18,56 +18,47 @@ import sys
 
 import numpy as np
 import soundfile as sf
-from numpy.lib.stride_tricks import sliding_window_view
-from scipy.fft import dct
+import torch
+import torchaudio
 
-from DatasetLoader import Trial, read_train_list, read_trial_list
 from core.errors import SpeakerNetError
+from DatasetLoader import SAMPLE_RATE, Trial, read_train_list, read_trial_list
 from tuneThreshold import compute_metrics
 
-SR = 16000
 WIN, HOP, NFFT = 400, 160, 512
 N_MELS, N_MFCC = 40, 20
+PRE_EMPHASIS = 0.97
+# torchaudio's MFCC takes log(mel + 1e-6); the baseline's floor is 1e-8.  Scaling the waveform by 10 (the power by
+# 100) puts the fixed 1e-6 at 1e-8 of the signal's power, and the gain itself only moves c0, which is dropped.
+LOG_FLOOR_GAIN = 10.0
 
-
-def _mel_filterbank(n_mels: int = N_MELS, fmin: float = 20.0, fmax: float = 7600.0) -> np.ndarray:
-    """Triangular HTK-mel filterbank, (n_mels, NFFT // 2 + 1)."""
-
-    def hz2mel(f):
-        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
-
-    def mel2hz(m):
-        return 700.0 * (10.0 ** (np.asarray(m) / 2595.0) - 1.0)
-
-    edges = mel2hz(np.linspace(hz2mel(fmin), hz2mel(fmax), n_mels + 2))
-    freqs = np.fft.rfftfreq(NFFT, 1.0 / SR)
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    up = (freqs[None, :] - lo) / (mid - lo)
-    down = (hi - freqs[None, :]) / (hi - mid)
-    return np.maximum(0.0, np.minimum(up, down))
-
-
-_FBANK = _mel_filterbank()
-_WINDOW = np.hamming(WIN)
+# torchaudio's DCT includes c0, which is dropped.  pad: with center=False torch.stft puts the 400-sample window in
+# the middle of each 512-sample FFT frame, so (NFFT - WIN) // 2 zeros on either side make frame k start at sample
+# k * HOP, as a 25-ms window every 10 ms from the first sample.  Symmetric Hamming (periodic=False), power spectrum,
+# unnormalised HTK triangles over 20-7600 Hz, natural log, orthonormal DCT-II.
+_MFCC = torchaudio.transforms.MFCC(
+    sample_rate=SAMPLE_RATE, n_mfcc=N_MFCC + 1, dct_type=2, norm="ortho", log_mels=True,
+    melkwargs={"n_fft": NFFT, "win_length": WIN, "hop_length": HOP, "pad": (NFFT - WIN) // 2, "center": False,
+               "f_min": 20.0, "f_max": 7600.0, "n_mels": N_MELS, "window_fn": torch.hamming_window,
+               "wkwargs": {"periodic": False}, "power": 2.0, "mel_scale": "htk", "norm": None},
+)
 
 
 def mfcc(x: np.ndarray) -> np.ndarray:
-    """(frames, N_MFCC) MFCCs c1..c20 of a float waveform at 16 kHz."""
-    x = np.asarray(x, dtype=np.float64)
+    """(frames, N_MFCC) MFCCs c1..c20 of a float waveform at 16 kHz (pre-emphasis 0.97, then torchaudio)."""
+    x = torch.as_tensor(LOG_FLOOR_GAIN * np.asarray(x, dtype=np.float32))
     if len(x) < WIN:
-        x = np.pad(x, (0, WIN - len(x)))
-    x = np.append(x[0], x[1:] - 0.97 * x[:-1])  # pre-emphasis
-    frames = sliding_window_view(x, WIN)[::HOP] * _WINDOW
-    power = np.abs(np.fft.rfft(frames, n=NFFT, axis=1)) ** 2
-    logmel = np.log(power @ _FBANK.T + 1e-8)
-    return dct(logmel, type=2, norm="ortho", axis=1)[:, 1 : N_MFCC + 1]
+        x = torch.nn.functional.pad(x, (0, WIN - len(x)))
+    with torch.no_grad():
+        c = _MFCC(torchaudio.functional.preemphasis(x, PRE_EMPHASIS))
+    return c[1:].T.numpy().astype(np.float64)
 
 
 def file_embedding(path: str) -> np.ndarray:
     """Mean and standard deviation of the MFCCs of one file (40 values)."""
-    x, sr = sf.read(path, dtype="float64", always_2d=False)
-    if sr != SR:
-        raise ValueError(f"{path}: expected {SR} Hz, got {sr}")
+    x, sr = sf.read(path, dtype="float32", always_2d=False)
+    if sr != SAMPLE_RATE:
+        raise ValueError(f"{path}: expected {SAMPLE_RATE} Hz, got {sr}")
     if x.ndim > 1:
         x = x.mean(axis=1)
     c = mfcc(x)
