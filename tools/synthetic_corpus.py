@@ -67,7 +67,8 @@ import soundfile as sf
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import fftconvolve
 
-SR = 16000
+from DatasetLoader import SAMPLE_RATE as SR
+
 N_FFT = 512
 HOP = 128
 FRAME_S = HOP / SR
