@@ -9,9 +9,9 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
+from core import SAMPLE_RATE
 from core.errors import SpeakerNetError, located
 
-SAMPLE_RATE = 16000
 NUM_EVAL = 10
 
 

@@ -16,31 +16,23 @@ byte-identical files.  See ``synthetic_corpus.py`` for the signal model.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+import typing
 
 from tools import prep_voxceleb
 from tools.synthetic_corpus import CorpusConfig, make_corpus
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = CorpusConfig()
     p = argparse.ArgumentParser(description="Prepare speaker-verification data (synthetic VoxCeleb-shaped corpus).")
     p.add_argument("--synthetic", action="store_true", help="generate the synthetic corpus")
     p.add_argument("--save_path", type=str, default="data/synthetic", help="output directory (default: %(default)s)")
-    p.add_argument("--speakers", type=int, default=d.speakers, help="training speakers (default: %(default)s)")
-    p.add_argument("--utterances", type=int, default=d.utterances,
-                   help="utterances per training speaker (default: %(default)s)")
-    p.add_argument("--test_speakers", type=int, default=d.test_speakers,
-                   help="held-out speakers for veri_test.txt (default: %(default)s)")
-    p.add_argument("--test_utterances", type=int, default=d.test_utterances,
-                   help="utterances per test speaker (default: %(default)s)")
-    p.add_argument("--trials", type=int, default=d.trials, help="verification trials (default: %(default)s)")
-    p.add_argument("--min_duration", type=float, default=d.min_duration,
-                   help="shortest utterance, seconds (default: %(default)s)")
-    p.add_argument("--max_duration", type=float, default=d.max_duration,
-                   help="longest utterance, seconds (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+    types = typing.get_type_hints(CorpusConfig)
+    for option in dataclasses.fields(CorpusConfig):   # --speakers ... --seed: one flag per field, same name
+        p.add_argument(f"--{option.name}", type=types[option.name], default=option.default,
+                       help=f"{option.metadata['help']} (default: %(default)s)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="worker processes; does not change the output (default: %(default)s)")
     prep_voxceleb.add_arguments(p)      # --download, --extract, --convert, --make_list, --augment, --musan, --rirs
@@ -59,23 +51,11 @@ def main(argv=None) -> int:
     if args.workers < 1:
         parser.error(f"--workers must be >= 1 (got {args.workers})")
     try:
-        CorpusConfig(args.speakers, args.utterances, args.test_speakers, args.test_utterances, args.trials,
-                     args.min_duration, args.max_duration, args.seed).validate()
+        config = CorpusConfig(**{option.name: getattr(args, option.name) for option in dataclasses.fields(CorpusConfig)})
+        config.validate()
     except ValueError as e:
         parser.error(str(e))
-    info = make_corpus(
-        args.save_path,
-        speakers=args.speakers,
-        utterances=args.utterances,
-        test_speakers=args.test_speakers,
-        test_utterances=args.test_utterances,
-        trials=args.trials,
-        min_duration=args.min_duration,
-        max_duration=args.max_duration,
-        seed=args.seed,
-        workers=args.workers,
-        progress=True,
-    )
+    info = make_corpus(args.save_path, workers=args.workers, progress=True, **dataclasses.asdict(config))
     print(
         f"wrote {info['files']} files ({info['seconds'] / 3600:.2f} h of audio, {info['bytes'] / 2**20:.1f} MiB) "
         f"in {info['elapsed']:.1f} s ({info['files'] / max(info['elapsed'], 1e-9):.1f} files/s, "

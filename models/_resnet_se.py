@@ -5,6 +5,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
+from core import SAMPLE_RATE
 from core.errors import SpeakerNetError
 
 
@@ -45,7 +46,7 @@ class SEBasicBlock(nn.Module):
 def make_filterbank(n_mels: int = 40, window: str = "hann") -> torchaudio.transforms.MelSpectrogram:
     """The original's mel front end (Hann window; voxceleb_trainer uses Hamming)."""
     window_fn = torch.hann_window if window == "hann" else torch.hamming_window
-    return torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=512, win_length=400, hop_length=160,
+    return torchaudio.transforms.MelSpectrogram(sample_rate=SAMPLE_RATE, n_fft=512, win_length=400, hop_length=160,
                                                 f_min=0.0, f_max=8000, pad=0, n_mels=n_mels, window_fn=window_fn)
 
 

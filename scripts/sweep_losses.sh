@@ -8,7 +8,9 @@
 # --save_path), with its output in <loss>/train.log, its wall time in <loss>/wall_seconds.txt and its exit code in
 # <loss>/exit_code.txt. The table (loss, status, final VEER and minDCF, best epoch by VEER, wall time) is parsed
 # from each run's result/scores.txt by scripts/summarise_runs.py and also saved as $SWEEP_DIR/summary.txt.
-# A failed run is shown as failed and the sweep goes on with the other losses; the script then exits 1.
+# A failed run is shown as failed and the sweep goes on with the other losses; the script then exits 1. A run whose
+# folder, model/ or result/ is something other than a folder is not started: it fails with exit code 2 and a
+# one-line message naming that path (on stderr and in its train.log).
 # trainSpeakerNet.py resumes from the checkpoints already in a run folder: use a new SWEEP_DIR for a fresh sweep.
 #
 # Environment (defaults in brackets):
@@ -80,8 +82,24 @@ index=0
 for loss in "${losses[@]}"; do
     index=$((index + 1))
     run_dir=$SWEEP_DIR/$loss
-    mkdir -p "$run_dir"
     echo "==> [$index/${#losses[@]}] $loss: $EPOCHS epoch(s) -> $run_dir (log: $run_dir/train.log)" >&2
+    # The run folder and its model/ and result/ must be folders (or absent): say which path is in the way
+    # instead of letting trainSpeakerNet.py fail on it with a traceback.
+    blocked=
+    for path in "$run_dir" "$run_dir/model" "$run_dir/result"; do
+        if [[ ( -e $path || -L $path ) && ! -d $path ]]; then blocked=$path; break; fi
+    done
+    if [[ -n $blocked ]]; then
+        message="sweep_losses.sh: $blocked exists and is not a folder; the $loss run needs a folder there"
+        echo "    $message" >&2
+        if [[ $blocked != "$run_dir" ]]; then
+            echo "$message" > "$run_dir/train.log"
+            echo 2 > "$run_dir/exit_code.txt"
+        fi
+        failed+=("$loss")
+        continue
+    fi
+    mkdir -p "$run_dir"
     command=("$PYTHON" "$REPO/trainSpeakerNet.py"
         --model "$MODEL" --encoder_type "$ENCODER" --trainfunc "$loss"
         --optimizer "$OPTIMIZER" --lr "$LR" --batch_size "$BATCH_SIZE" --max_frames "$MAX_FRAMES"

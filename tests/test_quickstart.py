@@ -6,12 +6,14 @@ import subprocess
 import sys
 
 from tests.helpers import REPO, SUBPROCESS_ENV
+from tools import baseline
 from trainSpeakerNet import parse_args
 
 
 def run_quickstart(*args, cwd):
     return subprocess.run([sys.executable, str(REPO / "quickstart.py"), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, **SUBPROCESS_ENV})
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **SUBPROCESS_ENV},
+                          check=False)
 
 
 def test_quickstart_config_is_valid():
@@ -27,12 +29,18 @@ def test_quickstart_trains_evaluates_and_plots(tiny_corpus, tmp_path):
                             "--max_epoch", 2, "--test_interval", 1, "--max_frames", 20, "--batch_size", 8,
                             "--nDataLoaderThread", 0, "--save_path", save_path, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    baseline = re.search(r"MFCC-statistics baseline on .*veri_test.txt: EER (\d+\.\d\d)%", result.stdout)
-    assert baseline and 0.0 <= float(baseline.group(1)) <= 100.0
-    evaluations = re.findall(r"INFO epoch (\d): EER (\d+\.\d+), minDCF\(p=0.05\) ([\d.]+), minDCF\(p=0.01\) ([\d.]+)",
-                             result.stdout)
-    assert [epoch for epoch, *_ in evaluations] == ["1", "2"]
-    assert all(0 <= float(eer) <= 100 and 0 <= float(dcf) <= 1.0001 for _, eer, dcf, _ in evaluations)
+    printed = re.search(r"MFCC-statistics baseline on .*veri_test.txt: EER (\d+\.\d\d)%", result.stdout)
+    assert printed and printed.group(1) == f"{baseline.baseline_eer(corpus):.2f}"
+    # the evaluations printed are the ones written to the run's scores.txt, each with its IT line's VEER
+    printed_info = re.findall(r"^INFO epoch \d+: .*$", result.stdout, re.MULTILINE)
+    scores = (save_path / "result" / "scores.txt").read_text()
+    assert printed_info == re.findall(r"^INFO epoch \d+: .*$", scores, re.MULTILINE)
+    evaluations = re.findall(r"^INFO epoch (\d): EER (\d+\.\d+), minDCF\(p=0.05\) ([\d.]+), minDCF\(p=0.01\) ([\d.]+)",
+                             scores, re.MULTILINE)
+    veers = re.findall(r"^IT (\d+), .*, VEER (\S+)$", scores, re.MULTILINE)
+    assert [(epoch, eer) for epoch, eer, *_ in evaluations] == veers and [e for e, _ in veers] == ["1", "2"]
+    # normalised minDCF: at most 1, and no lower for the rarer target prior
+    assert all(float(dcf05) <= float(dcf01) <= 1.0001 for _, _, dcf05, dcf01 in evaluations), evaluations
     assert re.search(r"quickstart finished in \d+ s \(exit code 0\)", result.stdout)
     for name in ("det.png", "score_hist.png", "scores.txt"):
         assert (save_path / "result" / name).stat().st_size > 0

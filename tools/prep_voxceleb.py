@@ -43,8 +43,8 @@ import numpy as np
 import soundfile as sf
 
 from core.errors import SpeakerNetError
+from core import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 SEGMENT_SECONDS, HOP_SECONDS = 5, 3
 STEPS = ("download", "extract", "convert", "make_list", "musan", "rirs")
 AUGMENTATION_ARCHIVES = ("musan.tar.gz", "rirs_noises.zip")
@@ -233,7 +233,7 @@ def _convert_one(ffmpeg: str, source: str) -> str | None:
     target = os.path.splitext(source)[0] + ".wav"
     temporary = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp")
     try:
-        result = subprocess.run(ffmpeg_command(ffmpeg, source, temporary), capture_output=True, text=True)
+        result = subprocess.run(ffmpeg_command(ffmpeg, source, temporary), capture_output=True, text=True, check=False)
     except OSError as error:
         return str(error)
     if result.returncode != 0 or not os.path.isfile(temporary):
@@ -333,7 +333,7 @@ def _split_one(job: tuple[str, str]) -> int:
         os.makedirs(folder, exist_ok=True)
         written = 0
         for start in starts:
-            target = os.path.join(folder, "%05d.wav" % (start // SAMPLE_RATE))
+            target = os.path.join(folder, f"{start // SAMPLE_RATE:05d}.wav")
             if os.path.exists(target):
                 continue
             handle.seek(start)

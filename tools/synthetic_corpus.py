@@ -58,15 +58,17 @@ import functools
 import multiprocessing as mp
 import os
 import time
-from dataclasses import dataclass, asdict
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
-import soundfile as sf
 import scipy.fft
+import soundfile as sf
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import fftconvolve
 
-SR = 16000
+from core import SAMPLE_RATE as SR
+
 N_FFT = 512
 HOP = 128
 FRAME_S = HOP / SR
@@ -381,7 +383,7 @@ def _rosenberg(oq: float, sq: float) -> np.ndarray:
 def synthesize(spk: dict, ses: dict, r: np.random.Generator, duration: float) -> np.ndarray:
     """Render one utterance (float64, arbitrary scale) of ``duration`` seconds."""
     voice = ses["voice"]
-    length = int(round(duration * SR))
+    length = round(duration * SR)
     rate = spk["rate"] * voice["rate"] * np.exp(r.normal(0.0, 0.05))
     segs = _segments(r, spk, rate, duration)
 
@@ -407,7 +409,7 @@ def synthesize(spk: dict, ses: dict, r: np.random.Generator, duration: float) ->
         for j in range(3):
             f123[:, j] = np.interp(idx, idx[valid], f123[valid, j])
     logf = np.log(f123 * voice["formant"])
-    logf = _smooth(logf, max(3, int(round(0.05 / FRAME_S / rate))))
+    logf = _smooth(logf, max(3, round(0.05 / FRAME_S / rate)))
     f123 = np.exp(logf)
     f45 = np.broadcast_to(spk["f45"] * voice["formant"], (n_frames, 2))
     formants = np.concatenate([f123, f45], axis=1)
@@ -499,16 +501,24 @@ def to_int16(x: np.ndarray, r: np.random.Generator) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------
 
 
+def _option(default, help_text: str):
+    """A :class:`CorpusConfig` field: its default and the help text of its ``dataprep.py --NAME`` flag."""
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass(frozen=True)
 class CorpusConfig:
-    speakers: int = 300
-    utterances: int = 12
-    test_speakers: int = 40
-    test_utterances: int = 12
-    trials: int = 3000
-    min_duration: float = 2.1
-    max_duration: float = 4.0
-    seed: int = 0
+    """What a corpus is a pure function of.  Each field is a keyword of :func:`make_corpus` and a ``dataprep.py``
+    flag of the same name, default and help."""
+
+    speakers: int = _option(300, "training speakers")
+    utterances: int = _option(12, "utterances per training speaker")
+    test_speakers: int = _option(40, "held-out speakers for veri_test.txt")
+    test_utterances: int = _option(12, "utterances per test speaker")
+    trials: int = _option(3000, "verification trials")
+    min_duration: float = _option(2.1, "shortest utterance, seconds")
+    max_duration: float = _option(4.0, "longest utterance, seconds")
+    seed: int = _option(0, "random seed")
 
     def validate(self) -> None:
         def need(ok, msg):
@@ -629,20 +639,11 @@ def _trials(cfg: CorpusConfig, files: list[tuple[int, int, str]]) -> list[str]:
     return lines
 
 
-def make_corpus(
-    save_path: str,
-    speakers: int = CorpusConfig.speakers,
-    utterances: int = CorpusConfig.utterances,
-    test_speakers: int = CorpusConfig.test_speakers,
-    test_utterances: int = CorpusConfig.test_utterances,
-    trials: int = CorpusConfig.trials,
-    min_duration: float = CorpusConfig.min_duration,
-    max_duration: float = CorpusConfig.max_duration,
-    seed: int = CorpusConfig.seed,
-    workers: int = 1,
-    progress: bool = False,
-) -> dict:
+def make_corpus(save_path: str, *, workers: int = 1, progress: bool = False, **config) -> dict:
     """Write a synthetic corpus under ``save_path`` and return its paths and statistics.
+
+    ``config``: the :class:`CorpusConfig` fields by name (keywords only), each defaulting to the field's default;
+    an unknown name is a ``TypeError``.
 
     Layout: ``save_path/wav/idNNNNN/sessSS/UUUUU.wav`` (16 kHz mono PCM_16), ``save_path/train_list.txt``
     (``speaker relative/path.wav`` over the training speakers) and ``save_path/veri_test.txt``
@@ -654,8 +655,9 @@ def make_corpus(
     A tiny corpus for unit tests (``speakers=40, utterances=6, test_speakers=8, test_utterances=6,
     trials=200, min_duration=max_duration=2.5``) renders in a few seconds.
     """
-    cfg = CorpusConfig(speakers, utterances, test_speakers, test_utterances, trials,
-                       float(min_duration), float(max_duration), seed)
+    cfg = CorpusConfig(**config)
+    types = typing.get_type_hints(CorpusConfig)
+    cfg = replace(cfg, **{f.name: float(getattr(cfg, f.name)) for f in fields(cfg) if types[f.name] is float})
     cfg.validate()
     if not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be a positive integer (got {workers})")
