@@ -36,6 +36,14 @@ class SEBasicBlock(nn.Module):
         self.se = SELayer(planes, reduction)
         self.downsample = downsample
 
+    def fusable_conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """(conv, BatchNorm) pairs whose BatchNorm normalises only its conv's output (core.folding): conv2 -> bn2
+        and the shortcut's conv -> BN. Not conv1 -> bn1: the in-place ReLU runs between them."""
+        pairs = [("conv2", "bn2")]
+        if self.downsample is not None:
+            pairs.append(("downsample.0", "downsample.1"))
+        return pairs
+
     def forward(self, x):
         residual = x if self.downsample is None else self.downsample(x)
         out = self.bn1(self.relu(self.conv1(x)))
@@ -94,6 +102,15 @@ class ResNetSE(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.constant_(module.weight, 1)
                 nn.init.constant_(module.bias, 0)
+
+    def fusable_conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """(conv, BatchNorm) pairs that core.folding may fold for inference: the stem's conv1 -> bn1 and each
+        block's own pairs (:meth:`SEBasicBlock.fusable_conv_bn_pairs`)."""
+        pairs = [("conv1", "bn1")]
+        for name, module in self.named_modules():
+            if isinstance(module, SEBasicBlock):
+                pairs += [(f"{name}.{conv}", f"{name}.{norm}") for conv, norm in module.fusable_conv_bn_pairs()]
+        return pairs
 
     def log_mel(self, waves: torch.Tensor) -> torch.Tensor:
         """Waveform -> instance-normalised log mel, in float32 and without gradient (it has no parameters)."""
