@@ -224,7 +224,7 @@ class PreActivation(torch.nn.Module):
         self.conv1 = torch.nn.Conv2d(1, 1, 3, padding=1)
 
     def forward(self, waves):
-        return self.conv1(self.bn1(waves.view(len(waves), 1, 4, -1))).flatten(1)
+        return self.conv1(self.bn1(waves.reshape(-1, 1, 4, 16))).flatten(1)
 
 
 class OddlyNamed(torch.nn.Module):
@@ -239,7 +239,7 @@ class OddlyNamed(torch.nn.Module):
         self.norm = torch.nn.BatchNorm2d(4)
 
     def forward(self, waves):
-        x = self.after(self.features(waves.view(len(waves), 1, 4, -1)))
+        x = self.after(self.features(waves.reshape(-1, 1, 4, 16)))
         y = self.shared(x)
         return (self.norm(y) + y if self.use_twice else self.norm(y)).flatten(1)
 
@@ -260,15 +260,16 @@ def test_folding_follows_the_data_flow_not_the_names():
         assert torch.allclose(fast(waves), model(waves), rtol=1e-5, atol=1e-5)
 
 
-def test_folding_is_undone_when_the_output_changes():
-    """The second conv's output also bypasses its norm, so folding the norm into it would change the result."""
+def test_a_conv_whose_output_bypasses_its_norm_is_not_folded():
+    """The second conv's output also bypasses its norm, so folding the norm into it would change the result: only
+    the first pair is folded."""
     model = randomise_batch_norms(OddlyNamed(use_twice=True))
     waves = torch.randn(2, 64)
-    assert evaluation.fold_batch_norms(copy.deepcopy(model), waves) == 0
+    assert evaluation.fold_batch_norms(copy.deepcopy(model), waves) == 1
     fast = evaluation.inference_copy(model, waves, channels_last=False)
-    assert isinstance(fast.after, torch.nn.BatchNorm2d) and isinstance(fast.norm, torch.nn.BatchNorm2d)
+    assert isinstance(fast.after, torch.nn.Identity) and isinstance(fast.norm, torch.nn.BatchNorm2d)
     with torch.no_grad():
-        assert torch.equal(fast(waves), model(waves))
+        assert torch.allclose(fast(waves), model(waves), rtol=1e-5, atol=1e-5)
 
 
 def test_equal_length_batches():

@@ -9,7 +9,6 @@ padded and every embedding is the one a single-file forward gives. :func:`embed_
 ranks of torch.distributed and gathers the embeddings on every rank.
 """
 
-import copy
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from core import atomic, distributed
+from core.folding import fold_batch_norms, inference_copy  # noqa: F401 (part of this module's interface)
 from core.progress import progress_bar
 from DatasetLoader import NUM_EVAL, TestDataset, ignore_stop_signals, max_audio_samples
 
@@ -69,81 +69,6 @@ def equal_length_batches(lengths, files_per_batch: int, max_samples: int) -> lis
         group = by_length[length]
         batches += [group[i:i + per_batch] for i in range(0, len(group), per_batch)]
     return batches
-
-
-_CONVS = (torch.nn.Conv1d, torch.nn.Conv2d)
-_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
-
-
-def _norms_fed_by_convs(model: torch.nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
-    """(conv name, norm name) of every eval-mode BatchNorm whose input, in a forward pass on ``example``, is the
-    very tensor a convolution returned, unmodified (found with hooks, so the module names and the order of
-    declaration do not matter; the original's SE blocks run conv1 -> in-place ReLU -> bn1: the same tensor, but
-    its version counter has moved, so that bn1 is not fed by a conv)."""
-    names = {module: name for name, module in model.named_modules()}
-    # id(output) -> (output, kept alive so the id stays unique; its version; the conv)
-    produced_by: dict[int, tuple[torch.Tensor, int, torch.nn.Module]] = {}
-    pairs: dict[str, str] = {}
-
-    def after_conv(conv, inputs, output):
-        produced_by[id(output)] = (output, output._version, conv)
-
-    def before_norm(norm, inputs):
-        source = produced_by.get(id(inputs[0]))
-        if source is not None and source[0] is inputs[0] and source[1] == inputs[0]._version:
-            pairs[names[norm]] = names[source[2]]
-
-    hooks = [module.register_forward_hook(after_conv) for module in model.modules() if isinstance(module, _CONVS)]
-    hooks += [module.register_forward_pre_hook(before_norm) for module in model.modules()
-              if isinstance(module, _NORMS) and not module.training and module.track_running_stats]
-    try:
-        model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return [(conv, norm) for norm, conv in pairs.items()]
-
-
-def _replace(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
-@torch.no_grad()
-def fold_batch_norms(model: torch.nn.Module, example: torch.Tensor, tolerance: float = 1e-4) -> int:
-    """Fold eval-mode BatchNorms into the convolutions that feed them (in place); returns how many were folded.
-
-    The pairs come from one forward pass on ``example`` (:func:`_norms_fed_by_convs`). The folds are kept only if
-    the output on ``example`` then stays within ``tolerance`` (relative to its largest value) of the unfolded
-    model's; otherwise (say, a conv whose output is also used unnormalised elsewhere) the model is left as it was.
-    """
-    reference = model(example)
-    pairs = _norms_fed_by_convs(model, example)
-    originals = []
-    for conv_name, norm_name in pairs:
-        conv, norm = model.get_submodule(conv_name), model.get_submodule(norm_name)
-        originals.append((conv, norm))
-        _replace(model, conv_name, torch.nn.utils.fusion.fuse_conv_bn_eval(conv, norm))
-        _replace(model, norm_name, torch.nn.Identity())
-    limit = tolerance * reference.abs().max().clamp_min(1e-6)
-    if pairs and (model(example) - reference).abs().max() > limit:
-        for (conv_name, norm_name), (conv, norm) in zip(pairs, originals):
-            _replace(model, conv_name, conv)
-            _replace(model, norm_name, norm)
-        return 0
-    return len(pairs)
-
-
-def inference_copy(model: torch.nn.Module, example: torch.Tensor, channels_last: bool) -> torch.nn.Module:
-    """A faster CPU copy of an eval-mode ``model``: BatchNorms folded into the convolutions
-    (:func:`fold_batch_norms`) and, with ``channels_last``, the channels-last memory format. A model that cannot
-    be copied (or run on ``example``) is returned as it is."""
-    try:
-        fast = copy.deepcopy(model)
-        fold_batch_norms(fast, example)
-        return fast.to(memory_format=torch.channels_last) if channels_last else fast
-    except Exception:
-        return model
 
 
 @torch.no_grad()
