@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     if args.workers < 1:
         parser.error(f"--workers must be >= 1 (got {args.workers})")
     try:
-        config = CorpusConfig(**{option.name: getattr(args, option.name) for option in dataclasses.fields(CorpusConfig)})
+        names = [option.name for option in dataclasses.fields(CorpusConfig)]
+        config = CorpusConfig(**{name: getattr(args, name) for name in names})
         config.validate()
     except ValueError as e:
         parser.error(str(e))

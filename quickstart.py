@@ -12,8 +12,8 @@ import os
 import sys
 import time
 
-from tools import baseline
 import trainSpeakerNet
+from tools import baseline
 from tools.synthetic_corpus import make_corpus
 
 HERE = os.path.dirname(os.path.abspath(__file__))

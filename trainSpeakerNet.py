@@ -19,12 +19,30 @@ from core import atomic, checkpoints, distributed, logs, plugins
 from core.augment import Augmenter
 from core.checkpoints import latest_checkpoint, load_model_state, read_checkpoint
 from core.errors import SpeakerNetError
-from core.evaluation import (EVAL_PRECISIONS, SCORE_NORMS, SCORINGS, EvalOptions, EvalOutcome, EvalPlan, evaluate,
-                             per_list_path, read_cohort, read_plan, write_plots, write_scores)
+from core.evaluation import (
+    EVAL_PRECISIONS,
+    SCORE_NORMS,
+    SCORINGS,
+    EvalOptions,
+    EvalOutcome,
+    EvalPlan,
+    evaluate,
+    per_list_path,
+    read_cohort,
+    read_plan,
+    write_plots,
+    write_scores,
+)
 from core.logs import log
 from core.training import INITIAL_EER, EpochProgress, ModelTrainer
-from DatasetLoader import GroupBatchSampler, TrainDataset, check_files_exist, collate_groups, ignore_stop_signals, \
-    read_train_list
+from DatasetLoader import (
+    GroupBatchSampler,
+    TrainDataset,
+    check_files_exist,
+    collate_groups,
+    ignore_stop_signals,
+    read_train_list,
+)
 from loss._common import IMBALANCED
 from SpeakerNet import SpeakerNet
 
@@ -56,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Data loader
     add("--max_frames", type=int, default=200, help="training crop in 10-ms frames")
-    add("--eval_frames", type=int, default=None, help="evaluation crop in frames (default --max_frames; 0 = whole file)")
+    add("--eval_frames", type=int, default=None,
+        help="evaluation crop in frames (default --max_frames; 0 = whole file)")
     add("--batch_size", type=int, default=200, help="speaker groups per batch")
     add("--max_seg_per_spk", type=int, default=100, help="utterances per speaker per epoch, at most")
     add("--nDataLoaderThread", type=int, default=5, help="loader worker processes")

@@ -34,10 +34,17 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from DatasetLoader import load_wav  # noqa: E402
 from benchmarks.reference_scoring import reference_crop_scores  # noqa: E402
-from core.evaluation import (available_cores, cosine_scores, cpu_has_native_bf16, crop_norms, crop_scores,  # noqa: E402
-                             extract_embeddings, mean_embeddings)
+from core.evaluation import (  # noqa: E402
+    available_cores,
+    cosine_scores,
+    cpu_has_native_bf16,
+    crop_norms,
+    crop_scores,
+    extract_embeddings,
+    mean_embeddings,
+)
+from DatasetLoader import load_wav  # noqa: E402
 
 
 def random_embeddings(files: int, crops: int, dim: int, seed: int = 0) -> torch.Tensor:

@@ -16,8 +16,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from DatasetLoader import max_audio_samples  # noqa: E402
 from core.training import ModelTrainer  # noqa: E402
+from DatasetLoader import max_audio_samples  # noqa: E402
 from SpeakerNet import SpeakerNet  # noqa: E402
 
 

@@ -5,8 +5,8 @@ module knows no file path."""
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn

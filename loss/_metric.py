@@ -16,7 +16,8 @@ def check_groups(x: torch.Tensor, loss_name: str, minimum: int, exact: bool = Fa
     Only shapes are inspected, so this costs no device synchronisation.
     """
     if x.dim() != 3:
-        raise SpeakerNetError(f"loss '{loss_name}' expects embeddings shaped (batch, utterances, dim), got {tuple(x.shape)}")
+        raise SpeakerNetError(f"loss '{loss_name}' expects embeddings shaped (batch, utterances, dim), "
+                              f"got {tuple(x.shape)}")
     group = x.size(1)
     if (exact and group != minimum) or group < minimum:
         wanted = f"exactly {minimum}" if exact else f"at least {minimum}"

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from loss._common import MarginSoftmaxLoss, accuracy, flatten_groups
 from loss._metric import cosine_matrix, target_mask
 
+
 class LossFunction(MarginSoftmaxLoss):
     """Cross-entropy over ArcFace logits; accuracy is read from the margin-adjusted logits."""
 

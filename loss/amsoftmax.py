@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from loss._common import MarginSoftmaxLoss, accuracy, flatten_groups
 from loss._metric import cosine_matrix, target_mask
 
+
 class LossFunction(MarginSoftmaxLoss):
     """Cross-entropy over ``scale * (cos - margin on the target class)``; accuracy is read from those logits."""
 

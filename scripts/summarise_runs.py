@@ -10,7 +10,8 @@ validation EER when the run had ``--val_list`` (its ``, val EER x`` in the INFO 
 chooses its best checkpoint), else the one with the lowest VEER.
 ``exit_code.txt`` and ``wall_seconds.txt`` beside it (written by ``scripts/sweep_losses.sh``) give the status and
 the wall time; a run with a non-zero exit code is shown as failed, with whatever epochs it logged. Without NAMEs,
-every sub-folder of SWEEP_DIR is listed; ``--check`` exits 1 when one failed. Lines of an appended (resumed) log replace earlier ones of the same epoch.
+every sub-folder of SWEEP_DIR is listed; ``--check`` exits 1 when one failed. Lines of an appended (resumed) log
+replace earlier ones of the same epoch.
 """
 
 import argparse

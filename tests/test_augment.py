@@ -13,8 +13,8 @@ import torch
 
 from core import augment
 from core.augment import AUGMENT_TYPES, Augmenter, NoiseDraw, power_db
-from DatasetLoader import load_wav, max_audio_samples, read_train_list
 from core.errors import SpeakerNetError
+from DatasetLoader import load_wav, max_audio_samples, read_train_list
 from tests.helpers import REPO, run_cli
 
 FRAMES = 50

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from core import plugins
-from tests.helpers import REPO, run_cli, shared_file
 from core.errors import SpeakerNetError
+from tests.helpers import REPO, run_cli, shared_file
 from trainSpeakerNet import build_parser, parse_args
 
 ORIGINAL_DEFAULTS = {

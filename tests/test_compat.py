@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from DatasetLoader import load_wav
-from core.errors import SpeakerNetError
 from core.checkpoints import load_model_state, read_checkpoint
+from core.errors import SpeakerNetError
+from DatasetLoader import load_wav
 from SpeakerNet import SpeakerNet
 from tests.helpers import run_cli, shared_file
 

@@ -61,7 +61,8 @@ def random_trials(files, count, generator):
 @pytest.mark.parametrize("scoring", ["crops", "cosine"])
 def test_vectorised_scores_equal_the_per_trial_loop(scoring, normalize, crops):
     generator = torch.Generator().manual_seed(crops + 2 * normalize)
-    embeddings = torch.randn(40, crops, 24, generator=generator) * (1 + 4 * torch.rand(40, crops, 1, generator=generator))
+    scale = 1 + 4 * torch.rand(40, crops, 1, generator=generator)
+    embeddings = torch.randn(40, crops, 24, generator=generator) * scale
     embeddings[5] = embeddings[4] + 1e-4 * torch.randn(crops, 24, generator=generator)   # near-duplicate file
     enroll, test = random_trials(40, 500, generator)
     enroll[3], test[3] = 4, 5
@@ -290,7 +291,8 @@ def test_as_norm_equals_the_per_trial_formula():
     for i in range(200):
         top_e = np.sort(cohort[enroll[i]])[-10:]
         top_t = np.sort(cohort[test[i]])[-10:]
-        expected = 0.5 * ((scores[i] - top_e.mean()) / top_e.std(ddof=1) + (scores[i] - top_t.mean()) / top_t.std(ddof=1))
+        expected = 0.5 * ((scores[i] - top_e.mean()) / top_e.std(ddof=1)
+                          + (scores[i] - top_t.mean()) / top_t.std(ddof=1))
         assert ours[i] == pytest.approx(expected, abs=1e-4)
 
 

@@ -51,7 +51,7 @@ def argmax(values):
 def average(losses_and_hits):
     """``[(loss, hit), ...]`` -> ``(mean loss, accuracy percent)``."""
     n = len(losses_and_hits)
-    return sum(l for l, _ in losses_and_hits) / n, 100.0 * sum(h for _, h in losses_and_hits) / n
+    return sum(loss for loss, _ in losses_and_hits) / n, 100.0 * sum(hit for _, hit in losses_and_hits) / n
 
 
 def utterances(x, labels):
@@ -135,7 +135,7 @@ def ref_triplet_hardest(module, x, labels):
     """hard_rank 0, hard_prob 1: the negative is always the closest other positive."""
     unit = [[[v / norm(u) for v in u] for u in group] for group in x]
     out = []
-    for i, (anchor, positive) in enumerate(unit):
+    for i, (anchor, _positive) in enumerate(unit):
         distances = [sqdist(anchor, other[1]) for other in unit]
         negative = min((j for j in range(len(unit)) if j != i), key=lambda j: distances[j])
         loss = max(0.0, distances[i] - distances[negative] + module.margin)

@@ -38,7 +38,8 @@ def test_eer_and_min_dcf(seed):
     assert round(metrics.eer, 9) in brute_force_eers(fnr, fpr)
     # and it lies between the two error rates where they cross over all thresholds
     crossing = np.argmin(np.abs(fnr - fpr))
-    assert min(fnr[crossing], fpr[crossing]) * 100 - 1e-9 <= metrics.eer <= max(fnr[crossing], fpr[crossing]) * 100 + 1e-9
+    low, high = sorted((fnr[crossing] * 100, fpr[crossing] * 100))
+    assert low - 1e-9 <= metrics.eer <= high + 1e-9
     assert metrics.min_dcf[0.05][0] == pytest.approx(dcf05, abs=1e-12)
     assert metrics.min_dcf[0.01][0] == pytest.approx(brute_force(scores, labels, 0.01)[2], abs=1e-12)
     assert tuneThresholdfromScore(scores, labels, [1, 0.1])[1] == metrics.eer

@@ -14,10 +14,10 @@ import pytest
 import soundfile as sf
 
 import dataprep
-from tools import prep_voxceleb
 from core.augment import Augmenter
-from DatasetLoader import read_train_list
 from core.errors import SpeakerNetError
+from DatasetLoader import read_train_list
+from tools import prep_voxceleb
 
 
 def wav_bytes(samples, rate=16000):

@@ -51,7 +51,8 @@ def test_own_lists_replace_the_synthetic_corpus(tiny_corpus, tmp_path):
     """With --train_list/--test_list (e.g. VoxCeleb) no synthetic corpus is built or scored."""
     absent = tmp_path / "no_corpus_here"
     save_path = tmp_path / "run"
-    result = run_quickstart("--corpus", absent, "--max_epoch", 1, "--test_interval", 1, "--max_frames", 20, "--batch_size", 8,
+    result = run_quickstart("--corpus", absent, "--max_epoch", 1, "--test_interval", 1, "--max_frames", 20,
+                            "--batch_size", 8,
                             "--nDataLoaderThread", 0, "--save_path", save_path,
                             *[f"--{key}={value}" for key, value in tiny_corpus.items()], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -12,10 +12,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.evaluation import read_trial_list
-from DatasetLoader import read_train_list
 from core.errors import SpeakerNetError
+from core.evaluation import read_trial_list
 from core.training import ModelTrainer
+from DatasetLoader import read_train_list
 from SpeakerNet import SpeakerNet
 from tests.helpers import REPO, SUBPROCESS_ENV, run_cli
 from trainSpeakerNet import parse_args

@@ -100,7 +100,8 @@ def test_summary_failed_empty_missing_and_nan(tmp_path):
     missing = summarise.summarise_run(str(tmp_path / "absent"))
     assert missing.status == "not run" and missing.name == "absent"
 
-    nan = "IT 1, LR 0.001000, TEER/T1 0.00, TLOSS nan, VEER nan\nIT 2, LR 0.001000, TEER/T1 1.00, TLOSS 2.0, VEER 40.0\n"
+    nan = ("IT 1, LR 0.001000, TEER/T1 0.00, TLOSS nan, VEER nan\n"
+           "IT 2, LR 0.001000, TEER/T1 1.00, TLOSS 2.0, VEER 40.0\n")
     diverged = summarise.summarise_run(write_run(tmp_path, "softmax", nan, 0, 1))
     assert diverged.best.epoch == 2 and diverged.status == "ok"
 

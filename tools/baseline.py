@@ -2,9 +2,10 @@
 """Non-learned speaker-verification baseline: MFCC statistics + cosine scoring.
 
 Per file: 20 MFCCs (``torchaudio.transforms.MFCC`` after a 0.97 pre-emphasis: c1..c20 of 40 log-mel bands, 25 ms
-Hamming windows every 10 ms; the energy coefficient c0 is left out because the output level of the corpus is random), summarised by their mean and standard deviation over
-all frames -> a 40-dimensional vector.  Vectors are z-normalised with the per-dimension mean / standard deviation of
-(a subsample of) the training files, trials are scored by cosine similarity; lists are read and the EER computed as in training.
+Hamming windows every 10 ms; the energy coefficient c0 is left out because the output level of the corpus is
+random), summarised by their mean and standard deviation over all frames -> a 40-dimensional vector.  Vectors are
+z-normalised with the per-dimension mean / standard deviation of (a subsample of) the training files, trials are
+scored by cosine similarity; lists are read and the EER computed as in training.
 
     python -m tools.baseline DIR      # DIR holds train_list.txt, veri_test.txt and wav/
     -> baseline EER xx.xx%
@@ -22,8 +23,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from core.errors import SpeakerNetError
 from core import SAMPLE_RATE
+from core.errors import SpeakerNetError
 from core.evaluation import Trial, compute_metrics, read_trial_list
 from DatasetLoader import read_train_list
 

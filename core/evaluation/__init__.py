@@ -15,16 +15,48 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.evaluation.extraction import (EVAL_PRECISIONS, EmbeddingStore, available_cores, cpu_has_native_bf16,
-                                        cpu_loader_workers, default_files_per_batch, embed_files,
-                                        equal_length_batches, extract_embeddings, fold_batch_norms, inference_copy)
+from core.evaluation.extraction import (
+    EVAL_PRECISIONS,
+    EmbeddingStore,
+    available_cores,
+    cpu_has_native_bf16,
+    cpu_loader_workers,
+    default_files_per_batch,
+    embed_files,
+    equal_length_batches,
+    extract_embeddings,
+    fold_batch_norms,
+    inference_copy,
+)
 from core.evaluation.metrics import Metrics, compute_metrics
 from core.evaluation.plots import write_plots
-from core.evaluation.scoring import (SCORE_NORMS, SCORINGS, TrialScorer, as_norm, cohort_statistics, cosine_scores,
-                                     crop_norms, crop_scores, mean_embeddings, speaker_means, top_cohort_statistics)
-from core.evaluation.trials import (Cohort, EvalPlan, Trial, TrialList, list_names, per_list_path,
-                                    pick_cohort_files, read_cohort, read_plan, read_trial_list, read_trials,
-                                    write_scores)
+from core.evaluation.scoring import (
+    SCORE_NORMS,
+    SCORINGS,
+    TrialScorer,
+    as_norm,
+    cohort_statistics,
+    cosine_scores,
+    crop_norms,
+    crop_scores,
+    mean_embeddings,
+    speaker_means,
+    top_cohort_statistics,
+)
+from core.evaluation.trials import (
+    Cohort,
+    EvalPlan,
+    Trial,
+    TrialList,
+    list_names,
+    per_list_path,
+    pick_cohort_files,
+    read_cohort,
+    read_plan,
+    read_trial_list,
+    read_trials,
+    write_scores,
+)
 
 
 @dataclass(frozen=True)
