@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _coerce(action: argparse.Action, key: str, value, source: str):
     """A YAML value converted to the flag's type, or a clear error."""
-    if action.const is not None and isinstance(value, bool):     # e.g. "mixedprec: true" -> its flag's value
+    if action.nargs == "?" and isinstance(value, bool):     # e.g. "mixedprec: true" -> its flag's value
         return action.const if value else None
     if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):     # switches
         if not isinstance(value, bool):

@@ -202,6 +202,7 @@ def test_augmented_batches_do_not_depend_on_the_workers(tiny_corpus, folders):
     assert all(torch.equal(a, b) for a, b in zip(alone, pooled))
 
 
+@pytest.mark.slow
 def test_training_with_augment_through_the_command_line(tiny_corpus, folders, tmp_path, capsys):
     common = ["--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--nOut", "32", "--max_frames", "50",
               "--batch_size", "8", "--max_epoch", "1", "--nDataLoaderThread", "0", "--augment",

@@ -80,6 +80,7 @@ def tiny(tmp_path_factory):
                           test_utterances=4, trials=40, min_duration=1.5, max_duration=2.0, seed=2)
 
 
+@pytest.mark.slow
 def test_baseline_eer_and_cli(tiny):
     eer = baseline.baseline_eer(tiny["save_path"])
     assert 0.0 <= eer <= 100.0
@@ -90,6 +91,7 @@ def test_baseline_eer_and_cli(tiny):
     assert m and abs(float(m.group(1)) - eer) < 0.006
 
 
+@pytest.mark.slow
 def test_cli_errors(tmp_path):
     res = subprocess.run([sys.executable, "-m", "tools.baseline", str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
@@ -106,6 +108,7 @@ def test_trial_list_format_errors(tmp_path):
         baseline.read_trials(str(bad))
 
 
+@pytest.mark.slow
 def test_default_corpus_difficulty(tmp_path):
     """The MFCC baseline lands in 15-35 % EER on the default test split (calibrated to about 26 %)."""
     info = sc.make_corpus(str(tmp_path / "c"), workers=min(2, os.cpu_count() or 1), **DEFAULT_TEST_SPLIT)

@@ -99,8 +99,33 @@ def test_unknown_names_list_the_choices():
     assert not any(name.startswith("_") for name in plugins.choices("loss"))
 
 
+@pytest.mark.slow
 def test_unknown_trainfunc_exits_non_zero_with_choices(tmp_path):
     result = run_cli("--model", "ResNetSE34L", "--trainfunc", "mpp", "--save_path", tmp_path / "run")
     assert result.returncode != 0
     assert "unknown --trainfunc 'mpp'" in result.stderr and "mp_balance" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_resolved_config_reads_back_unchanged(tmp_path):
+    """``save_path/config.yaml`` (written by each training run) is accepted back by ``--config`` as it is."""
+    from trainSpeakerNet import resolved_config
+    args = parse_args(readme_commands()[0] + ["--mixedprec", "bf16", "--no-log_input", "--nSpeakers", "7"])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(resolved_config(args), sort_keys=False))
+    again = parse_args(["--config", str(path)])
+    assert {**vars(again), "config": None} == {**vars(args), "config": None}
+
+
+def test_bounded_flags_are_checked_when_parsed(capsys):
+    for flag, value in [("--eval_batch_size", "0"), ("--cohort_size", "1"), ("--cohort_utterances", "0")]:
+        with pytest.raises(SystemExit) as raised:
+            parse_args([flag, value])
+        assert raised.value.code == 2 and f"argument {flag}: must be at least" in capsys.readouterr().err
+
+
+def test_bounded_flags_in_yaml_name_the_key(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("cohort_size: 1\n")
+    with pytest.raises(SpeakerNetError, match=r"key 'cohort_size' must be at least 2, got 1"):
+        parse_args(["--config", str(config)])

@@ -44,6 +44,7 @@ def test_seed_checkpoint_loads_every_key_and_reproduces_embeddings():
         assert relative <= 1e-4, (name, relative)
 
 
+@pytest.mark.slow
 def test_original_eval_command_reproduces_fixture_scores(tmp_path):
     """The README's evaluation command, data paths changed, with the seed checkpoint and a trial list."""
     wav = shared_file("fixtures", "wav")

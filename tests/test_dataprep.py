@@ -185,6 +185,7 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys, argv, message):
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow
 def test_cli_subprocess(tmp_path):
     out = tmp_path / "corpus"
     cmd = [sys.executable, os.path.join(ROOT, "dataprep.py"), "--synthetic", "--save_path", str(out),

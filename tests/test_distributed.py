@@ -19,6 +19,8 @@ from core.training import ModelTrainer
 from SpeakerNet import SpeakerNet
 from tests.helpers import REPO, free_port
 
+pytestmark = pytest.mark.slow      # subprocess runs of the command line (seconds each)
+
 CPU = torch.device("cpu")
 
 SAMPLES = 8240            # 0.5-s crops

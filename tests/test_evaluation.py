@@ -180,6 +180,7 @@ def test_fp16_extraction_needs_a_gpu():
     assert choose_device(parse_args(["--device", "cpu", "--eval_precision", "bf16"])) == CPU
 
 
+@pytest.mark.slow
 def test_fp16_evaluation_on_the_cpu_fails_before_any_work(tiny_corpus, tmp_path):
     save_path = tmp_path / "run"
     result = run_cli("--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--nOut", "16", "--eval",
@@ -346,6 +347,7 @@ def test_cohort_files_per_speaker():
     assert picked.tolist() == [0, 2, 4, 5, 6, 7]
 
 
+@pytest.mark.slow
 def test_asnorm_through_the_trainer(tiny_corpus, tiny_net, tmp_path):
     """The cohort comes from --train_list (up to --cohort_utterances files per speaker) and AS-norm changes the
     scores by a per-file affine map."""
@@ -374,6 +376,7 @@ def random_checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_eval_of_several_lists_saves_aligned_scores_and_embeddings(tiny_corpus, random_checkpoint, tmp_path):
     lines = open(tiny_corpus["test_list"]).read().splitlines()
     first, second = tmp_path / "first.txt", tmp_path / "second.txt"
@@ -408,6 +411,7 @@ def test_eval_of_several_lists_saves_aligned_scores_and_embeddings(tiny_corpus, 
         assert float(row[0]) == pytest.approx(expected, abs=2e-6)
 
 
+@pytest.mark.slow
 def test_training_with_a_validation_list(tiny_corpus, tmp_path):
     """One epoch: VEER is the first test list's, the INFO line adds the validation EER, which drives the .eer file
     and the scheduler; a second test list gets its own INFO line."""
@@ -439,6 +443,9 @@ def test_training_with_a_validation_list(tiny_corpus, tmp_path):
     assert (save_path / "model" / "model000000001.eer").read_text() == val_eer
     checkpoint = torch.load(save_path / "model" / "model000000001.model", weights_only=True)
     assert checkpoint["last_eer"] == pytest.approx(float(val_eer), abs=1e-4)
+    # the run's resolved configuration, which --config reads back as it is
+    config = parse_args(["--config", str(save_path / "config.yaml")])
+    assert config.val_list == str(val) and config.nSpeakers == 16 and config.eval_frames == 50
     for name in ("a", "b"):
         assert (save_path / "result" / f"det_{name}.png").is_file()
 
@@ -473,3 +480,29 @@ def test_benchmark_runs_at_a_tiny_size():
     assert results["extraction"]["ours fp32"]["difference"] < 1e-4
     assert results["extraction"]["ours bf16"]["min_cosine"] > 0.999
     assert results["extraction"]["original"]["speedup"] == 1.0
+
+
+def test_a_labelled_list_with_one_class_fails_before_training(tiny_corpus, tmp_path):
+    targets = tmp_path / "targets.txt"
+    targets.write_text("".join(line for line in open(tiny_corpus["test_list"]) if line.startswith("1 ")))
+    args = parse_args(["--trainfunc", "mp_balance", "--test_list", str(targets), "--test_path",
+                       tiny_corpus["test_path"]])
+    with pytest.raises(SpeakerNetError, match=re.escape(f"{targets}: every trial has label 1; an EER needs both")):
+        load_plan(args)
+
+
+def test_eval_builds_no_loss_optimizer_or_scheduler(tiny_corpus, random_checkpoint, tmp_path, monkeypatch, capsys):
+    import trainSpeakerNet
+    from core import plugins
+    loaded = []
+    real_load = plugins.load
+    monkeypatch.setattr(plugins, "load", lambda package, name: loaded.append(package) or real_load(package, name))
+    lines = open(tiny_corpus["test_list"]).read().splitlines()[:20]
+    trials = tmp_path / "trials.txt"
+    trials.write_text("\n".join(lines) + "\n")
+    code = trainSpeakerNet.main(["--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--nOut", "16",
+                                 "--max_frames", "20", "--eval", "--initial_model", str(random_checkpoint),
+                                 "--test_list", str(trials), "--test_path", tiny_corpus["test_path"],
+                                 "--save_path", str(tmp_path / "run"), "--nDataLoaderThread", "0"])
+    assert code == 0 and re.search(r"^EER \d+\.\d{4}$", capsys.readouterr().out, re.M)
+    assert "optimizer" not in loaded and "scheduler" not in loaded and loaded.count("models") == 1

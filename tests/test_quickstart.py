@@ -5,9 +5,13 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import REPO, SUBPROCESS_ENV
 from tools import baseline
 from trainSpeakerNet import parse_args
+
+pytestmark = pytest.mark.slow      # subprocess runs of the command line (seconds each)
 
 
 def run_quickstart(*args, cwd):

@@ -44,6 +44,7 @@ def corpus_flags(corpus):
     return [f"--{key}={value}" for key, value in corpus.items()]
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_save_then_resume(tiny_corpus, tmp_path):
     save_path = tmp_path / "run"
     argv = [*FAST, *corpus_flags(tiny_corpus), "--save_path", str(save_path), "--max_epoch", "2"]
@@ -64,6 +65,7 @@ def test_sigkill_during_a_save_then_resume(tiny_corpus, tmp_path):
     assert [line.split(",")[0] for line in lines] == ["IT 1", "IT 2"]
 
 
+@pytest.mark.slow
 def test_sigkill_during_an_epoch_then_resume(tiny_corpus, tmp_path):
     save_path = tmp_path / "run"
     argv = [*FAST, *corpus_flags(tiny_corpus), "--save_path", str(save_path), "--max_epoch", "2"]

@@ -10,6 +10,8 @@ import pytest
 
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.slow      # subprocess runs of the command line (seconds each)
+
 SCRIPT = REPO / "scripts" / "sweep_losses.sh"
 
 
@@ -156,7 +158,6 @@ def test_sweep_rejects_bad_arguments(tmp_path):
     assert not (tmp_path / "s" / "mp_balance").exists()         # checked before anything trains
 
 
-@pytest.mark.slow
 def test_sweep_end_to_end(tmp_path):
     from tools.synthetic_corpus import make_corpus
 

@@ -14,6 +14,8 @@ import torch
 
 from tests.helpers import REPO, SUBPROCESS_ENV, run_cli, shared_file
 
+pytestmark = pytest.mark.slow      # subprocess runs of the command line (seconds each)
+
 SCORE = re.compile(r"^IT (\d+), LR (\d+\.\d{6}), TEER/T1 (\d+\.\d{2}), TLOSS (-?\d+\.\d{6}), VEER (\d+\.\d{4})$")
 TRAIN = re.compile(r"^IT (\d+), LR (\d+\.\d{6}), TEER (\d+\.\d{2}), TLOSS (-?\d+\.\d{6})$")
 # Appended to keep CI fast: 0.5-s crops, small batches, 2 loader workers (later flags override earlier ones).

@@ -1,0 +1,33 @@
+"""Progress bars: every update on a terminal, at most one per 30 s when the output is a file."""
+
+import io
+import time
+
+from core.progress import LOG_FILE_INTERVAL, progress_bar
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_log_file_gets_the_first_and_last_lines_only():
+    log = io.StringIO()
+    for _ in progress_bar(range(300), file=log, desc="x"):
+        time.sleep(0.001)
+    assert LOG_FILE_INTERVAL == 30.0
+    assert log.getvalue().count("\r") == 2 and "300/300" in log.getvalue()
+
+
+def test_a_terminal_gets_live_updates():
+    terminal = Terminal()
+    for _ in progress_bar(range(300), file=terminal, desc="x", mininterval=0.0):
+        time.sleep(0.001)
+    assert terminal.getvalue().count("\r") > 100
+
+
+def test_disabled_writes_nothing():
+    log = io.StringIO()
+    for _ in progress_bar(range(10), enabled=False, file=log):
+        pass
+    assert log.getvalue() == ""
