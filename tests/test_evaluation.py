@@ -1,7 +1,6 @@
 """Evaluation at scale: vectorised scores against the original's per-trial loop, embedding each file once, batched
 extraction, AS-norm, several lists, saved scores and embeddings, and the validation list in training."""
 
-import copy
 import re
 
 import numpy as np
@@ -189,89 +188,6 @@ def test_fp16_evaluation_on_the_cpu_fails_before_any_work(tiny_corpus, tmp_path)
     assert result.returncode != 0
     assert "--eval_precision fp16 needs a GPU" in result.stderr
     assert not (save_path / "result").exists()
-
-
-def randomise_batch_norms(model, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.normal_(0, 0.1, generator=generator)
-            module.running_var.uniform_(0.5, 2.0, generator=generator)
-            module.weight.data.uniform_(0.5, 1.5, generator=generator)
-            module.bias.data.normal_(0, 0.1, generator=generator)
-    return model.eval()
-
-
-def test_batch_norms_fold_into_the_convolutions():
-    torch.manual_seed(0)
-    model = randomise_batch_norms(SpeakerNet(model="ResNetSE34L", nOut=32).__S__)
-    waves = torch.randn(3, 8240) * 1000
-    fast = evaluation.inference_copy(model, waves[:2], channels_last=True)
-    # folded: the stem's bn1, every block's bn2 (3 + 4 + 6 + 3 blocks) and the 3 downsampling shortcuts; kept:
-    # every block's bn1, which the original applies after a ReLU
-    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 1 + 2 * 16 + 3
-    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules()) == 16
-    assert all(isinstance(block.bn1, torch.nn.BatchNorm2d) and isinstance(block.bn2, torch.nn.Identity)
-               for layer in (fast.layer1, fast.layer2, fast.layer3, fast.layer4) for block in layer)
-    with torch.no_grad():
-        assert torch.allclose(fast(waves), model(waves), rtol=1e-4, atol=1e-4)
-
-
-class PreActivation(torch.nn.Module):
-    """Named like a ResNet block, but the norm runs *before* its convolution: folding would be wrong."""
-
-    def __init__(self):
-        super().__init__()
-        self.bn1 = torch.nn.BatchNorm2d(1)
-        self.conv1 = torch.nn.Conv2d(1, 1, 3, padding=1)
-
-    def forward(self, waves):
-        return self.conv1(self.bn1(waves.reshape(-1, 1, 4, 16))).flatten(1)
-
-
-class OddlyNamed(torch.nn.Module):
-    """A conv feeding a norm under names no naming rule would pair, then a conv whose output is used twice."""
-
-    def __init__(self, use_twice: bool):
-        super().__init__()
-        self.use_twice = use_twice
-        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1))
-        self.after = torch.nn.BatchNorm2d(4)
-        self.shared = torch.nn.Conv2d(4, 4, 1)
-        self.norm = torch.nn.BatchNorm2d(4)
-
-    def forward(self, waves):
-        x = self.after(self.features(waves.reshape(-1, 1, 4, 16)))
-        y = self.shared(x)
-        return (self.norm(y) + y if self.use_twice else self.norm(y)).flatten(1)
-
-
-def test_folding_follows_the_data_flow_not_the_names():
-    model = randomise_batch_norms(PreActivation())
-    model.bn1.running_mean.fill_(3.0)
-    waves = torch.randn(2, 64)
-    fast = evaluation.inference_copy(model, waves, channels_last=False)
-    assert isinstance(fast.bn1, torch.nn.BatchNorm2d)
-    with torch.no_grad():
-        assert torch.equal(fast(waves), model(waves))
-
-    model = randomise_batch_norms(OddlyNamed(use_twice=False))
-    fast = evaluation.inference_copy(model, waves, channels_last=False)
-    assert isinstance(fast.after, torch.nn.Identity) and isinstance(fast.norm, torch.nn.Identity)
-    with torch.no_grad():
-        assert torch.allclose(fast(waves), model(waves), rtol=1e-5, atol=1e-5)
-
-
-def test_a_conv_whose_output_bypasses_its_norm_is_not_folded():
-    """The second conv's output also bypasses its norm, so folding the norm into it would change the result: only
-    the first pair is folded."""
-    model = randomise_batch_norms(OddlyNamed(use_twice=True))
-    waves = torch.randn(2, 64)
-    assert evaluation.fold_batch_norms(copy.deepcopy(model), waves) == 1
-    fast = evaluation.inference_copy(model, waves, channels_last=False)
-    assert isinstance(fast.after, torch.nn.Identity) and isinstance(fast.norm, torch.nn.BatchNorm2d)
-    with torch.no_grad():
-        assert torch.allclose(fast(waves), model(waves), rtol=1e-5, atol=1e-5)
 
 
 def test_equal_length_batches():

@@ -155,6 +155,27 @@ def test_a_conv_whose_output_is_also_used_elsewhere_is_not_folded(mode):
         assert relative_error(fast(waves), model(waves)) < 1e-5
 
 
+class PreActivation(torch.nn.Module):
+    """Named like a ResNet block, but the norm runs *before* its convolution: folding would be wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn1 = torch.nn.BatchNorm2d(1)
+        self.conv1 = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, waves):
+        return self.conv1(self.bn1(waves.reshape(-1, 1, 4, 16))).flatten(1)
+
+def test_a_norm_before_its_conv_is_not_folded():
+    model = randomise_batch_norms(PreActivation())
+    model.bn1.running_mean.fill_(3.0)
+    waves = torch.randn(2, 64)
+    fast = folding.inference_copy(model, waves, channels_last=False)
+    assert isinstance(fast.bn1, torch.nn.BatchNorm2d)
+    with torch.no_grad():
+        assert torch.equal(fast(waves), model(waves))
+
+
 class Untraceable(ConvNorms):
     """Undeclared, and fx cannot trace it: ``len`` of a traced value (RuntimeError) or control flow on one."""
 

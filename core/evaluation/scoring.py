@@ -19,7 +19,6 @@
 
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -253,16 +252,3 @@ def as_norm(scores, enroll, test, mean: torch.Tensor, std: torch.Tensor) -> torc
     enroll, test = torch.as_tensor(enroll, dtype=torch.long), torch.as_tensor(test, dtype=torch.long)
     std = std.clamp_min(1e-8)
     return 0.5 * ((scores - mean[enroll]) / std[enroll] + (scores - mean[test]) / std[test])
-
-
-def pick_cohort_files(labels: np.ndarray, per_speaker: int) -> np.ndarray:
-    """Indices of up to ``per_speaker`` files of each speaker, evenly spread over its files in list order."""
-    picked = []
-    for speaker in np.unique(labels):
-        files = np.flatnonzero(labels == speaker)
-        if len(files) > per_speaker:
-            files = files[np.linspace(0, len(files) - 1, per_speaker).round().astype(int)]
-        picked.append(files)
-    return np.sort(np.concatenate(picked))
-
-
