@@ -33,7 +33,7 @@ class TrainList:
 
 def read_lines(list_path: str) -> list[str]:
     if not list_path:
-        raise SpeakerNetError("no list file given (--train_list / --test_list)")
+        raise SpeakerNetError("no list file given")
     try:
         with open(list_path, encoding="utf-8") as handle:
             return handle.read().splitlines()
@@ -216,13 +216,11 @@ class GroupBatchSampler(torch.utils.data.Sampler):
         self.first_batch = 0
 
     def _check_fillable(self):
-        if self.batch_size < 1:
-            raise SpeakerNetError(f"--batch_size must be at least 1, got {self.batch_size}")
         needed = min(self.group_sizes)
         usable = sum(len(files) >= needed and self.max_seg_per_spk >= needed for _, files in self.files_by_speaker)
         if usable < self.batch_size * self.world_size:
             raise SpeakerNetError(
-                f"--batch_size {self.batch_size} can never be filled: a batch needs {self.batch_size} distinct "
+                f"batches of {self.batch_size} groups can never be filled: a batch needs {self.batch_size} distinct "
                 f"speakers{' per rank' if self.world_size > 1 else ''} with at least {needed} utterance(s) each, "
                 f"and the training list has {usable}")
 

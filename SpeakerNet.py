@@ -17,7 +17,7 @@ class SpeakerNet(nn.Module):
         only the embedding network is built, and the loss only says how its embeddings are scored."""
         super().__init__()
         if not model:
-            raise SpeakerNetError(f"--model is required; choices: {', '.join(plugins.choices('models'))}")
+            raise SpeakerNetError(f"no model given; choices: {', '.join(plugins.choices('models'))}")
         self.__S__ = plugins.load("models", model)(**kwargs)
         loss = plugins.load("loss", trainfunc) if trainfunc else None
         self.__L__ = loss(**kwargs) if loss is not None and with_loss else None

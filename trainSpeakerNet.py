@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_frames", type=int, default=200, help="training crop in 10-ms frames")
     add("--eval_frames", type=int, default=None,
         help="evaluation crop in frames (default --max_frames; 0 = whole file)")
-    add("--batch_size", type=int, default=200, help="speaker groups per batch")
+    add("--batch_size", type=at_least(1), default=200, help="speaker groups per batch")
     add("--max_seg_per_spk", type=int, default=100, help="utterances per speaker per epoch, at most")
     add("--nDataLoaderThread", type=int, default=5, help="loader worker processes")
     add("--nPerSpeaker", type=int, default=None, help="utterances per speaker group (default: what the loss needs)")
@@ -237,6 +237,20 @@ def resolved_config(args) -> dict:
 # From flags to values
 # ----------------------------------------------------------------------------------------------------------------
 
+PLUGIN_FLAGS = {"models": "model", "loss": "trainfunc", "optimizer": "optimizer", "scheduler": "scheduler"}
+
+
+def check_plugins(args, packages) -> None:
+    """Every named plugin exists (``--model``, ``--trainfunc``, ...), before any file is read."""
+    for package in packages:
+        flag = PLUGIN_FLAGS[package]
+        name = getattr(args, flag)
+        if not name:
+            raise SpeakerNetError(f"--{flag} is required; choices: {', '.join(plugins.choices(package))}")
+        if name not in plugins.choices(package):
+            raise SpeakerNetError(f"unknown --{flag} {name!r}; choices: {', '.join(plugins.choices(package))}")
+
+
 def choose_device(args) -> torch.device:
     """``--device`` (or CUDA when present); checked against what this machine and ``--eval_precision`` allow."""
     if distributed.is_active():
@@ -326,7 +340,7 @@ def run_eval(args) -> None:
     source = args.initial_model or (latest_checkpoint(model_dir) or (None,))[0]
     if not source:
         raise SpeakerNetError("--eval needs --initial_model, or a checkpoint in --save_path/model")
-    plugins.load("loss", args.trainfunc) if args.trainfunc else None     # an unknown name fails before any work
+    check_plugins(args, ["models"] + (["loss"] if args.trainfunc else []))
     plan = load_plan(args)
     net = SpeakerNet(**{**vars(args), "with_loss": False}).to(device)
     load_model_state(net, read_checkpoint(source)["model_state_dict"], source, prefixes=("__S__.",))
@@ -344,9 +358,12 @@ def evaluation_of(net: SpeakerNet, args, plan: EvalPlan, device: torch.device) -
 # ----------------------------------------------------------------------------------------------------------------
 
 def build_loader(args, train_list, loss_needs, device):
-    sampler = GroupBatchSampler(train_list.labels, group_sizes_for(loss_needs, args.nPerSpeaker), args.batch_size,
-                                args.max_seg_per_spk, seed=args.seed, rank=distributed.rank(),
-                                world_size=distributed.world_size())
+    try:
+        sampler = GroupBatchSampler(train_list.labels, group_sizes_for(loss_needs, args.nPerSpeaker),
+                                    args.batch_size, args.max_seg_per_spk, seed=args.seed, rank=distributed.rank(),
+                                    world_size=distributed.world_size())
+    except SpeakerNetError as error:
+        raise SpeakerNetError(f"--batch_size {args.batch_size}: {error}") from None
     workers = args.nDataLoaderThread
     # built here, before any output is written: a missing or empty MUSAN/RIR folder fails the run at once
     augmenter = Augmenter(args.musan_path, args.rir_path, args.max_frames) if args.augment else None
@@ -488,9 +505,10 @@ class TrainingRun:
 
 
 def run_train(args) -> int:
-    if not args.trainfunc:
-        raise SpeakerNetError(f"--trainfunc is required for training; choices: {', '.join(plugins.choices('loss'))}")
-    plugins.load("loss", args.trainfunc)        # an unknown name fails before any file is read
+    check_plugins(args, ["loss", "models", "optimizer", "scheduler"])
+    for flag in ("train_list", "test_list"):
+        if not getattr(args, flag):
+            raise SpeakerNetError(f"--{flag} is required for training")
     train_list = read_train_list(args.train_list, args.train_path)
     check_files_exist(train_list.files, args.train_list)
     plan = load_plan(args)

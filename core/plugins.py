@@ -5,6 +5,7 @@ import os
 
 from core.errors import SpeakerNetError
 
+KINDS = {"models": "model", "loss": "loss", "optimizer": "optimizer", "scheduler": "scheduler"}
 EXPORTS = {"models": "MainModel", "loss": "LossFunction", "optimizer": "Optimizer", "scheduler": "Scheduler"}
 _HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository root
 
@@ -19,7 +20,6 @@ def load(package: str, name: str):
     """The exported attribute of ``package/name.py``; an unknown name lists the choices."""
     available = choices(package)
     if name not in available:
-        flag = {"models": "--model", "loss": "--trainfunc", "optimizer": "--optimizer", "scheduler": "--scheduler"}
-        raise SpeakerNetError(f"unknown {flag[package]} {name!r}; choices: {', '.join(available)}")
+        raise SpeakerNetError(f"unknown {KINDS[package]} {name!r}; choices: {', '.join(available)}")
     module = importlib.import_module(f"{package}.{name}")
     return getattr(module, EXPORTS[package])

@@ -77,7 +77,7 @@ class ResNetSE(nn.Module):
             setattr(self, f"layer{index}", self._make_layer(planes, blocks, stride))
         channels = num_filters[3]
         if encoder_type not in ("SAP", "ASP"):
-            raise SpeakerNetError(f"unknown --encoder_type {encoder_type!r}: choose SAP or ASP")
+            raise SpeakerNetError(f"unknown encoder_type {encoder_type!r}: choose SAP or ASP")
         self.encoder_type = encoder_type
         self.sap_linear = nn.Linear(channels, channels)
         self.attention = nn.Parameter(torch.empty(channels, 1))

@@ -181,6 +181,6 @@ def test_waiting_groups_are_kept_not_dropped():
 
 def test_unfillable_batch_is_a_clear_error():
     labels = labels_with([5] * 10 + [1] * 5)
-    with pytest.raises(SpeakerNetError, match=r"--batch_size 12 can never be filled.*has 10"):
+    with pytest.raises(SpeakerNetError, match=r"batches of 12 groups can never be filled.*has 10"):
         GroupBatchSampler(labels, (2,), 12, 100)
     GroupBatchSampler(labels, (1,), 12, 100)      # one utterance each suffices for classification losses

@@ -13,5 +13,5 @@ def test_known_encoder_types_build(encoder_type):
 
 
 def test_unknown_encoder_type_is_a_user_error():
-    with pytest.raises(SpeakerNetError, match="unknown --encoder_type 'TAP': choose SAP or ASP"):
+    with pytest.raises(SpeakerNetError, match="unknown encoder_type 'TAP': choose SAP or ASP"):
         plugins.load("models", "ResNetSE34L")(nOut=8, encoder_type="TAP")

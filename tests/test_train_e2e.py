@@ -117,7 +117,7 @@ def test_bad_input_fails_cleanly(tiny_corpus, tmp_path, case):
         expected = r"train.txt:4: expected '<speaker> <path.wav>' \(2 fields\), got 1"
     elif case == "unfillable":
         args["batch_size"] = "41"
-        expected = r"--batch_size 41 can never be filled: .* has 40"
+        expected = r"--batch_size 41: batches of 41 groups can never be filled: .* has 40"
     elif case == "unknown_model":
         args["model"] = "ResNet"
         expected = r"unknown --model 'ResNet'; choices: .*ResNetSE34L"
