@@ -25,8 +25,6 @@ from core.evaluation.extraction import (
     embed_files,
     equal_length_batches,
     extract_embeddings,
-    fold_batch_norms,
-    inference_copy,
 )
 from core.evaluation.metrics import Metrics, compute_metrics
 from core.evaluation.plots import write_plots
@@ -57,6 +55,7 @@ from core.evaluation.trials import (
     read_trials,
     write_scores,
 )
+from core.folding import fold_batch_norms, inference_copy
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from core import atomic, distributed
-from core.folding import fold_batch_norms, inference_copy  # noqa: F401 (part of this module's interface)
+from core.folding import inference_copy
 from core.progress import progress_bar
 from DatasetLoader import NUM_EVAL, TestDataset, ignore_stop_signals, max_audio_samples
 
