@@ -6,10 +6,13 @@ override. This is the edge: every flag is read and checked here, and the library
 """
 
 import argparse
+import hashlib
+import multiprocessing
 import os
 import signal
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -17,7 +20,7 @@ import yaml
 
 from core import atomic, checkpoints, distributed, logs, plugins
 from core.augment import Augmenter
-from core.checkpoints import latest_checkpoint, load_model_state, read_checkpoint
+from core.checkpoints import UnsafeCheckpoint, latest_checkpoint, load_model_state, read_checkpoint
 from core.errors import SpeakerNetError
 from core.evaluation import (
     EVAL_PRECISIONS,
@@ -33,6 +36,7 @@ from core.evaluation import (
     write_plots,
     write_scores,
 )
+from core.lock import RunLock
 from core.logs import log
 from core.training import INITIAL_EER, EpochProgress, ModelTrainer
 from DatasetLoader import (
@@ -49,6 +53,15 @@ from SpeakerNet import SpeakerNet
 SCORE_LINE = "IT %d, LR %f, TEER/T1 %2.2f, TLOSS %f, VEER %2.4f"
 TRAIN_LINE = "IT %d, LR %f, TEER %2.2f, TLOSS %f"
 CONFIG_FILE = "config.yaml"        # the resolved configuration of a training run, in its --save_path
+# Options a resumed run may change: how long, how fast, where files are, and how it is evaluated. Every other
+# option changes the model, the loss, the data or the schedule, and a resume refuses a change of it.
+SESSION_OPTIONS = frozenset({
+    "config", "max_epoch", "nDataLoaderThread", "test_interval", "lr_interval", "save_path", "initial_model",
+    "train_path", "test_path", "musan_path", "rir_path", "eval", "eval_frames", "scoring", "score_norm",
+    "cohort_size", "cohort_utterances", "eval_batch_size", "eval_precision", "save_scores", "save_embeddings",
+    "dcf_p_target", "dcf_c_miss", "dcf_c_fa", "device", "distributed", "port", "gpu_id", "compile",
+    "trust_checkpoint"})
+LIST_OPTIONS = ("train_list", "test_list", "val_list")     # compared by content: a moved list is the same list
 
 
 def at_least(minimum: int):
@@ -106,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Load and save
     add("--initial_model", type=str, default="", help="weights to start from or to evaluate")
+    add("--trust_checkpoint", action="store_true",
+        help="load checkpoints whose pickle holds other objects than tensors: this RUNS CODE from the file, so "
+             "use it only for files you trust (by default such files are refused)")
     add("--save_path", type=str, default="./data/exp1", help="run folder (model/ and result/ inside)")
 
     # Data
@@ -343,7 +359,8 @@ def run_eval(args) -> None:
     check_plugins(args, ["models"] + (["loss"] if args.trainfunc else []))
     plan = load_plan(args)
     net = SpeakerNet(**{**vars(args), "with_loss": False}).to(device)
-    load_model_state(net, read_checkpoint(source)["model_state_dict"], source, prefixes=("__S__.",))
+    checkpoint = read_checkpoint(source, args.trust_checkpoint)
+    load_model_state(net, checkpoint["model_state_dict"], source, prefixes=("__S__.",))
     log.info(f"Model {source} loaded!")
     outcome = evaluation_of(net, args, plan, device)
     report_eval(args, outcome)
@@ -401,6 +418,32 @@ class StopRequest:
         return False
 
 
+def list_digest(paths: str) -> str:
+    """SHA-256 of the contents of a (comma-separated) list flag's files."""
+    digest = hashlib.sha256()
+    for path in (part.strip() for part in paths.split(",") if part.strip()):
+        with open(path, "rb") as handle:
+            digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def run_identity(args) -> dict:
+    """What a resume must find unchanged: the options outside :data:`SESSION_OPTIONS`, lists by content."""
+    options = {key: value for key, value in resolved_config(args).items() if key not in SESSION_OPTIONS}
+    lists = {key: list_digest(options.pop(key)) if options.get(key) else "" for key in LIST_OPTIONS}
+    return {"options": options, "lists": lists}
+
+
+def run_differences(saved: dict, given: dict) -> list[str]:
+    """``--flag: saved X, given Y`` for every option of ``given`` that differs from the saved run's."""
+    differences = [f"--{key}: saved {saved['options'].get(key)}, given {value}"
+                   for key, value in given["options"].items()
+                   if key in saved["options"] and saved["options"][key] != value]
+    differences += [f"--{key}: other contents than the saved run's list" for key, digest in given["lists"].items()
+                    if key in saved["lists"] and saved["lists"][key] != digest]
+    return differences
+
+
 class TrainingRun:
     """The epoch driver: where the run stands (last completed epoch, the epoch in progress, the last EER), what
     each epoch does (train, evaluate when due, step the schedule, save, log), and resuming."""
@@ -409,22 +452,33 @@ class TrainingRun:
         self.args, self.trainer, self.plan, self.loader, self.sampler = args, trainer, plan, loader, sampler
         self.model_dir = os.path.join(args.save_path, "model")
         self.result_dir = os.path.join(args.save_path, "result")
+        self.identity = run_identity(args)
         self.completed = 0                       # last completed epoch
         self.progress: EpochProgress | None = None
         self.last_eer = INITIAL_EER
 
     def resume(self) -> bool:
-        """Continue from the furthest saved state of ``--save_path``, if any."""
-        previous = checkpoints.resume_point(self.model_dir)
+        """Continue from the furthest good saved state of ``--save_path``, if any, and only the same run."""
+        previous = checkpoints.resume_point(self.model_dir, self.args.trust_checkpoint)
         if not previous:
             return False
-        path, epoch_from_name = previous
-        checkpoint = read_checkpoint(path)
-        load_model_state(self.trainer.net, checkpoint["model_state_dict"], path)
-        self.completed = int(checkpoint.get("epoch", epoch_from_name))
+        path, checkpoint = previous
+        if checkpoint.get("run"):
+            differences = run_differences(checkpoint["run"], self.identity)
+            if differences:
+                raise SpeakerNetError(f"{self.args.save_path} holds a run with other options; resuming it would "
+                                      f"mix two runs:\n  " + "\n  ".join(differences) + "\nGive the saved options "
+                                      f"({os.path.join(self.args.save_path, CONFIG_FILE)}) or another --save_path "
+                                      f"(--initial_model {path} starts a new run from its weights)")
+        load_model_state(self.trainer.net, checkpoint["model_state_dict"], path, strict=True)
+        self.completed = int(checkpoint["epoch"])
         self.last_eer = float(checkpoint.get("last_eer", self.last_eer))
         self.progress = EpochProgress(**checkpoint["progress"]) if checkpoint.get("progress") else None
-        self.trainer.load_state_dict(checkpoint, None if self.progress else self.completed, self.last_eer)
+        try:
+            self.trainer.load_state_dict(checkpoint, None if self.progress else self.completed, self.last_eer)
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise SpeakerNetError(f"{path}: its optimizer or schedule state does not fit this run's "
+                                  f"(--optimizer, --scheduler, --trainfunc?): {error}") from None
         checkpoints.restore_random_state(checkpoint)
         where = f"epoch {self.progress.epoch}, batch {self.progress.batches}" if self.progress else \
             f"after epoch {self.completed}"
@@ -436,10 +490,10 @@ class TrainingRun:
         if distributed.is_main():
             state = self.trainer.state_dict()
             if eer is not None:
-                checkpoints.save_epoch(self.model_dir, state, self.completed, eer)
+                checkpoints.save_epoch(self.model_dir, state, self.completed, eer, self.identity)
             else:
                 checkpoints.save_resume_state(self.model_dir, state, self.completed, self.last_eer,
-                                              self.progress.state() if self.progress else None)
+                                              self.progress.state() if self.progress else None, self.identity)
         distributed.barrier()
 
     def run(self, stop: StopRequest, scores) -> int:
@@ -518,23 +572,33 @@ def run_train(args) -> int:
         raise SpeakerNetError(f"--nSpeakers {args.nSpeakers} is smaller than the {len(train_list.speakers)} speakers "
                               f"of {args.train_list}")
     device = choose_device(args)
-
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     trainer = ModelTrainer(SpeakerNet(**vars(args)), **{**vars(args), "device": device})
     loader, sampler = build_loader(args, train_list, trainer.net.utterances_per_speaker, device)
     run = TrainingRun(args, trainer, plan, loader, sampler)
+    if distributed.is_main():
+        os.makedirs(args.save_path, exist_ok=True)
+    # rank 0 holds the folder for the whole run; a second run on it stops here, having written nothing
+    with RunLock(args.save_path) if distributed.is_main() else nullcontext():
+        return train(args, run)
 
+
+def train(args, run: TrainingRun) -> int:
+    """Resume (or start from --initial_model) and run the epochs."""
     main_process = distributed.is_main()
+    # rank 0 first: it sets damaged files aside, and the other ranks then read what it read
+    resumed = run.resume() if main_process else False
+    distributed.barrier()
+    resumed = resumed if main_process else run.resume()
+    if not resumed and args.initial_model:
+        initial = read_checkpoint(args.initial_model, args.trust_checkpoint)
+        load_model_state(run.trainer.net, initial["model_state_dict"], args.initial_model)
+        log.info(f"Model {args.initial_model} loaded!")
     if main_process:
         os.makedirs(run.model_dir, exist_ok=True)
         os.makedirs(run.result_dir, exist_ok=True)
         checkpoints.remove_stale_temporaries(run.model_dir)
-    distributed.barrier()
-    if not run.resume() and args.initial_model:
-        load_model_state(trainer.net, read_checkpoint(args.initial_model)["model_state_dict"], args.initial_model)
-        log.info(f"Model {args.initial_model} loaded!")
-    if main_process:
         atomic.write_text(os.path.join(args.save_path, CONFIG_FILE),
                           yaml.safe_dump(resolved_config(args), sort_keys=False))
     scores_path = os.path.join(run.result_dir, "scores.txt") if main_process else None
@@ -574,8 +638,24 @@ def main(argv=None) -> int:
             return 0
         return run(args)
     except SpeakerNetError as error:
-        print(f"error{f' (rank {distributed.rank()})' if distributed.is_active() else ''}: {error}", file=sys.stderr)
+        hint = ("; if you trust the file, --trust_checkpoint loads it (and runs its code)"
+                if isinstance(error, UnsafeCheckpoint) else "")
+        print(f"error{f' (rank {distributed.rank()})' if distributed.is_active() else ''}: {error}{hint}",
+              file=sys.stderr)
         return 2
+    finally:
+        stop_loader_workers()
+
+
+def stop_loader_workers() -> None:
+    """End the loader workers still running when the run ends, with an error too.
+
+    The workers ignore SIGTERM (the main process finishes its step and saves first), so the interpreter's exit,
+    which terminates and then joins them, would wait forever for workers an exception left behind.
+    """
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(timeout=10)
 
 
 if __name__ == "__main__":

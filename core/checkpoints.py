@@ -6,11 +6,13 @@ A SpeakerNet checkpoint is voxceleb_trainer's layout, ``{"model_state_dict", "op
 flat state dict and ``module.``-prefixed keys are read too.
 """
 
+import errno
 import glob
 import os
 import pickle
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -49,18 +51,42 @@ def latest_checkpoint(model_dir: str) -> tuple[str, int] | None:
 # Reading
 # ----------------------------------------------------------------------------------------------------------------
 
-def read_checkpoint(path: str) -> dict:
-    """Any supported checkpoint format, as ``{"model_state_dict": flat state, ...}``."""
+class DamagedCheckpoint(SpeakerNetError):
+    """A checkpoint file that cannot be read: truncated, corrupt, or not a PyTorch file."""
+
+
+class UnsafeCheckpoint(SpeakerNetError):
+    """A checkpoint whose pickle would run code (objects other than tensors and plain containers)."""
+
+
+def _unsafe_globals(path: str) -> list[str]:
+    """The types a checkpoint's pickle needs beyond what ``weights_only`` loading allows (torch's own scan)."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (ValueError, RuntimeError, OSError, pickle.UnpicklingError):
+        return []
+
+
+def read_checkpoint(path: str, trust: bool = False) -> dict:
+    """Any supported checkpoint format, as ``{"model_state_dict": flat state, ...}``.
+
+    Files are read with ``weights_only=True``: tensors and plain containers only, which is all SpeakerNet, the
+    original and voxceleb_trainer save (so the allow-list of extra types is empty). A file whose pickle needs any
+    other type is refused, naming the types, unless ``trust`` (which runs the file's code).
+    """
     if not os.path.isfile(path):
         raise SpeakerNetError(f"{path}: checkpoint not found")
     try:
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            loaded = torch.load(path, map_location="cpu", weights_only=False)
+        loaded = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError:
+        unsafe = _unsafe_globals(path)
+        if unsafe:
+            raise UnsafeCheckpoint(f"{path}: refused: loading it would run code from the file (its pickle needs "
+                                   f"{', '.join(unsafe)}, not only tensors)") from None
+        raise DamagedCheckpoint(f"{path}: not a readable PyTorch checkpoint (its data is not a valid pickle)") from None
     except Exception as error:  # torch raises many types for corrupt files
-        raise SpeakerNetError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''})") from None
+        raise DamagedCheckpoint(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
+                                f"{_first_line(error)})") from None
     if isinstance(loaded, dict) and "model_state_dict" in loaded:
         checkpoint = dict(loaded)
     elif isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
@@ -72,6 +98,10 @@ def read_checkpoint(path: str) -> dict:
     checkpoint["model_state_dict"] = {key[len("module."):] if key.startswith("module.") else key: value
                                       for key, value in state.items()}
     return checkpoint
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else ""
 
 
 @dataclass
@@ -95,11 +125,13 @@ def _warn_about(report: KeyReport, source: str) -> None:
                   file=sys.stderr)
 
 
-def load_model_state(net: torch.nn.Module, state: dict, source: str, prefixes: tuple[str, ...] = ()) -> KeyReport:
+def load_model_state(net: torch.nn.Module, state: dict, source: str, prefixes: tuple[str, ...] = (),
+                     strict: bool = False) -> KeyReport:
     """Copy matching tensors into ``net``; skip, with a warning naming them, keys that are unknown or misshapen.
 
     With ``prefixes``, only the file's keys that start with one of them are considered (evaluation loads the
-    embedding network ``__S__.`` alone).
+    embedding network ``__S__.`` alone). ``strict`` (a resume: the same run's own state) makes a misshapen or
+    missing key an error.
     """
     if prefixes:
         state = {key: value for key, value in state.items() if key.startswith(prefixes)}
@@ -118,6 +150,10 @@ def load_model_state(net: torch.nn.Module, state: dict, source: str, prefixes: t
     if not report.loaded:
         raise SpeakerNetError(f"{source}: no key of this checkpoint matches the model "
                               f"(file keys start with {sorted(state)[:3]}); is it from another model?")
+    if strict and (report.misshapen or report.missing):
+        keys = report.misshapen + [f"{key} (missing)" for key in report.missing]
+        raise SpeakerNetError(f"{source}: this state does not fit the model: {', '.join(keys[:4])}"
+                              f"{f', ... ({len(keys)} in all)' if len(keys) > 4 else ''}")
     _warn_about(report, source)
     return report
 
@@ -126,17 +162,33 @@ def load_model_state(net: torch.nn.Module, state: dict, source: str, prefixes: t
 # Saving and resuming
 # ----------------------------------------------------------------------------------------------------------------
 
-def save_checkpoint(path: str, trainer_state: dict, epoch: int, last_eer: float, progress: dict | None) -> None:
-    """The trainer's state with the run's position (epoch, progress inside the next one, last EER) and the random
-    state, written atomically."""
-    atomic.save_torch({
-        **trainer_state,
-        "epoch": epoch,
-        "last_eer": last_eer,
-        "progress": progress,
-        "torch_rng_state": torch.get_rng_state(),
-        "cuda_rng_state": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }, path)
+@contextmanager
+def _saving(path: str):
+    """A failed write (disk full, I/O error) ends the run with a message; the atomic write has already removed its
+    temporary file, and the file it would have replaced is intact."""
+    try:
+        yield
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        hint = "; free some space, then" if error.errno == errno.ENOSPC else "; then"
+        raise SpeakerNetError(f"{path}: could not be saved ({reason}). The previous checkpoint is intact{hint} run "
+                              f"the same command again to resume from it") from None
+
+
+def save_checkpoint(path: str, trainer_state: dict, epoch: int, last_eer: float, progress: dict | None,
+                    run: dict | None = None) -> None:
+    """The trainer's state with the run's position (epoch, progress inside the next one, last EER), the random
+    state and ``run`` (the run's options, which a resume compares), written atomically."""
+    with _saving(path):
+        atomic.save_torch({
+            **trainer_state,
+            "epoch": epoch,
+            "last_eer": last_eer,
+            "progress": progress,
+            "torch_rng_state": torch.get_rng_state(),
+            "cuda_rng_state": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            **({"run": run} if run is not None else {}),
+        }, path)
 
 
 def restore_random_state(checkpoint: dict) -> None:
@@ -146,19 +198,47 @@ def restore_random_state(checkpoint: dict) -> None:
         torch.cuda.set_rng_state_all(checkpoint["cuda_rng_state"])
 
 
-def resume_point(model_dir: str) -> tuple[str, int] | None:
-    """The furthest saved state: the newest ``model%09d.model`` or ``resume.state`` (mid-interval / interrupted),
-    as its path and the epoch it belongs to."""
+def set_aside(path: str) -> str:
+    """Rename a damaged file to ``*.corrupt`` (``*.corrupt.N`` when taken): reported, never deleted."""
+    target, number = path + ".corrupt", 1
+    while os.path.exists(target):
+        number += 1
+        target = f"{path}.corrupt.{number}"
+    os.replace(path, target)
+    print(f"WARNING: {path}: damaged ({os.path.basename(target)} now); resuming from the newest good state",
+          file=sys.stderr)
+    return target
+
+
+def _readable(path: str, trust: bool) -> dict | None:
+    """The checkpoint, or None after setting a damaged one aside (an unsafe one is still refused)."""
+    try:
+        return read_checkpoint(path, trust)
+    except DamagedCheckpoint as error:
+        print(f"WARNING: {error}", file=sys.stderr)
+        set_aside(path)
+        return None
+
+
+def resume_point(model_dir: str, trust: bool = False) -> tuple[str, dict] | None:
+    """The furthest good saved state, as its path and its contents: the newest readable ``model%09d.model`` or
+    ``resume.state`` (mid-interval / interrupted). Damaged files on the way are set aside."""
     candidates = []
-    newest = latest_checkpoint(model_dir)
-    if newest:
-        candidates.append(((newest[1], 0), newest[0], newest[1]))
-    state = os.path.join(model_dir, RESUME_STATE)
-    if os.path.isfile(state):
-        checkpoint = read_checkpoint(state)
-        batches = (checkpoint.get("progress") or {}).get("batches", 0)
-        candidates.append(((int(checkpoint["epoch"]), batches), state, int(checkpoint["epoch"])))
-    return max(candidates)[1:] if candidates else None
+    state_path = os.path.join(model_dir, RESUME_STATE)
+    state = _readable(state_path, trust) if os.path.isfile(state_path) else None
+    if state is not None:
+        batches = (state.get("progress") or {}).get("batches", 0)
+        candidates.append(((int(state["epoch"]), batches), state_path, state))
+    for path in glob.glob(os.path.join(model_dir, "model*.model")):
+        match = CHECKPOINT_NAME.fullmatch(os.path.basename(path))
+        if match:
+            candidates.append(((int(match.group(1)), 0), path, None))
+    for (epoch, _), path, checkpoint in sorted(candidates, key=lambda candidate: candidate[0], reverse=True):
+        checkpoint = checkpoint if checkpoint is not None else _readable(path, trust)
+        if checkpoint is not None:
+            checkpoint.setdefault("epoch", epoch)        # the original's checkpoints: the epoch is in the name
+            return path, checkpoint
+    return None
 
 
 def retire_resume_state(model_dir: str) -> None:
@@ -168,19 +248,20 @@ def retire_resume_state(model_dir: str) -> None:
         os.unlink(stale)
 
 
-def save_epoch(model_dir: str, trainer_state: dict, epoch: int, eer: float) -> str:
+def save_epoch(model_dir: str, trainer_state: dict, epoch: int, eer: float, run: dict | None = None) -> str:
     """``model%09d.model`` and its ``.eer`` for an evaluated epoch; retires ``resume.state``."""
     path = checkpoint_path(model_dir, epoch)
-    save_checkpoint(path, trainer_state, epoch, eer, None)
-    atomic.write_text(eer_path(path), "%.4f" % eer)
+    save_checkpoint(path, trainer_state, epoch, eer, None, run)
+    with _saving(eer_path(path)):
+        atomic.write_text(eer_path(path), "%.4f" % eer)
     retire_resume_state(model_dir)
     return path
 
 
 def save_resume_state(model_dir: str, trainer_state: dict, epoch: int, last_eer: float,
-                      progress: dict | None) -> str:
+                      progress: dict | None, run: dict | None = None) -> str:
     path = os.path.join(model_dir, RESUME_STATE)
-    save_checkpoint(path, trainer_state, epoch, last_eer, progress)
+    save_checkpoint(path, trainer_state, epoch, last_eer, progress, run)
     return path
 
 
