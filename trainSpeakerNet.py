@@ -651,8 +651,11 @@ def stop_loader_workers() -> None:
     """End the loader workers still running when the run ends, with an error too.
 
     The workers ignore SIGTERM (the main process finishes its step and saves first), so the interpreter's exit,
-    which terminates and then joins them, would wait forever for workers an exception left behind.
+    which terminates and then joins them, would wait forever for workers an exception left behind. The
+    DataLoader's SIGCHLD handler, which reports a worker's death as an error, is set back to the default first.
     """
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for child in multiprocessing.active_children():
         child.kill()
         child.join(timeout=10)
