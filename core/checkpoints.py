@@ -199,24 +199,23 @@ def restore_random_state(checkpoint: dict) -> None:
 
 
 def set_aside(path: str) -> str:
-    """Rename a damaged file to ``*.corrupt`` (``*.corrupt.N`` when taken): reported, never deleted."""
+    """Rename a damaged file to ``*.corrupt`` (``*.corrupt.N`` when taken): never deleted."""
     target, number = path + ".corrupt", 1
     while os.path.exists(target):
         number += 1
         target = f"{path}.corrupt.{number}"
     os.replace(path, target)
-    print(f"WARNING: {path}: damaged ({os.path.basename(target)} now); resuming from the newest good state",
-          file=sys.stderr)
     return target
 
 
 def _readable(path: str, trust: bool) -> dict | None:
-    """The checkpoint, or None after setting a damaged one aside (an unsafe one is still refused)."""
+    """The checkpoint, or None after reporting a damaged one and setting it aside (an unsafe one is refused)."""
     try:
         return read_checkpoint(path, trust)
     except DamagedCheckpoint as error:
-        print(f"WARNING: {error}", file=sys.stderr)
-        set_aside(path)
+        target = set_aside(path)
+        print(f"WARNING: {error}; set aside ({os.path.basename(target)} now), resuming from the newest good state",
+              file=sys.stderr)
         return None
 
 
