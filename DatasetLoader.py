@@ -100,30 +100,60 @@ def open_audio(filename: str, min_frames: int = 160, mono: bool = True) -> sf.So
     return handle
 
 
-def _read_int_scale(handle: sf.SoundFile, frames: int = -1) -> np.ndarray:
-    """Samples in the int16 range as float32, as the original reads them (not scaled to [-1, 1])."""
-    expected = handle.frames - handle.tell() if frames < 0 else frames
-    if handle.subtype == "PCM_16":      # the same values, without libsndfile's float conversion (~2x faster)
-        audio = handle.read(frames, dtype="int16").astype(np.float32)
-    else:
-        audio = handle.read(frames, dtype="float32") * 32768.0
-        if not np.isfinite(audio).all():
-            raise SpeakerNetError(f"{handle.name}: non-finite (NaN/inf) samples")
-    if audio.shape[0] < expected:
-        raise SpeakerNetError(f"{handle.name}: truncated file: the header announces {handle.frames} samples, "
-                              f"{audio.shape[0]} could be read where {expected} were expected")
-    return audio
+AUDIO_SCALES = ("int16", "float")
+PADS = ("zero", "wrap")
+INT16_SCALE = 32768.0
 
 
-def _pad_short(audio: np.ndarray, max_audio: int) -> np.ndarray:
-    """The original's symmetric zero padding of a file no longer than one crop."""
-    shortage = (max_audio - audio.shape[0] + 1) // 2
-    return np.pad(audio, (shortage, shortage))
+@dataclass(frozen=True)
+class AudioPipeline:
+    """How samples are read and a file shorter than a crop is padded.
+
+    ``scale``: ``int16`` (the original: samples in the int16 range) or ``float`` (voxceleb_trainer: [-1, 1]);
+    ``pad``: ``zero`` (the original: zeros on both sides) or ``wrap`` (voxceleb_trainer: the file repeated at its
+    end).
+    """
+    scale: str = "int16"
+    pad: str = "zero"
+
+    def read(self, handle: sf.SoundFile, frames: int = -1) -> np.ndarray:
+        """``frames`` samples (all that is left with -1) as float32 in this pipeline's scale."""
+        expected = handle.frames - handle.tell() if frames < 0 else frames
+        if handle.subtype == "PCM_16":      # exact values, without libsndfile's float conversion (~2x faster)
+            audio = handle.read(frames, dtype="int16").astype(np.float32)
+            if self.scale == "float":
+                audio /= INT16_SCALE
+        else:
+            audio = handle.read(frames, dtype="float32")
+            if not np.isfinite(audio).all():
+                raise SpeakerNetError(f"{handle.name}: non-finite (NaN/inf) samples")
+            if self.scale == "int16":
+                audio *= INT16_SCALE
+        if audio.shape[0] < expected:
+            raise SpeakerNetError(f"{handle.name}: truncated file: the header announces {handle.frames} samples, "
+                                  f"{audio.shape[0]} could be read where {expected} were expected")
+        return audio
+
+    def pad_short(self, audio: np.ndarray, max_audio: int) -> np.ndarray:
+        """A file no longer than one crop, padded to more than ``max_audio`` samples."""
+        if self.pad == "wrap":
+            return np.pad(audio, (0, max_audio - audio.shape[0] + 1), "wrap")
+        shortage = (max_audio - audio.shape[0] + 1) // 2
+        return np.pad(audio, (shortage, shortage))
+
+    def to_int16_scale(self, wave: np.ndarray) -> np.ndarray:
+        return wave if self.scale == "int16" else wave * INT16_SCALE
+
+    def from_int16_scale(self, wave: np.ndarray) -> np.ndarray:
+        return wave if self.scale == "int16" else wave / INT16_SCALE
+
+
+ORIGINAL = AudioPipeline()
 
 
 def load_wav(filename: str, max_frames: int, evalmode: bool = True, num_eval: int = NUM_EVAL,
-             rng: np.random.Generator | None = None) -> np.ndarray:
-    """The original's ``loadWAV``: ``(crops, samples)`` float32 in the int16 range.
+             rng: np.random.Generator | None = None, pipeline: AudioPipeline = ORIGINAL) -> np.ndarray:
+    """The original's ``loadWAV``: ``(crops, samples)`` float32 (in the int16 range with the original pipeline).
 
     Training mode reads only the bytes of its one random crop (seek + partial read); evaluation reads the file
     once and takes ``num_eval`` evenly spaced crops, or the whole file when ``max_frames == 0``.
@@ -134,12 +164,12 @@ def load_wav(filename: str, max_frames: int, evalmode: bool = True, num_eval: in
         if not evalmode and total > max_audio:
             start = int((rng or np.random.default_rng()).random() * (total - max_audio))
             handle.seek(start)
-            return _read_int_scale(handle, max_audio)[None, :]
-        audio = _read_int_scale(handle)
+            return pipeline.read(handle, max_audio)[None, :]
+        audio = pipeline.read(handle)
     if evalmode and max_frames == 0:
         return audio[None, :]
     if audio.shape[0] <= max_audio:
-        audio = _pad_short(audio, max_audio)
+        audio = pipeline.pad_short(audio, max_audio)
     if evalmode:
         starts = np.linspace(0, audio.shape[0] - max_audio, num=num_eval).astype(np.int64)
     else:
@@ -162,17 +192,19 @@ class Group:
 class TrainDataset(Dataset):
     """Maps a :class:`Group` to ``(waves (len(group), samples), label)``."""
 
-    def __init__(self, train_list: TrainList, max_frames: int, augmenter=None):
+    def __init__(self, train_list: TrainList, max_frames: int, augmenter=None, pipeline: AudioPipeline = ORIGINAL):
         self.files = train_list.files
         self.max_frames = max_frames
         self.augmenter = augmenter
+        self.pipeline = pipeline
 
     def __getitem__(self, group: Group):
         rng = np.random.default_rng(group.crop_seed)
-        waves = np.concatenate([load_wav(self.files[i], self.max_frames, evalmode=False, rng=rng)
-                                for i in group.files])
-        if self.augmenter is not None:
-            waves = np.stack([self.augmenter(wave, rng) for wave in waves])
+        waves = np.concatenate([load_wav(self.files[i], self.max_frames, evalmode=False, rng=rng,
+                                         pipeline=self.pipeline) for i in group.files])
+        if self.augmenter is not None:       # the augmenter mixes in the int16 range
+            waves = np.stack([self.pipeline.from_int16_scale(self.augmenter(self.pipeline.to_int16_scale(wave), rng))
+                              for wave in waves])
         return waves, group.label
 
     def __len__(self):
@@ -295,15 +327,18 @@ class GroupBatchSampler(torch.utils.data.Sampler):
 class TestDataset(Dataset):
     """Evaluation crops of each file: ``(num_eval, samples)``, or ``(1, whole file)`` with ``max_frames == 0``."""
 
-    def __init__(self, files: list[str], test_path: str, max_frames: int, num_eval: int = NUM_EVAL):
+    def __init__(self, files: list[str], test_path: str, max_frames: int, num_eval: int = NUM_EVAL,
+                 pipeline: AudioPipeline = ORIGINAL):
         self.files = files
         self.test_path = test_path
         self.max_frames = max_frames
         self.num_eval = num_eval
+        self.pipeline = pipeline
 
     def __getitem__(self, index):
         path = os.path.join(self.test_path, self.files[index])
-        return torch.from_numpy(load_wav(path, self.max_frames, evalmode=True, num_eval=self.num_eval)), index
+        crops = load_wav(path, self.max_frames, evalmode=True, num_eval=self.num_eval, pipeline=self.pipeline)
+        return torch.from_numpy(crops), index
 
     def num_samples(self, index) -> int:
         """Samples of a file from its header (whole-file evaluation batches files of equal length)."""

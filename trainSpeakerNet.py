@@ -36,10 +36,14 @@ from core.evaluation import (
     write_plots,
     write_scores,
 )
+from core.evaluation.extraction import SHORT_FILES
 from core.lock import RunLock
 from core.logs import log
 from core.training import INITIAL_EER, EpochProgress, ModelTrainer
 from DatasetLoader import (
+    AUDIO_SCALES,
+    PADS,
+    AudioPipeline,
     GroupBatchSampler,
     TrainDataset,
     check_files_exist,
@@ -60,7 +64,7 @@ SESSION_OPTIONS = frozenset({
     "train_path", "test_path", "musan_path", "rir_path", "eval", "eval_frames", "scoring", "score_norm",
     "cohort_size", "cohort_utterances", "eval_batch_size", "eval_precision", "save_scores", "save_embeddings",
     "dcf_p_target", "dcf_c_miss", "dcf_c_fa", "device", "distributed", "port", "gpu_id", "compile",
-    "trust_checkpoint"})
+    "trust_checkpoint", "short_files"})
 LIST_OPTIONS = ("train_list", "test_list", "val_list")     # compared by content: a moved list is the same list
 
 
@@ -94,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--nDataLoaderThread", type=int, default=5, help="loader worker processes")
     add("--nPerSpeaker", type=int, default=None, help="utterances per speaker group (default: what the loss needs)")
     add("--seed", type=int, default=10, help="random seed (model init, batches, crops)")
+    add("--audio_scale", type=str, default="int16", choices=list(AUDIO_SCALES),
+        help="samples in the int16 range (the original) or float in [-1, 1] (voxceleb_trainer)")
+    add("--pad", type=str, default="zero", choices=list(PADS),
+        help="a file shorter than a crop: zeros on both sides (the original) or wrapped (voxceleb_trainer)")
     add("--augment", action="store_true", help="MUSAN noise and RIR reverberation in the loader")
     add("--musan_path", type=str, default="data/musan_split", help="MUSAN folder for --augment")
     add("--rir_path", type=str, default="data/RIRS_NOISES/simulated_rirs", help="RIR folder for --augment")
@@ -149,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eval_precision", type=str, default="fp32", choices=list(EVAL_PRECISIONS),
         help="network precision when embedding: fp32 (the original's), or bf16 / fp16 (GPU) autocast, faster "
              "on a GPU or a CPU with native bfloat16, with embeddings that differ slightly")
+    add("--short_files", type=str, default="pad", choices=list(SHORT_FILES),
+        help="with crops, a file no longer than one crop: padded (the original) or embedded whole")
     add("--save_scores", type=str, default="",
         help="--eval: write 'score label enroll test' lines here (several lists: FILE_<list stem>.ext each)")
     add("--save_embeddings", type=str, default="",
@@ -165,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--nOut", type=int, default=512, help="embedding size")
     add("--n_mels", type=int, default=40, help="mel bands")
     add("--log_input", action=argparse.BooleanOptionalAction, default=True, help="log of the mel energies")
+    add("--window", type=str, default="hann", choices=["hann", "hamming"],
+        help="front-end window of a new model (the original: hann; voxceleb_trainer: hamming); a loaded "
+             "checkpoint keeps its own")
 
     # Hardware
     add("--device", type=str, default=None, help="cuda or cpu (default: cuda when available)")
@@ -299,7 +312,12 @@ def eval_options(args) -> EvalOptions:
                        files_per_batch=args.eval_batch_size, precision=args.eval_precision, scoring=args.scoring,
                        score_norm=args.score_norm, cohort_size=args.cohort_size,
                        p_targets=(args.dcf_p_target, 0.01), c_miss=args.dcf_c_miss, c_fa=args.dcf_c_fa,
-                       show_progress=distributed.is_main())
+                       show_progress=distributed.is_main(), pipeline=audio_pipeline(args),
+                       short_files=args.short_files)
+
+
+def audio_pipeline(args) -> AudioPipeline:
+    return AudioPipeline(scale=args.audio_scale, pad=args.pad)
 
 
 def load_plan(args) -> EvalPlan:
@@ -385,7 +403,8 @@ def build_loader(args, train_list, loss_needs, device):
     # built here, before any output is written: a missing or empty MUSAN/RIR folder fails the run at once
     augmenter = Augmenter(args.musan_path, args.rir_path, args.max_frames) if args.augment else None
     loader = torch.utils.data.DataLoader(
-        TrainDataset(train_list, args.max_frames, augmenter=augmenter), batch_sampler=sampler,
+        TrainDataset(train_list, args.max_frames, augmenter=augmenter, pipeline=audio_pipeline(args)),
+        batch_sampler=sampler,
         collate_fn=collate_groups, num_workers=workers, pin_memory=device.type == "cuda",
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=ignore_stop_signals if workers > 0 else None,

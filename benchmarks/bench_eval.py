@@ -141,8 +141,9 @@ def bench_extraction(args) -> dict:
           f"worker(s) asked for, {args.eval_batch_size or 'default'} files per forward pass; native bfloat16 on "
           f"this CPU: {'yes' if cpu_has_native_bf16() else 'no'}", flush=True)
     def ours(precision):
-        return lambda: extract_embeddings(model, files, root, args.eval_frames, "cpu", args.workers,
-                                          args.eval_batch_size, show_progress=False, precision=precision)
+        return lambda: extract_embeddings(model, files, root, args.eval_frames, "cpu", num_workers=args.workers,
+                                          files_per_batch=args.eval_batch_size, show_progress=False,
+                                          precision=precision)
 
     runs = {"original": lambda: original_extraction(model, files, root, args.eval_frames)}
     runs.update({f"ours {precision}": ours(precision) for precision in precisions})

@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from types import SimpleNamespace
 
 import numpy as np
 import soundfile as sf
@@ -27,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from DatasetLoader import TrainDataset, _pad_short, load_wav, max_audio_samples, read_train_list  # noqa: E402
+from DatasetLoader import ORIGINAL, TrainDataset, load_wav, max_audio_samples, read_train_list  # noqa: E402
 from tools.synthetic_corpus import make_corpus  # noqa: E402
 from trainSpeakerNet import build_loader  # noqa: E402
 
@@ -125,7 +124,7 @@ def load_whole_then_crop(filename, max_frames, rng):
     audio, _ = sf.read(filename, dtype="int16")
     audio = audio.astype(np.float32)
     if audio.shape[0] <= max_audio:
-        audio = _pad_short(audio, max_audio)
+        audio = ORIGINAL.pad_short(audio, max_audio)
     start = int(rng.random() * (audio.shape[0] - max_audio))
     return audio[None, start:start + max_audio]
 
@@ -237,9 +236,11 @@ def drop_page_cache(files):
 
 def loader_args(list_path, train_root, frames, batch_size, workers, augment=None):
     musan, rirs = augment or ("", "")
-    return SimpleNamespace(train_list=list_path, train_path=train_root, max_frames=frames, batch_size=batch_size,
-                           max_seg_per_spk=1000, nDataLoaderThread=workers, nPerSpeaker=None, seed=10,
-                           augment=augment is not None, musan_path=musan, rir_path=rirs)
+    from trainSpeakerNet import parse_args
+    return parse_args(["--train_list", list_path, "--train_path", train_root, "--max_frames", str(frames),
+                       "--batch_size", str(batch_size), "--max_seg_per_spk", "1000", "--nDataLoaderThread",
+                       str(workers), "--musan_path", musan, "--rir_path", rirs]
+                      + (["--augment"] if augment is not None else []))
 
 
 def files_per_second(args, whole_file=False, min_seconds=3.0, max_epochs=30, cold=False):

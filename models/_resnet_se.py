@@ -62,10 +62,11 @@ class ResNetSE(nn.Module):
     """Log-mel front end, ResNet with SE blocks, frequency averaging, attentive pooling, linear embedding."""
 
     def __init__(self, layers, num_filters, nOut: int = 512, encoder_type: str = "SAP", n_mels: int = 40,
-                 log_input: bool = True, **kwargs):
+                 log_input: bool = True, window: str = "hann", **kwargs):
         super().__init__()
         # Attribute names are the original's, so that its checkpoints load unchanged.
-        self.torchfb = make_filterbank(n_mels)
+        # the window is a buffer of the front end: a loaded checkpoint keeps its own
+        self.torchfb = make_filterbank(n_mels, window)
         self.instancenorm = nn.InstanceNorm1d(n_mels)
         self.log_input = log_input
         self.inplanes = num_filters[0]

@@ -4,7 +4,6 @@ the loader wiring and one training run through the command line."""
 import importlib.util
 import os
 import re
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -186,9 +185,9 @@ def test_a_noise_file_at_another_rate_is_an_error(tmp_path, folders):
 
 
 def loader_batches(tiny_corpus, folders, workers):
-    from trainSpeakerNet import build_loader
-    args = SimpleNamespace(nPerSpeaker=None, batch_size=8, max_seg_per_spk=100, seed=10, nDataLoaderThread=workers,
-                           max_frames=FRAMES, augment=True, musan_path=folders[0], rir_path=folders[1])
+    from trainSpeakerNet import build_loader, parse_args
+    args = parse_args(["--batch_size", "8", "--nDataLoaderThread", str(workers), "--max_frames", str(FRAMES),
+                       "--augment", "--musan_path", folders[0], "--rir_path", folders[1]])
     train_list = read_train_list(tiny_corpus["train_list"], tiny_corpus["train_path"])
     loader, sampler = build_loader(args, train_list, 2, torch.device("cpu"))
     sampler.set_epoch(1)

@@ -56,6 +56,7 @@ from core.evaluation.trials import (
     write_scores,
 )
 from core.folding import fold_batch_norms, inference_copy
+from DatasetLoader import ORIGINAL, AudioPipeline
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,13 @@ class EvalOptions:
     c_miss: float = 1.0
     c_fa: float = 1.0
     show_progress: bool = True
+    pipeline: AudioPipeline = ORIGINAL
+    short_files: str = "pad"
 
     def extraction(self) -> dict:
         return dict(num_workers=self.num_workers, files_per_batch=self.files_per_batch,
-                    show_progress=self.show_progress, precision=self.precision)
+                    show_progress=self.show_progress, precision=self.precision, pipeline=self.pipeline,
+                    short_files=self.short_files)
 
 
 @dataclass

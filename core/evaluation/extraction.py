@@ -20,7 +20,7 @@ import torch
 from core import atomic, distributed
 from core.folding import inference_copy
 from core.progress import progress_bar
-from DatasetLoader import NUM_EVAL, TestDataset, ignore_stop_signals, max_audio_samples
+from DatasetLoader import NUM_EVAL, ORIGINAL, AudioPipeline, TestDataset, ignore_stop_signals, max_audio_samples
 
 # --eval_precision: the autocast type of the network during extraction (the log-mel front end stays float32)
 EVAL_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -71,15 +71,42 @@ def equal_length_batches(lengths, files_per_batch: int, max_samples: int) -> lis
     return batches
 
 
+SHORT_FILES = ("pad", "whole")
+
+
 @torch.no_grad()
 def extract_embeddings(model: torch.nn.Module, files: list[str], root: str, eval_frames: int,
-                       device: torch.device | str = "cpu", num_workers: int = 0, files_per_batch: int | None = None,
-                       show_progress: bool = True, desc: str = "embedding", threads: int | None = None,
-                       channels_last: bool = True, precision: str = "fp32") -> torch.Tensor:
+                       device: torch.device | str = "cpu", *, short_files: str = "pad",
+                       pipeline: AudioPipeline = ORIGINAL, **options) -> torch.Tensor:
     """``(files, crops, dim)`` float32 CPU embeddings of ``files`` (paths relative to ``root``), in that order.
 
-    ``crops`` is ``NUM_EVAL`` (fixed ``eval_frames`` crops) or 1 (whole files, ``eval_frames == 0``). ``model`` maps
-    ``(batch, samples)`` waveforms to ``(batch, dim)`` and must be in eval mode (its forward is then read-only).
+    ``crops`` is ``NUM_EVAL`` (fixed ``eval_frames`` crops) or 1 (whole files, ``eval_frames == 0``). A file no
+    longer than one crop is padded (``short_files="pad"``, the original) or embedded whole (``"whole"``), its one
+    embedding then standing for each of its crops. ``pipeline`` reads and pads the audio; ``options``: see
+    :func:`_extract`.
+    """
+    if not eval_frames or short_files == "pad" or not files:
+        return _extract(model, files, root, eval_frames, device, pipeline=pipeline, **options)
+    lengths = np.array([TestDataset(files, root, 0).num_samples(i) for i in range(len(files))])
+    short = np.flatnonzero(lengths <= max_audio_samples(eval_frames))
+    if len(short) == 0:
+        return _extract(model, files, root, eval_frames, device, pipeline=pipeline, **options)
+    long = np.flatnonzero(lengths > max_audio_samples(eval_frames))
+    whole = _extract(model, [files[i] for i in short], root, 0, device, pipeline=pipeline, **options)
+    out = torch.empty(len(files), NUM_EVAL, whole.shape[2])
+    out[torch.from_numpy(short)] = whole.expand(-1, NUM_EVAL, -1)
+    if len(long):
+        out[torch.from_numpy(long)] = _extract(model, [files[i] for i in long], root, eval_frames, device,
+                                               pipeline=pipeline, **options)
+    return out
+
+
+def _extract(model: torch.nn.Module, files: list[str], root: str, eval_frames: int,
+             device: torch.device | str = "cpu", num_workers: int = 0, files_per_batch: int | None = None,
+             show_progress: bool = True, desc: str = "embedding", threads: int | None = None,
+             channels_last: bool = True, precision: str = "fp32",
+             pipeline: AudioPipeline = ORIGINAL) -> torch.Tensor:
+    """The extraction itself: every file's crops (or whole file), as :func:`extract_embeddings` returns them.
 
     On the CPU the forward passes run in ``threads`` Python threads (default ``torch.get_num_threads()``), each with
     one intra-op thread: a network of small convolutions gains little from splitting each operation over cores,
@@ -97,7 +124,7 @@ def extract_embeddings(model: torch.nn.Module, files: list[str], root: str, eval
     device = torch.device(device)
     autocast_dtype = EVAL_PRECISIONS[precision]
     files_per_batch = files_per_batch or default_files_per_batch(device)
-    dataset = TestDataset(files, root, eval_frames)
+    dataset = TestDataset(files, root, eval_frames, pipeline=pipeline)
     previous = torch.get_num_threads()
     threads = (threads or previous) if device.type == "cpu" else 1
     if device.type == "cpu":
