@@ -165,7 +165,7 @@ class ModelTrainer:
                 bad_in_a_row = 0
                 utterances += waves.shape[0]
                 bar.set_postfix(loss=f"{progress.mean_loss:.4f}", acc=f"{progress.mean_accuracy:.2f}%",
-                                utt_s=f"{utterances / (time.time() - started):.1f}")
+                                utt_s=f"{utterances / (time.time() - started):.1f}", refresh=False)
             else:
                 bad_in_a_row += 1
                 if bad_in_a_row >= self.max_bad_steps:

@@ -31,3 +31,12 @@ def test_disabled_writes_nothing():
     for _ in progress_bar(range(10), enabled=False, file=log):
         pass
     assert log.getvalue() == ""
+
+
+def test_the_training_bar_in_a_log_file_writes_no_line_per_step(capsys):
+    """The trainer sets loss and accuracy on its bar after every step; redirected, that is no line per step."""
+    from tests.test_robustness import nan_trainer
+    trainer, loader = nan_trainer(bad_steps=set())
+    trainer.train_network(loader, epoch=1, show_progress=True)
+    out = capsys.readouterr().out
+    assert "epoch 1" in out and out.count("\r") <= 2
