@@ -166,14 +166,24 @@ def load_wav(filename: str, max_frames: int, evalmode: bool = True, num_eval: in
             handle.seek(start)
             return pipeline.read(handle, max_audio)[None, :]
         audio = pipeline.read(handle)
-    if evalmode and max_frames == 0:
-        return audio[None, :]
+    if evalmode:
+        return eval_crops(audio, max_frames, num_eval, pipeline)
     if audio.shape[0] <= max_audio:
         audio = pipeline.pad_short(audio, max_audio)
-    if evalmode:
-        starts = np.linspace(0, audio.shape[0] - max_audio, num=num_eval).astype(np.int64)
-    else:
-        starts = [int((rng or np.random.default_rng()).random() * (audio.shape[0] - max_audio))]
+    start = int((rng or np.random.default_rng()).random() * (audio.shape[0] - max_audio))
+    return audio[None, start:start + max_audio]
+
+
+def eval_crops(audio: np.ndarray, max_frames: int, num_eval: int = NUM_EVAL,
+               pipeline: AudioPipeline = ORIGINAL) -> np.ndarray:
+    """``(num_eval, samples)`` evenly spaced crops of a file's samples (padded when short), or ``(1, all)`` for
+    ``max_frames == 0``."""
+    if max_frames == 0:
+        return audio[None, :]
+    max_audio = max_audio_samples(max_frames)
+    if audio.shape[0] <= max_audio:
+        audio = pipeline.pad_short(audio, max_audio)
+    starts = np.linspace(0, audio.shape[0] - max_audio, num=num_eval).astype(np.int64)
     return np.stack([audio[start:start + max_audio] for start in starts])
 
 

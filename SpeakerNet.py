@@ -44,3 +44,10 @@ class SpeakerNet(nn.Module):
         groups *= distributed.world_size()
         per_group = embeddings.shape[0] // groups
         return self.__L__(embeddings.view(groups, per_group, -1), labels.view(groups, per_group)[:, 0])
+
+
+def load_embedder(path: str, **overrides):
+    """A trained model as an embedder: ``embed(audio)`` and ``score(a, b)``, see :func:`core.inference.load_embedder`
+    (imported here so that ``SpeakerNet.load_embedder`` is the documented entry)."""
+    from core.inference import load_embedder as load  # core.inference builds on this module
+    return load(path, **overrides)
