@@ -223,3 +223,12 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, trainer_state, mo
                                               r"checkpoint is intact"):
         checkpoints.save_checkpoint(str(path), trainer_state, 2, 20.0, None)
     assert path.read_bytes() == before and os.listdir(tmp_path) == [path.name]
+
+
+def test_inference_refuses_it_too(tmp_path):
+    import SpeakerNet as speakernet
+    marker = tmp_path / "created"
+    path = evil_checkpoint(tmp_path / "evil.model", marker)
+    with pytest.raises(UnsafeCheckpoint, match="refused: loading it would run code"):
+        speakernet.load_embedder(str(path), device="cpu")
+    assert not marker.exists()
