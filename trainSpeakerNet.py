@@ -68,6 +68,13 @@ SESSION_OPTIONS = frozenset({
 LIST_OPTIONS = ("train_list", "test_list", "val_list")     # compared by content: a moved list is the same list
 
 
+# --preset: a named set of input-pipeline defaults; a flag or a YAML key of its own still wins
+PRESETS = {
+    "original": {"audio_scale": "int16", "pad": "zero", "window": "hann"},
+    "voxceleb_trainer": {"audio_scale": "float", "pad": "wrap", "window": "hamming"},
+}
+
+
 def at_least(minimum: int):
     """An argparse type: an integer no smaller than ``minimum``."""
     def parse(text) -> int:
@@ -102,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples in the int16 range (the original) or float in [-1, 1] (voxceleb_trainer)")
     add("--pad", type=str, default="zero", choices=list(PADS),
         help="a file shorter than a crop: zeros on both sides (the original) or wrapped (voxceleb_trainer)")
+    add("--preset", type=str, default=None, choices=list(PRESETS),
+        help="input pipeline: original (int16 samples, zero padding, Hann window: the defaults) or "
+             "voxceleb_trainer (--audio_scale float --pad wrap --window hamming); explicit flags win")
     add("--augment", action="store_true", help="MUSAN noise and RIR reverberation in the loader")
     add("--musan_path", type=str, default="data/musan_split", help="MUSAN folder for --augment")
     add("--rir_path", type=str, default="data/RIRS_NOISES/simulated_rirs", help="RIR folder for --augment")
@@ -246,11 +256,15 @@ def read_config(path: str, parser: argparse.ArgumentParser) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    """Flags > YAML (``--config``) > defaults, in one parse: the YAML values become the parser's defaults."""
+    """Flags > YAML (``--config``) > ``--preset`` > defaults, in one parse: the YAML values and the preset's
+    become the parser's defaults."""
     parser = build_parser()
     config_path = vars(parser.parse_known_args(argv)[0])["config"]
-    if config_path:
-        parser.set_defaults(**read_config(config_path, parser))
+    config = read_config(config_path, parser) if config_path else {}
+    parser.set_defaults(**config)
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset:
+        parser.set_defaults(**{**PRESETS[preset], **config})
     args = parser.parse_args(argv)
     if args.eval_frames is None:
         args.eval_frames = args.max_frames

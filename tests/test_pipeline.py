@@ -73,6 +73,20 @@ def test_flags_choose_the_pipeline_and_the_window():
     assert torch.equal(hamming.torchfb.spectrogram.window, torch.hann_window(400))
 
 
+def test_the_preset_sets_the_pipeline_and_explicit_values_win(tmp_path):
+    preset = parse_args(["--preset", "voxceleb_trainer"])
+    assert audio_pipeline(preset) == VOXCELEB_TRAINER and preset.window == "hamming"
+    assert parse_args(["--preset", "voxceleb_trainer", "--pad", "zero"]).pad == "zero"     # a flag wins
+    original = parse_args(["--preset", "original"])
+    assert audio_pipeline(original) == ORIGINAL and original.window == "hann"
+    config = tmp_path / "run.yaml"
+    config.write_text("preset: voxceleb_trainer\nwindow: hann\n")
+    from_yaml = parse_args(["--config", str(config)])
+    assert (from_yaml.audio_scale, from_yaml.pad, from_yaml.window) == ("float", "wrap", "hann")  # a key wins
+    overridden = parse_args(["--config", str(config), "--preset", "original"])
+    assert (overridden.audio_scale, overridden.pad, overridden.window) == ("int16", "zero", "hann")
+
+
 @pytest.mark.parametrize("pipeline", [ORIGINAL, VOXCELEB_TRAINER])
 def test_short_files_embedded_whole(tmp_path, pipeline):
     """With ``short_files="whole"`` a file no longer than one crop gets the embedding of the whole file for each
