@@ -415,7 +415,10 @@ def build_loader(args, train_list, loss_needs, device):
         raise SpeakerNetError(f"--batch_size {args.batch_size}: {error}") from None
     workers = args.nDataLoaderThread
     # built here, before any output is written: a missing or empty MUSAN/RIR folder fails the run at once
-    augmenter = Augmenter(args.musan_path, args.rir_path, args.max_frames) if args.augment else None
+    try:
+        augmenter = Augmenter(args.musan_path, args.rir_path, args.max_frames) if args.augment else None
+    except SpeakerNetError as error:
+        raise SpeakerNetError(f"--augment --musan_path {args.musan_path} --rir_path {args.rir_path}: {error}") from None
     loader = torch.utils.data.DataLoader(
         TrainDataset(train_list, args.max_frames, augmenter=augmenter, pipeline=audio_pipeline(args)),
         batch_sampler=sampler,
@@ -666,7 +669,11 @@ def main(argv=None) -> int:
     try:
         args = parse_args(argv)
         if args.distributed and not distributed.launched_by_torchrun():
-            processes = distributed.gpus_to_spawn()
+            try:
+                processes = distributed.gpus_to_spawn()
+            except SpeakerNetError as error:
+                raise SpeakerNetError(f"--distributed without torchrun: {error}: torchrun --nproc_per_node N "
+                                      f"trainSpeakerNet.py --distributed ...") from None
             torch.multiprocessing.spawn(_spawned, args=(processes, argv), nprocs=processes)
             return 0
         return run(args)

@@ -1,4 +1,4 @@
-"""Training-time augmentation with MUSAN noise and simulated room impulse responses (``--augment``).
+"""Training-time augmentation with MUSAN noise and simulated room impulse responses.
 
 The behaviour of voxceleb_trainer's augmentation, written afresh:
 
@@ -97,24 +97,24 @@ class Augmenter:
             expected = ("a MUSAN folder with noise/, speech/ and music/ subfolders of 16 kHz wav files "
                         "(dataprep.py --musan makes data/musan_split)")
             if not os.path.isdir(musan_path):
-                raise SpeakerNetError(f"--musan_path {musan_path}: folder not found; --augment expects {expected}")
+                raise SpeakerNetError(f"MUSAN folder {musan_path}: folder not found; augmentation expects {expected}")
             for category in NOISE_CATEGORIES:
                 self.noise_files[category] = self._wav_files_of(
-                    os.path.join(musan_path, category), f"--musan_path {musan_path}: subfolder",
+                    os.path.join(musan_path, category), f"MUSAN folder {musan_path}: subfolder",
                     f"16 kHz wav files of MUSAN's '{category}' category there ({expected})")
         self.rir_files = []
         if "reverb" in self.types:
-            self.rir_files = self._wav_files_of(rir_path, "--rir_path",
+            self.rir_files = self._wav_files_of(rir_path, "impulse-response folder",
                                                 "16 kHz wav room impulse responses (dataprep.py --rirs makes "
                                                 "data/RIRS_NOISES/simulated_rirs)")
 
     @staticmethod
-    def _wav_files_of(folder: str, flag: str, expected: str) -> list[str]:
+    def _wav_files_of(folder: str, what: str, expected: str) -> list[str]:
         if not os.path.isdir(folder):
-            raise SpeakerNetError(f"{flag} {folder}: folder not found; --augment expects {expected}")
+            raise SpeakerNetError(f"{what} {folder}: folder not found; augmentation expects {expected}")
         files = wav_files(folder)
         if not files:
-            raise SpeakerNetError(f"{flag} {folder}: no .wav files in the folder; --augment expects {expected}")
+            raise SpeakerNetError(f"{what} {folder}: no .wav files in the folder; augmentation expects {expected}")
         return files
 
     # ------------------------------------------------------------------------------------------------------------

@@ -66,8 +66,8 @@ def spawn_environment(port: str, local_rank: int, processes: int) -> dict:
 def gpus_to_spawn() -> int:
     count = torch.cuda.device_count()
     if count == 0:
-        raise SpeakerNetError("--distributed without torchrun spawns one process per GPU, and there is none; on the "
-                              "CPU launch with: torchrun --nproc_per_node N trainSpeakerNet.py --distributed ...")
+        raise SpeakerNetError("no GPU to spawn processes on (one per GPU); on the CPU, launch the processes with "
+                              "torchrun instead")
     return count
 
 

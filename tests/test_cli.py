@@ -4,6 +4,7 @@ import re
 import shlex
 
 import pytest
+import torch
 import yaml
 
 from core import plugins
@@ -129,3 +130,14 @@ def test_bounded_flags_in_yaml_name_the_key(tmp_path):
     config.write_text("cohort_size: 1\n")
     with pytest.raises(SpeakerNetError, match=r"key 'cohort_size' must be at least 2, got 1"):
         parse_args(["--config", str(config)])
+
+
+def test_distributed_without_torchrun_or_a_gpu_says_how_to_launch(monkeypatch, capsys):
+    import trainSpeakerNet
+    from core import distributed
+    for name in distributed.ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert trainSpeakerNet.main(["--distributed", "--model", "ResNetSE34L", "--trainfunc", "mp_balance"]) == 2
+    error = capsys.readouterr().err
+    assert "--distributed without torchrun: no GPU" in error and "torchrun --nproc_per_node N" in error
