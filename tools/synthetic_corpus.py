@@ -32,20 +32,13 @@ log-mel bands sees pitch harmonics and per-frame formant patterns, which survive
 mostly removed by the per-band normalisation); the utterance-level MFCC statistics of ``baseline.py`` do not
 resolve harmonics and confound the long-term spectrum with channel and noise.
 
-Calibration of the defaults (300 x 12 training utterances in 6-12 sessions per speaker, 40 x 12 test utterances
-in 3-4 sessions, 3000 trials, 2.1-4 s), seed 0: ``baseline.py`` (MFCC mean/std + cosine) 26.9 % EER.  The README's
-quickstart (ResNetSE34L + SAP, mp_balance, 0.5-s crops, 20 epochs, 2 CPU cores) reaches about 13 % in 6 minutes
-of training.  The training speakers get many short sessions (as a VoxCeleb speaker has many videos) so that a
-network learns what stays the same across sessions; the test speakers keep 3-4 sessions and cross-session target
-trials.  What moves the baseline and what moves a network differ: doubling the channel EQ (tilt and bumps) and
-narrowing the speaker tilt range moved the baseline by under a point, while a wider F0 spread (13 -> 25 %) with a
-steadier F0 across sessions (0.8 -> 0.4 semitones) and the many training sessions took a quickstart-style run
-from 24 to 20 % EER at equal steps.  A steadier F0 across utterances (per-utterance offset 0.7 -> 0.35 semitones,
-session shift 0.4 -> 0.3) then left the baseline where it was (26.8 -> 26.9 %: 20 MFCCs of 40 mel bands barely
-see F0) and took the quickstart from 17.1 to 12.9 %: the network does read the harmonics.  The remaining knobs
-are the nuisance levels in :func:`session_params` (SNR distribution, reverberation rate): with all sessions at
-30 dB SNR the baseline drops by about 3 points.  Rendering costs about 15 ms of CPU per 3 s file (4080 files,
-3.45 h, 393 MiB).
+The defaults (300 x 12 training utterances in 6-12 sessions per speaker, 40 x 12 test utterances in 3-4
+sessions, 3000 trials, 2.1-4 s, seed 0) give the MFCC baseline 26.9 % EER and the README's quickstart about 13 %.
+The training speakers get many short sessions (as a VoxCeleb speaker has many videos) so that a network learns
+what stays the same across sessions; the test speakers keep 3-4 sessions and cross-session target trials. The
+knobs that move a network most are the F0 spread and its steadiness across sessions and utterances (the network
+reads the harmonics, which 20 MFCCs of 40 mel bands barely see); the nuisance levels in :func:`session_params`
+(SNR distribution, reverberation rate) move both. Rendering costs about 15 ms of CPU per 3 s file.
 
 The public entry point is :func:`make_corpus`; ``dataprep.py --synthetic`` is its command-line front end.
 With ``workers > 1`` it uses a ``spawn`` process pool, so a script calling it needs the usual
