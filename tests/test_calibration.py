@@ -98,6 +98,19 @@ def test_a_damaged_file_is_an_error_naming_it(fitted, tmp_path, damage, message)
         Calibration.load(str(tmp_path / "none.json"))
 
 
+def test_decisions_at_the_operating_point():
+    identity = Calibration(1.0, 0.0, "", {}, {}, {})
+    at = identity.decide(np.log(19), p_target=0.05)                  # exactly at -logit(0.05): not above, rejected
+    assert (at.decision, at.threshold) == ("reject", pytest.approx(np.log(19)))
+    assert identity.decide(3.0).decision == "accept" and identity.decide(3.0, p_target=0.01).decision == "reject"
+    shifted = Calibration(2.0, -1.0, "", {}, {}, {}).decide(0.5, p_target=0.5)
+    assert (shifted.score, shifted.llr, shifted.decision) == (0.5, 0.0, "reject")
+    # the AS-norm cohort counts only with AS-norm
+    assert "cohort_size" not in scoring_options(0, "cosine", "none", True, "float", "wrap", cohort_size=100)
+    assert scoring_options(0, "cosine", "asnorm", True, "float", "wrap", cohort_size=100,
+                           cohort_utterances=3)["cohort_size"] == 100
+
+
 # ---- checkpoints ---------------------------------------------------------------------------------------------
 
 def random_checkpoint(path, seed: int):
