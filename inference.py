@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.choices["verify"]
     verify.add_argument("files", nargs=2, help="the two audio files")
     verify.add_argument("--calibration", default=None,
-                        help="calibration file (default: M.calibration.json beside the model, when present)")
+                        help="calibration file (default: M.calibration.json beside the model, when present; "
+                             "none: the score alone)")
     verify.add_argument("--p_target", type=float, default=0.05,
                         help="with a calibration: the target prior of the decision (costs 1 and 1)")
     add_calibrate_command(commands)
@@ -86,7 +87,8 @@ def run_verify(args) -> None:
     """The score; with a calibration (beside the model or ``--calibration``) also its LLR and the decision."""
     if not 0 < args.p_target < 1:
         raise SpeakerNetError(f"--p_target {args.p_target}: a prior, strictly between 0 and 1")
-    embedder = embedder_for(args, calibration=args.calibration or AUTO)
+    calibration = None if args.calibration == "none" else args.calibration or AUTO
+    embedder = embedder_for(args, calibration=calibration)
     if embedder.calibration is None:
         print(f"score {embedder.score(*args.files):.6f}")
         return
@@ -153,8 +155,7 @@ def run_calibrate(args) -> None:
           f"eval_frames {args.eval_frames}")
     print(result.metrics.summary())
     print(f"before (raw scores as LLRs): {calibrations.describe(fitted.metrics['before'])}")
-    print(f"after (llr = {fitted.scale:.6g} * score + {fitted.offset:.6g}): "
-          f"{calibrations.describe(fitted.metrics['after'])}")
+    print(f"after ({fitted.formula()}): {calibrations.describe(fitted.metrics['after'])}")
     fitted.save(out)
     print(f"calibration written to {out}")
 

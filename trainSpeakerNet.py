@@ -356,8 +356,7 @@ def eval_calibration(args, net: SpeakerNet, source: str):
                                            args.audio_scale, args.pad, args.short_files, args.cohort_size,
                                            args.cohort_utterances)
     calibration.check(calibrations.weights_sha256(net.__S__), options)
-    log.info(f"Calibration {calibration.source} loaded: llr = {calibration.scale:.6g} * score + "
-             f"{calibration.offset:.6g}")
+    log.info(f"Calibration {calibration.source} loaded: {calibration.formula()}")
     return calibration
 
 

@@ -130,6 +130,10 @@ class Calibration:
         """LLRs of scores (a float, or an array of any shape)."""
         return self.scale * np.asarray(scores, dtype=np.float64) + self.offset
 
+    def formula(self) -> str:
+        """``llr = 8.1605 * score + 3.00652``, for the logs."""
+        return f"llr = {self.scale:.6g} * score {'-' if self.offset < 0 else '+'} {abs(self.offset):.6g}"
+
     def decide(self, score: float, p_target: float = 0.05, c_miss: float = 1.0, c_fa: float = 1.0) -> Verification:
         llr = float(self.llr(score))
         threshold = bayes_threshold(p_target, c_miss, c_fa)

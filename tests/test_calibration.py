@@ -103,6 +103,7 @@ def test_decisions_at_the_operating_point():
     at = identity.decide(np.log(19), p_target=0.05)                  # exactly at -logit(0.05): not above, rejected
     assert (at.decision, at.threshold) == ("reject", pytest.approx(np.log(19)))
     assert identity.decide(3.0).decision == "accept" and identity.decide(3.0, p_target=0.01).decision == "reject"
+    assert Calibration(2.0, -1.5, "", {}, {}, {}).formula() == "llr = 2 * score - 1.5"
     shifted = Calibration(2.0, -1.0, "", {}, {}, {}).decide(0.5, p_target=0.5)
     assert (shifted.score, shifted.llr, shifted.decision) == (0.5, 0.0, "reject")
     # the AS-norm cohort counts only with AS-norm
@@ -179,7 +180,7 @@ def test_calibrate_then_verify_then_eval(tiny_corpus, tmp_path, capsys):
                            "--device", "cpu", "--nDataLoaderThread", "0"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"before \(raw scores as LLRs\): Cllr \d+\.\d{4}, minCllr \d\.\d{4}, actDCF\(p=0.05\) ", out)
-    assert re.search(r"after \(llr = .* \* score \+ .*\): Cllr \d\.\d{4}, minCllr", out)
+    assert re.search(r"after \(llr = \S+ \* score [+-] \S+\): Cllr \d\.\d{4}, minCllr", out)
     saved = Calibration.load(model + ".calibration.json")
     dev_labels = [int(line.split()[0]) for line in lines[:120]]
     assert saved.trials == {"target": sum(dev_labels), "non_target": 120 - sum(dev_labels)}
@@ -196,6 +197,13 @@ def test_calibrate_then_verify_then_eval(tiny_corpus, tmp_path, capsys):
     assert inference.main(["verify", "--initial_model", model, enroll, other, "--device", "cpu",
                            "--p_target", "0.999"]) == 0
     assert capsys.readouterr().out.splitlines()[2].startswith("accept" if llr > np.log(1 / 999) else "reject")
+    # other scoring options than the calibration's are refused; --calibration none scores alone
+    assert inference.main(["verify", "--initial_model", model, enroll, other, "--device", "cpu", "--scoring",
+                           "cosine"]) == 2
+    assert "calibration made for other scoring options" in capsys.readouterr().err
+    assert inference.main(["verify", "--initial_model", model, enroll, other, "--device", "cpu", "--scoring",
+                           "cosine", "--calibration", "none"]) == 0
+    assert re.fullmatch(r"score -?\d\.\d{6}\n", capsys.readouterr().out)
 
     assert trainSpeakerNet.main(eval_command(model, test, tiny_corpus, tmp_path / "run")) == 0
     out = capsys.readouterr().out
