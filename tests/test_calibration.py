@@ -152,6 +152,32 @@ def test_a_calibration_of_another_checkpoint_or_scoring_is_refused(checkpoints, 
         SpeakerNet.load_embedder(checkpoints[0], device="cpu", eval_frames=300, calibration=str(path))
 
 
+def test_verify_gives_score_llr_and_decision(checkpoints, tmp_path):
+    first = SpeakerNet.load_embedder(checkpoints[0], device="cpu", calibration=None)
+    made = Calibration(40.0, 5.0, first.weights_sha256(), first.scoring_options(), {}, {})
+    first.use_calibration(made)
+    rng = np.random.default_rng(0)
+    a, b = (rng.normal(0, 0.1, 6000).astype(np.float32) for _ in range(2))
+    result = first.verify(a, b, p_target=0.01)
+    assert result.score == pytest.approx(first.score(a, b), abs=1e-6)
+    assert result.llr == pytest.approx(40.0 * result.score + 5.0, abs=1e-4)
+    assert result.accept == (result.llr > np.log(99)) and result.threshold == pytest.approx(np.log(99))
+
+
+def test_calibrate_needs_a_labelled_list_with_both_classes(checkpoints, tmp_path, capsys):
+    import soundfile as sf
+    for name in ("a", "b"):
+        sf.write(tmp_path / f"{name}.wav", np.random.default_rng(0).normal(0, 0.1, 8000), 16000)
+    for lines, message in (("a.wav b.wav\n", "calibration needs a labelled trial list"),
+                           ("1 a.wav b.wav\n1 b.wav a.wav\n", "every trial has label 1")):
+        trials = tmp_path / "trials.txt"
+        trials.write_text(lines)
+        code = inference.main(["calibrate", "--initial_model", checkpoints[0], "--test_list", str(trials),
+                               "--test_path", str(tmp_path), "--device", "cpu"])
+        assert code == 2 and f"error: {trials}: {message}" in capsys.readouterr().err
+    assert not os.path.exists(checkpoints[0] + ".calibration.json")
+
+
 def test_verify_without_a_calibration_says_how_to_make_one(checkpoints):
     embedder = SpeakerNet.load_embedder(checkpoints[1], device="cpu")         # nothing beside it: none
     assert embedder.calibration is None
