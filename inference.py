@@ -146,7 +146,8 @@ def run_calibrate(args) -> None:
     labels = result.trial_list.labels
     options = calibrations.scoring_options(args.eval_frames, args.scoring, args.score_norm, embedder.test_normalize,
                                            embedder.pipeline.scale, embedder.pipeline.pad,
-                                           cohort_size=args.cohort_size, cohort_utterances=args.cohort_utterances)
+                                           cohort_size=args.cohort_size, cohort_utterances=args.cohort_utterances,
+                                           cohort_list=args.train_list)
     p_targets = tuple(dict.fromkeys((args.dcf_p_target, 0.01)))
     fitted = calibrations.calibrate(result.scores, labels, weights, options, args.test_list, args.initial_model,
                                     p_targets)

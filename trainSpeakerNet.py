@@ -354,7 +354,7 @@ def eval_calibration(args, net: SpeakerNet, source: str):
         return None
     options = calibrations.scoring_options(args.eval_frames, args.scoring, args.score_norm, net.test_normalize,
                                            args.audio_scale, args.pad, args.short_files, args.cohort_size,
-                                           args.cohort_utterances)
+                                           args.cohort_utterances, args.train_list)
     calibration.check(calibrations.weights_sha256(net.__S__), options)
     log.info(f"Calibration {calibration.source} loaded: {calibration.formula()}")
     return calibration

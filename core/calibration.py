@@ -61,15 +61,17 @@ def weights_sha256(network: torch.nn.Module) -> str:
 
 def scoring_options(eval_frames: int, scoring: str, score_norm: str, test_normalize: bool, audio_scale: str,
                     pad: str, short_files: str = "pad", cohort_size: int | None = None,
-                    cohort_utterances: int | None = None) -> dict:
-    """The options that shape the score distribution, as a calibration records them. The AS-norm cohort sizes
-    count only with AS-norm. The embedding precision is left out: bf16 moves scores by about 1e-5, far below
-    what moves a calibration."""
+                    cohort_utterances: int | None = None, cohort_list: str | None = None) -> dict:
+    """The options that shape the score distribution, as a calibration records them. The AS-norm cohort (its
+    sizes and the SHA-256 of the ``cohort_list`` file, so a moved copy is the same cohort) counts only with
+    AS-norm. The embedding precision is left out: bf16 moves scores by about 1e-5, far below what moves a
+    calibration."""
     options = {"eval_frames": int(eval_frames), "scoring": scoring, "score_norm": score_norm,
                "test_normalize": bool(test_normalize), "audio_scale": audio_scale, "pad": pad,
                "short_files": short_files if eval_frames else "pad"}   # whole files have no short-file policy
     if score_norm == "asnorm":
-        options.update(cohort_size=int(cohort_size), cohort_utterances=int(cohort_utterances))
+        options.update(cohort_size=int(cohort_size), cohort_utterances=int(cohort_utterances),
+                       cohort_list_sha256=file_sha256(cohort_list))
     return options
 
 

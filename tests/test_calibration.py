@@ -98,7 +98,7 @@ def test_a_damaged_file_is_an_error_naming_it(fitted, tmp_path, damage, message)
         Calibration.load(str(tmp_path / "none.json"))
 
 
-def test_decisions_at_the_operating_point():
+def test_decisions_at_the_operating_point(tmp_path):
     identity = Calibration(1.0, 0.0, "", {}, {}, {})
     at = identity.decide(np.log(19), p_target=0.05)                  # exactly at -logit(0.05): not above, rejected
     assert (at.decision, at.threshold) == ("reject", pytest.approx(np.log(19)))
@@ -108,8 +108,11 @@ def test_decisions_at_the_operating_point():
     assert (shifted.score, shifted.llr, shifted.decision) == (0.5, 0.0, "reject")
     # the AS-norm cohort counts only with AS-norm
     assert "cohort_size" not in scoring_options(0, "cosine", "none", True, "float", "wrap", cohort_size=100)
-    assert scoring_options(0, "cosine", "asnorm", True, "float", "wrap", cohort_size=100,
-                           cohort_utterances=3)["cohort_size"] == 100
+    cohort = tmp_path / "cohort.txt"
+    cohort.write_text("id1 a.wav\nid2 b.wav\n")
+    options = scoring_options(0, "cosine", "asnorm", True, "float", "wrap", cohort_size=100, cohort_utterances=3,
+                              cohort_list=str(cohort))
+    assert options["cohort_size"] == 100 and options["cohort_list_sha256"] == calibrations.file_sha256(str(cohort))
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------------
