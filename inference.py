@@ -2,7 +2,8 @@
 """Use a trained model outside the trainer.
 
     python inference.py embed --initial_model M a.wav b.wav ... --out emb.npz    (or --list FILE --root DIR)
-    python inference.py verify --initial_model M a.wav b.wav
+    python inference.py verify --initial_model M a.wav b.wav                 (score; LLR and decision when calibrated)
+    python inference.py calibrate --initial_model M --test_list dev.txt --test_path DIR      (writes M.calibration.json)
 
 The checkpoint says which model it is (SpeakerNet's own carry their options; for the original's state dicts the
 keys tell); model flags given here override it. Any sample rate is resampled to 16 kHz and stereo is mixed down.
@@ -14,9 +15,10 @@ import sys
 
 import torch
 
+from core import calibration as calibrations
 from core.errors import SpeakerNetError
-from core.evaluation import EmbeddingStore
-from core.inference import load_embedder
+from core.evaluation import EmbeddingStore, EvalOptions, evaluate, read_cohort, read_plan
+from core.inference import AUTO, load_embedder
 from core.progress import progress_bar
 from DatasetLoader import read_lines
 
@@ -26,17 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("embed", "one embedding per file, saved as .npz"),
                             ("verify", "the score of two files")):
-        command = commands.add_parser(name, help=help_text)
-        command.add_argument("--initial_model", required=True, help="checkpoint (SpeakerNet's, the original's)")
-        command.add_argument("--eval_frames", type=int, default=0,
-                             help="0: whole files (default); N: the original's 10 crops of N frames")
-        command.add_argument("--scoring", choices=["crops", "cosine"], default="crops")
-        command.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-        command.add_argument("--trust_checkpoint", action="store_true",
-                             help="load a checkpoint whose pickle holds other objects than tensors (RUNS its code)")
-        for flag, kind in (("--model", str), ("--encoder_type", str), ("--nOut", int), ("--n_mels", int),
-                           ("--window", str), ("--audio_scale", str), ("--pad", str), ("--trainfunc", str)):
-            command.add_argument(flag, type=kind, default=None, help="override the checkpoint's own value")
+        add_model_arguments(commands.add_parser(name, help=help_text))
     embed = commands.choices["embed"]
     embed.add_argument("files", nargs="*", help="audio files")
     embed.add_argument("--list", default="", help="a file of audio paths, one per line (relative to --root)")
@@ -44,14 +36,34 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, help="the .npz to write: file name -> (crops, dim) embedding")
     verify = commands.choices["verify"]
     verify.add_argument("files", nargs=2, help="the two audio files")
+    verify.add_argument("--calibration", default=None,
+                        help="calibration file (default: M.calibration.json beside the model, when present; "
+                             "none: the score alone)")
+    verify.add_argument("--p_target", type=float, default=0.05,
+                        help="with a calibration: the target prior of the decision (costs 1 and 1)")
+    add_calibrate_command(commands)
     return parser
 
 
-def embedder_for(args):
+def add_model_arguments(command: argparse.ArgumentParser) -> None:
+    """The checkpoint and how its scores are made: every subcommand's flags."""
+    command.add_argument("--initial_model", required=True, help="checkpoint (SpeakerNet's, the original's)")
+    command.add_argument("--eval_frames", type=int, default=0,
+                         help="0: whole files (default); N: the original's 10 crops of N frames")
+    command.add_argument("--scoring", choices=["crops", "cosine"], default="crops")
+    command.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    command.add_argument("--trust_checkpoint", action="store_true",
+                         help="load a checkpoint whose pickle holds other objects than tensors (RUNS its code)")
+    for flag, kind in (("--model", str), ("--encoder_type", str), ("--nOut", int), ("--n_mels", int),
+                       ("--window", str), ("--audio_scale", str), ("--pad", str), ("--trainfunc", str)):
+        command.add_argument(flag, type=kind, default=None, help="override the checkpoint's own value")
+
+
+def embedder_for(args, calibration=None):
     overrides = {key: getattr(args, key) for key in ("model", "encoder_type", "nOut", "n_mels", "window",
                                                       "audio_scale", "pad", "trainfunc")}
     return load_embedder(args.initial_model, device=args.device, trust=args.trust_checkpoint,
-                         eval_frames=args.eval_frames, scoring=args.scoring, **overrides)
+                         eval_frames=args.eval_frames, scoring=args.scoring, calibration=calibration, **overrides)
 
 
 def files_to_embed(args) -> list[str]:
@@ -72,14 +84,87 @@ def run_embed(args) -> None:
 
 
 def run_verify(args) -> None:
-    embedder = embedder_for(args)
-    print(f"score {embedder.score(*args.files):.6f}")
+    """The score; with a calibration (beside the model or ``--calibration``) also its LLR and the decision."""
+    if not 0 < args.p_target < 1:
+        raise SpeakerNetError(f"--p_target {args.p_target}: a prior, strictly between 0 and 1")
+    calibration = None if args.calibration == "none" else args.calibration or AUTO
+    embedder = embedder_for(args, calibration=calibration)
+    if embedder.calibration is None:
+        print(f"score {embedder.score(*args.files):.6f}")
+        return
+    result = embedder.verify(*args.files, p_target=args.p_target)
+    print(f"score {result.score:.6f}")
+    print(f"llr {result.llr:.6f}")
+    print(f"{result.decision} (p_target {result.p_target:g}: accept when llr > {result.threshold:.4f}; "
+          f"calibration {embedder.calibration.source})")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# calibrate
+# ----------------------------------------------------------------------------------------------------------------
+
+def add_calibrate_command(commands) -> None:
+    calibrate = commands.add_parser("calibrate", help="fit score -> LLR on a labelled trial list, saved beside M")
+    add_model_arguments(calibrate)
+    calibrate.add_argument("--test_list", required=True, help="labelled trial list '<label> <enroll> <test>'")
+    calibrate.add_argument("--test_path", default="", help="folder the trial list's paths are relative to")
+    calibrate.add_argument("--out", default="", help="calibration file to write (default: M.calibration.json)")
+    calibrate.add_argument("--score_norm", choices=["none", "asnorm"], default="none",
+                           help="asnorm: AS-norm against --train_list speakers, as --eval does")
+    calibrate.add_argument("--train_list", default="", help="asnorm: cohort list '<speaker> <path.wav>'")
+    calibrate.add_argument("--train_path", default="", help="asnorm: folder of the cohort list's paths")
+    calibrate.add_argument("--cohort_size", type=int, default=200, help="asnorm: top cohort scores per file")
+    calibrate.add_argument("--cohort_utterances", type=int, default=3, help="asnorm: files per cohort speaker")
+    calibrate.add_argument("--dcf_p_target", type=float, default=0.05, help="actDCF target prior (and 0.01)")
+    calibrate.add_argument("--nDataLoaderThread", type=int, default=2, help="loader worker processes")
+
+
+def calibration_scores(args, embedder):
+    """The ``--eval`` scores of the labelled ``--test_list`` with this embedder's network and options."""
+    cohort = None
+    if args.score_norm == "asnorm":
+        if not args.train_list:
+            raise SpeakerNetError("--score_norm asnorm needs --train_list (and --train_path): its speakers are the "
+                                  "cohort")
+        cohort = read_cohort(args.train_list, args.train_path, args.cohort_utterances)
+    plan = read_plan([args.test_list], args.test_path, "calibration", cohort=cohort)
+    options = EvalOptions(eval_frames=args.eval_frames, num_workers=args.nDataLoaderThread, scoring=args.scoring,
+                          score_norm=args.score_norm, cohort_size=args.cohort_size, pipeline=embedder.pipeline)
+    outcome = evaluate(embedder.network, embedder.test_normalize, plan, args.test_path, options, embedder.device)
+    return outcome.tests[0]
+
+
+def run_calibrate(args) -> None:
+    """Score the list as ``--eval`` does, fit llr = scale * score + offset, print the metrics before and after,
+    and write the calibration (atomically) beside the model or to ``--out``."""
+    if not 0 < args.dcf_p_target < 1:
+        raise SpeakerNetError(f"--dcf_p_target {args.dcf_p_target}: a prior, strictly between 0 and 1")
+    out = args.out or calibrations.default_path(args.initial_model)
+    embedder = embedder_for(args, calibration=None)
+    weights = embedder.weights_sha256()
+    result = calibration_scores(args, embedder)
+    labels = result.trial_list.labels
+    options = calibrations.scoring_options(args.eval_frames, args.scoring, args.score_norm, embedder.test_normalize,
+                                           embedder.pipeline.scale, embedder.pipeline.pad,
+                                           cohort_size=args.cohort_size, cohort_utterances=args.cohort_utterances,
+                                           cohort_list=args.train_list)
+    p_targets = tuple(dict.fromkeys((args.dcf_p_target, 0.01)))
+    fitted = calibrations.calibrate(result.scores, labels, weights, options, args.test_list, args.initial_model,
+                                    p_targets)
+    print(f"{args.test_list}: {fitted.trials['target']} target and {fitted.trials['non_target']} non-target "
+          f"trials, {args.scoring} scoring{', AS-norm' if args.score_norm == 'asnorm' else ''}, "
+          f"eval_frames {args.eval_frames}")
+    print(result.metrics.summary())
+    print(f"before (raw scores as LLRs): {calibrations.describe(fitted.metrics['before'])}")
+    print(f"after ({fitted.formula()}): {calibrations.describe(fitted.metrics['after'])}")
+    fitted.save(out)
+    print(f"calibration written to {out}")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"embed": run_embed, "verify": run_verify}[args.command](args)
+        {"embed": run_embed, "verify": run_verify, "calibrate": run_calibrate}[args.command](args)
     except SpeakerNetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from core import atomic, checkpoints, distributed, logs, plugins
+from core import calibration as calibrations
 from core.augment import Augmenter
 from core.checkpoints import UnsafeCheckpoint, latest_checkpoint, load_model_state, read_checkpoint
 from core.errors import SpeakerNetError
@@ -29,6 +30,7 @@ from core.evaluation import (
     EvalOptions,
     EvalOutcome,
     EvalPlan,
+    calibration_metrics,
     evaluate,
     per_list_path,
     read_cohort,
@@ -64,7 +66,7 @@ SESSION_OPTIONS = frozenset({
     "train_path", "test_path", "musan_path", "rir_path", "eval", "eval_frames", "scoring", "score_norm",
     "cohort_size", "cohort_utterances", "eval_batch_size", "eval_precision", "save_scores", "save_embeddings",
     "dcf_p_target", "dcf_c_miss", "dcf_c_fa", "device", "distributed", "port", "gpu_id", "compile",
-    "trust_checkpoint", "short_files"})
+    "trust_checkpoint", "short_files", "calibration"})
 LIST_OPTIONS = ("train_list", "test_list", "val_list")     # compared by content: a moved list is the same list
 
 
@@ -173,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="--eval: write 'score label enroll test' lines here (several lists: FILE_<list stem>.ext each)")
     add("--save_embeddings", type=str, default="",
         help="--eval: write an .npz mapping each trial file name to its (crops, dim) embedding")
+    add("--calibration", type=str, default="",
+        help="--eval: score -> LLR calibration file (default: the model's M.calibration.json when present) for "
+             "Cllr and actDCF; python inference.py calibrate makes one")
     add("--dcf_p_target", type=float, default=0.05, help="minDCF target prior")
     add("--dcf_c_miss", type=float, default=1.0, help="minDCF cost of a miss")
     add("--dcf_c_fa", type=float, default=1.0, help="minDCF cost of a false alarm")
@@ -355,7 +360,29 @@ def load_plan(args) -> EvalPlan:
 # --eval
 # ----------------------------------------------------------------------------------------------------------------
 
-def report_eval(args, outcome: EvalOutcome) -> None:
+def eval_calibration(args, net: SpeakerNet, source: str):
+    """The calibration ``--eval`` uses (``--calibration``, else the one beside the model, else None), checked
+    against the loaded weights and this evaluation's scoring options before anything is scored or written."""
+    calibration = calibrations.resolve(source, args.calibration)
+    if calibration is None:
+        return None
+    options = calibrations.scoring_options(args.eval_frames, args.scoring, args.score_norm, net.test_normalize,
+                                           args.audio_scale, args.pad, args.short_files, args.cohort_size,
+                                           args.cohort_utterances, args.train_list)
+    calibration.check(calibrations.weights_sha256(net.__S__), options)
+    log.info(f"Calibration {calibration.source} loaded: {calibration.formula()}")
+    return calibration
+
+
+def calibration_line(args, scores, labels, calibration) -> str:
+    """minCllr always (it needs no calibration: it is what the best monotonic calibration would reach); Cllr
+    and actDCF at each p_target of the calibrated LLRs when there is a calibration."""
+    p_targets = tuple(dict.fromkeys((args.dcf_p_target, 0.01)))
+    llrs = calibration.llr(scores) if calibration is not None else None
+    return calibration_metrics(scores, labels, llrs, p_targets, args.dcf_c_miss, args.dcf_c_fa).summary()
+
+
+def report_eval(args, outcome: EvalOutcome, calibration=None) -> None:
     several = len(outcome.tests) > 1
     files = len(outcome.store.files)
     log.info(f"{files} files embedded once for {len(outcome.tests)} list(s); evaluation {outcome.seconds:.1f} s")
@@ -366,6 +393,7 @@ def report_eval(args, outcome: EvalOutcome) -> None:
         if result.metrics is not None:
             log.info("EER %2.4f" % result.metrics.eer)
             log.info(result.metrics.report())
+            log.info(calibration_line(args, result.scores, trial_list.labels, calibration))
             if distributed.is_main():
                 plots = write_plots(result.scores, trial_list.labels, os.path.join(args.save_path, "result"),
                                     "_eval" + (f"_{trial_list.name}" if several else ""), eer=result.metrics.eer)
@@ -394,8 +422,9 @@ def run_eval(args) -> None:
     checkpoint = read_checkpoint(source, args.trust_checkpoint)
     load_model_state(net, checkpoint["model_state_dict"], source, prefixes=("__S__.",))
     log.info(f"Model {source} loaded!")
+    calibration = eval_calibration(args, net, source)
     outcome = evaluation_of(net, args, plan, device)
-    report_eval(args, outcome)
+    report_eval(args, outcome, calibration)
 
 
 def evaluation_of(net: SpeakerNet, args, plan: EvalPlan, device: torch.device) -> EvalOutcome:

@@ -15,6 +15,7 @@ import torch
 import torchaudio
 
 from core import SAMPLE_RATE
+from core.calibration import Calibration, Verification, default_path, scoring_options, weights_sha256
 from core.checkpoints import load_model_state, read_checkpoint
 from core.errors import SpeakerNetError
 from core.evaluation import TrialScorer
@@ -80,7 +81,8 @@ class Embedder:
     """Embeddings of audio from a trained network, and their scores as ``--eval`` computes them.
 
     ``eval_frames`` 0 embeds whole files; N takes the original's 10 crops of N frames. ``scoring``: ``crops`` (the
-    original's crop distances) or ``cosine``.
+    original's crop distances) or ``cosine``. ``calibration`` (checked against this network and scoring with
+    :meth:`use_calibration`) turns scores into LLRs for :meth:`verify`.
     """
 
     def __init__(self, network: torch.nn.Module, test_normalize: bool, pipeline: AudioPipeline,
@@ -88,6 +90,22 @@ class Embedder:
         self.network = network.to(device).eval()
         self.test_normalize, self.pipeline, self.device = test_normalize, pipeline, device
         self.eval_frames, self.scoring, self.source = eval_frames, scoring, source
+        self.calibration: Calibration | None = None
+
+    def scoring_options(self) -> dict:
+        """The options that shape this embedder's scores, as a calibration records them (no score
+        normalisation; short files padded, as :meth:`embed` does)."""
+        return scoring_options(self.eval_frames, self.scoring, "none", self.test_normalize, self.pipeline.scale,
+                               self.pipeline.pad)
+
+    def weights_sha256(self) -> str:
+        return weights_sha256(self.network)
+
+    def use_calibration(self, calibration: Calibration | None) -> None:
+        """Score with ``calibration`` from now on, once it is checked to be this network's and this scoring's."""
+        if calibration is not None:
+            calibration.check(self.weights_sha256(), self.scoring_options())
+        self.calibration = calibration
 
     def waveform(self, audio, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> np.ndarray:
         """Mono float32 samples at 16 kHz in [-1, 1] from a path or an array/tensor (float in [-1, 1] or int16;
@@ -140,15 +158,41 @@ class Embedder:
         scorer = TrialScorer(torch.stack([a, b]), self.scoring, self.test_normalize, self.device)
         return float(scorer(torch.tensor([0]), torch.tensor([1]))[0])
 
+    def verify(self, a, b, p_target: float = 0.05, c_miss: float = 1.0, c_fa: float = 1.0,
+               sample_rate: int = SAMPLE_RATE) -> Verification:
+        """Score, LLR and decision (accept when llr > -logit(effective prior of ``p_target`` and the costs)) of
+        two audios; needs a calibration."""
+        if self.calibration is None:
+            raise SpeakerNetError(f"{self.source or 'this model'}: verify needs a calibration to turn scores into "
+                                  f"LLRs and decisions, and there is none; make one with python inference.py "
+                                  f"calibrate --initial_model {self.source or 'M'} --test_list LABELLED_TRIALS "
+                                  f"--test_path DIR (it is saved as {default_path(self.source or 'M')}, which is "
+                                  f"then used by default)")
+        return self.calibration.decide(self.score(a, b, sample_rate), p_target, c_miss, c_fa)
+
+
+AUTO = "auto"
+
 
 def load_embedder(path: str, device: str | torch.device | None = None, trust: bool = False, eval_frames: int = 0,
-                  scoring: str = "crops", **overrides) -> Embedder:
+                  scoring: str = "crops", calibration: str | Calibration | None = AUTO, **overrides) -> Embedder:
     """An :class:`Embedder` for the checkpoint at ``path``; ``overrides`` (model options such as ``nOut``,
-    ``encoder_type``, ``audio_scale``, ``trainfunc``) replace what the checkpoint says."""
+    ``encoder_type``, ``audio_scale``, ``trainfunc``) replace what the checkpoint says.
+
+    ``calibration``: ``"auto"`` (default) uses ``path + ".calibration.json"`` when it exists; a file name or a
+    :class:`~core.calibration.Calibration` uses that one; None uses none. A calibration made for other weights
+    or scoring options is an error naming its file.
+    """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint = read_checkpoint(path, trust)
     config = model_config(checkpoint, path, overrides)
     net = SpeakerNet(**{**config, "with_loss": False})
     load_model_state(net, checkpoint["model_state_dict"], path, prefixes=("__S__.",), strict=True)
     pipeline = AudioPipeline(scale=config.get("audio_scale", "int16"), pad=config.get("pad", "zero"))
-    return Embedder(net.__S__, net.test_normalize, pipeline, device, eval_frames, scoring, path)
+    embedder = Embedder(net.__S__, net.test_normalize, pipeline, device, eval_frames, scoring, path)
+    if calibration == AUTO:
+        beside = default_path(path)
+        calibration = beside if os.path.exists(beside) else None
+    embedder.use_calibration(Calibration.load(calibration) if isinstance(calibration, (str, os.PathLike))
+                             else calibration)
+    return embedder

@@ -1,10 +1,11 @@
-"""EER and minDCF against brute-force definitions over every threshold."""
+"""EER and minDCF against brute-force definitions over every threshold; Cllr, minCllr and actDCF by hand."""
 
 import numpy as np
 import pytest
 
 from core.errors import SpeakerNetError
-from core.evaluation import compute_metrics
+from core.evaluation import act_dcf, cllr, compute_metrics, min_cllr
+from core.evaluation.metrics import bayes_threshold
 from tuneThreshold import tuneThresholdfromScore
 
 
@@ -53,3 +54,64 @@ def test_separable_and_reversed():
     assert compute_metrics(np.array([0.1, 0.3, 0.2, 0.4]), labels).eer == 50.0
     with pytest.raises(SpeakerNetError, match="both target"):
         compute_metrics(np.array([0.1, 0.2]), np.array([1, 1]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cllr, minCllr, actDCF against hand-computed cases
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_cllr_of_hand_computed_llrs():
+    labels = np.array([1, 1, 0, 0])
+    assert cllr(np.zeros(4), labels) == pytest.approx(1.0)                     # uninformative: 1 bit
+    # each trial on the right side at odds 3: every trial costs log2(1 + 1/3) bits
+    assert cllr(np.log([3, 3, 1 / 3, 1 / 3]), labels) == pytest.approx(np.log2(4 / 3))
+    # the same LLRs with the wrong sign: log2(1 + 3) = 2 bits, worse than saying nothing
+    assert cllr(np.log([1 / 3, 1 / 3, 3, 3]), labels) == pytest.approx(2.0)
+    # each class weighs one half whatever its count: 1 target at LLR 0 (1 bit) and 3 confident non-targets
+    assert cllr(np.array([0.0, -50.0, -50.0, -50.0]), np.array([1, 0, 0, 0])) == pytest.approx(0.5)
+    assert cllr(np.array([np.inf, -np.inf]), np.array([1, 0])) == 0.0          # infinite confidence, right: free
+    assert cllr(np.array([-1000.0, 0.0]), np.array([1, 0])) == pytest.approx((1000 / np.log(2) + 1) / 2)
+
+
+def test_min_cllr_is_the_pav_calibration():
+    labels = np.array([1, 1, 0, 0])
+    assert min_cllr(np.array([5.0, 6.0, -1.0, 2.0]), labels) == 0.0            # separated: PAV gives +-inf
+    assert min_cllr(np.array([-5.0, -6.0, 1.0, -2.0]), labels) == pytest.approx(1.0)   # reversed: LLR 0 at best
+    # sorted: non 0, target 1, non 2, target 3; PAV pools the middle pair at posterior 1/2 (LLR 0), the ends are
+    # -inf (non-target) and +inf (target): each class has one trial at 1 bit and one at 0 -> 0.5
+    assert min_cllr(np.array([1.0, 3.0, 0.0, 2.0]), labels) == pytest.approx(0.5)
+    # tied scores share one LLR: a target and a non-target at the same score are pooled
+    assert min_cllr(np.array([1.0, 1.0]), np.array([1, 0])) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_min_cllr_is_invariant_to_monotonic_maps_and_below_cllr(seed):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(500) < 0.2).astype(int)
+    scores = rng.normal(size=500) + 1.5 * labels
+    best = min_cllr(scores, labels)
+    assert 0 < best < 1
+    assert min_cllr(np.exp(3 * scores) - 7, labels) == pytest.approx(best)
+    for scale, offset in ((1.0, 0.0), (3.0, -2.0), (0.3, 1.0)):
+        assert cllr(scale * scores + offset, labels) >= best - 1e-12
+    # the PAV LLRs do not depend on the list's target proportion: repeating every target 3 times keeps them
+    repeated = np.concatenate([scores, np.repeat(scores[labels == 1], 2)])
+    repeated_labels = np.concatenate([labels, np.ones(2 * labels.sum(), dtype=int)])
+    assert min_cllr(repeated, repeated_labels) == pytest.approx(best)
+
+
+def test_act_dcf_decides_at_the_bayes_threshold():
+    # p_target 0.05, unit costs: threshold -logit(0.05) = log(19) = 2.944
+    assert bayes_threshold(0.05) == pytest.approx(np.log(19))
+    assert bayes_threshold(0.5, c_miss=1, c_fa=3) == pytest.approx(np.log(3))
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    llrs = np.array([5.0, 3.0, 2.0, 0.0, np.log(19), 3.5, -1.0, -9.0])
+    # misses: 2.0 and 0.0 -> P_miss 2/4; false alarm: 3.5 only (one exactly at the threshold is rejected) -> 1/4
+    expected = (0.05 * 0.5 + 0.95 * 0.25) / 0.05
+    assert act_dcf(llrs, labels, 0.05) == pytest.approx(expected)
+    # costs act through the effective prior: (p 0.5, c_fa 3) decides like p 0.25 at unit costs (threshold log 3)
+    assert act_dcf(llrs, labels, 0.5, 1.0, 3.0) == pytest.approx(
+        (0.5 * np.mean(llrs[:4] <= np.log(3)) + 1.5 * np.mean(llrs[4:] > np.log(3))) / 0.5)
+    assert act_dcf(np.zeros(8), labels, 0.05) == pytest.approx(1.0)            # LLR 0 rejects everything: 1
+    with pytest.raises(SpeakerNetError, match="both target"):
+        cllr(np.zeros(3), np.ones(3))

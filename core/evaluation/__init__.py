@@ -3,7 +3,7 @@
 * :mod:`.trials`: trial lists, the plan (test lists, validation list, AS-norm cohort), score files;
 * :mod:`.extraction`: embeddings of files (batched, sharded over ranks), the embedding store;
 * :mod:`.scoring`: trial scores (the original's crop distances, cosine) and AS-norm;
-* :mod:`.metrics`: EER and minDCF; :mod:`.plots`: DET curve and score histogram.
+* :mod:`.metrics`: EER and minDCF, Cllr, minCllr and actDCF; :mod:`.plots`: DET curve and score histogram.
 
 The entry is :func:`evaluate`: it takes the embedding network (waveforms to embeddings) and whether its crops are
 L2-normalised before scoring (the loss's ``test_normalize``), never a trainer.
@@ -26,7 +26,15 @@ from core.evaluation.extraction import (
     equal_length_batches,
     extract_embeddings,
 )
-from core.evaluation.metrics import Metrics, compute_metrics
+from core.evaluation.metrics import (
+    CalibrationMetrics,
+    Metrics,
+    act_dcf,
+    calibration_metrics,
+    cllr,
+    compute_metrics,
+    min_cllr,
+)
 from core.evaluation.plots import write_plots
 from core.evaluation.scoring import (
     SCORE_NORMS,
@@ -154,4 +162,6 @@ __all__ = [
     "fold_batch_norms", "inference_copy", "list_names", "mean_embeddings", "per_list_path", "pick_cohort_files",
     "read_cohort", "read_plan", "read_trial_list", "read_trials", "score_lists", "speaker_means",
     "top_cohort_statistics", "write_plots", "write_scores",
+    # calibration metrics
+    "CalibrationMetrics", "act_dcf", "calibration_metrics", "cllr", "min_cllr",
 ]
