@@ -167,7 +167,7 @@ def assert_embeddings_agree(ours, reference, tolerance=1e-5):
     assert (ours - reference).abs().max().item() <= tolerance * max(scale, 1.0), (ours - reference).abs().max()
 
 
-@pytest.mark.parametrize("encoder_type,n_mels", [("ASP", 64), ("SAP", 40)])
+@pytest.mark.parametrize("encoder_type,n_mels", [("ASP", 64), ("SAP", 16)])
 def test_voxceleb_trainer_resnetse34v2_loads_key_for_key(tmp_path, encoder_type, n_mels):
     torch.manual_seed(3)
     reference = randomise(VtResNetSE34V2(nOut=48, encoder_type=encoder_type, n_mels=n_mels)).eval()
