@@ -22,8 +22,11 @@ def load(package: str, name: str):
     available = choices(package)
     if name not in available:
         raise SpeakerNetError(f"unknown {KINDS[package]} {name!r}; choices: {', '.join(available)}")
-    module = importlib.import_module(f"{package}.{name}")
-    return getattr(module, EXPORTS[package])
+    return _export(package, name)
+
+
+def _export(package: str, name: str):
+    return getattr(importlib.import_module(f"{package}.{name}"), EXPORTS[package])
 
 
 # Options a network may or may not have: one given to a model without it is an error, not silently ignored.
@@ -33,7 +36,9 @@ MODEL_SPECIFIC_OPTIONS = ("channels",)
 def model_defaults(name: str) -> dict:
     """The keyword defaults of ``models/name.py``'s ``MainModel``: the network's own ``nOut``, ``n_mels``,
     ``encoder_type``, ``window``, ``channels``, ... (what a flag left unset, None, means for it)."""
-    signature = inspect.signature(load("models", name))
+    if name not in choices("models"):
+        load("models", name)                # the error that lists the choices
+    signature = inspect.signature(_export("models", name))     # reads the signature: builds nothing
     return {key: parameter.default for key, parameter in signature.parameters.items()
             if parameter.default is not inspect.Parameter.empty}
 
