@@ -18,6 +18,8 @@ class SpeakerNet(nn.Module):
         super().__init__()
         if not model:
             raise SpeakerNetError(f"no model given; choices: {', '.join(plugins.choices('models'))}")
+        # an option left None (nOut, n_mels, ...) is the network's own default, which the loss then sees too
+        kwargs = plugins.with_model_defaults(model, kwargs)
         self.__S__ = plugins.load("models", model)(**kwargs)
         loss = plugins.load("loss", trainfunc) if trainfunc else None
         self.__L__ = loss(**kwargs) if loss is not None and with_loss else None

@@ -55,13 +55,14 @@ def add_model_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--trust_checkpoint", action="store_true",
                          help="load a checkpoint whose pickle holds other objects than tensors (RUNS its code)")
     for flag, kind in (("--model", str), ("--encoder_type", str), ("--nOut", int), ("--n_mels", int),
-                       ("--window", str), ("--audio_scale", str), ("--pad", str), ("--trainfunc", str)):
+                       ("--window", str), ("--channels", int), ("--audio_scale", str), ("--pad", str),
+                       ("--trainfunc", str)):
         command.add_argument(flag, type=kind, default=None, help="override the checkpoint's own value")
 
 
 def embedder_for(args, calibration=None):
     overrides = {key: getattr(args, key) for key in ("model", "encoder_type", "nOut", "n_mels", "window",
-                                                      "audio_scale", "pad", "trainfunc")}
+                                                      "channels", "audio_scale", "pad", "trainfunc")}
     return load_embedder(args.initial_model, device=args.device, trust=args.trust_checkpoint,
                          eval_frames=args.eval_frames, scoring=args.scoring, calibration=calibration, **overrides)
 

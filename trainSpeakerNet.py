@@ -182,17 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dcf_c_miss", type=float, default=1.0, help="minDCF cost of a miss")
     add("--dcf_c_fa", type=float, default=1.0, help="minDCF cost of a false alarm")
 
-    # Model definition
+    # Model definition. Left unset (None), nOut, n_mels, encoder_type, window and channels take the network's own
+    # defaults (its MainModel's; the original's 512, 40, SAP and hann for ResNetSE34L), filled in by parse_args.
     add("--model", type=str, default="", help="network: " + ", ".join(plugins.choices("models")))
     # --encoder: the original README's spelling of --encoder_type
-    add("--encoder_type", "--encoder", dest="encoder_type", type=str, default="SAP", choices=["SAP", "ASP"],
-        help="pooling")
-    add("--nOut", type=int, default=512, help="embedding size")
-    add("--n_mels", type=int, default=40, help="mel bands")
+    add("--encoder_type", "--encoder", dest="encoder_type", type=str, default=None, choices=["SAP", "ASP", "TSTP"],
+        help="pooling (default: the model's own; ResNetSE34L SAP, ResNetSE34V2 and ECAPA_TDNN ASP, ResNet34 TSTP)")
+    add("--nOut", type=int, default=None, help="embedding size (default: the model's own; ResNetSE34L 512)")
+    add("--n_mels", type=int, default=None, help="mel bands (default: the model's own; ResNetSE34L 40)")
     add("--log_input", action=argparse.BooleanOptionalAction, default=True, help="log of the mel energies")
-    add("--window", type=str, default="hann", choices=["hann", "hamming"],
-        help="front-end window of a new model (the original: hann; voxceleb_trainer: hamming); a loaded "
-             "checkpoint keeps its own")
+    add("--window", type=str, default=None, choices=["hann", "hamming"],
+        help="front-end window of a new model (default: the model's own; the original: hann; voxceleb_trainer: "
+             "hamming); a loaded checkpoint keeps its own")
+    add("--channels", type=at_least(1), default=None,
+        help="width of the network: ECAPA_TDNN's C (512 or 1024, default 512), ResNet34's base channels (32)")
 
     # Hardware
     add("--device", type=str, default=None, help="cuda or cpu (default: cuda when available)")
@@ -273,7 +276,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.eval_frames is None:
         args.eval_frames = args.max_frames
+    fill_model_defaults(args)
     return args
+
+
+MODEL_OPTION_FLAGS = ("nOut", "n_mels", "encoder_type", "window", "channels")
+ORIGINAL_MODEL = "ResNetSE34L"      # whose defaults an unset --model shows (the original's 512, 40, SAP, hann)
+
+
+def fill_model_defaults(args) -> None:
+    """Model options left None become the named network's own defaults, so that the run's config.yaml and its
+    checkpoints record the values it was built with. An unknown --model is left for check_plugins to report."""
+    model = args.model if args.model in plugins.choices("models") else ORIGINAL_MODEL
+    options = plugins.with_model_defaults(model, {key: getattr(args, key) for key in MODEL_OPTION_FLAGS})
+    for key in MODEL_OPTION_FLAGS:
+        setattr(args, key, options.get(key))
 
 
 def resolved_config(args) -> dict:

@@ -3,6 +3,8 @@
 does it, on the same network, loss, weights and batches, in the same run.
 
 Default shape: ResNetSE34L + angleproto, 64 speakers x 2 utterances x 200 frames (issue: "bench_train").
+``--networks ResNetSE34L,ResNetSE34V2,ECAPA_TDNN,ResNet34`` (or ``all``) adds our step's utterances/s for each
+network at its own defaults (ECAPA_TDNN with C = 512), same shape and loss, and its ratio to ResNetSE34L's.
 ``benchmarks/bench_train_gpu.py`` runs the original README's mp_balance shape on a GPU.
 """
 
@@ -76,11 +78,12 @@ def time_runs(run, device, repeats):
 
 
 def measure(trainfunc="angleproto", groups=64, per_group=2, frames=200, steps=3, repeats=3, device="cpu",
-            mixedprec=None, compile=False, reference=True, classes=None):
-    """Utterances/s of our step and of the reference step (None when not measured)."""
+            mixedprec=None, compile=False, reference=True, classes=None, model="ResNetSE34L", nOut=512, **options):
+    """Utterances/s of our step and of the reference step (None when not measured). ``model``, ``nOut`` (None:
+    the network's own) and ``options`` (``channels=...``) choose the network."""
     device = torch.device(device)
     torch.manual_seed(0)
-    net = SpeakerNet(model="ResNetSE34L", trainfunc=trainfunc, nOut=512, nSpeakers=classes or groups).to(device)
+    net = SpeakerNet(model=model, trainfunc=trainfunc, nOut=nOut, nSpeakers=classes or groups, **options).to(device)
     reference_net = copy.deepcopy(net)
     ours = ModelTrainer(net, device, optimizer="sgd", scheduler="steplr", lr=1e-4, mixedprec=mixedprec,
                         compile=compile)
@@ -97,6 +100,24 @@ def measure(trainfunc="angleproto", groups=64, per_group=2, frames=200, steps=3,
     return result
 
 
+NETWORKS = {"ResNetSE34L": {}, "ResNetSE34V2": {}, "ECAPA_TDNN": {"channels": 512}, "ResNet34": {}}
+
+
+def measure_networks(names, **shape) -> dict:
+    """Our step's utterances/s for each network at its own defaults (nOut, mels, pooling), same shape and loss."""
+    return {name: measure(model=name, nOut=None, reference=False, **NETWORKS.get(name, {}), **shape)["ours"]
+            for name in names}
+
+
+def print_networks(rates: dict) -> None:
+    baseline = rates.get("ResNetSE34L")
+    print(f"{'network (our step)':<28}{'parameters':>12}{'utt/s':>10}{'x ResNetSE34L':>15}")
+    for name, rate in rates.items():
+        net = SpeakerNet(model=name, **NETWORKS.get(name, {})).__S__
+        ratio = f"{rate / baseline:.2f}x" if baseline else "-"
+        print(f"{name:<28}{sum(p.numel() for p in net.parameters()) / 1e6:>11.2f}M{rate:>10.1f}{ratio:>15}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -107,6 +128,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--networks", default="",
+                        help="comma-separated networks (or 'all') to measure as well: " + ", ".join(NETWORKS))
     args = parser.parse_args(argv)
     result = measure(args.trainfunc, args.groups, args.per_group, args.frames, args.steps, args.repeats,
                      args.device, compile=args.compile)
@@ -116,6 +139,11 @@ def main(argv=None):
     print(f"{'ours':<28}{result['ours']:>10.1f}")
     print(f"{'voxceleb_trainer-style':<28}{result['reference']:>10.1f}")
     print(f"ratio ours / reference: {result['ours'] / result['reference']:.2f}x")
+    if args.networks:
+        names = list(NETWORKS) if args.networks == "all" else args.networks.split(",")
+        print_networks(measure_networks(names, trainfunc=args.trainfunc, groups=args.groups,
+                                        per_group=args.per_group, frames=args.frames, steps=args.steps,
+                                        repeats=args.repeats, device=args.device, compile=args.compile))
 
 
 if __name__ == "__main__":

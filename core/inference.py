@@ -2,9 +2,10 @@
 embedder for any audio, scored as ``--eval`` scores.
 
 SpeakerNet's own checkpoints carry their run's options (``checkpoint["run"]["options"]``); for the original's
-and voxceleb_trainer-layout state dicts the keys and shapes tell the rest: ``nOut`` from the last layer, SAP or
-ASP from its input size, ``n_mels`` and the window from the front end's buffers. What they cannot tell is an error
-naming the option to give.
+and voxceleb_trainer-layout state dicts the keys and shapes tell the rest: the model (the original's ResNetSE34L
+or voxceleb_trainer's ResNetSE34V2, then with voxceleb_trainer's float input and wrap padding), ``nOut`` from the
+last layer, SAP or ASP from its input size, ``n_mels`` and the window from the front end's buffers. What they
+cannot tell is an error naming the option to give.
 """
 
 import os
@@ -22,12 +23,30 @@ from core.evaluation import TrialScorer
 from DatasetLoader import INT16_SCALE, AudioPipeline, eval_crops
 from SpeakerNet import SpeakerNet
 
-MODEL_OPTIONS = ("model", "encoder_type", "nOut", "n_mels", "log_input", "window", "audio_scale", "pad",
+MODEL_OPTIONS = ("model", "encoder_type", "nOut", "n_mels", "log_input", "window", "channels", "audio_scale", "pad",
                  "trainfunc")
 ORIGINAL_DEFAULTS = {"log_input": True, "audio_scale": "int16", "pad": "zero", "trainfunc": ""}
+# voxceleb_trainer reads float samples in [-1, 1] and wraps a short file around; its published ResNetSE34V2
+# checkpoints were trained with --log_input True (its README's command)
+VOXCELEB_TRAINER_DEFAULTS = {"log_input": True, "audio_scale": "float", "pad": "wrap", "trainfunc": ""}
 MIN_SAMPLES = 400           # one 25-ms analysis window: the front end needs more than half of its FFT
-# Residual layout (blocks per layer, stem channels) of each model plugin that the keys can identify
-KNOWN_LAYOUTS = {((3, 4, 6, 3), 16): "ResNetSE34L"}
+
+
+class _Family:
+    """What a family of state dicts looks like: where its front end's buffers are, which key's shape gives the
+    width that the pooling sees (SAP: fc input = width, ASP: 2 x width), its residual layouts (blocks per layer,
+    stem channels) by model plugin, and the input pipeline it was trained with."""
+
+    def __init__(self, front_end: str, pooled_key: str, pooled_axis: int, layouts: dict, defaults: dict):
+        self.fb, self.window = f"__S__.{front_end}mel_scale.fb", f"__S__.{front_end}spectrogram.window"
+        self.pooled_key, self.pooled_axis, self.layouts, self.defaults = pooled_key, pooled_axis, layouts, defaults
+
+
+# The original's ResNetSE (torchfb is the MelSpectrogram; SAP/ASP through sap_linear) and voxceleb_trainer's
+# ResNetSE34V2 (torchfb = PreEmphasis + MelSpectrogram; attention over the flattened map, attention.0 its first conv)
+ORIGINAL = _Family("torchfb.", "__S__.sap_linear.weight", 0, {((3, 4, 6, 3), 16): "ResNetSE34L"}, ORIGINAL_DEFAULTS)
+VOXCELEB_TRAINER = _Family("torchfb.1.", "__S__.attention.0.weight", 1, {((3, 4, 6, 3), 32): "ResNetSE34V2"},
+                           VOXCELEB_TRAINER_DEFAULTS)
 
 
 def _blocks(state: dict, layer: int) -> int:
@@ -43,34 +62,36 @@ def _window(window: torch.Tensor) -> str | None:
 
 
 def infer_model_config(state: dict, source: str) -> dict:
-    """What the keys and shapes of a ResNetSE state dict say about its model."""
-    needed = ["__S__.fc.weight", "__S__.sap_linear.weight", "__S__.conv1.weight", "__S__.torchfb.mel_scale.fb",
-              "__S__.torchfb.spectrogram.window"]
+    """What the keys and shapes of an original ResNetSE or a voxceleb_trainer ResNetSE34V2 state dict say about
+    its model, with the input pipeline of the code that trained it."""
+    family = VOXCELEB_TRAINER if VOXCELEB_TRAINER.pooled_key in state else ORIGINAL
+    needed = ["__S__.fc.weight", family.pooled_key, "__S__.conv1.weight", family.fb, family.window]
     missing = [key for key in needed if key not in state]
     if missing:
         raise SpeakerNetError(f"{source}: cannot tell the model from its keys (no {missing[0]}); give model=..., "
                               f"encoder_type=..., nOut=... (--model, --encoder_type, --nOut)")
     layout = (tuple(_blocks(state, layer) for layer in (1, 2, 3, 4)), state["__S__.conv1.weight"].shape[0])
-    channels = state["__S__.sap_linear.weight"].shape[0]
+    width = state[family.pooled_key].shape[family.pooled_axis]
     pooled = state["__S__.fc.weight"].shape[1]
     config = {
-        "model": KNOWN_LAYOUTS.get(layout),
-        "encoder_type": {channels: "SAP", 2 * channels: "ASP"}.get(pooled),
+        "model": family.layouts.get(layout),
+        "encoder_type": {width: "SAP", 2 * width: "ASP"}.get(pooled),
         "nOut": state["__S__.fc.weight"].shape[0],
-        "n_mels": state["__S__.torchfb.mel_scale.fb"].shape[1],
-        "window": _window(state["__S__.torchfb.spectrogram.window"]),
+        "n_mels": state[family.fb].shape[1],
+        "window": _window(state[family.window]),
     }
     unknown = [key for key, value in config.items() if value is None]
     if unknown:
         raise SpeakerNetError(f"{source}: cannot tell {', '.join(unknown)} from its keys; give "
                               + ", ".join(f"{key}=... (--{key})" for key in unknown))
-    return {**ORIGINAL_DEFAULTS, **config}
+    return {**family.defaults, **config}
 
 
 def model_config(checkpoint: dict, source: str, overrides: dict) -> dict:
     """The checkpoint's own model options (or what its keys say), with ``overrides`` (not None) on top."""
     saved = (checkpoint.get("run") or {}).get("options") or {}
-    config = {key: saved[key] for key in MODEL_OPTIONS if key in saved}
+    # a None (an option the network does not have, such as ResNetSE34L's channels) says nothing: left out
+    config = {key: saved[key] for key in MODEL_OPTIONS if saved.get(key) is not None}
     if "model" not in config:
         config = infer_model_config(checkpoint["model_state_dict"], source)
     config.update({key: value for key, value in overrides.items() if value is not None})

@@ -1,6 +1,7 @@
 """Find models, losses, optimizers and schedulers by name: ``PACKAGE/NAME.py`` exporting one attribute."""
 
 import importlib
+import inspect
 import os
 
 from core.errors import SpeakerNetError
@@ -21,5 +22,33 @@ def load(package: str, name: str):
     available = choices(package)
     if name not in available:
         raise SpeakerNetError(f"unknown {KINDS[package]} {name!r}; choices: {', '.join(available)}")
-    module = importlib.import_module(f"{package}.{name}")
-    return getattr(module, EXPORTS[package])
+    return _export(package, name)
+
+
+def _export(package: str, name: str):
+    return getattr(importlib.import_module(f"{package}.{name}"), EXPORTS[package])
+
+
+# Options a network may or may not have: one given to a model without it is an error, not silently ignored.
+MODEL_SPECIFIC_OPTIONS = ("channels",)
+
+
+def model_defaults(name: str) -> dict:
+    """The keyword defaults of ``models/name.py``'s ``MainModel``: the network's own ``nOut``, ``n_mels``,
+    ``encoder_type``, ``window``, ``channels``, ... (what a flag left unset, None, means for it)."""
+    if name not in choices("models"):
+        load("models", name)                # the error that lists the choices
+    signature = inspect.signature(_export("models", name))     # reads the signature: builds nothing
+    return {key: parameter.default for key, parameter in signature.parameters.items()
+            if parameter.default is not inspect.Parameter.empty}
+
+
+def with_model_defaults(name: str, options: dict) -> dict:
+    """``options`` with every option of the network that is absent or None set to the network's own default
+    (:func:`model_defaults`); a model-specific option (``channels``) given to a network without it is an error."""
+    defaults = model_defaults(name)
+    foreign = [key for key in MODEL_SPECIFIC_OPTIONS if options.get(key) is not None and key not in defaults]
+    if foreign:
+        raise SpeakerNetError(f"model {name} has no option {', '.join('--' + key for key in foreign)}; models "
+                              f"with it: {', '.join(n for n in choices('models') if foreign[0] in model_defaults(n))}")
+    return {**options, **{key: value for key, value in defaults.items() if options.get(key) is None}}

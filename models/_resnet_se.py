@@ -51,6 +51,27 @@ class SEBasicBlock(nn.Module):
         return self.relu(out + residual)
 
 
+def se_layer(inplanes: int, planes: int, blocks: int, stride=1) -> nn.Sequential:
+    """``blocks`` SE basic blocks, the first with ``stride`` and, when the shape changes, a 1x1 conv + BN shortcut
+    (``downsample.0`` / ``downsample.1``, the original's and voxceleb_trainer's names)."""
+    downsample = None
+    if stride != 1 or inplanes != planes:
+        downsample = nn.Sequential(nn.Conv2d(inplanes, planes, kernel_size=1, stride=stride, bias=False),
+                                   nn.BatchNorm2d(planes))
+    layers = [SEBasicBlock(inplanes, planes, stride, downsample)]
+    layers += [SEBasicBlock(planes, planes) for _ in range(1, blocks)]
+    return nn.Sequential(*layers)
+
+
+def block_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """The foldable (conv, BatchNorm) pairs of every SE basic block inside ``model`` (core.folding)."""
+    pairs = []
+    for name, module in model.named_modules():
+        if isinstance(module, SEBasicBlock):
+            pairs += [(f"{name}.{conv}", f"{name}.{norm}") for conv, norm in module.fusable_conv_bn_pairs()]
+    return pairs
+
+
 def make_filterbank(n_mels: int = 40, window: str = "hann") -> torchaudio.transforms.MelSpectrogram:
     """The original's mel front end (Hann window; voxceleb_trainer uses Hamming)."""
     window_fn = torch.hann_window if window == "hann" else torch.hamming_window
@@ -87,14 +108,9 @@ class ResNetSE(nn.Module):
         self._init_weights()
 
     def _make_layer(self, planes, blocks, stride):
-        downsample = None
-        if stride != 1 or self.inplanes != planes:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, kernel_size=1, stride=stride, bias=False),
-                                       nn.BatchNorm2d(planes))
-        layers = [SEBasicBlock(self.inplanes, planes, stride, downsample)]
+        layer = se_layer(self.inplanes, planes, blocks, stride)
         self.inplanes = planes
-        layers += [SEBasicBlock(planes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+        return layer
 
     def _init_weights(self):
         for module in self.modules():
@@ -107,11 +123,7 @@ class ResNetSE(nn.Module):
     def fusable_conv_bn_pairs(self) -> list[tuple[str, str]]:
         """(conv, BatchNorm) pairs that core.folding may fold for inference: the stem's conv1 -> bn1 and each
         block's own pairs (:meth:`SEBasicBlock.fusable_conv_bn_pairs`)."""
-        pairs = [("conv1", "bn1")]
-        for name, module in self.named_modules():
-            if isinstance(module, SEBasicBlock):
-                pairs += [(f"{name}.{conv}", f"{name}.{norm}") for conv, norm in module.fusable_conv_bn_pairs()]
-        return pairs
+        return [("conv1", "bn1")] + block_pairs(self)
 
     def log_mel(self, waves: torch.Tensor) -> torch.Tensor:
         """Waveform -> instance-normalised log mel, in float32 and without gradient (it has no parameters)."""
