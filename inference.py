@@ -17,7 +17,6 @@ import torch
 from core.errors import SpeakerNetError
 from core.evaluation import EmbeddingStore
 from core.inference import load_embedder
-from core.progress import progress_bar
 from DatasetLoader import read_lines
 
 
@@ -28,20 +27,22 @@ def build_parser() -> argparse.ArgumentParser:
                             ("verify", "the score of two files")):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--initial_model", required=True, help="checkpoint (SpeakerNet's, the original's)")
-        command.add_argument("--eval_frames", type=int, default=0,
-                             help="0: whole files (default); N: the original's 10 crops of N frames")
-        command.add_argument("--scoring", choices=["crops", "cosine"], default="crops")
-        command.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
         command.add_argument("--trust_checkpoint", action="store_true",
                              help="load a checkpoint whose pickle holds other objects than tensors (RUNS its code)")
         for flag, kind in (("--model", str), ("--encoder_type", str), ("--nOut", int), ("--n_mels", int),
                            ("--window", str), ("--audio_scale", str), ("--pad", str), ("--trainfunc", str)):
             command.add_argument(flag, type=kind, default=None, help="override the checkpoint's own value")
+        command.add_argument("--eval_frames", type=int, default=0,
+                             help="0: whole files (default); N: the original's 10 crops of N frames")
+        command.add_argument("--scoring", choices=["crops", "cosine"], default="crops")
+        command.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     embed = commands.choices["embed"]
     embed.add_argument("files", nargs="*", help="audio files")
     embed.add_argument("--list", default="", help="a file of audio paths, one per line (relative to --root)")
     embed.add_argument("--root", default="", help="folder the --list paths are relative to")
     embed.add_argument("--out", required=True, help="the .npz to write: file name -> (crops, dim) embedding")
+    embed.add_argument("--batch_size", type=int, default=None,
+                       help="files per forward pass (default: as --eval batches them on this device)")
     verify = commands.choices["verify"]
     verify.add_argument("files", nargs=2, help="the two audio files")
     return parser
@@ -66,7 +67,9 @@ def files_to_embed(args) -> list[str]:
 def run_embed(args) -> None:
     files = files_to_embed(args)
     embedder = embedder_for(args)
-    embeddings = [embedder.embed(path) for path in progress_bar(files, desc="embedding", unit="file")]
+    if args.batch_size is not None and args.batch_size < 1:
+        raise SpeakerNetError(f"embed: --batch_size {args.batch_size}: give 1 or more files per forward pass")
+    embeddings = embedder.embed_files(files, args.batch_size, show_progress=True)
     EmbeddingStore(files, torch.stack(embeddings)).save_npz(args.out)
     print(f"{len(files)} embeddings ({embeddings[0].shape[0]} x {embeddings[0].shape[1]}) written to {args.out}")
 
