@@ -36,6 +36,7 @@ nothing behind. onnx and onnxscript are imported only for ONNX export (``require
 
 import copy
 import json
+import logging
 import os
 import warnings
 import zipfile
@@ -139,11 +140,17 @@ def embedding_dim(program: torch.export.ExportedProgram) -> int:
 
 def onnx_bytes(program: torch.export.ExportedProgram, info: dict[str, str], source: str = "model") -> bytes:
     """The serialised ONNX model of ``program`` (opset :data:`ONNX_OPSET`) with ``info`` in its metadata_props."""
+    # the exporter's registry warns, once per operator, that torchvision (which the network does not use) is absent
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)
     try:
         onnx_program = torch.onnx.export(program, (), dynamo=True, opset_version=ONNX_OPSET,
                                          input_names=["waveform"], output_names=["embedding"], verbose=False)
     except Exception as error:          # the exporter raises its own and torch's errors
         raise SpeakerNetError(f"{source}: ONNX export failed ({type(error).__name__}: {error})") from None
+    finally:
+        registry.setLevel(level)
     proto = onnx_program.model_proto
     proto.doc_string = ("SpeakerNet embedding network: waveform float32 (batch, samples) in [-1, 1] at 16 kHz -> "
                         "raw embedding (batch, dim); L2-normalise when test_normalize is true")
