@@ -4,6 +4,7 @@
     python inference.py embed --initial_model M a.wav b.wav ... --out emb.npz    (or --list FILE --root DIR)
     python inference.py verify --initial_model M a.wav b.wav                 (score; LLR and decision when calibrated)
     python inference.py calibrate --initial_model M --test_list dev.txt --test_path DIR      (writes M.calibration.json)
+    python inference.py export --initial_model M --format onnx|torch_export --out model.onnx|model.pt2
 
 The checkpoint says which model it is (SpeakerNet's own carry their options; for the original's state dicts the
 keys tell); model flags given here override it. Any sample rate is resampled to 16 kHz and stereo is mixed down.
@@ -18,8 +19,8 @@ import torch
 from core import calibration as calibrations
 from core.errors import SpeakerNetError
 from core.evaluation import EmbeddingStore, EvalOptions, evaluate, read_cohort, read_plan
+from core.export import FORMATS, export_model
 from core.inference import AUTO, load_embedder
-from core.progress import progress_bar
 from DatasetLoader import read_lines
 
 
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--list", default="", help="a file of audio paths, one per line (relative to --root)")
     embed.add_argument("--root", default="", help="folder the --list paths are relative to")
     embed.add_argument("--out", required=True, help="the .npz to write: file name -> (crops, dim) embedding")
+    embed.add_argument("--batch_size", type=int, default=None,
+                       help="files per forward pass (default: as --eval batches them on this device)")
     verify = commands.choices["verify"]
     verify.add_argument("files", nargs=2, help="the two audio files")
     verify.add_argument("--calibration", default=None,
@@ -42,16 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--p_target", type=float, default=0.05,
                         help="with a calibration: the target prior of the decision (costs 1 and 1)")
     add_calibrate_command(commands)
+    export = commands.add_parser("export", help="the network, waveform to embedding, as ONNX or a torch.export "
+                                                "program")
+    add_model_arguments(export, scoring=False)
+    export.add_argument("--format", required=True, choices=FORMATS,
+                        help="onnx (onnxruntime) or torch_export (a .pt2 for torch.export.load)")
+    export.add_argument("--out", required=True, help="the file to write (.onnx or .pt2)")
     return parser
 
 
-def add_model_arguments(command: argparse.ArgumentParser) -> None:
-    """The checkpoint and how its scores are made: every subcommand's flags."""
+def add_model_arguments(command: argparse.ArgumentParser, scoring: bool = True) -> None:
+    """The checkpoint, its model overrides and (with ``scoring``) how its scores are made: every subcommand's flags
+    (export writes the network alone, on the CPU)."""
     command.add_argument("--initial_model", required=True, help="checkpoint (SpeakerNet's, the original's)")
-    command.add_argument("--eval_frames", type=int, default=0,
-                         help="0: whole files (default); N: the original's 10 crops of N frames")
-    command.add_argument("--scoring", choices=["crops", "cosine"], default="crops")
-    command.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    if scoring:
+        command.add_argument("--eval_frames", type=int, default=0,
+                             help="0: whole files (default); N: the original's 10 crops of N frames")
+        command.add_argument("--scoring", choices=["crops", "cosine"], default="crops")
+        command.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     command.add_argument("--trust_checkpoint", action="store_true",
                          help="load a checkpoint whose pickle holds other objects than tensors (RUNS its code)")
     for flag, kind in (("--model", str), ("--encoder_type", str), ("--nOut", int), ("--n_mels", int),
@@ -63,8 +74,9 @@ def add_model_arguments(command: argparse.ArgumentParser) -> None:
 def embedder_for(args, calibration=None):
     overrides = {key: getattr(args, key) for key in ("model", "encoder_type", "nOut", "n_mels", "window",
                                                       "channels", "audio_scale", "pad", "trainfunc")}
-    return load_embedder(args.initial_model, device=args.device, trust=args.trust_checkpoint,
-                         eval_frames=args.eval_frames, scoring=args.scoring, calibration=calibration, **overrides)
+    options = {"device": "cpu", "calibration": None} if args.command == "export" else {
+        "device": args.device, "eval_frames": args.eval_frames, "scoring": args.scoring, "calibration": calibration}
+    return load_embedder(args.initial_model, trust=args.trust_checkpoint, **options, **overrides)
 
 
 def files_to_embed(args) -> list[str]:
@@ -79,7 +91,9 @@ def files_to_embed(args) -> list[str]:
 def run_embed(args) -> None:
     files = files_to_embed(args)
     embedder = embedder_for(args)
-    embeddings = [embedder.embed(path) for path in progress_bar(files, desc="embedding", unit="file")]
+    if args.batch_size is not None and args.batch_size < 1:
+        raise SpeakerNetError(f"embed: --batch_size {args.batch_size}: give 1 or more files per forward pass")
+    embeddings = embedder.embed_files(files, args.batch_size, show_progress=True)
     EmbeddingStore(files, torch.stack(embeddings)).save_npz(args.out)
     print(f"{len(files)} embeddings ({embeddings[0].shape[0]} x {embeddings[0].shape[1]}) written to {args.out}")
 
@@ -162,10 +176,17 @@ def run_calibrate(args) -> None:
     print(f"calibration written to {out}")
 
 
+def run_export(args) -> None:
+    embedder = embedder_for(args)
+    info = export_model(embedder.network, embedder.config, args.out, args.format, embedder.test_normalize)
+    print(f"{args.format} export of {args.initial_model} (embedding dim {info['embedding_dim']}, test_normalize "
+          f"{info['test_normalize']}, input float32 (batch, samples) in [-1, 1] at 16 kHz) written to {args.out}")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"embed": run_embed, "verify": run_verify, "calibrate": run_calibrate}[args.command](args)
+        {"embed": run_embed, "verify": run_verify, "calibrate": run_calibrate, "export": run_export}[args.command](args)
     except SpeakerNetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

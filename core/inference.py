@@ -19,8 +19,9 @@ from core import SAMPLE_RATE
 from core.calibration import Calibration, Verification, default_path, scoring_options, weights_sha256
 from core.checkpoints import load_model_state, read_checkpoint
 from core.errors import SpeakerNetError
-from core.evaluation import TrialScorer
-from DatasetLoader import INT16_SCALE, AudioPipeline, eval_crops
+from core.evaluation import TrialScorer, default_files_per_batch
+from core.progress import progress_bar
+from DatasetLoader import INT16_SCALE, NUM_EVAL, AudioPipeline, eval_crops, max_audio_samples
 from SpeakerNet import SpeakerNet
 
 MODEL_OPTIONS = ("model", "encoder_type", "nOut", "n_mels", "log_input", "window", "channels", "audio_scale", "pad",
@@ -107,11 +108,13 @@ class Embedder:
     """
 
     def __init__(self, network: torch.nn.Module, test_normalize: bool, pipeline: AudioPipeline,
-                 device: torch.device, eval_frames: int = 0, scoring: str = "crops", source: str = ""):
+                 device: torch.device, eval_frames: int = 0, scoring: str = "crops", source: str = "",
+                 config: dict | None = None):
         self.network = network.to(device).eval()
         self.test_normalize, self.pipeline, self.device = test_normalize, pipeline, device
         self.eval_frames, self.scoring, self.source = eval_frames, scoring, source
         self.calibration: Calibration | None = None
+        self.config = dict(config or {})        # the model options it was built with (export records them)
 
     def scoring_options(self) -> dict:
         """The options that shape this embedder's scores, as a calibration records them (no score
@@ -164,11 +167,61 @@ class Embedder:
         """``(crops, dim)`` embeddings of one audio (see :meth:`waveform`), or a list of them for a list."""
         if isinstance(audio, (list, tuple)):
             return [self.embed(item, sample_rate) for item in audio]
+        return self._forward(torch.from_numpy(self.crops(audio, sample_rate))[None])[0]
+
+    def crops(self, audio, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+        """The network's input for one audio: ``(crops, samples)`` float32 in the model's input scale."""
         samples = self.waveform(audio, sample_rate)
         if self.pipeline.scale == "int16":
             samples = samples * INT16_SCALE
-        crops = torch.from_numpy(np.ascontiguousarray(eval_crops(samples, self.eval_frames, pipeline=self.pipeline)))
-        return self.network(crops.to(self.device)).float().cpu()
+        return np.ascontiguousarray(eval_crops(samples, self.eval_frames, pipeline=self.pipeline))
+
+    def _forward(self, crops: torch.Tensor) -> torch.Tensor:
+        """``(files, crops, dim)`` embeddings of a ``(files, crops, samples)`` batch, in one forward pass."""
+        files, count, samples = crops.shape
+        embeddings = self.network(crops.view(files * count, samples).to(self.device)).float().cpu()
+        return embeddings.view(files, count, -1)
+
+    @torch.no_grad()
+    def embed_files(self, paths, files_per_batch: int | None = None, max_samples: int | None = None,
+                    show_progress: bool = False) -> list[torch.Tensor]:
+        """``(crops, dim)`` embeddings of the audio files ``paths``, in order, as :meth:`embed` gives them.
+
+        Each file is read once (any sample rate or channel count, see :meth:`waveform`) and waits in a bucket of
+        its input shape: whole files (``eval_frames`` 0) share a forward pass only with files of the same length,
+        so nothing is padded; fixed crops all have one shape. A bucket is run when it holds ``files_per_batch``
+        files or ``max_samples`` samples (defaults: ``--eval``'s batches on this device, see
+        :func:`~core.evaluation.default_files_per_batch`: ``NUM_EVAL`` files' worth of 4-s crops per file of a
+        batch); the fullest bucket is run early when together they hold more than twice ``max_samples``, so memory
+        stays bounded for lists of any length and any mix of lengths.
+        """
+        per_file = files_per_batch or default_files_per_batch(self.device)
+        per_batch = files_per_batch or per_file * (NUM_EVAL if not self.eval_frames else 1)
+        budget = max_samples or per_file * NUM_EVAL * max_audio_samples(400)
+        out: list[torch.Tensor | None] = [None] * len(paths)
+        buckets: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+        held = 0                                            # samples waiting in the buckets
+        bar = progress_bar(total=len(paths), enabled=show_progress, desc="embedding", unit="file")
+
+        def run(shape) -> int:
+            indices, crops = zip(*buckets.pop(shape))
+            for index, embedding in zip(indices, self._forward(torch.from_numpy(np.stack(crops)))):
+                out[index] = embedding
+            bar.update(len(indices))
+            return len(indices) * shape[0] * shape[1]
+
+        for index, path in enumerate(paths):
+            crops = self.crops(path)
+            buckets.setdefault(crops.shape, []).append((index, crops))
+            held += crops.size
+            if len(buckets[crops.shape]) >= max(1, min(per_batch, budget // crops.size)):
+                held -= run(crops.shape)
+            while held > 2 * budget:
+                held -= run(max(buckets, key=lambda shape: len(buckets[shape]) * shape[0] * shape[1]))
+        for shape in list(buckets):
+            run(shape)
+        bar.close()
+        return out
 
     def score(self, a, b, sample_rate: int = SAMPLE_RATE) -> float:
         """The ``--eval`` score of two audios (see :meth:`waveform`)."""
@@ -210,7 +263,7 @@ def load_embedder(path: str, device: str | torch.device | None = None, trust: bo
     net = SpeakerNet(**{**config, "with_loss": False})
     load_model_state(net, checkpoint["model_state_dict"], path, prefixes=("__S__.",), strict=True)
     pipeline = AudioPipeline(scale=config.get("audio_scale", "int16"), pad=config.get("pad", "zero"))
-    embedder = Embedder(net.__S__, net.test_normalize, pipeline, device, eval_frames, scoring, path)
+    embedder = Embedder(net.__S__, net.test_normalize, pipeline, device, eval_frames, scoring, path, config)
     if calibration == AUTO:
         beside = default_path(path)
         calibration = beside if os.path.exists(beside) else None

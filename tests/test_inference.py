@@ -129,3 +129,31 @@ def test_the_command_line(tmp_path):
     missing = run("verify", "--initial_model", fixture(SEED_MODEL), wav[0], str(tmp_path / "none.wav"))
     assert missing.returncode == 2 and "none.wav: cannot read audio" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("eval_frames", [0, 40])
+def test_embed_files_batches_and_gives_what_embed_gives(tmp_path, eval_frames):
+    torch.manual_seed(4)
+    path = tmp_path / "small.model"
+    torch.save(SpeakerNet.SpeakerNet("ResNetSE34L", nOut=16, with_loss=False).state_dict(), path)
+    embedder = SpeakerNet.load_embedder(str(path), device="cpu", eval_frames=eval_frames)
+    rng = np.random.default_rng(0)
+    files = []
+    # equal lengths (one of them 8-kHz stereo: the same length once resampled), other lengths, short files; with
+    # max_samples 20000 the short files' buckets together pass 40000 samples before any is full, and run early
+    sizes = [("a", 1.5, 16000, 1), ("b", 1.0, 16000, 1), ("c", 1.5, 16000, 1), ("d", 1.5, 8000, 2),
+             ("e", 0.3, 16000, 1), ("f", 1.0, 16000, 1)]
+    sizes += [(f"s{index}", seconds, 16000, 1) for index, seconds in enumerate((0.4, 0.5, 0.45, 0.35, 0.55, 0.5, 0.3))]
+    for name, seconds, rate, channels in sizes:
+        files.append(str(tmp_path / f"{name}.wav"))
+        audio = rng.uniform(-0.5, 0.5, (int(seconds * rate), channels)).astype(np.float32)
+        sf.write(files[-1], audio, rate, subtype="PCM_16")
+    one_by_one = [embedder.embed(file) for file in files]
+    for options in ({}, {"files_per_batch": 2}, {"max_samples": 20000}):
+        batched = embedder.embed_files(files, **options)
+        assert len(batched) == len(files)
+        for file, got, expected in zip(files, batched, one_by_one):
+            assert got.shape == expected.shape == ((1 if eval_frames == 0 else 10), 16)
+            assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), (file, options)
+    with pytest.raises(SpeakerNetError, match="missing.wav: cannot read audio"):
+        embedder.embed_files([files[0], str(tmp_path / "missing.wav")])
