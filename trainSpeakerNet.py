@@ -587,10 +587,11 @@ class TrainingRun:
         """Train, evaluate when due, step the schedule, save, log. False when a stop was requested."""
         args = self.args
         self.sampler.set_epoch(epoch)
-        lr = self.trainer.lr
+        progress = self.progress if self.progress is not None and self.progress.epoch == epoch else None
+        # the LR at the epoch's start, also when resuming inside it (a per-iteration schedule has moved since)
+        lr = progress.start_lr if progress is not None and progress.start_lr is not None else self.trainer.lr
         log.info(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {epoch} Training {args.model} with LR {lr:f}...")
         started = time.time()
-        progress = self.progress if self.progress is not None and self.progress.epoch == epoch else None
         self.progress = self.trainer.train_network(self.loader, epoch, progress, stop.requested)
         if not self.progress.finished:
             return False

@@ -21,12 +21,15 @@ INITIAL_EER = 50.0      # what the original's plateau scheduler sees before the 
 
 @dataclass
 class EpochProgress:
-    """Where an epoch stands: batches consumed (including skipped ones) and the running sums of what is logged."""
+    """Where an epoch stands: batches consumed (including skipped ones), the running sums of what is logged, and
+    the LR the epoch started with (what its log lines print, also after a resume inside it under a per-iteration
+    schedule; None in states saved before it was kept)."""
     epoch: int
     batches: int = 0
     steps: int = 0
     loss_sum: float = 0.0
     accuracy_sum: float = 0.0
+    start_lr: float | None = None
     finished: bool = False
 
     def count_batch(self) -> None:
@@ -192,7 +195,7 @@ class ModelTrainer:
         next call with it skips the batches already done).
         """
         self.net.train()
-        progress = progress if progress is not None else EpochProgress(epoch)
+        progress = progress if progress is not None else EpochProgress(epoch, start_lr=self.lr)
         loader.batch_sampler.start_at(progress.batches)
         bad_in_a_row, utterances, started = 0, 0, time.time()
         bar = progress_bar(loader, enabled=show_progress and distributed.is_main(), desc=f"epoch {epoch}",
