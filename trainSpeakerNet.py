@@ -41,7 +41,8 @@ from core.evaluation import (
 from core.evaluation.extraction import SHORT_FILES
 from core.lock import RunLock
 from core.logs import log
-from core.training import INITIAL_EER, EpochProgress, ModelTrainer
+from core.margin import has_margin
+from core.training import INITIAL_EER, EpochProgress, ModelTrainer, is_per_iteration
 from DatasetLoader import (
     AUDIO_SCALES,
     PADS,
@@ -54,6 +55,7 @@ from DatasetLoader import (
     read_train_list,
 )
 from loss._common import IMBALANCED
+from scheduler._warmup import DEFAULT_FINAL_LR_RATIO
 from SpeakerNet import SpeakerNet
 
 SCORE_LINE = "IT %d, LR %f, TEER/T1 %2.2f, TLOSS %f, VEER %2.4f"
@@ -86,6 +88,17 @@ def at_least(minimum: int):
         return value
     parse.__name__ = "int"          # argparse and the YAML reader name the type by it
     return parse
+
+
+def non_negative(text) -> float:
+    """An argparse type: a float no smaller than 0."""
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of at least 0, got {value:g}")
+    return value
+
+
+non_negative.__name__ = "float"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,12 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lr", type=float, default=0.001, help="learning rate")
     add("--lr_decay", type=float, default=0.95, help="steplr: LR factor every --test_interval epochs")
     add("--weight_decay", type=float, default=5e-5, help="weight decay")
+    add("--warmup_epochs", type=non_negative, default=0.0,
+        help="warmup_exp, warmup_cosine: linear LR warm-up from about 0 to --lr over this many epochs (fractions "
+             "allowed; 0 = none)")
+    add("--final_lr", type=non_negative, default=None,
+        help="warmup_exp, warmup_cosine: the LR at the last iteration of --max_epoch (default --lr / 1000)")
 
     # Loss functions
     add("--hard_prob", type=float, default=0.5, help="triplet: probability of a hard negative")
     add("--hard_rank", type=int, default=10, help="triplet: hard negatives drawn from this many hardest")
     add("--margin", type=float, default=None, help="margin losses (default: the loss's own)")
     add("--scale", type=float, default=None, help="margin losses (default: the loss's own)")
+    add("--margin_start_epoch", type=at_least(1), default=None,
+        help="margin losses: margin 0 before this epoch, then rising to --margin (default: the full margin from "
+             "the start)")
+    add("--margin_rampup_epochs", type=non_negative, default=None,
+        help="with --margin_start_epoch: epochs over which the margin rises, exponentially per iteration "
+             "(default 0: at once)")
     add("--nSpeakers", "--nClasses", dest="nSpeakers", type=int, default=None,
         help="training classes (default: the number of speakers in --train_list; 5994 for VoxCeleb2)")
 
@@ -314,6 +338,36 @@ def check_plugins(args, packages) -> None:
             raise SpeakerNetError(f"--{flag} is required; choices: {', '.join(plugins.choices(package))}")
         if name not in plugins.choices(package):
             raise SpeakerNetError(f"unknown --{flag} {name!r}; choices: {', '.join(plugins.choices(package))}")
+
+
+def check_schedule_flags(args) -> None:
+    """The warm-up and margin-schedule flags fit the chosen schedule and loss (before any file is read)."""
+    per_iteration = is_per_iteration(plugins.load("scheduler", args.scheduler))
+    if not per_iteration:
+        given = [flag for flag, unset in (("warmup_epochs", 0.0), ("final_lr", None)) if getattr(args, flag) != unset]
+        if given:
+            raise SpeakerNetError(f"--{given[0]} applies to the per-iteration schedules ("
+                                  f"{', '.join(per_iteration_schedules())}), not to --scheduler {args.scheduler}")
+    else:
+        if args.warmup_epochs >= args.max_epoch:
+            raise SpeakerNetError(f"--warmup_epochs {args.warmup_epochs:g} must be shorter than --max_epoch "
+                                  f"{args.max_epoch}: the decay needs steps")
+        final_lr = args.lr * DEFAULT_FINAL_LR_RATIO if args.final_lr is None else args.final_lr
+        positive = plugins.load("scheduler", args.scheduler).final_must_be_positive   # exp: a log of the ratio
+        if final_lr > args.lr or (positive and final_lr <= 0):
+            raise SpeakerNetError(f"--final_lr {final_lr:g} must be {'above 0 and ' if positive else ''}at most "
+                                  f"--lr {args.lr:g} with --scheduler {args.scheduler}")
+    if args.margin_rampup_epochs is not None and args.margin_start_epoch is None:
+        raise SpeakerNetError("--margin_rampup_epochs needs --margin_start_epoch (the epoch the margin starts "
+                              "rising)")
+    if args.margin_start_epoch is not None and not has_margin(plugins.load("loss", args.trainfunc)):
+        with_margin = [name for name in plugins.choices("loss") if has_margin(plugins.load("loss", name))]
+        raise SpeakerNetError(f"--margin_start_epoch: --trainfunc {args.trainfunc} has no margin to schedule; the "
+                              f"losses with a margin are {', '.join(with_margin)}")
+
+
+def per_iteration_schedules() -> list[str]:
+    return [name for name in plugins.choices("scheduler") if is_per_iteration(plugins.load("scheduler", name))]
 
 
 def choose_device(args) -> torch.device:
@@ -510,8 +564,12 @@ def list_digest(paths: str) -> str:
 
 
 def run_identity(args) -> dict:
-    """What a resume must find unchanged: the options outside :data:`SESSION_OPTIONS`, lists by content."""
+    """What a resume must find unchanged: the options outside :data:`SESSION_OPTIONS`, lists by content, and
+    ``--max_epoch`` under a per-iteration schedule (its decay ends at the last epoch, so a longer run would jump
+    to another LR)."""
     options = {key: value for key, value in resolved_config(args).items() if key not in SESSION_OPTIONS}
+    if is_per_iteration(plugins.load("scheduler", args.scheduler)):
+        options["max_epoch"] = args.max_epoch
     lists = {key: list_digest(options.pop(key)) if options.get(key) else "" for key in LIST_OPTIONS}
     return {"options": options, "lists": lists}
 
@@ -592,10 +650,11 @@ class TrainingRun:
         """Train, evaluate when due, step the schedule, save, log. False when a stop was requested."""
         args = self.args
         self.sampler.set_epoch(epoch)
-        lr = self.trainer.lr
+        progress = self.progress if self.progress is not None and self.progress.epoch == epoch else None
+        # the LR at the epoch's start, also when resuming inside it (a per-iteration schedule has moved since)
+        lr = progress.start_lr if progress is not None and progress.start_lr is not None else self.trainer.lr
         log.info(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {epoch} Training {args.model} with LR {lr:f}...")
         started = time.time()
-        progress = self.progress if self.progress is not None and self.progress.epoch == epoch else None
         self.progress = self.trainer.train_network(self.loader, epoch, progress, stop.requested)
         if not self.progress.finished:
             return False
@@ -642,6 +701,7 @@ class TrainingRun:
 
 def run_train(args) -> int:
     check_plugins(args, ["loss", "models", "optimizer", "scheduler"])
+    check_schedule_flags(args)
     for flag in ("train_list", "test_list"):
         if not getattr(args, flag):
             raise SpeakerNetError(f"--{flag} is required for training")
@@ -656,8 +716,10 @@ def run_train(args) -> int:
     device = choose_device(args)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    trainer = ModelTrainer(SpeakerNet(**vars(args)), **{**vars(args), "device": device})
-    loader, sampler = build_loader(args, train_list, trainer.net.utterances_per_speaker, device)
+    net = SpeakerNet(**vars(args))
+    loader, sampler = build_loader(args, train_list, net.utterances_per_speaker, device)
+    sampler.set_epoch(1)        # the first epoch's length stands for every epoch's in per-iteration schedules
+    trainer = ModelTrainer(net, **{**vars(args), "device": device, "steps_per_epoch": len(sampler)})
     run = TrainingRun(args, trainer, plan, loader, sampler)
     if distributed.is_main():
         os.makedirs(args.save_path, exist_ok=True)

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from core import distributed, plugins
 from core.errors import SpeakerNetError
+from core.margin import MarginSchedule, has_margin
 from core.progress import progress_bar
 
 INITIAL_EER = 50.0      # what the original's plateau scheduler sees before the first evaluation
@@ -20,12 +21,15 @@ INITIAL_EER = 50.0      # what the original's plateau scheduler sees before the 
 
 @dataclass
 class EpochProgress:
-    """Where an epoch stands: batches consumed (including skipped ones) and the running sums of what is logged."""
+    """Where an epoch stands: batches consumed (including skipped ones), the running sums of what is logged, and
+    the LR the epoch started with (what its log lines print, also after a resume inside it under a per-iteration
+    schedule; None in states saved before it was kept)."""
     epoch: int
     batches: int = 0
     steps: int = 0
     loss_sum: float = 0.0
     accuracy_sum: float = 0.0
+    start_lr: float | None = None
     finished: bool = False
 
     def count_batch(self) -> None:
@@ -58,16 +62,26 @@ def _is_plateau(scheduler) -> bool:
     return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
+def is_per_iteration(scheduler) -> bool:
+    """A schedule (plugin class or instance) that declares ``per_iteration``: stepped after every batch, not per
+    epoch."""
+    return bool(getattr(scheduler, "per_iteration", False))
+
+
 class ModelTrainer:
     """Owns the network, its optimizer, scheduler and scaler; trains epochs.
 
-    ``optimizer`` and ``scheduler`` name plugins, which receive ``kwargs`` (the run's options).
+    ``optimizer`` and ``scheduler`` name plugins, which receive ``kwargs`` (the run's options) and
+    ``steps_per_epoch`` (the loader's length, which per-iteration schedules need). ``margin_start_epoch`` (None:
+    no schedule) and ``margin_rampup_epochs`` set the loss's margin schedule (:class:`core.margin.MarginSchedule`,
+    up to the margin the loss was built with).
     """
 
     max_bad_steps = 5   # consecutive non-finite losses before the run stops
 
     def __init__(self, net: nn.Module, device: torch.device, optimizer: str = "adam", scheduler: str = "plateau",
-                 mixedprec: str | None = None, compile: bool = False, **kwargs):
+                 mixedprec: str | None = None, compile: bool = False, steps_per_epoch: int | None = None,
+                 margin_start_epoch: int | None = None, margin_rampup_epochs: float | None = None, **kwargs):
         self.net = net.to(device)
         self.device = device
         # What the training step calls: the network itself, or its DistributedDataParallel wrapper.
@@ -80,18 +94,46 @@ class ModelTrainer:
         self.autocast_dtype = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}[mixedprec]
         self.scaler = torch.amp.GradScaler(device.type, enabled=mixedprec == "fp16")
         self.optimizer = plugins.load("optimizer", optimizer)(self.net.parameters(), **kwargs)
-        self.scheduler = plugins.load("scheduler", scheduler)(self.optimizer, **kwargs)
+        self.scheduler = plugins.load("scheduler", scheduler)(self.optimizer, steps_per_epoch=steps_per_epoch,
+                                                              **kwargs)
+        self.per_iteration = is_per_iteration(self.scheduler)
         if _is_plateau(self.scheduler):
             self.scheduler.step(INITIAL_EER)     # as the original, whose plateau step precedes every epoch
+        self.margin_schedule = self._margin_schedule(margin_start_epoch, margin_rampup_epochs, steps_per_epoch)
         self._running_stats = [buffer for module in self.net.modules()
                                if isinstance(module, nn.modules.batchnorm._BatchNorm) for buffer in module.buffers()]
+
+    def _margin_schedule(self, start_epoch, rampup_epochs, steps_per_epoch) -> MarginSchedule | None:
+        """The loss's margin schedule, rising to the margin the loss was built with."""
+        if start_epoch is None:
+            return None
+        loss = self.net.__L__
+        if not has_margin(loss):
+            raise SpeakerNetError(f"a margin schedule needs a loss with a margin; {type(loss).__module__} has none")
+        return MarginSchedule(final=loss.margin, start_epoch=start_epoch, rampup_epochs=rampup_epochs or 0.0,
+                              steps_per_epoch=steps_per_epoch or 0)
+
+    @property
+    def margin(self) -> float | None:
+        """The loss's margin now (None for a loss without one)."""
+        loss = self.net.__L__
+        return loss.margin if has_margin(loss) else None
+
+    def apply_margin(self, epoch: int, batch: int) -> None:
+        """Set the scheduled margin for batch ``batch`` of epoch ``epoch`` (before its step; a resumed run gets
+        the margin of its position at once, since it is recomputed, not saved). Host arithmetic only."""
+        if self.margin_schedule is not None:
+            self.net.__L__.set_margin(self.margin_schedule.at(epoch, batch))
 
     @property
     def lr(self) -> float:
         return max(group["lr"] for group in self.optimizer.param_groups)
 
     def step_schedule(self, eer: float) -> None:
-        """The LR schedule after a completed epoch: the plateau schedule sees the latest EER, the others count."""
+        """The LR schedule after a completed epoch: the plateau schedule sees the latest EER, the others count; a
+        per-iteration schedule was stepped after each batch instead."""
+        if self.per_iteration:
+            return
         if _is_plateau(self.scheduler):
             self.scheduler.step(eer)
         else:
@@ -153,7 +195,7 @@ class ModelTrainer:
         next call with it skips the batches already done).
         """
         self.net.train()
-        progress = progress if progress is not None else EpochProgress(epoch)
+        progress = progress if progress is not None else EpochProgress(epoch, start_lr=self.lr)
         loader.batch_sampler.start_at(progress.batches)
         bad_in_a_row, utterances, started = 0, 0, time.time()
         bar = progress_bar(loader, enabled=show_progress and distributed.is_main(), desc=f"epoch {epoch}",
@@ -161,7 +203,11 @@ class ModelTrainer:
         for waves, labels, sizes in bar:
             waves = waves.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-            if self._step(waves, labels, len(sizes), progress):
+            self.apply_margin(epoch, progress.batches)
+            stepped = self._step(waves, labels, len(sizes), progress)
+            if self.per_iteration:
+                self.scheduler.step()       # after every batch, a skipped one too: the LR follows the position
+            if stepped:
                 bad_in_a_row = 0
                 utterances += waves.shape[0]
                 bar.set_postfix(loss=f"{progress.mean_loss:.4f}", acc=f"{progress.mean_accuracy:.2f}%",

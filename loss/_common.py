@@ -62,7 +62,11 @@ class LearnedScaleLoss(torch.nn.Module):
 
 
 class MarginSoftmaxLoss(torch.nn.Module):
-    """Base of the margin softmaxes: one utterance per speaker, ``margin``/``scale`` defaulting to 0.2 and 30."""
+    """Base of the margin softmaxes: one utterance per speaker, ``margin``/``scale`` defaulting to 0.2 and 30.
+
+    A loss with a margin exposes ``margin`` (its current value) and ``set_margin(m)``; the trainer's margin
+    schedule (``--margin_start_epoch``) needs both, and refuses losses without them.
+    """
 
     utterances_per_speaker = 1
     train_normalize = False
@@ -72,5 +76,15 @@ class MarginSoftmaxLoss(torch.nn.Module):
 
     def __init__(self, margin: float | None = None, scale: float | None = None, **kwargs):
         super().__init__()
-        self.m = self.default_margin if margin is None else float(margin)
         self.s = self.default_scale if scale is None else float(scale)
+        self.set_margin(self.default_margin if margin is None else margin)
+
+    @property
+    def margin(self) -> float:
+        """The margin in use now (the margin schedule reads the full one from it when the run is built)."""
+        return self.m
+
+    def set_margin(self, m: float) -> None:
+        """Use margin ``m`` from the next forward on: the one way the margin schedule changes it, so a subclass
+        that derives constants from the margin (ArcFace) recomputes them here. Plain floats: no device work."""
+        self.m = float(m)

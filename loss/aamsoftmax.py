@@ -18,12 +18,16 @@ class LossFunction(MarginSoftmaxLoss):
 
     def __init__(self, nOut: int, nSpeakers: int, margin: float | None = None, scale: float | None = None, **kwargs):
         super().__init__(margin, scale)
+        self.weight = nn.Parameter(torch.empty(nSpeakers, nOut))
+        nn.init.xavier_normal_(self.weight, gain=1)
+
+    def set_margin(self, m: float) -> None:
+        """The margin and the constants of ``cos(theta + m)`` and of its fallback past ``pi - m``."""
+        super().set_margin(m)
         self.cos_m = math.cos(self.m)
         self.sin_m = math.sin(self.m)
         self.th = math.cos(math.pi - self.m)
         self.mm = math.sin(math.pi - self.m) * self.m
-        self.weight = nn.Parameter(torch.empty(nSpeakers, nOut))
-        nn.init.xavier_normal_(self.weight, gain=1)
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, label = flatten_groups(x, label)

@@ -30,6 +30,10 @@ class LossFunction(nn.Module):
         self.proxies = nn.Parameter(torch.empty(nSpeakers, nOut))
         nn.init.kaiming_normal_(self.proxies, mode="fan_out")
 
+    def set_margin(self, m: float) -> None:
+        """Use margin ``m`` from the next forward on (the trainer's margin schedule; ``margin`` is read as is)."""
+        self.margin = float(m)
+
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, label = flatten_groups(x, label)
         cosine = cosine_matrix(x, self.proxies)  # (utterances, speakers)

@@ -62,6 +62,10 @@ class LossFunction(nn.Module):
         self.hard_rank = DEFAULT_HARD_RANK if hard_rank is None else int(hard_rank)
         self.hard_prob = DEFAULT_HARD_PROB if hard_prob is None else float(hard_prob)
 
+    def set_margin(self, m: float) -> None:
+        """Use margin ``m`` from the next forward on (the trainer's margin schedule; ``margin`` is read as is)."""
+        self.margin = float(m)
+
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         check_groups(x, "triplet", 2, exact=True)
         anchor = F.normalize(x[:, 0, :], dim=1)
