@@ -1,5 +1,6 @@
 """Data: audio loading and cropping, training lists, the training dataset and its batch sampler, the test dataset."""
 
+import math
 import os
 import signal
 from dataclasses import dataclass
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 import torch
+import torchaudio
 from torch.utils.data import Dataset
 
 from core import SAMPLE_RATE
@@ -28,7 +30,29 @@ def max_audio_samples(max_frames: int) -> int:
 class TrainList:
     files: list[str]        # full paths
     labels: np.ndarray      # class index per file (speakers numbered by sorted name)
-    speakers: list[str]     # sorted speaker names
+    speakers: list[str]     # class names in label order (sorted speaker names; see speed_perturbed)
+    speeds: np.ndarray | None = None    # speed factor per entry (speed_perturbed); None: every file as recorded
+    copies: int = 1         # entries per recorded file: the list is ``copies`` blocks of the recorded list
+
+
+def speed_perturbed(train_list: TrainList, speeds: tuple[float, ...]) -> TrainList:
+    """Each (speaker, speed) as its own class, as WeSpeaker's speed perturbation does.
+
+    The list becomes ``len(speeds)`` blocks of the recorded list, block ``k`` at ``speeds[k]``; an entry of
+    speaker ``s`` in block ``k`` has label ``k * n_speakers + s`` and class name ``f"{name}_speed{factor}"``
+    (plain ``name`` for 1.0). With 1.0 first, the first ``n_speakers`` classes are the recorded speakers under
+    their usual labels. A class is a speaker to the sampler and the loss, so every utterance of a group shares
+    one speed.
+    """
+    if train_list.copies != 1:
+        raise ValueError("the training list is already speed-perturbed")
+    if len(set(speeds)) != len(speeds) or not all(factor > 0 for factor in speeds):
+        raise SpeakerNetError(f"speed factors must be distinct and positive, got {speeds}")
+    count, files = len(train_list.speakers), len(train_list.files)
+    labels = np.concatenate([train_list.labels + block * count for block in range(len(speeds))])
+    names = [name if factor == 1.0 else f"{name}_speed{factor:g}" for factor in speeds for name in train_list.speakers]
+    return TrainList(train_list.files * len(speeds), labels, names,
+                     np.repeat(np.asarray(speeds, dtype=np.float64), files), len(speeds))
 
 
 def read_lines(list_path: str) -> list[str]:
@@ -174,6 +198,53 @@ def load_wav(filename: str, max_frames: int, evalmode: bool = True, num_eval: in
     return audio[None, start:start + max_audio]
 
 
+# Samples read beyond each end of a speed-perturbed crop: the resampling filter (6 zero crossings of its sinc)
+# sees real signal there instead of the zeros it pads with, and the margin is cut off after resampling.
+SPEED_MARGIN = 32
+
+
+def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
+    """``audio`` played ``factor`` times faster: ``len / factor`` samples, every frequency times ``factor``.
+
+    This is sox's ``speed`` effect (tempo and pitch together, as Kaldi's and WeSpeaker's speed perturbation):
+    the samples are read as if recorded at ``16000 * factor`` Hz and resampled to 16 kHz with
+    ``torchaudio.functional.resample`` (band-limited sinc interpolation; it reduces the rates by their GCD, so
+    0.9 and 1.1 are 9/10 and 11/10 polyphase filters). ``torchaudio.functional.speed`` computes the same
+    resampling but truncates ``16000 * factor`` instead of rounding it.
+    """
+    wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    changed = torchaudio.functional.resample(wave, orig_freq=round(SAMPLE_RATE * factor), new_freq=SAMPLE_RATE)
+    return changed.numpy()
+
+
+def load_train_crop(filename: str, max_frames: int, rng: np.random.Generator, pipeline: AudioPipeline = ORIGINAL,
+                    speed: float = 1.0) -> np.ndarray:
+    """One random ``(1, samples)`` training crop of ``max_frames`` frames, of the file played at ``speed``.
+
+    At 1.0 it is :func:`load_wav`'s crop. Otherwise the crop is cut after the speed change, so it is still
+    ``max_frames`` long: a long file is read only where the crop falls (``max_audio * speed`` samples plus
+    :data:`SPEED_MARGIN` each side, then resampled and trimmed); a file too short for that is changed whole and
+    then padded (zeros or wrapped) and cropped like a short file at 1.0.
+    """
+    if speed == 1.0:
+        return load_wav(filename, max_frames, evalmode=False, rng=rng, pipeline=pipeline)
+    max_audio = max_audio_samples(max_frames)
+    needed = math.ceil(max_audio * speed) + 2 * SPEED_MARGIN
+    with open_audio(filename) as handle:
+        total = handle.frames
+        if total > needed:
+            handle.seek(int(rng.random() * (total - needed)))
+            changed = change_speed(pipeline.read(handle, needed), speed)
+            offset = round(SPEED_MARGIN / speed)
+            return changed[None, offset:offset + max_audio]
+        audio = pipeline.read(handle)
+    changed = change_speed(audio, speed)
+    if changed.shape[0] <= max_audio:
+        changed = pipeline.pad_short(changed, max_audio)
+    start = int(rng.random() * (changed.shape[0] - max_audio))
+    return changed[None, start:start + max_audio]
+
+
 def eval_crops(audio: np.ndarray, max_frames: int, num_eval: int = NUM_EVAL,
                pipeline: AudioPipeline = ORIGINAL) -> np.ndarray:
     """``(num_eval, samples)`` evenly spaced crops of a file's samples (padded when short), or ``(1, all)`` for
@@ -200,18 +271,21 @@ class Group:
 
 
 class TrainDataset(Dataset):
-    """Maps a :class:`Group` to ``(waves (len(group), samples), label)``."""
+    """Maps a :class:`Group` to ``(waves (len(group), samples), label)``; each file is played at its entry's speed
+    (:func:`speed_perturbed`) before it is cropped, and augmented after."""
 
     def __init__(self, train_list: TrainList, max_frames: int, augmenter=None, pipeline: AudioPipeline = ORIGINAL):
         self.files = train_list.files
+        self.speeds = train_list.speeds
         self.max_frames = max_frames
         self.augmenter = augmenter
         self.pipeline = pipeline
 
     def __getitem__(self, group: Group):
         rng = np.random.default_rng(group.crop_seed)
-        waves = np.concatenate([load_wav(self.files[i], self.max_frames, evalmode=False, rng=rng,
-                                         pipeline=self.pipeline) for i in group.files])
+        waves = np.concatenate([load_train_crop(self.files[i], self.max_frames, rng, self.pipeline,
+                                                1.0 if self.speeds is None else float(self.speeds[i]))
+                                for i in group.files])
         if self.augmenter is not None:       # the augmenter mixes in the int16 range
             waves = np.stack([self.pipeline.from_int16_scale(self.augmenter(self.pipeline.to_int16_scale(wave), rng))
                               for wave in waves])
@@ -240,31 +314,52 @@ class GroupBatchSampler(torch.utils.data.Sampler):
     global (``batch_size`` groups per rank, distinct speakers across all ranks) and each rank takes its slice:
     the shards are disjoint and equally long, and k ranks with ``batch_size`` B see exactly the batches of one
     process with ``batch_size`` k*B.
+
+    ``copies`` > 1 takes a :func:`speed_perturbed` list (``copies`` blocks of the recorded list, block k's labels
+    shifted by k * speakers) and keeps the epoch as long as without it, as WeSpeaker does: each epoch, every
+    speaker's utterances (at most ``max_seg_per_spk``, counted over all speeds) are shuffled and dealt in turn to
+    its ``copies`` classes, from a random first one, so each utterance is heard once, at one speed, and the
+    classes of a speaker get equal shares (within one). Each class then draws its group size and is cut into
+    groups as a speaker is.
     """
 
     def __init__(self, labels: np.ndarray, group_sizes: tuple[int, ...], batch_size: int, max_seg_per_spk: int,
-                 seed: int = 0, rank: int = 0, world_size: int = 1):
+                 seed: int = 0, rank: int = 0, world_size: int = 1, copies: int = 1):
         self.group_sizes = tuple(group_sizes)
         self.batch_size = batch_size
         self.max_seg_per_spk = max_seg_per_spk
         self.seed = seed
         self.rank, self.world_size = rank, world_size
-        order = np.argsort(labels, kind="stable")
-        boundaries = np.flatnonzero(np.diff(labels[order])) + 1
-        self.files_by_speaker = [(int(labels[chunk[0]]), chunk) for chunk in np.split(order, boundaries)]
+        self.copies = copies
+        self.recorded = len(labels) // copies          # entries of one block
+        self.speakers = int(labels.max()) // copies + 1 if copies > 1 else 0
+        if copies > 1 and not np.array_equal(
+                labels, np.concatenate([labels[:self.recorded] + k * self.speakers for k in range(copies)])):
+            raise ValueError(f"labels are not {copies} speed blocks of one list (see speed_perturbed)")
+        recorded = labels[:self.recorded]
+        order = np.argsort(recorded, kind="stable")
+        boundaries = np.flatnonzero(np.diff(recorded[order])) + 1
+        self.files_by_speaker = [(int(recorded[chunk[0]]), chunk) for chunk in np.split(order, boundaries)]
         self._check_fillable()
         self.epoch = 0
         self._batches = None
         self.first_batch = 0
 
+    def _usable_classes(self, files: int, needed: int) -> int:
+        """Classes of one speaker with ``needed`` utterances in every epoch (its share of the dealt ones)."""
+        kept = min(files, self.max_seg_per_spk)
+        share, extra = divmod(kept, self.copies)
+        return self.copies if share >= needed else extra if share + 1 >= needed else 0
+
     def _check_fillable(self):
         needed = min(self.group_sizes)
-        usable = sum(len(files) >= needed and self.max_seg_per_spk >= needed for _, files in self.files_by_speaker)
+        usable = sum(self._usable_classes(len(files), needed) for _, files in self.files_by_speaker)
         if usable < self.batch_size * self.world_size:
             raise SpeakerNetError(
                 f"batches of {self.batch_size} groups can never be filled: a batch needs {self.batch_size} distinct "
-                f"speakers{' per rank' if self.world_size > 1 else ''} with at least {needed} utterance(s) each, "
-                f"and the training list has {usable}")
+                f"{'classes' if self.copies > 1 else 'speakers'}{' per rank' if self.world_size > 1 else ''} with at "
+                f"least {needed} utterance(s) each, and the training list has {usable}"
+                f"{' (speaker x speed classes, each with its share of its speaker)' if self.copies > 1 else ''}")
 
     def set_epoch(self, epoch: int):
         if epoch != self.epoch:
@@ -276,12 +371,27 @@ class GroupBatchSampler(torch.utils.data.Sampler):
         self.first_batch = batch
 
     def _make_groups(self, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+        if self.copies > 1:
+            return self._make_perturbed_groups(rng)
         groups = []
         for label, files in self.files_by_speaker:
             size = int(rng.choice(self.group_sizes))
             count = min(len(files), self.max_seg_per_spk) // size * size
             for chunk in rng.permutation(files)[:count].reshape(-1, size):
                 groups.append((label, chunk))
+        return groups
+
+    def _make_perturbed_groups(self, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+        """Each speaker's shuffled utterances dealt to its speed classes, each class cut into groups."""
+        groups = []
+        for label, files in self.files_by_speaker:
+            kept = rng.permutation(files)[:self.max_seg_per_spk]
+            blocks = (np.arange(len(kept)) + rng.integers(self.copies)) % self.copies
+            for block in range(self.copies):
+                entries = kept[blocks == block] + block * self.recorded
+                size = int(rng.choice(self.group_sizes))
+                count = len(entries) // size * size
+                groups += [(label + block * self.speakers, chunk) for chunk in entries[:count].reshape(-1, size)]
         return groups
 
     def _pack(self, groups, order) -> list[list[int]]:

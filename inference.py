@@ -5,6 +5,7 @@
     python inference.py verify --initial_model M a.wav b.wav                 (score; LLR and decision when calibrated)
     python inference.py calibrate --initial_model M --test_list dev.txt --test_path DIR      (writes M.calibration.json)
     python inference.py export --initial_model M --format onnx|torch_export --out model.onnx|model.pt2
+    python inference.py average --save_path RUN --last 3           (or --epochs 8,9,10; --out FILE)
 
 The checkpoint says which model it is (SpeakerNet's own carry their options; for the original's state dicts the
 keys tell); model flags given here override it. Any sample rate is resampled to 16 kHz and stereo is mixed down.
@@ -17,6 +18,7 @@ import sys
 import torch
 
 from core import calibration as calibrations
+from core import checkpoints
 from core.errors import SpeakerNetError
 from core.evaluation import EmbeddingStore, EvalOptions, evaluate, read_cohort, read_plan
 from core.export import FORMATS, export_model
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, choices=FORMATS,
                         help="onnx (onnxruntime) or torch_export (a .pt2 for torch.export.load)")
     export.add_argument("--out", required=True, help="the file to write (.onnx or .pt2)")
+    add_average_parser(commands)
     return parser
 
 
@@ -69,6 +72,19 @@ def add_model_arguments(command: argparse.ArgumentParser, scoring: bool = True) 
                        ("--window", str), ("--channels", int), ("--audio_scale", str), ("--pad", str),
                        ("--trainfunc", str)):
         command.add_argument(flag, type=kind, default=None, help="override the checkpoint's own value")
+
+
+def add_average_parser(commands) -> None:
+    average = commands.add_parser("average", help="a checkpoint whose weights are the mean of a run's epochs")
+    average.add_argument("--save_path", required=True, help="the training run's folder (its epoch checkpoints in "
+                                                            "model/)")
+    chosen = average.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--last", type=int, help="average the newest N epoch checkpoints")
+    chosen.add_argument("--epochs", help="average these epochs' checkpoints, e.g. 8,9,10")
+    average.add_argument("--out", default="", help="the file to write (default: --save_path/model/"
+                                                   "average_lastN.model or average_A_B_C.model)")
+    average.add_argument("--trust_checkpoint", action="store_true",
+                         help="read checkpoints whose pickle holds other objects than tensors (RUNS their code)")
 
 
 def embedder_for(args, calibration=None):
@@ -183,10 +199,47 @@ def run_export(args) -> None:
           f"{info['test_normalize']}, input float32 (batch, samples) in [-1, 1] at 16 kHz) written to {args.out}")
 
 
+def chosen_epochs(args, model_dir: str) -> tuple[list[str], str]:
+    """The checkpoint paths ``--last`` or ``--epochs`` names (oldest first) and the default output name."""
+    found = dict(checkpoints.epoch_checkpoints(model_dir))
+    if args.last is not None:
+        if args.last < 1:
+            raise SpeakerNetError(f"--last {args.last}: must be at least 1")
+        if len(found) < args.last:
+            held = ", ".join(map(str, found)) or "none"
+            raise SpeakerNetError(f"{model_dir}: --last {args.last} needs {args.last} epoch checkpoints, this run "
+                                  f"holds {len(found)} (epochs: {held})")
+        epochs = sorted(found)[-args.last:]
+        return [found[epoch] for epoch in epochs], f"average_last{args.last}.model"
+    try:
+        epochs = [int(part) for part in args.epochs.split(",")]
+    except ValueError:
+        raise SpeakerNetError(f"--epochs {args.epochs!r}: expected epoch numbers separated by commas, "
+                              f"e.g. 8,9,10") from None
+    if len(set(epochs)) != len(epochs):
+        raise SpeakerNetError(f"--epochs {args.epochs}: an epoch is named twice")
+    epochs = sorted(epochs)
+    missing = [checkpoints.checkpoint_path(model_dir, epoch) for epoch in epochs if epoch not in found]
+    if missing:
+        raise SpeakerNetError(f"{missing[0]}: epoch checkpoint not found (--epochs {args.epochs}; this run holds "
+                              f"epochs {', '.join(map(str, found)) or 'none'})")
+    return [found[epoch] for epoch in epochs], "average_" + "_".join(map(str, epochs)) + ".model"
+
+
+def run_average(args) -> None:
+    model_dir = os.path.join(args.save_path, "model")
+    paths, name = chosen_epochs(args, model_dir)
+    out = args.out or os.path.join(model_dir, name)
+    checkpoints.save_averaged(out, checkpoints.average_checkpoints(paths, args.trust_checkpoint))
+    print(f"{out}: the mean of {len(paths)} checkpoint(s): {', '.join(os.path.basename(path) for path in paths)}")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"embed": run_embed, "verify": run_verify, "calibrate": run_calibrate, "export": run_export}[args.command](args)
+        commands = {"embed": run_embed, "verify": run_verify, "calibrate": run_calibrate, "export": run_export,
+                    "average": run_average}
+        commands[args.command](args)
     except SpeakerNetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -53,6 +53,7 @@ from DatasetLoader import (
     collate_groups,
     ignore_stop_signals,
     read_train_list,
+    speed_perturbed,
 )
 from loss._common import IMBALANCED
 from scheduler._warmup import DEFAULT_FINAL_LR_RATIO
@@ -60,6 +61,8 @@ from SpeakerNet import SpeakerNet
 
 SCORE_LINE = "IT %d, LR %f, TEER/T1 %2.2f, TLOSS %f, VEER %2.4f"
 TRAIN_LINE = "IT %d, LR %f, TEER %2.2f, TLOSS %f"
+# --speed_perturb: WeSpeaker's speeds, 1.0 first so that the first classes are the recorded speakers
+SPEED_FACTORS = (1.0, 0.9, 1.1)
 CONFIG_FILE = "config.yaml"        # the resolved configuration of a training run, in its --save_path
 # Options a resumed run may change: how long, how fast, where files are, and how it is evaluated. Every other
 # option changes the model, the loss, the data or the schedule, and a resume refuses a change of it.
@@ -130,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--augment", action="store_true", help="MUSAN noise and RIR reverberation in the loader")
     add("--musan_path", type=str, default="data/musan_split", help="MUSAN folder for --augment")
     add("--rir_path", type=str, default="data/RIRS_NOISES/simulated_rirs", help="RIR folder for --augment")
+    add("--speed_perturb", action="store_true",
+        help="speed perturbation in the loader: each speaker also at 0.9x and 1.1x speed (tempo and pitch, as "
+             "sox speed), each a class of its own (3 x the list's speakers); the epoch keeps its length")
 
     # Training details
     add("--test_interval", type=int, default=1, help="evaluate and save every N epochs")
@@ -510,7 +516,7 @@ def build_loader(args, train_list, loss_needs, device):
     try:
         sampler = GroupBatchSampler(train_list.labels, group_sizes_for(loss_needs, args.nPerSpeaker),
                                     args.batch_size, args.max_seg_per_spk, seed=args.seed, rank=distributed.rank(),
-                                    world_size=distributed.world_size())
+                                    world_size=distributed.world_size(), copies=train_list.copies)
     except SpeakerNetError as error:
         raise SpeakerNetError(f"--batch_size {args.batch_size}: {error}") from None
     workers = args.nDataLoaderThread
@@ -699,6 +705,18 @@ class TrainingRun:
         return line, extra, steering.metrics.eer
 
 
+def check_classes(args, classes: int, speakers: int) -> None:
+    """``--nSpeakers`` defaults to the training classes (the list's speakers, times the speeds with
+    ``--speed_perturb``); fewer is an error, since some labels would have no class."""
+    if args.nSpeakers is None:
+        args.nSpeakers = classes
+    elif args.nSpeakers < classes:
+        what = f"{speakers} speakers of {args.train_list}"
+        if classes != speakers:
+            what = f"{classes} classes of --speed_perturb ({what} x {classes // speakers} speeds)"
+        raise SpeakerNetError(f"--nSpeakers {args.nSpeakers} is smaller than the {what}")
+
+
 def run_train(args) -> int:
     check_plugins(args, ["loss", "models", "optimizer", "scheduler"])
     check_schedule_flags(args)
@@ -708,11 +726,10 @@ def run_train(args) -> int:
     train_list = read_train_list(args.train_list, args.train_path)
     check_files_exist(train_list.files, args.train_list)
     plan = load_plan(args)
-    if args.nSpeakers is None:
-        args.nSpeakers = len(train_list.speakers)
-    elif args.nSpeakers < len(train_list.speakers):
-        raise SpeakerNetError(f"--nSpeakers {args.nSpeakers} is smaller than the {len(train_list.speakers)} speakers "
-                              f"of {args.train_list}")
+    recorded = len(train_list.speakers)
+    if args.speed_perturb:
+        train_list = speed_perturbed(train_list, SPEED_FACTORS)
+    check_classes(args, len(train_list.speakers), recorded)
     device = choose_device(args)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)

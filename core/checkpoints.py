@@ -34,16 +34,23 @@ def eer_path(checkpoint: str) -> str:
     return checkpoint[:-len(".model")] + ".eer"
 
 
-def latest_checkpoint(model_dir: str) -> tuple[str, int] | None:
-    """The newest complete ``model%09d.model`` in ``model_dir`` and its epoch."""
+def epoch_checkpoints(model_dir: str) -> list[tuple[int, str]]:
+    """Every complete ``model%09d.model`` in ``model_dir`` as ``(epoch, path)``, oldest first (other files, such
+    as averaged checkpoints, ``resume.state`` or temporaries, are not epoch checkpoints)."""
     found = []
     for path in glob.glob(os.path.join(model_dir, "model*.model")):
         match = CHECKPOINT_NAME.fullmatch(os.path.basename(path))
         if match:
             found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(model_dir: str) -> tuple[str, int] | None:
+    """The newest complete ``model%09d.model`` in ``model_dir`` and its epoch."""
+    found = epoch_checkpoints(model_dir)
     if not found:
         return None
-    epoch, path = max(found)
+    epoch, path = found[-1]
     return path, epoch
 
 
@@ -268,3 +275,84 @@ def remove_stale_temporaries(folder: str) -> None:
     """Temporary files of saves that a killed run never finished (the complete files they would replace remain)."""
     for path in glob.glob(os.path.join(folder, ".*.tmp")):
         os.unlink(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Averaging
+# ----------------------------------------------------------------------------------------------------------------
+
+def _check_same_run(path: str, state: dict, run, reference_path: str, reference: dict, reference_run) -> None:
+    """The checkpoint at ``path`` has the reference's keys, shapes, dtypes and run options, or an error naming it."""
+    extra, absent = sorted(set(state) - set(reference)), sorted(set(reference) - set(state))
+    if extra or absent:
+        which = f"has {extra[0]}, which" if extra else f"lacks {absent[0]}, which"
+        raise SpeakerNetError(f"{path}: not the same model as {reference_path}: it {which} the other "
+                              f"{'lacks' if extra else 'has'} ({len(extra) + len(absent)} key(s) differ); "
+                              f"only checkpoints of one run can be averaged")
+    for key, value in state.items():
+        if value.shape != reference[key].shape or value.dtype != reference[key].dtype:
+            raise SpeakerNetError(f"{path}: not the same model as {reference_path}: {key} is "
+                                  f"{tuple(value.shape)} {value.dtype} there, {tuple(reference[key].shape)} "
+                                  f"{reference[key].dtype} in {reference_path}")
+    if run != reference_run:
+        if run is None or reference_run is None:
+            reason = f"{path if run is None else reference_path} carries no run options"
+        else:
+            own, theirs = run.get("options", {}), reference_run.get("options", {})
+            options = [f"--{key} {own.get(key)}, not {theirs.get(key)}" for key in sorted({*own, *theirs})
+                       if own.get(key) != theirs.get(key)]
+            lists = [f"--{key}" for key in sorted({*run.get("lists", {}), *reference_run.get("lists", {})})
+                     if run.get("lists", {}).get(key) != reference_run.get("lists", {}).get(key)]
+            reason = "they differ in " + ", ".join(options + [f"{flag} (its contents)" for flag in lists])
+        raise SpeakerNetError(f"{path}: not from the same run as {reference_path} ({reason}); only checkpoints of "
+                              f"one run can be averaged")
+
+
+def average_checkpoints(paths: list[str], trust: bool = False) -> dict:
+    """The checkpoint whose weights are the mean of those at ``paths`` (oldest first, the last the newest).
+
+    Every floating-point tensor is averaged, BatchNorm's running mean and variance included (in float64, then
+    cast back); integer tensors (BatchNorm's ``num_batches_tracked``) are the newest's: the mean model has seen
+    what the newest has. The files must hold the same keys, shapes and dtypes and, when they carry one, the same
+    ``run`` (the options a resume compares); otherwise an error names the file. Files are read one at a time
+    (``weights_only``, as :func:`read_checkpoint`), so memory holds two states, not ``len(paths)``.
+
+    The result keeps the newest's ``run`` (so that inference knows the model), the sources' epochs
+    (``averaged_epochs``) and file names (``averaged_from``), and no ``epoch``, optimizer, scheduler or random
+    state: it is a model to evaluate or to start a new run from, not a point to resume.
+    """
+    if not paths:
+        raise SpeakerNetError("no checkpoints to average")
+    sums, reference, reference_run, epochs = {}, None, None, []
+    for path in paths:
+        checkpoint = read_checkpoint(path, trust)
+        state, run = checkpoint["model_state_dict"], checkpoint.get("run")
+        if reference is None:
+            reference, reference_run = state, run
+        else:
+            _check_same_run(path, state, run, paths[0], reference, reference_run)
+        for key, value in state.items():
+            if value.is_floating_point():
+                sums[key] = sums[key] + value.double() if key in sums else value.double()
+        epochs.append(checkpoint.get("epoch"))
+        newest, newest_run = state, run
+    averaged = {key: sums[key].div_(len(paths)).to(value.dtype) if key in sums else value.clone()
+                for key, value in newest.items()}
+    return {"model_state_dict": averaged, "averaged_epochs": epochs,
+            "averaged_from": [os.path.basename(path) for path in paths],
+            **({"run": newest_run} if newest_run is not None else {})}
+
+
+def save_averaged(path: str, checkpoint: dict) -> None:
+    """Write an averaged checkpoint atomically; a name that the resume logic reads as a run's own state (an epoch
+    checkpoint's or ``resume.state``) is refused, since a resume would then take it for a point to continue from."""
+    name = os.path.basename(path)
+    if CHECKPOINT_NAME.fullmatch(name) or name == RESUME_STATE:
+        raise SpeakerNetError(f"{path}: that name is a training run's own checkpoint, which a resume would "
+                              f"continue from; give the average another name (e.g. average_last3.model)")
+    try:
+        atomic.save_torch(checkpoint, path)
+    except OSError as error:        # the atomic write has removed its temporary file; nothing else changed
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise SpeakerNetError(f"{path}: could not be saved ({reason}); the averaged checkpoints are unchanged") \
+            from None
