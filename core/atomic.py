@@ -11,6 +11,7 @@ def atomic_open(path: str, mode: str = "w"):
     folder = os.path.dirname(os.path.abspath(path))
     descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        os.fchmod(descriptor, 0o666 & ~_umask())   # mkstemp makes 0600; a plain open() obeys the umask
         with os.fdopen(descriptor, mode) as handle:
             yield handle
             handle.flush()
@@ -21,6 +22,12 @@ def atomic_open(path: str, mode: str = "w"):
             os.unlink(temporary)
         raise
     _fsync_folder(folder)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: str) -> None:

@@ -169,3 +169,15 @@ def test_fuzz_config_parsing(tmp_path, config, raw):
             parse_args(["--config", str(path)])
         except SpeakerNetError as error:
             assert str(path) in str(error)
+
+
+def test_atomic_writes_get_the_permissions_a_plain_open_gives(tmp_path):
+    from core import atomic
+    previous = os.umask(0o022)
+    try:
+        atomic.write_text(str(tmp_path / "scores.txt"), "x")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "scores.txt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o644
