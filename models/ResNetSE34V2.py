@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from models._frontend import check_choice, log_mel, pre_emphasised_filterbank
-from models._resnet_se import block_pairs, se_layer
+from models._resnet_se import block_pairs, init_resnet_weights, se_layer
 
 ATTENTION_BOTTLENECK = 128      # voxceleb_trainer's attention: Conv1d(C*F, 128) -> ReLU -> BN -> Conv1d(128, C*F)
 
@@ -43,12 +43,7 @@ class ResNetSE34V2(nn.Module):
             nn.Conv1d(rows, ATTENTION_BOTTLENECK, kernel_size=1), nn.ReLU(), nn.BatchNorm1d(ATTENTION_BOTTLENECK),
             nn.Conv1d(ATTENTION_BOTTLENECK, rows, kernel_size=1), nn.Softmax(dim=2))
         self.fc = nn.Linear(rows if encoder_type == "SAP" else 2 * rows, nOut)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.constant_(module.weight, 1)
-                nn.init.constant_(module.bias, 0)
+        init_resnet_weights(self)
 
     def fusable_conv_bn_pairs(self) -> list[tuple[str, str]]:
         """The blocks' conv2 -> bn2 and shortcut pairs (core.folding); not the stem (ReLU before its BN), not the

@@ -79,6 +79,16 @@ def make_filterbank(n_mels: int = 40, window: str = "hann") -> torchaudio.transf
                                                 f_min=0.0, f_max=8000, pad=0, n_mels=n_mels, window_fn=window_fn)
 
 
+def init_resnet_weights(network: nn.Module) -> None:
+    """The original's (and voxceleb_trainer's) initialisation: Kaiming-normal convolutions, BatchNorm 1 and 0."""
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.constant_(module.weight, 1)
+            nn.init.constant_(module.bias, 0)
+
+
 class ResNetSE(nn.Module):
     """Log-mel front end, ResNet with SE blocks, frequency averaging, attentive pooling, linear embedding."""
 
@@ -113,12 +123,7 @@ class ResNetSE(nn.Module):
         return layer
 
     def _init_weights(self):
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.constant_(module.weight, 1)
-                nn.init.constant_(module.bias, 0)
+        init_resnet_weights(self)
 
     def fusable_conv_bn_pairs(self) -> list[tuple[str, str]]:
         """(conv, BatchNorm) pairs that core.folding may fold for inference: the stem's conv1 -> bn1 and each
