@@ -486,13 +486,11 @@ def report_eval(args, outcome: EvalOutcome, calibration=None) -> None:
         log.info(f"{files} embeddings written to {args.save_embeddings}")
 
 
-def run_eval(args) -> None:
-    """Embedding network and scoring only: no loss, optimizer, scheduler or scaler is built."""
+def evaluate_checkpoint(args, source: str) -> tuple[EvalOutcome, object]:
+    """Score checkpoint ``source`` on the run's lists with its evaluation options: the outcome and the
+    calibration (``--calibration``, or None). Embedding network and scoring only: no loss, optimizer, scheduler
+    or scaler is built."""
     device = choose_device(args)
-    model_dir = os.path.join(args.save_path, "model")
-    source = args.initial_model or (latest_checkpoint(model_dir) or (None,))[0]
-    if not source:
-        raise SpeakerNetError("--eval needs --initial_model, or a checkpoint in --save_path/model")
     check_plugins(args, ["models"] + (["loss"] if args.trainfunc else []))
     plan = load_plan(args)
     net = SpeakerNet(**{**vars(args), "with_loss": False}).to(device)
@@ -500,8 +498,15 @@ def run_eval(args) -> None:
     load_model_state(net, checkpoint["model_state_dict"], source, prefixes=("__S__.",))
     log.info(f"Model {source} loaded!")
     calibration = eval_calibration(args, net, source)
-    outcome = evaluation_of(net, args, plan, device)
-    report_eval(args, outcome, calibration)
+    return evaluation_of(net, args, plan, device), calibration
+
+
+def run_eval(args) -> None:
+    model_dir = os.path.join(args.save_path, "model")
+    source = args.initial_model or (latest_checkpoint(model_dir) or (None,))[0]
+    if not source:
+        raise SpeakerNetError("--eval needs --initial_model, or a checkpoint in --save_path/model")
+    report_eval(args, *evaluate_checkpoint(args, source))
 
 
 def evaluation_of(net: SpeakerNet, args, plan: EvalPlan, device: torch.device) -> EvalOutcome:

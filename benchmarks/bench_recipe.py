@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""The training recipe's parts, measured: LR warm-up, the margin schedule and checkpoint averaging, each against
+the same run without it (issue "The backbones and training recipe", item 6).
+
+Every arm trains ``trainSpeakerNet.main`` in this process with the same network, loss, data, crops, batch, seed
+and LR decay (``warmup_cosine`` down to ``--final_lr`` at the last iteration); they differ only in
+
+- ``plain``:          no warm-up, the full margin from the first step;
+- ``warmup``:         a linear LR warm-up over ``--warmup_epochs``;
+- ``warmup_margin``:  the warm-up and the margin schedule (margin 0 until ``--margin_start_epoch``, then rising
+                      over ``--margin_rampup_epochs``), for a loss with a margin.
+
+Every epoch is evaluated and saved (``--test_interval 1``), so each run gives its last epoch's VEER (read from
+``result/scores.txt``) and the VEER of the mean of its last ``--average_last`` checkpoints
+(``core.checkpoints.average_checkpoints``, scored by ``trainSpeakerNet.evaluate_checkpoint`` with the same lists
+and options). The corpus is synthetic unless ``--corpus DIR`` names one (``dataprep.py --synthetic`` layout).
+
+    python benchmarks/bench_recipe.py --trainfunc aamsoftmax --epochs 30 --lr 0.05 --seeds 1,2,3
+    python benchmarks/bench_recipe.py --trainfunc mp_balance --arms plain,warmup --ours_args "--model ECAPA_TDNN"
+"""
+
+import argparse
+import math
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_learning import corpus_paths, final_veer, make_small_corpus  # noqa: E402
+
+import trainSpeakerNet  # noqa: E402
+from core import checkpoints, plugins  # noqa: E402
+from core.margin import has_margin  # noqa: E402
+
+ARMS = ("plain", "warmup", "warmup_margin")
+
+
+def arm_flags(arm: str, options) -> list[str]:
+    """The flags that make ``arm`` differ from ``plain``."""
+    flags = []
+    if arm in ("warmup", "warmup_margin"):
+        flags += ["--warmup_epochs", options.warmup_epochs]
+    if arm == "warmup_margin":
+        flags += ["--margin_start_epoch", options.margin_start_epoch,
+                  "--margin_rampup_epochs", options.margin_rampup_epochs]
+    return [str(flag) for flag in flags]
+
+
+def common_argv(options, paths: dict, seed: int, save_path: str) -> list[str]:
+    """What every arm shares: the lists, the budget, the decay, the seed (and ``--ours_args``)."""
+    argv = ["--model", options.model, "--trainfunc", options.trainfunc,
+            "--train_list", paths["train_list"], "--train_path", paths["wav"],
+            "--test_list", paths["test_list"], "--test_path", paths["wav"], "--save_path", save_path,
+            "--max_epoch", options.epochs, "--batch_size", options.batch_size, "--max_frames", options.max_frames,
+            "--eval_frames", options.eval_frames, "--optimizer", "sgd", "--lr", options.lr,
+            "--scheduler", "warmup_cosine", "--final_lr", options.final_lr, "--test_interval", 1,
+            "--nDataLoaderThread", 0, "--seed", seed, "--device", options.device]
+    return [str(arg) for arg in argv] + shlex.split(options.ours_args)
+
+
+def averaged_veer(options, argv: list[str], save_path: str) -> float:
+    """The VEER of the mean of the run's last ``--average_last`` epoch checkpoints, scored as the trainer
+    scores its epochs."""
+    model_dir = os.path.join(save_path, "model")
+    found = checkpoints.epoch_checkpoints(model_dir)[-options.average_last:]
+    averaged = os.path.join(model_dir, f"average_last{options.average_last}.model")
+    checkpoints.save_averaged(averaged, checkpoints.average_checkpoints([path for _, path in found]))
+    outcome, _ = trainSpeakerNet.evaluate_checkpoint(trainSpeakerNet.parse_args(argv + ["--eval"]), averaged)
+    return float(outcome.tests[0].metrics.eer)
+
+
+def run_arm(options, paths: dict, arm: str, seed: int, workdir: str) -> tuple[float, float]:
+    """(last epoch's VEER, averaged VEER) of one arm and seed."""
+    save_path = os.path.join(workdir, f"{arm}_seed{seed}")
+    argv = common_argv(options, paths, seed, save_path) + arm_flags(arm, options)
+    code = trainSpeakerNet.main(argv)
+    if code:
+        raise RuntimeError(f"trainSpeakerNet exited with {code} ({arm}, seed {seed})")
+    return final_veer(save_path), averaged_veer(options, argv, save_path)
+
+
+def summary(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else math.nan
+    return f"{statistics.fmean(values):6.2f} +- {spread:5.2f}"
+
+
+def report(options, results: dict) -> dict:
+    print(f"\n{options.model}, {options.trainfunc}: {options.epochs} epochs, {options.max_frames}-frame crops, "
+          f"SGD {options.lr:g} -> {options.final_lr:g} (cosine), average of the last {options.average_last}, "
+          f"seeds {','.join(map(str, options.seeds))}")
+    print(f"{'arm':<14} {'last epoch VEER':>17} {'averaged VEER':>17}   per seed (last / averaged)")
+    out = {"seeds": options.seeds}
+    for arm, runs in results.items():
+        last, averaged = [run[0] for run in runs], [run[1] for run in runs]
+        seeds = "  ".join(f"{a:.2f}/{b:.2f}" for a, b in runs)
+        print(f"{arm:<14} {summary(last):>17} {summary(averaged):>17}   {seeds}")
+        out[arm] = {"last": last, "averaged": averaged,
+                    "last_mean": statistics.fmean(last), "averaged_mean": statistics.fmean(averaged)}
+    return out
+
+
+def chosen_arms(options) -> list[str]:
+    unknown = [arm for arm in options.arms if arm not in ARMS]
+    if unknown:
+        raise SystemExit(f"--arms: unknown {', '.join(unknown)} (choose from {', '.join(ARMS)})")
+    if "warmup_margin" in options.arms and not has_margin(plugins.load("loss", options.trainfunc)):
+        print(f"--trainfunc {options.trainfunc} has no margin: arm warmup_margin left out", file=sys.stderr)
+        return [arm for arm in options.arms if arm != "warmup_margin"]
+    return options.arms
+
+
+def run_all(options, paths: dict, workdir: str) -> dict:
+    results = {}
+    for seed in options.seeds:
+        for arm in chosen_arms(options):
+            results.setdefault(arm, []).append(run_arm(options, paths, arm, seed, workdir))
+            print(f"seed {seed} {arm}: last {results[arm][-1][0]:.4f}, averaged {results[arm][-1][1]:.4f}")
+    return report(options, results)
+
+
+def comma_list(cast):
+    return lambda text: [cast(part) for part in text.split(",") if part]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", default="", help="folder with train_list.txt, veri_test.txt, wav/ "
+                                                     "(default: a small synthetic corpus in a temporary folder)")
+    parser.add_argument("--seeds", type=comma_list(int), default=[1, 2, 3])
+    parser.add_argument("--arms", type=comma_list(str), default=list(ARMS))
+    parser.add_argument("--model", default="ResNetSE34L")
+    parser.add_argument("--trainfunc", default="aamsoftmax")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch_size", type=int, default=24, help="speaker groups per batch")
+    parser.add_argument("--max_frames", type=int, default=100)
+    parser.add_argument("--eval_frames", type=int, default=0, help="0 = whole file")
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--final_lr", type=float, default=0.0005)
+    parser.add_argument("--warmup_epochs", type=float, default=3)
+    parser.add_argument("--margin_start_epoch", type=int, default=4)
+    parser.add_argument("--margin_rampup_epochs", type=float, default=6)
+    parser.add_argument("--average_last", type=int, default=5)
+    parser.add_argument("--ours_args", default="", help="extra trainSpeakerNet flags for every arm (one string)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+def main(argv=None, corpus_config: dict | None = None) -> dict:
+    """Run the arms; ``corpus_config`` overrides fields of the small synthetic corpus (without ``--corpus``)."""
+    options = build_parser().parse_args(argv)
+    if options.average_last < 1 or options.average_last > options.epochs:
+        raise SystemExit(f"--average_last {options.average_last}: must lie between 1 and --epochs {options.epochs}")
+    with tempfile.TemporaryDirectory(prefix="bench_recipe_") as workdir:
+        paths = corpus_paths(options.corpus) if options.corpus else \
+            make_small_corpus(os.path.join(workdir, "corpus"), **(corpus_config or {}))
+        return run_all(options, paths, workdir)
+
+
+if __name__ == "__main__":
+    main()
