@@ -20,10 +20,11 @@ import torch
 from core import calibration as calibrations
 from core import checkpoints
 from core.errors import SpeakerNetError
-from core.evaluation import EmbeddingStore, EvalOptions, evaluate, read_cohort, read_plan
+from core.evaluation import EmbeddingStore, EvalOptions, evaluate, read_plan
 from core.export import FORMATS, export_model
 from core.inference import AUTO, load_embedder
 from DatasetLoader import read_lines
+from trainSpeakerNet import asnorm_cohort
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,13 +153,7 @@ def add_calibrate_command(commands) -> None:
 
 def calibration_scores(args, embedder):
     """The ``--eval`` scores of the labelled ``--test_list`` with this embedder's network and options."""
-    cohort = None
-    if args.score_norm == "asnorm":
-        if not args.train_list:
-            raise SpeakerNetError("--score_norm asnorm needs --train_list (and --train_path): its speakers are the "
-                                  "cohort")
-        cohort = read_cohort(args.train_list, args.train_path, args.cohort_utterances)
-    plan = read_plan([args.test_list], args.test_path, "calibration", cohort=cohort)
+    plan = read_plan([args.test_list], args.test_path, "calibration", cohort=asnorm_cohort(args))
     options = EvalOptions(eval_frames=args.eval_frames, num_workers=args.nDataLoaderThread, scoring=args.scoring,
                           score_norm=args.score_norm, cohort_size=args.cohort_size, pipeline=embedder.pipeline)
     outcome = evaluate(embedder.network, embedder.test_normalize, plan, args.test_path, options, embedder.device)

@@ -27,6 +27,7 @@ from core.evaluation import (
     EVAL_PRECISIONS,
     SCORE_NORMS,
     SCORINGS,
+    Cohort,
     EvalOptions,
     EvalOutcome,
     EvalPlan,
@@ -372,6 +373,20 @@ def check_schedule_flags(args) -> None:
                               f"losses with a margin are {', '.join(with_margin)}")
 
 
+LOSS_TUNING_OPTIONS = ("margin", "scale")     # None: the loss's own; the original passed them to every loss
+
+
+def warn_unused_loss_options(args) -> None:
+    """A ``--margin`` or ``--scale`` given to a loss without it is ignored, as the original ignored it (sweep
+    scripts pass one command line to every loss), but said, so a typo in a loss name does not pass as a result."""
+    unused = [f"--{flag} {getattr(args, flag):g}" for flag in LOSS_TUNING_OPTIONS
+              if getattr(args, flag) is not None and not plugins.takes_option("loss", args.trainfunc, flag)]
+    if unused and distributed.is_main():
+        users = [name for name in plugins.choices("loss") if plugins.takes_option("loss", name, "margin")]
+        log.warning(f"{' and '.join(unused)}: --trainfunc {args.trainfunc} has no such option, ignored (the losses "
+                    f"with a margin: {', '.join(users)})")
+
+
 def per_iteration_schedules() -> list[str]:
     return [name for name in plugins.choices("scheduler") if is_per_iteration(plugins.load("scheduler", name))]
 
@@ -416,17 +431,23 @@ def audio_pipeline(args) -> AudioPipeline:
     return AudioPipeline(scale=args.audio_scale, pad=args.pad)
 
 
+def asnorm_cohort(args) -> Cohort | None:
+    """The AS-norm cohort (``--cohort_utterances`` per speaker of ``--train_list``) under ``--score_norm asnorm``,
+    else None; shared by ``--eval``, training and ``inference.py calibrate``."""
+    if args.score_norm != "asnorm":
+        return None
+    if not args.train_list:
+        raise SpeakerNetError("--score_norm asnorm needs --train_list (and --train_path): its speakers are the "
+                              "cohort")
+    return read_cohort(args.train_list, args.train_path, args.cohort_utterances)
+
+
 def load_plan(args) -> EvalPlan:
     """The lists to evaluate (``--test_list``, comma-separated for several; ``--val_list`` in training) and the
     AS-norm cohort, read and checked before anything is written."""
     paths = [path.strip() for path in args.test_list.split(",") if path.strip()] or [args.test_list]
     training = not args.eval
-    cohort = None
-    if args.score_norm == "asnorm":
-        if not args.train_list:
-            raise SpeakerNetError("--score_norm asnorm needs --train_list (and --train_path): its speakers are the "
-                                  "cohort")
-        cohort = read_cohort(args.train_list, args.train_path, args.cohort_utterances)
+    cohort = asnorm_cohort(args)
     val_list = args.val_list if training else ""
     if args.val_list and not training:
         log.info(f"note: --val_list {args.val_list} is used in training only; --eval scores the --test_list lists")
@@ -725,6 +746,7 @@ def check_classes(args, classes: int, speakers: int) -> None:
 def run_train(args) -> int:
     check_plugins(args, ["loss", "models", "optimizer", "scheduler"])
     check_schedule_flags(args)
+    warn_unused_loss_options(args)
     for flag in ("train_list", "test_list"):
         if not getattr(args, flag):
             raise SpeakerNetError(f"--{flag} is required for training")

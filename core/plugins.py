@@ -52,3 +52,9 @@ def with_model_defaults(name: str, options: dict) -> dict:
         raise SpeakerNetError(f"model {name} has no option {', '.join('--' + key for key in foreign)}; models "
                               f"with it: {', '.join(n for n in choices('models') if foreign[0] in model_defaults(n))}")
     return {**options, **{key: value for key, value in defaults.items() if options.get(key) is None}}
+
+
+def takes_option(package: str, name: str, option: str) -> bool:
+    """Whether the plugin's class names ``option`` among its keyword parameters (``margin`` for ``loss/aamsoftmax``):
+    the options a plugin only swallows through ``**kwargs`` are ones it does not use."""
+    return option in inspect.signature(_export(package, name)).parameters

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core import logs
 from core.errors import SpeakerNetError
 from core.margin import MarginSchedule, exponential_rise
 from core.training import EpochProgress, ModelTrainer
@@ -20,7 +21,7 @@ from loss import aamsoftmax, amsoftmax
 from loss._metric import cosine_matrix
 from SpeakerNet import SpeakerNet
 from tests.helpers import REPO, SUBPROCESS_ENV, run_cli
-from trainSpeakerNet import check_schedule_flags, parse_args, run_differences, run_identity
+from trainSpeakerNet import check_schedule_flags, parse_args, run_differences, run_identity, warn_unused_loss_options
 
 LR, FINAL_LR = 0.1, 0.001
 
@@ -331,6 +332,23 @@ def test_schedule_flags_that_do_not_fit_are_errors(extra, message):
 def test_losses_with_a_margin_take_the_margin_schedule(loss):
     check_schedule_flags(flags("--trainfunc", loss, "--margin_start_epoch", "3", "--margin_rampup_epochs", "1.5",
                                "--scheduler", "warmup_cosine", "--warmup_epochs", "0.5", "--final_lr", "0"))
+
+
+def test_a_margin_or_scale_given_to_a_loss_without_it_is_said_not_silently_ignored(caplog, monkeypatch):
+    monkeypatch.setattr(logs.log, "propagate", True)       # to caplog's handler, whatever an earlier test set up
+
+    def warnings_for(*extra) -> str:
+        caplog.clear()
+        warn_unused_loss_options(flags(*extra))
+        return "\n".join(record.getMessage() for record in caplog.records if record.levelname == "WARNING")
+
+    said = warnings_for("--trainfunc", "mp_balance", "--margin", "0.3", "--scale", "20")
+    assert "--margin 0.3 and --scale 20: --trainfunc mp_balance has no such option, ignored" in said
+    assert "aamsoftmax" in said
+    assert warnings_for("--trainfunc", "proxynca", "--margin", "0.3", "--scale", "20").startswith(
+        "--margin 0.3: --trainfunc proxynca")      # proxynca has a scale only
+    assert warnings_for("--trainfunc", "aamsoftmax", "--margin", "0.3", "--scale", "20") == ""
+    assert warnings_for("--trainfunc", "mp_balance") == ""
 
 
 def test_negative_or_fractional_schedule_flags_fail_when_parsed(capsys):
