@@ -2,9 +2,12 @@
 """The training recipe's parts, measured: LR warm-up, the margin schedule and checkpoint averaging, each against
 the same run without it (issue "The backbones and training recipe", item 6).
 
-Every arm trains ``trainSpeakerNet.main`` in this process with the same network, loss, data, crops, batch, seed
-and LR decay (``warmup_cosine`` down to ``--final_lr`` at the last iteration); they differ only in
+Every arm trains ``trainSpeakerNet.main`` in this process with the same network, loss, data, crops, batch and
+seed; all but ``constant`` share the LR decay (``warmup_cosine`` down to ``--final_lr`` at the last iteration).
+They differ only in
 
+- ``constant``:       no decay at all (``steplr`` with factor 1: the bench_learning table's schedule), the arm
+                      where averaging has the most to smooth;
 - ``plain``:          no warm-up, the full margin from the first step;
 - ``warmup``:         a linear LR warm-up over ``--warmup_epochs``;
 - ``warmup_margin``:  the warm-up and the margin schedule (margin 0 until ``--margin_start_epoch``, then rising
@@ -38,12 +41,15 @@ import trainSpeakerNet  # noqa: E402
 from core import checkpoints, plugins  # noqa: E402
 from core.margin import has_margin  # noqa: E402
 
-ARMS = ("plain", "warmup", "warmup_margin")
+ARMS = ("constant", "plain", "warmup", "warmup_margin")
+DEFAULT_ARMS = ARMS[1:]
 
 
 def arm_flags(arm: str, options) -> list[str]:
-    """The flags that make ``arm`` differ from ``plain``."""
-    flags = []
+    """The arm's schedule flags: what makes it differ from the others."""
+    if arm == "constant":
+        return ["--scheduler", "steplr", "--lr_decay", "1"]
+    flags = ["--scheduler", "warmup_cosine", "--final_lr", options.final_lr]
     if arm in ("warmup", "warmup_margin"):
         flags += ["--warmup_epochs", options.warmup_epochs]
     if arm == "warmup_margin":
@@ -53,13 +59,12 @@ def arm_flags(arm: str, options) -> list[str]:
 
 
 def common_argv(options, paths: dict, seed: int, save_path: str) -> list[str]:
-    """What every arm shares: the lists, the budget, the decay, the seed (and ``--ours_args``)."""
+    """What every arm shares: the lists, the budget, the LR, the seed (and ``--ours_args``)."""
     argv = ["--model", options.model, "--trainfunc", options.trainfunc,
             "--train_list", paths["train_list"], "--train_path", paths["wav"],
             "--test_list", paths["test_list"], "--test_path", paths["wav"], "--save_path", save_path,
             "--max_epoch", options.epochs, "--batch_size", options.batch_size, "--max_frames", options.max_frames,
-            "--eval_frames", options.eval_frames, "--optimizer", "sgd", "--lr", options.lr,
-            "--scheduler", "warmup_cosine", "--final_lr", options.final_lr, "--test_interval", 1,
+            "--eval_frames", options.eval_frames, "--optimizer", "sgd", "--lr", options.lr, "--test_interval", 1,
             "--nDataLoaderThread", 0, "--seed", seed, "--device", options.device]
     return [str(arg) for arg in argv] + shlex.split(options.ours_args)
 
@@ -92,7 +97,8 @@ def summary(values: list[float]) -> str:
 
 def report(options, results: dict) -> dict:
     print(f"\n{options.model}, {options.trainfunc}: {options.epochs} epochs, {options.max_frames}-frame crops, "
-          f"SGD {options.lr:g} -> {options.final_lr:g} (cosine), average of the last {options.average_last}, "
+          f"SGD {options.lr:g} (-> {options.final_lr:g} along a cosine but in arm constant), average of the last "
+          f"{options.average_last}, "
           f"seeds {','.join(map(str, options.seeds))}")
     print(f"{'arm':<14} {'last epoch VEER':>17} {'averaged VEER':>17}   per seed (last / averaged)")
     out = {"seeds": options.seeds}
@@ -133,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus", default="", help="folder with train_list.txt, veri_test.txt, wav/ "
                                                      "(default: a small synthetic corpus in a temporary folder)")
     parser.add_argument("--seeds", type=comma_list(int), default=[1, 2, 3])
-    parser.add_argument("--arms", type=comma_list(str), default=list(ARMS))
+    parser.add_argument("--arms", type=comma_list(str), default=list(DEFAULT_ARMS),
+                        help=f"any of {', '.join(ARMS)} (default: all but constant)")
     parser.add_argument("--model", default="ResNetSE34L")
     parser.add_argument("--trainfunc", default="aamsoftmax")
     parser.add_argument("--epochs", type=int, default=30)

@@ -25,7 +25,7 @@ def corpus(tmp_path_factory):
 @pytest.mark.slow
 def test_every_arm_gives_both_veers_and_one_checkpoint_averages_to_itself(corpus):
     bench = load_module("benchmarks/bench_recipe.py")
-    result = bench.main([*corpus, *TINY_RUN, "--seeds", "1", "--average_last", "1"])
+    result = bench.main([*corpus, *TINY_RUN, "--seeds", "1", "--average_last", "1", "--arms", ",".join(bench.ARMS)])
     assert result["seeds"] == [1]
     for arm in bench.ARMS:
         last, averaged = result[arm]["last"], result[arm]["averaged"]
@@ -48,9 +48,11 @@ def test_arm_flags_add_only_the_arm_s_parts():
     bench = load_module("benchmarks/bench_recipe.py")
     options = bench.build_parser().parse_args(["--warmup_epochs", "2", "--margin_start_epoch", "5",
                                                "--margin_rampup_epochs", "3"])
-    assert bench.arm_flags("plain", options) == []
-    assert bench.arm_flags("warmup", options) == ["--warmup_epochs", "2.0"]
-    assert bench.arm_flags("warmup_margin", options) == ["--warmup_epochs", "2.0", "--margin_start_epoch", "5",
-                                                         "--margin_rampup_epochs", "3.0"]
+    decay = ["--scheduler", "warmup_cosine", "--final_lr", "0.0005"]
+    assert bench.arm_flags("constant", options) == ["--scheduler", "steplr", "--lr_decay", "1"]
+    assert bench.arm_flags("plain", options) == decay
+    assert bench.arm_flags("warmup", options) == decay + ["--warmup_epochs", "2.0"]
+    assert bench.arm_flags("warmup_margin", options) == decay + ["--warmup_epochs", "2.0", "--margin_start_epoch",
+                                                                 "5", "--margin_rampup_epochs", "3.0"]
     with pytest.raises(SystemExit):
         bench.main(["--epochs", "3", "--average_last", "4"])
