@@ -384,6 +384,34 @@ def test_fine_tuning_configs_parse_and_fit(config):
         assert args.trainfunc == "mp_balance" and args.margin is None
 
 
+RECIPES = {"recipe_resnet34_aamsoftmax": ("ResNet34", "aamsoftmax", 128),
+           "recipe_ecapa_tdnn_aamsoftmax": ("ECAPA_TDNN", "aamsoftmax", 128),
+           "recipe_resnet34_mp_balance": ("ResNet34", "mp_balance", 64)}
+
+
+@pytest.mark.parametrize("config", sorted(RECIPES))
+def test_training_recipes_are_wespeaker_s_schedule_and_fit(config, caplog, monkeypatch):
+    """WeSpeaker's schedule in every recipe (6 epochs of warm-up to 0.1, exponential decay to 5e-5 at epoch 150,
+    2-s crops, speed perturbation), its margin schedule where the loss has a margin, 128 utterances a batch."""
+    model, loss, groups = RECIPES[config]
+    args = parse_args(["--config", str(REPO / "configs" / f"{config}.yaml")])
+    check_schedule_flags(args)
+    monkeypatch.setattr(logs.log, "propagate", True)
+    warn_unused_loss_options(args)
+    assert not [record for record in caplog.records if record.levelname == "WARNING"]     # no flag ignored
+    assert (args.model, args.trainfunc, args.batch_size, args.max_frames) == (model, loss, groups, 200)
+    assert (args.scheduler, args.lr, args.final_lr, args.warmup_epochs, args.max_epoch) == \
+        ("warmup_exp", 0.1, 5e-5, 6, 150)
+    assert args.speed_perturb and args.weight_decay == 1e-4 and args.eval_frames == 0
+    per_group = 1 if loss == "aamsoftmax" else 2
+    assert groups * per_group == 128                         # the same utterances per batch for every loss
+    if loss == "aamsoftmax":
+        assert (args.margin, args.scale, args.margin_start_epoch, args.margin_rampup_epochs) == (0.2, 32, 21, 20)
+    else:
+        assert args.margin is None and args.margin_start_epoch is None
+    assert (args.nOut, args.n_mels) == ((256, 80) if model == "ResNet34" else (192, 80))
+
+
 # ---- the command line ----------------------------------------------------------------------------------------------
 
 FAST = ["--max_frames", "50", "--batch_size", "8", "--nDataLoaderThread", "0", "--model", "ResNetSE34L"]
@@ -436,6 +464,25 @@ def test_sigterm_mid_epoch_then_resume_matches_a_straight_run(tiny_corpus, tmp_p
     assert a["scheduler_state_dict"] == b["scheduler_state_dict"]
     longer = run_cli(*argv, "--save_path", stopped, "--max_epoch", "3")
     assert longer.returncode == 2 and "--max_epoch: saved 2, given 3" in longer.stderr
+
+
+@pytest.mark.slow
+def test_the_ecapa_recipe_trains_with_its_warm_up_margin_ramp_and_speeds(tiny_corpus, tmp_path):
+    """A tiny run of configs/recipe_ecapa_tdnn_aamsoftmax.yaml (its epochs, crops, batch and margin ramp cut for the
+    test) trains and evaluates: 3 x 40 speed classes, the LR rising through the warm-up, then decaying."""
+    save_path = tmp_path / "recipe"
+    result = run_cli("--config", REPO / "configs" / "recipe_ecapa_tdnn_aamsoftmax.yaml", *corpus_flags(tiny_corpus),
+                     "--save_path", save_path, "--max_epoch", "3", "--warmup_epochs", "1", "--margin_start_epoch",
+                     "2", "--margin_rampup_epochs", "0.5", "--max_frames", "50", "--batch_size", "16",
+                     "--test_interval", "3", "--nDataLoaderThread", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = log_lines(save_path)
+    assert len(lines) == 3 and "VEER" in lines[-1]
+    lrs = [float(line.split(",")[1].split()[1]) for line in lines]
+    assert lrs[0] < lrs[1] and lrs[2] < lrs[1] <= 0.1           # warm-up over epoch 1, then the decay
+    checkpoint = torch.load(save_path / "model" / "model000000003.model", weights_only=True)
+    assert checkpoint["model_state_dict"]["__L__.weight"].shape == (3 * 40, 192)     # each speed its own speaker
+    assert (save_path / "config.yaml").is_file() and "speed_perturb: true" in (save_path / "config.yaml").read_text()
 
 
 @pytest.mark.slow
