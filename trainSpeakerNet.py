@@ -507,11 +507,20 @@ def report_eval(args, outcome: EvalOutcome, calibration=None) -> None:
         log.info(f"{files} embeddings written to {args.save_embeddings}")
 
 
-def evaluate_checkpoint(args, source: str) -> tuple[EvalOutcome, object]:
-    """Score checkpoint ``source`` on the run's lists with its evaluation options: the outcome and the
-    calibration (``--calibration``, or None). Embedding network and scoring only: no loss, optimizer, scheduler
-    or scaler is built."""
-    device = choose_device(args)
+def eval_source(args) -> str:
+    """The checkpoint ``--eval`` scores: ``--initial_model``, else the newest in ``--save_path/model``."""
+    source = args.initial_model or (latest_checkpoint(os.path.join(args.save_path, "model")) or (None,))[0]
+    if not source:
+        raise SpeakerNetError("--eval needs --initial_model, or a checkpoint in --save_path/model")
+    return source
+
+
+def evaluate_checkpoint(args, source: str | None = None) -> tuple[EvalOutcome, object]:
+    """Score checkpoint ``source`` (default :func:`eval_source`) on the run's lists with its evaluation options:
+    the outcome and the calibration (``--calibration``, or None). Embedding network and scoring only: no loss,
+    optimizer, scheduler or scaler is built."""
+    device = choose_device(args)            # first: a device that cannot run the options fails before any read
+    source = source or eval_source(args)
     check_plugins(args, ["models"] + (["loss"] if args.trainfunc else []))
     plan = load_plan(args)
     net = SpeakerNet(**{**vars(args), "with_loss": False}).to(device)
@@ -523,11 +532,7 @@ def evaluate_checkpoint(args, source: str) -> tuple[EvalOutcome, object]:
 
 
 def run_eval(args) -> None:
-    model_dir = os.path.join(args.save_path, "model")
-    source = args.initial_model or (latest_checkpoint(model_dir) or (None,))[0]
-    if not source:
-        raise SpeakerNetError("--eval needs --initial_model, or a checkpoint in --save_path/model")
-    report_eval(args, *evaluate_checkpoint(args, source))
+    report_eval(args, *evaluate_checkpoint(args))
 
 
 def evaluation_of(net: SpeakerNet, args, plan: EvalPlan, device: torch.device) -> EvalOutcome:

@@ -124,7 +124,7 @@ def chosen_arms(options) -> list[str]:
 def run_all(options, paths: dict, workdir: str) -> dict:
     results = {}
     for seed in options.seeds:
-        for arm in chosen_arms(options):
+        for arm in options.arms:
             results.setdefault(arm, []).append(run_arm(options, paths, arm, seed, workdir))
             print(f"seed {seed} {arm}: last {results[arm][-1][0]:.4f}, averaged {results[arm][-1][1]:.4f}")
     return report(options, results)
@@ -163,6 +163,7 @@ def main(argv=None, corpus_config: dict | None = None) -> dict:
     options = build_parser().parse_args(argv)
     if options.average_last < 1 or options.average_last > options.epochs:
         raise SystemExit(f"--average_last {options.average_last}: must lie between 1 and --epochs {options.epochs}")
+    options.arms = chosen_arms(options)         # before the corpus is made
     with tempfile.TemporaryDirectory(prefix="bench_recipe_") as workdir:
         paths = corpus_paths(options.corpus) if options.corpus else \
             make_small_corpus(os.path.join(workdir, "corpus"), **(corpus_config or {}))
