@@ -368,9 +368,13 @@ def check_schedule_flags(args) -> None:
         raise SpeakerNetError("--margin_rampup_epochs needs --margin_start_epoch (the epoch the margin starts "
                               "rising)")
     if args.margin_start_epoch is not None and not has_margin(plugins.load("loss", args.trainfunc)):
-        with_margin = [name for name in plugins.choices("loss") if has_margin(plugins.load("loss", name))]
         raise SpeakerNetError(f"--margin_start_epoch: --trainfunc {args.trainfunc} has no margin to schedule; the "
-                              f"losses with a margin are {', '.join(with_margin)}")
+                              f"losses with a margin are {', '.join(losses_with_margin())}")
+
+
+def losses_with_margin() -> list[str]:
+    """The loss plugins whose margin the schedule can drive (named in the errors and warnings about margins)."""
+    return [name for name in plugins.choices("loss") if has_margin(plugins.load("loss", name))]
 
 
 LOSS_TUNING_OPTIONS = ("margin", "scale")     # None: the loss's own; the original passed them to every loss
@@ -382,9 +386,8 @@ def warn_unused_loss_options(args) -> None:
     unused = [f"--{flag} {getattr(args, flag):g}" for flag in LOSS_TUNING_OPTIONS
               if getattr(args, flag) is not None and not plugins.takes_option("loss", args.trainfunc, flag)]
     if unused and distributed.is_main():
-        users = [name for name in plugins.choices("loss") if plugins.takes_option("loss", name, "margin")]
         log.warning(f"{' and '.join(unused)}: --trainfunc {args.trainfunc} has no such option, ignored (the losses "
-                    f"with a margin: {', '.join(users)})")
+                    f"with a margin: {', '.join(losses_with_margin())})")
 
 
 def per_iteration_schedules() -> list[str]:

@@ -269,11 +269,29 @@ def run_all(options, paths: dict, workdir: str) -> dict:
     return report(options.seeds, results)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def comma_list(cast):
+    """An argparse type: ``1,2,3`` -> ``[cast("1"), cast("2"), cast("3")]``."""
+    return lambda text: [cast(part) for part in text.split(",") if part]
+
+
+def add_corpus_and_seeds(parser: argparse.ArgumentParser) -> None:
+    """``--corpus`` and ``--seeds``, shared with ``bench_recipe.py``."""
     parser.add_argument("--corpus", default="", help="folder with train_list.txt, veri_test.txt, wav/ "
                                                      "(default: a small synthetic corpus in a temporary folder)")
-    parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",") if s], default=[1, 2, 3])
+    parser.add_argument("--seeds", type=comma_list(int), default=[1, 2, 3])
+
+
+def corpus_for(corpus: str, workdir: str, corpus_config: dict | None) -> dict:
+    """The paths of ``--corpus``, or of a small synthetic corpus made in ``workdir`` (``corpus_config`` overriding
+    its fields)."""
+    if corpus:
+        return corpus_paths(corpus)
+    return make_small_corpus(os.path.join(workdir, "corpus"), **(corpus_config or {}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_corpus_and_seeds(parser)
     parser.add_argument("--trainfunc", default="mp_balance")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch_size", type=int, default=24, help="speaker groups per batch")
@@ -292,9 +310,7 @@ def main(argv=None, corpus_config: dict | None = None) -> dict:
     """Run the arms; ``corpus_config`` overrides fields of the small synthetic corpus (without ``--corpus``)."""
     options = build_parser().parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench_learning_") as workdir:
-        paths = corpus_paths(options.corpus) if options.corpus else \
-            make_small_corpus(os.path.join(workdir, "corpus"), **(corpus_config or {}))
-        return run_all(options, paths, workdir)
+        return run_all(options, corpus_for(options.corpus, workdir, corpus_config), workdir)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_learning import corpus_paths, final_veer, make_small_corpus  # noqa: E402
+from bench_learning import add_corpus_and_seeds, comma_list, corpus_for, final_veer  # noqa: E402
 
 import trainSpeakerNet  # noqa: E402
 from core import checkpoints, plugins  # noqa: E402
@@ -98,8 +98,7 @@ def summary(values: list[float]) -> str:
 def report(options, results: dict) -> dict:
     print(f"\n{options.model}, {options.trainfunc}: {options.epochs} epochs, {options.max_frames}-frame crops, "
           f"SGD {options.lr:g} (-> {options.final_lr:g} along a cosine but in arm constant), average of the last "
-          f"{options.average_last}, "
-          f"seeds {','.join(map(str, options.seeds))}")
+          f"{options.average_last}, seeds {','.join(map(str, options.seeds))}")
     print(f"{'arm':<14} {'last epoch VEER':>17} {'averaged VEER':>17}   per seed (last / averaged)")
     out = {"seeds": options.seeds}
     for arm, runs in results.items():
@@ -130,15 +129,9 @@ def run_all(options, paths: dict, workdir: str) -> dict:
     return report(options, results)
 
 
-def comma_list(cast):
-    return lambda text: [cast(part) for part in text.split(",") if part]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", default="", help="folder with train_list.txt, veri_test.txt, wav/ "
-                                                     "(default: a small synthetic corpus in a temporary folder)")
-    parser.add_argument("--seeds", type=comma_list(int), default=[1, 2, 3])
+    add_corpus_and_seeds(parser)
     parser.add_argument("--arms", type=comma_list(str), default=list(DEFAULT_ARMS),
                         help=f"any of {', '.join(ARMS)} (default: all but constant)")
     parser.add_argument("--model", default="ResNetSE34L")
@@ -165,9 +158,7 @@ def main(argv=None, corpus_config: dict | None = None) -> dict:
         raise SystemExit(f"--average_last {options.average_last}: must lie between 1 and --epochs {options.epochs}")
     options.arms = chosen_arms(options)         # before the corpus is made
     with tempfile.TemporaryDirectory(prefix="bench_recipe_") as workdir:
-        paths = corpus_paths(options.corpus) if options.corpus else \
-            make_small_corpus(os.path.join(workdir, "corpus"), **(corpus_config or {}))
-        return run_all(options, paths, workdir)
+        return run_all(options, corpus_for(options.corpus, workdir, corpus_config), workdir)
 
 
 if __name__ == "__main__":
