@@ -21,8 +21,8 @@ import os
 import sys
 import typing
 
-from tools import prep_voxceleb
-from tools.synthetic_corpus import CorpusConfig, make_corpus
+from spknet.data import voxceleb as prep_voxceleb
+from spknet.data.synthetic import CorpusConfig, make_corpus
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,13 +17,13 @@ import sys
 
 import torch
 
-from core import calibration as calibrations
-from core import checkpoints
-from core.errors import SpeakerNetError
-from core.evaluation import EmbeddingStore, EvalOptions, evaluate, read_plan
-from core.export import FORMATS, export_model
-from core.inference import AUTO, load_embedder
-from DatasetLoader import read_lines
+from spknet import calibration as calibrations
+from spknet import checkpoints
+from spknet.data import read_lines
+from spknet.errors import SpeakerNetError
+from spknet.evaluation import EmbeddingStore, EvalOptions, evaluate, read_plan
+from spknet.export import FORMATS, export_model
+from spknet.inference import AUTO, load_embedder
 from trainSpeakerNet import asnorm_cohort
 
 

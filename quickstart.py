@@ -13,8 +13,8 @@ import sys
 import time
 
 import trainSpeakerNet
-from tools import baseline
-from tools.synthetic_corpus import make_corpus
+from spknet import baseline
+from spknet.data.synthetic import make_corpus
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -18,12 +18,24 @@ import numpy as np
 import torch
 import yaml
 
-from core import atomic, checkpoints, distributed, logs, plugins
-from core import calibration as calibrations
-from core.augment import Augmenter
-from core.checkpoints import UnsafeCheckpoint, latest_checkpoint, load_model_state, read_checkpoint
-from core.errors import SpeakerNetError
-from core.evaluation import (
+from spknet import atomic, checkpoints, distributed, logs, plugins
+from spknet import calibration as calibrations
+from spknet.checkpoints import UnsafeCheckpoint, latest_checkpoint, load_model_state, read_checkpoint
+from spknet.data import (
+    AUDIO_SCALES,
+    PADS,
+    AudioPipeline,
+    GroupBatchSampler,
+    TrainDataset,
+    check_files_exist,
+    collate_groups,
+    ignore_stop_signals,
+    read_train_list,
+    speed_perturbed,
+)
+from spknet.data.augment import Augmenter
+from spknet.errors import SpeakerNetError
+from spknet.evaluation import (
     EVAL_PRECISIONS,
     SCORE_NORMS,
     SCORINGS,
@@ -39,26 +51,14 @@ from core.evaluation import (
     write_plots,
     write_scores,
 )
-from core.evaluation.extraction import SHORT_FILES
-from core.lock import RunLock
-from core.logs import log
-from core.margin import has_margin
-from core.training import INITIAL_EER, EpochProgress, ModelTrainer, is_per_iteration
-from DatasetLoader import (
-    AUDIO_SCALES,
-    PADS,
-    AudioPipeline,
-    GroupBatchSampler,
-    TrainDataset,
-    check_files_exist,
-    collate_groups,
-    ignore_stop_signals,
-    read_train_list,
-    speed_perturbed,
-)
-from loss._common import IMBALANCED
-from scheduler._warmup import DEFAULT_FINAL_LR_RATIO
-from SpeakerNet import SpeakerNet
+from spknet.evaluation.extraction import SHORT_FILES
+from spknet.lock import RunLock
+from spknet.logs import log
+from spknet.loss._common import IMBALANCED
+from spknet.margin import has_margin
+from spknet.model import SpeakerNet
+from spknet.scheduler._warmup import DEFAULT_FINAL_LR_RATIO
+from spknet.training.trainer import INITIAL_EER, EpochProgress, ModelTrainer, is_per_iteration
 
 SCORE_LINE = "IT %d, LR %f, TEER/T1 %2.2f, TLOSS %f, VEER %2.4f"
 TRAIN_LINE = "IT %d, LR %f, TEER %2.2f, TLOSS %f"

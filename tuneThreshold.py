@@ -1,8 +1,8 @@
-"""The original's threshold tuning interface, on the metrics of :mod:`core.evaluation.metrics`."""
+"""The original's threshold tuning interface, on the metrics of :mod:`spknet.evaluation.metrics`."""
 
 import numpy as np
 
-from core.evaluation.metrics import eer_from_roc, roc
+from spknet.evaluation.metrics import eer_from_roc, roc
 
 
 def tuneThresholdfromScore(scores, labels, target_fa, target_fr=None):

@@ -21,9 +21,9 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from DatasetLoader import read_train_list  # noqa: E402
+from spknet.data import read_train_list  # noqa: E402
+from spknet.data.synthetic import make_corpus  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
-from tools.synthetic_corpus import make_corpus  # noqa: E402
 
 TRAIN_SECONDS = re.compile(r"^INFO epoch (\d+):.*train ([\d.]+) s", re.M)
 

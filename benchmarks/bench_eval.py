@@ -35,7 +35,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.reference_scoring import reference_crop_scores  # noqa: E402
-from core.evaluation import (  # noqa: E402
+from spknet.data import load_wav  # noqa: E402
+from spknet.evaluation import (  # noqa: E402
     available_cores,
     cosine_scores,
     cpu_has_native_bf16,
@@ -44,7 +45,6 @@ from core.evaluation import (  # noqa: E402
     extract_embeddings,
     mean_embeddings,
 )
-from DatasetLoader import load_wav  # noqa: E402
 
 
 def random_embeddings(files: int, crops: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -132,7 +132,7 @@ def original_extraction(model, files, root, eval_frames) -> torch.Tensor:
 
 
 def bench_extraction(args) -> dict:
-    from SpeakerNet import SpeakerNet
+    from spknet.model import SpeakerNet
     torch.manual_seed(args.seed)
     model = SpeakerNet("ResNetSE34L", nOut=512).__S__.eval()
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]

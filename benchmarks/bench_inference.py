@@ -6,12 +6,12 @@ onnxruntime, on the same synthetic files, in one process.
 length can share a forward pass, are written to a temporary folder with the checkpoint of a random ResNetSE34L
 (``--encoder``, ``--nOut``; the original's int16-scale input). Whole files (``eval_frames`` 0) are embedded by:
 
-* ``inference.py embed``: :meth:`core.inference.Embedder.embed_files`, the library path the command uses (each file
+* ``inference.py embed``: :meth:`spknet.inference.Embedder.embed_files`, the library path the command uses (each file
   read once, equal lengths batched);
-* ``per-file embed``: :meth:`~core.inference.Embedder.embed` once per file, what the command did before;
-* ``--eval extraction``: :func:`core.evaluation.embed_files` (DataLoader, equal-length batches, the folded CPU copy
+* ``per-file embed``: :meth:`~spknet.inference.Embedder.embed` once per file, what the command did before;
+* ``--eval extraction``: :func:`spknet.evaluation.embed_files` (DataLoader, equal-length batches, the folded CPU copy
   of the network, one forward thread per core);
-* ``onnxruntime``: the model exported by :func:`core.export.export_model` (the export time is printed too), files
+* ``onnxruntime``: the model exported by :func:`spknet.export.export_model` (the export time is printed too), files
   read with soundfile and batched by equal length as ``--eval`` batches them, ``--threads`` intra-op threads.
 
 Every arm runs ``--rounds`` times, alternating; the table gives each arm's best round (the least disturbed on a
@@ -34,12 +34,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core import SAMPLE_RATE  # noqa: E402
-from core.evaluation import embed_files, equal_length_batches  # noqa: E402
-from core.export import export_model  # noqa: E402
-from core.inference import load_embedder  # noqa: E402
-from DatasetLoader import NUM_EVAL, max_audio_samples  # noqa: E402
-from SpeakerNet import SpeakerNet  # noqa: E402
+from spknet import SAMPLE_RATE  # noqa: E402
+from spknet.data import NUM_EVAL, max_audio_samples  # noqa: E402
+from spknet.evaluation import embed_files, equal_length_batches  # noqa: E402
+from spknet.export import export_model  # noqa: E402
+from spknet.inference import load_embedder  # noqa: E402
+from spknet.model import SpeakerNet  # noqa: E402
 
 
 def parse_args(argv=None):

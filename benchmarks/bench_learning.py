@@ -35,10 +35,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import trainSpeakerNet  # noqa: E402
-from core import plugins  # noqa: E402
-from core.evaluation import compute_metrics  # noqa: E402
-from loss._common import IMBALANCED  # noqa: E402
-from SpeakerNet import SpeakerNet  # noqa: E402
+from spknet import plugins  # noqa: E402
+from spknet.evaluation import compute_metrics  # noqa: E402
+from spknet.loss._common import IMBALANCED  # noqa: E402
+from spknet.model import SpeakerNet  # noqa: E402
 
 MODEL = "ResNetSE34L"
 PER_SPEAKER = 2
@@ -63,7 +63,7 @@ def corpus_paths(folder: str) -> dict:
 
 
 def make_small_corpus(folder: str, **config) -> dict:
-    from tools.synthetic_corpus import make_corpus
+    from spknet.data.synthetic import make_corpus
 
     make_corpus(folder, **{**SMALL_CORPUS, **config})
     return corpus_paths(folder)

@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from DatasetLoader import ORIGINAL, TrainDataset, load_wav, max_audio_samples, read_train_list  # noqa: E402
-from tools.synthetic_corpus import make_corpus  # noqa: E402
+from spknet.data import ORIGINAL, TrainDataset, load_wav, max_audio_samples, read_train_list  # noqa: E402
+from spknet.data.synthetic import make_corpus  # noqa: E402
 from trainSpeakerNet import build_loader  # noqa: E402
 
 _RealSoundFile = sf.SoundFile

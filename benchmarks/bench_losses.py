@@ -30,8 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from reference_losses import reference_loss
 
-from core import plugins
-from loss._common import IMBALANCED
+from spknet import plugins
+from spknet.loss._common import IMBALANCED
 
 LOSSES = ("mp", "mmp", "mp_balance", "mmp_balance", "mmp_balance2")
 

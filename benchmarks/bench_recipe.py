@@ -15,7 +15,7 @@ They differ only in
 
 Every epoch is evaluated and saved (``--test_interval 1``), so each run gives its last epoch's VEER (read from
 ``result/scores.txt``) and the VEER of the mean of its last ``--average_last`` checkpoints
-(``core.checkpoints.average_checkpoints``, scored by ``trainSpeakerNet.evaluate_checkpoint`` with the same lists
+(``spknet.checkpoints.average_checkpoints``, scored by ``trainSpeakerNet.evaluate_checkpoint`` with the same lists
 and options). The corpus is synthetic unless ``--corpus DIR`` names one (``dataprep.py --synthetic`` layout).
 
     python benchmarks/bench_recipe.py --trainfunc aamsoftmax --epochs 30 --lr 0.05 --seeds 1,2,3
@@ -38,8 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_learning import add_corpus_and_seeds, comma_list, corpus_for, final_veer  # noqa: E402
 
 import trainSpeakerNet  # noqa: E402
-from core import checkpoints, plugins  # noqa: E402
-from core.margin import has_margin  # noqa: E402
+from spknet import checkpoints, plugins  # noqa: E402
+from spknet.margin import has_margin  # noqa: E402
 
 ARMS = ("constant", "plain", "warmup", "warmup_margin")
 DEFAULT_ARMS = ARMS[1:]

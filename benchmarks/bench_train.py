@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.training import ModelTrainer  # noqa: E402
-from DatasetLoader import max_audio_samples  # noqa: E402
-from SpeakerNet import SpeakerNet  # noqa: E402
+from spknet.data import max_audio_samples  # noqa: E402
+from spknet.model import SpeakerNet  # noqa: E402
+from spknet.training.trainer import ModelTrainer  # noqa: E402
 
 
 class Batches(list):

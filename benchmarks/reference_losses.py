@@ -21,7 +21,7 @@ from sklearn.preprocessing import label_binarize
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from loss._common import IMBALANCED
+from spknet.loss._common import IMBALANCED
 
 
 def regroup_by_label(x: torch.Tensor, label: torch.Tensor):

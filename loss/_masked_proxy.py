@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.errors import SpeakerNetError
-from loss._common import IMBALANCED, accuracy, query_and_anchor
-from loss._metric import log1p_masked_sum_exp, masked_fill_min
+from spknet.errors import SpeakerNetError
+
+from ._common import IMBALANCED, accuracy, query_and_anchor
+from ._metric import log1p_masked_sum_exp, masked_fill_min
 
 
 def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

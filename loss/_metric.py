@@ -7,7 +7,7 @@ examples or classes.
 import torch
 import torch.nn.functional as F
 
-from core.errors import SpeakerNetError
+from spknet.errors import SpeakerNetError
 
 
 def check_groups(x: torch.Tensor, loss_name: str, minimum: int, exact: bool = False) -> None:

@@ -5,8 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._common import MarginSoftmaxLoss, accuracy, flatten_groups
-from loss._metric import cosine_matrix, target_mask
+from ._common import MarginSoftmaxLoss, accuracy, flatten_groups
+from ._metric import cosine_matrix, target_mask
 
 
 class LossFunction(MarginSoftmaxLoss):

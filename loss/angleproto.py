@@ -5,8 +5,8 @@ Interspeech 2020.  Query = utterance 0 of each group, prototype = mean of the ot
 import torch
 import torch.nn.functional as F
 
-from loss._common import LearnedScaleLoss, accuracy, query_and_anchor
-from loss._metric import check_groups, cosine_matrix, diagonal_targets
+from ._common import LearnedScaleLoss, accuracy, query_and_anchor
+from ._metric import check_groups, cosine_matrix, diagonal_targets
 
 
 def angular_prototypical_logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,8 @@ of its own speaker excludes the utterance itself.  Logits ``w * cos + b``, learn
 import torch
 import torch.nn.functional as F
 
-from loss._common import LearnedScaleLoss, accuracy
-from loss._metric import check_groups, diagonal_targets
+from ._common import LearnedScaleLoss, accuracy
+from ._metric import check_groups, diagonal_targets
 
 COSINE_FLOOR = 1e-6
 

@@ -1,7 +1,7 @@
 """MMP (multi-positive/negative pair form of MP) on the original's imbalanced batches; b starts at -5."""
 
-from loss._common import IMBALANCED
-from loss._masked_proxy import MaskedProxyLoss
+from ._common import IMBALANCED
+from ._masked_proxy import MaskedProxyLoss
 
 
 class LossFunction(MaskedProxyLoss):

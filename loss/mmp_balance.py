@@ -1,6 +1,6 @@
 """MMP on balanced batches, b starting at -5."""
 
-from loss._masked_proxy import MaskedProxyLoss
+from ._masked_proxy import MaskedProxyLoss
 
 
 class LossFunction(MaskedProxyLoss):

@@ -1,7 +1,7 @@
 """MP on the original's imbalanced batches (2 or 3 utterances per speaker): softmax over masked centres."""
 
-from loss._common import IMBALANCED
-from loss._masked_proxy import MaskedProxyLoss
+from ._common import IMBALANCED
+from ._masked_proxy import MaskedProxyLoss
 
 
 class LossFunction(MaskedProxyLoss):

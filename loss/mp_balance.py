@@ -1,6 +1,6 @@
 """MP on balanced batches (every speaker with ``nPerSpeaker`` utterances): the original's recommended loss."""
 
-from loss._masked_proxy import MaskedProxyLoss
+from ._masked_proxy import MaskedProxyLoss
 
 
 class LossFunction(MaskedProxyLoss):

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loss._common import accuracy, query_and_anchor
-from loss._metric import check_groups, diagonal_targets, squared_distance_matrix
+from ._common import accuracy, query_and_anchor
+from ._metric import check_groups, diagonal_targets, squared_distance_matrix
 
 
 class LossFunction(nn.Module):

@@ -11,8 +11,8 @@ With ``s_ip = cos(x_i, p_c)``, ``P+`` the proxies that have a positive in the ba
 import torch
 import torch.nn as nn
 
-from loss._common import accuracy, flatten_groups
-from loss._metric import cosine_matrix, log1p_masked_sum_exp, target_mask
+from ._common import accuracy, flatten_groups
+from ._metric import cosine_matrix, log1p_masked_sum_exp, target_mask
 
 DEFAULT_MARGIN = 0.1
 DEFAULT_SCALE = 30.0

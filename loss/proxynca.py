@@ -7,9 +7,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.errors import SpeakerNetError
-from loss._common import accuracy, flatten_groups
-from loss._metric import cosine_matrix, target_mask
+from spknet.errors import SpeakerNetError
+
+from ._common import accuracy, flatten_groups
+from ._metric import cosine_matrix, target_mask
 
 DEFAULT_SCALE = 3.0
 SMOOTHING = 0.1

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._common import accuracy, flatten_groups
+from ._common import accuracy, flatten_groups
 
 
 class LossFunction(nn.Module):

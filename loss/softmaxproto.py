@@ -5,8 +5,8 @@ Accuracy is the softmax classification accuracy."""
 import torch
 import torch.nn as nn
 
-from loss import angleproto, softmax
-from loss._metric import check_groups
+from . import angleproto, softmax
+from ._metric import check_groups
 
 
 class LossFunction(nn.Module):

@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._common import accuracy
-from loss._metric import check_groups, diagonal_targets, squared_distance_matrix
+from ._common import accuracy
+from ._metric import check_groups, diagonal_targets, squared_distance_matrix
 
 DEFAULT_MARGIN = 0.1
 DEFAULT_HARD_RANK = 10

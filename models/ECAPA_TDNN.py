@@ -20,8 +20,9 @@ attention-weighted mean and standard deviation, SAP the weighted mean alone.
 import torch
 from torch import nn
 
-from core.errors import SpeakerNetError
-from models._frontend import check_choice, log_mel, pre_emphasised_filterbank
+from spknet.errors import SpeakerNetError
+
+from ._frontend import check_choice, log_mel, pre_emphasised_filterbank
 
 RES2_SCALE = 8              # Res2Net scale of the SE-Res2Blocks (Section 3.1)
 SE_BOTTLENECK = 128         # squeeze-excitation bottleneck
@@ -136,7 +137,7 @@ class ECAPA_TDNN(nn.Module):  # noqa: N801 (the paper's name)
         self.bn_embedding = nn.BatchNorm1d(nOut)
 
     def fusable_conv_bn_pairs(self) -> list[tuple[str, str]]:
-        """None (core.folding): every BatchNorm here follows a ReLU, or a pooling, not a convolution."""
+        """None (spknet.folding): every BatchNorm here follows a ReLU, or a pooling, not a convolution."""
         return []
 
     def forward(self, waves: torch.Tensor) -> torch.Tensor:

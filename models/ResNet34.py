@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models._frontend import check_choice, log_mel, pre_emphasised_filterbank
+from ._frontend import check_choice, log_mel, pre_emphasised_filterbank
 
 
 class BasicBlock(nn.Module):
@@ -32,7 +32,7 @@ class BasicBlock(nn.Module):
                                           nn.BatchNorm2d(planes))
 
     def fusable_conv_bn_pairs(self) -> list[tuple[str, str]]:
-        """Every BN here normalises its conv's output alone (core.folding)."""
+        """Every BN here normalises its conv's output alone (spknet.folding)."""
         pairs = [("conv1", "bn1"), ("conv2", "bn2")]
         return pairs + ([("shortcut.0", "shortcut.1")] if len(self.shortcut) else [])
 
@@ -61,7 +61,7 @@ class ResNet34(nn.Module):
         self.seg_1 = nn.Linear(2 * rows, nOut)
 
     def fusable_conv_bn_pairs(self) -> list[tuple[str, str]]:
-        """The stem and every block's pairs (core.folding)."""
+        """The stem and every block's pairs (spknet.folding)."""
         pairs = [("conv1", "bn1")]
         for name, module in self.named_modules():
             if isinstance(module, BasicBlock):

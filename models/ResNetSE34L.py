@@ -1,6 +1,6 @@
 """The original's "Fast ResNet-34": 16-32-64-128 channels, 3-4-6-3 SE basic blocks (about 1.4 M parameters)."""
 
-from models._resnet_se import ResNetSE
+from ._resnet_se import ResNetSE
 
 
 def MainModel(nOut: int = 512, encoder_type: str = "SAP", n_mels: int = 40, log_input: bool = True,

@@ -6,14 +6,14 @@ Parameter and buffer names are voxceleb_trainer's, so its checkpoints load key f
 published ResNetSE34V2 checkpoints and README command (``--log_input True --encoder_type ASP --n_mels 64``, 512-d),
 so they load with no model flag; voxceleb_trainer's own command-line defaults (40 mels, SAP, no log) are not what
 its models were trained with. Its input is float in [-1, 1] with short files wrapped: ``--audio_scale float --pad
-wrap`` here (``core.inference`` picks them for its state dicts).
+wrap`` here (``spknet.inference`` picks them for its state dicts).
 """
 
 import torch
 from torch import nn
 
-from models._frontend import check_choice, log_mel, pre_emphasised_filterbank
-from models._resnet_se import block_pairs, init_resnet_weights, se_layer
+from ._frontend import check_choice, log_mel, pre_emphasised_filterbank
+from ._resnet_se import block_pairs, init_resnet_weights, se_layer
 
 ATTENTION_BOTTLENECK = 128      # voxceleb_trainer's attention: Conv1d(C*F, 128) -> ReLU -> BN -> Conv1d(128, C*F)
 
@@ -46,7 +46,7 @@ class ResNetSE34V2(nn.Module):
         init_resnet_weights(self)
 
     def fusable_conv_bn_pairs(self) -> list[tuple[str, str]]:
-        """The blocks' conv2 -> bn2 and shortcut pairs (core.folding); not the stem (ReLU before its BN), not the
+        """The blocks' conv2 -> bn2 and shortcut pairs (spknet.folding); not the stem (ReLU before its BN), not the
         attention (its BN follows a ReLU)."""
         return block_pairs(self)
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-from core import SAMPLE_RATE
-from core.errors import SpeakerNetError
+from spknet import SAMPLE_RATE
+from spknet.errors import SpeakerNetError
 
 WINDOWS = {"hann": torch.hann_window, "hamming": torch.hamming_window}
 NORMALISATIONS = ("instance", "mean")

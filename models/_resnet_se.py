@@ -5,8 +5,8 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-from core import SAMPLE_RATE
-from core.errors import SpeakerNetError
+from spknet import SAMPLE_RATE
+from spknet.errors import SpeakerNetError
 
 
 class SELayer(nn.Module):
@@ -37,7 +37,7 @@ class SEBasicBlock(nn.Module):
         self.downsample = downsample
 
     def fusable_conv_bn_pairs(self) -> list[tuple[str, str]]:
-        """(conv, BatchNorm) pairs whose BatchNorm normalises only its conv's output (core.folding): conv2 -> bn2
+        """(conv, BatchNorm) pairs whose BatchNorm normalises only its conv's output (spknet.folding): conv2 -> bn2
         and the shortcut's conv -> BN. Not conv1 -> bn1: the in-place ReLU runs between them."""
         pairs = [("conv2", "bn2")]
         if self.downsample is not None:
@@ -64,7 +64,7 @@ def se_layer(inplanes: int, planes: int, blocks: int, stride=1) -> nn.Sequential
 
 
 def block_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """The foldable (conv, BatchNorm) pairs of every SE basic block inside ``model`` (core.folding)."""
+    """The foldable (conv, BatchNorm) pairs of every SE basic block inside ``model`` (spknet.folding)."""
     pairs = []
     for name, module in model.named_modules():
         if isinstance(module, SEBasicBlock):
@@ -126,7 +126,7 @@ class ResNetSE(nn.Module):
         init_resnet_weights(self)
 
     def fusable_conv_bn_pairs(self) -> list[tuple[str, str]]:
-        """(conv, BatchNorm) pairs that core.folding may fold for inference: the stem's conv1 -> bn1 and each
+        """(conv, BatchNorm) pairs that spknet.folding may fold for inference: the stem's conv1 -> bn1 and each
         block's own pairs (:meth:`SEBasicBlock.fusable_conv_bn_pairs`)."""
         return [("conv1", "bn1")] + block_pairs(self)
 

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from core.errors import SpeakerNetError
+from spknet.errors import SpeakerNetError
 
 DEFAULT_FINAL_LR_RATIO = 1e-3      # --final_lr unset: --lr / 1000
 

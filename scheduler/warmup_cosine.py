@@ -1,7 +1,7 @@
 """Linear warm-up over --warmup_epochs, then cosine decay to --final_lr at the end of --max_epoch, stepped per
 iteration (the shape of 3D-Speaker's WarmupCosineScheduler). See ``scheduler/_warmup.py``."""
 
-from scheduler._warmup import WarmupDecay, cosine_decay
+from ._warmup import WarmupDecay, cosine_decay
 
 
 class Scheduler(WarmupDecay):

@@ -1,7 +1,7 @@
 """Linear warm-up over --warmup_epochs, then exponential decay to --final_lr at the end of --max_epoch, stepped
 per iteration (the shape of WeSpeaker's ExponentialDecrease). See ``scheduler/_warmup.py``."""
 
-from scheduler._warmup import WarmupDecay, exponential_decay
+from ._warmup import WarmupDecay, exponential_decay
 
 
 class Scheduler(WarmupDecay):

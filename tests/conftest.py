@@ -2,7 +2,7 @@
 
 import pytest
 
-from tools.synthetic_corpus import make_corpus
+from spknet.data.synthetic import make_corpus
 
 TINY = dict(speakers=40, utterances=6, test_speakers=8, test_utterances=6, trials=200, min_duration=2.5,
             max_duration=2.5, seed=7)

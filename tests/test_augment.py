@@ -10,10 +10,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from core import augment
-from core.augment import AUGMENT_TYPES, Augmenter, NoiseDraw, power_db
-from core.errors import SpeakerNetError
-from DatasetLoader import load_wav, max_audio_samples, read_train_list
+from spknet.data import augment, load_wav, max_audio_samples, read_train_list
+from spknet.data.augment import AUGMENT_TYPES, Augmenter, NoiseDraw, power_db
+from spknet.errors import SpeakerNetError
 from tests.helpers import REPO, run_cli
 
 FRAMES = 50

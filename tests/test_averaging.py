@@ -8,9 +8,9 @@ import torch
 
 import inference
 import SpeakerNet
-from core import checkpoints
-from core.errors import SpeakerNetError
-from core.training import ModelTrainer
+from spknet import checkpoints
+from spknet.errors import SpeakerNetError
+from spknet.training.trainer import ModelTrainer
 from tests.helpers import run_cli
 from trainSpeakerNet import parse_args, run_identity
 

@@ -11,12 +11,12 @@ import torchaudio
 from torch import nn
 
 import SpeakerNet
-from core import plugins
-from core.checkpoints import save_checkpoint
-from core.errors import SpeakerNetError
-from core.folding import fold_batch_norms, inference_copy
-from core.inference import infer_model_config
-from core.training import ModelTrainer
+from spknet import plugins
+from spknet.checkpoints import save_checkpoint
+from spknet.errors import SpeakerNetError
+from spknet.folding import fold_batch_norms, inference_copy
+from spknet.inference import infer_model_config
+from spknet.training.trainer import ModelTrainer
 from tests.helpers import load_module, run_cli
 from trainSpeakerNet import parse_args, run_identity
 

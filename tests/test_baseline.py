@@ -11,9 +11,9 @@ import soundfile as sf
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.fft import dct
 
-from core.errors import SpeakerNetError
-from tools import baseline
-from tools import synthetic_corpus as sc
+from spknet import baseline
+from spknet.data import synthetic as sc
+from spknet.errors import SpeakerNetError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

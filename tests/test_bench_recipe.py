@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from spknet.data.synthetic import make_corpus
 from tests.helpers import load_module
-from tools.synthetic_corpus import make_corpus
 
 TINY_CORPUS = {"speakers": 16, "utterances": 4, "test_speakers": 4, "test_utterances": 4, "trials": 40,
                "min_duration": 1.0, "max_duration": 1.5, "seed": 0}

@@ -11,10 +11,10 @@ import torch
 import inference
 import SpeakerNet
 import trainSpeakerNet
-from core import calibration as calibrations
-from core.calibration import Calibration, calibrate, fit_affine, scoring_options, weights_sha256
-from core.errors import SpeakerNetError
-from core.evaluation import cllr, min_cllr
+from spknet import calibration as calibrations
+from spknet.calibration import Calibration, calibrate, fit_affine, scoring_options, weights_sha256
+from spknet.errors import SpeakerNetError
+from spknet.evaluation import cllr, min_cllr
 
 NOUT = 16
 

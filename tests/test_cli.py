@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
-from core import plugins
-from core.errors import SpeakerNetError
+from spknet import plugins
+from spknet.errors import SpeakerNetError
 from tests.helpers import REPO, run_cli, shared_file
 from trainSpeakerNet import build_parser, parse_args
 
@@ -134,7 +134,7 @@ def test_bounded_flags_in_yaml_name_the_key(tmp_path):
 
 def test_distributed_without_torchrun_or_a_gpu_says_how_to_launch(monkeypatch, capsys):
     import trainSpeakerNet
-    from core import distributed
+    from spknet import distributed
     for name in distributed.ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)

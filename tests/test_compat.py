@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoints import load_model_state, read_checkpoint
-from core.errors import SpeakerNetError
-from DatasetLoader import load_wav
-from SpeakerNet import SpeakerNet
+from spknet.checkpoints import load_model_state, read_checkpoint
+from spknet.data import load_wav
+from spknet.errors import SpeakerNetError
+from spknet.model import SpeakerNet
 from tests.helpers import run_cli, shared_file
 
 SEED_MODEL = "seed_mp_balance_sap.model"

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from core.errors import SpeakerNetError
-from core.evaluation import read_trial_list
-from DatasetLoader import GroupBatchSampler, check_files_exist, load_wav, max_audio_samples, read_train_list
+from spknet.data import GroupBatchSampler, check_files_exist, load_wav, max_audio_samples, read_train_list
+from spknet.errors import SpeakerNetError
+from spknet.evaluation import read_trial_list
 
 
 def write_wav(path, samples, rate=16000, channels=1):

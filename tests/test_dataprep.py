@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 import dataprep
-from tools import synthetic_corpus as sc
+from spknet.data import synthetic as sc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(speakers=12, utterances=5, test_speakers=6, test_utterances=6, trials=120, min_duration=2.0,

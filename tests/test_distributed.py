@@ -13,10 +13,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from core import distributed
-from core.evaluation import embed_files
-from core.training import ModelTrainer
-from SpeakerNet import SpeakerNet
+from spknet import distributed
+from spknet.evaluation import embed_files
+from spknet.model import SpeakerNet
+from spknet.training.trainer import ModelTrainer
 from tests.helpers import REPO, free_port
 
 pytestmark = pytest.mark.slow      # subprocess runs of the command line (seconds each)

@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import DatasetLoader
 from benchmarks.reference_scoring import reference_crop_scores
-from core import evaluation
-from core.errors import SpeakerNetError
-from core.evaluation import EvalOptions, Trial, compute_metrics, extraction, read_trial_list
-from DatasetLoader import load_wav
-from SpeakerNet import SpeakerNet
+from spknet import evaluation
+from spknet.data import datasets as DatasetLoader
+from spknet.data import load_wav
+from spknet.errors import SpeakerNetError
+from spknet.evaluation import EvalOptions, Trial, compute_metrics, extraction, read_trial_list
+from spknet.model import SpeakerNet
 from tests.helpers import run_cli
 from trainSpeakerNet import choose_device, load_plan, parse_args
 
@@ -409,7 +409,7 @@ def test_a_labelled_list_with_one_class_fails_before_training(tiny_corpus, tmp_p
 
 def test_eval_builds_no_loss_optimizer_or_scheduler(tiny_corpus, random_checkpoint, tmp_path, monkeypatch, capsys):
     import trainSpeakerNet
-    from core import plugins
+    from spknet import plugins
     loaded = []
     real_load = plugins.load
     monkeypatch.setattr(plugins, "load", lambda package, name: loaded.append(package) or real_load(package, name))

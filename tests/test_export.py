@@ -14,11 +14,12 @@ import pytest
 import torch
 
 import inference
-from core import SAMPLE_RATE
-from core.errors import SpeakerNetError
-from core.export import METADATA_KEYS, ONNX_OPSET, export_model, export_program, load_program
-from core.inference import load_embedder
-from SpeakerNet import SpeakerNet
+import spknet.export
+from spknet import SAMPLE_RATE
+from spknet.errors import SpeakerNetError
+from spknet.export import METADATA_KEYS, ONNX_OPSET, export_model, export_program, load_program
+from spknet.inference import load_embedder
+from spknet.model import SpeakerNet
 
 ort = pytest.importorskip("onnxruntime")
 DURATIONS = (0.5, 4.0, 13.7)            # seconds
@@ -186,11 +187,10 @@ def test_an_unwritable_out_is_an_error_naming_it_and_leaves_nothing(embedders, t
 
 
 def test_a_failed_export_leaves_nothing_behind(embedders, tmp_path, monkeypatch):
-    import core.export
 
     def broken(*args, **kwargs):
         raise SpeakerNetError("model: torch.export failed (for the test)")
-    monkeypatch.setattr(core.export, "export_program", broken)
+    monkeypatch.setattr(spknet.export, "export_program", broken)
     _, embedder = embedders["sap_float"]
     with pytest.raises(SpeakerNetError, match="torch.export failed"):
         export_model(embedder.network, embedder.config, str(tmp_path / "m.pt2"), "torch_export", True)

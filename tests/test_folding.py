@@ -1,4 +1,4 @@
-"""BatchNorm folding (core.folding): declared pairs on the ResNet-SE networks, the torch.fx data-flow search for
+"""BatchNorm folding (spknet.folding): declared pairs on the ResNet-SE networks, the torch.fx data-flow search for
 models that declare none, no folding for models that are neither, the check on the output, the model untouched."""
 
 import copy
@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import folding
-from models._resnet_se import SEBasicBlock
-from models.ResNetSE34L import MainModel
+from spknet import folding
+from spknet.models._resnet_se import SEBasicBlock
+from spknet.models.ResNetSE34L import MainModel
 
 
 @pytest.fixture(autouse=True, scope="module")

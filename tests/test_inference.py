@@ -10,10 +10,10 @@ import soundfile as sf
 import torch
 
 import SpeakerNet
-from core.checkpoints import save_checkpoint
-from core.errors import SpeakerNetError
-from core.inference import infer_model_config, model_config
-from core.training import ModelTrainer
+from spknet.checkpoints import save_checkpoint
+from spknet.errors import SpeakerNetError
+from spknet.inference import infer_model_config, model_config
+from spknet.training.trainer import ModelTrainer
 from tests.helpers import REPO, SUBPROCESS_ENV, shared_file
 from trainSpeakerNet import parse_args, run_identity
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from core.errors import SpeakerNetError
-from loss.triplet import mine_negatives
+from spknet.errors import SpeakerNetError
+from spknet.loss.triplet import mine_negatives
 
 N_OUT = 5
 N_SPEAKERS = 7  # != N_OUT: parameters with a dimension of this size are the per-speaker ones

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import plugins
-from core.errors import SpeakerNetError
-from loss._common import IMBALANCED
+from spknet import plugins
+from spknet.errors import SpeakerNetError
+from spknet.loss._common import IMBALANCED
 from tests.helpers import load_module
 
 reference = load_module("benchmarks/reference_losses.py")

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from core.errors import SpeakerNetError
-from core.evaluation import act_dcf, cllr, compute_metrics, min_cllr
-from core.evaluation.metrics import bayes_threshold
+from spknet.errors import SpeakerNetError
+from spknet.evaluation import act_dcf, cllr, compute_metrics, min_cllr
+from spknet.evaluation.metrics import bayes_threshold
 from tuneThreshold import tuneThresholdfromScore
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from core import plugins
-from core.errors import SpeakerNetError
+from spknet import plugins
+from spknet.errors import SpeakerNetError
 
 
 @pytest.mark.parametrize("encoder_type", ["SAP", "ASP"])

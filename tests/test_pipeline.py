@@ -6,10 +6,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from core import evaluation
-from core.checkpoints import load_model_state
-from DatasetLoader import ORIGINAL, AudioPipeline, TrainDataset, TrainList, load_wav, max_audio_samples
-from models.ResNetSE34L import MainModel
+from spknet import evaluation
+from spknet.checkpoints import load_model_state
+from spknet.data import ORIGINAL, AudioPipeline, TrainDataset, TrainList, load_wav, max_audio_samples
+from spknet.models.ResNetSE34L import MainModel
 from tests.test_data import FixedRandom, original_loadwav, write_wav
 from trainSpeakerNet import audio_pipeline, parse_args
 

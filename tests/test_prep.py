@@ -14,10 +14,10 @@ import pytest
 import soundfile as sf
 
 import dataprep
-from core.augment import Augmenter
-from core.errors import SpeakerNetError
-from DatasetLoader import read_train_list
-from tools import prep_voxceleb
+from spknet.data import read_train_list
+from spknet.data import voxceleb as prep_voxceleb
+from spknet.data.augment import Augmenter
+from spknet.errors import SpeakerNetError
 
 
 def wav_bytes(samples, rate=16000):

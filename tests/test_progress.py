@@ -3,7 +3,7 @@
 import io
 import time
 
-from core.progress import LOG_FILE_INTERVAL, progress_bar
+from spknet.progress import LOG_FILE_INTERVAL, progress_bar
 
 
 class Terminal(io.StringIO):

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from spknet import baseline
 from tests.helpers import REPO, SUBPROCESS_ENV
-from tools import baseline
 from trainSpeakerNet import parse_args
 
 pytestmark = pytest.mark.slow      # subprocess runs of the command line (seconds each)

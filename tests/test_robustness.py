@@ -12,11 +12,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.errors import SpeakerNetError
-from core.evaluation import read_trial_list
-from core.training import ModelTrainer
-from DatasetLoader import read_train_list
-from SpeakerNet import SpeakerNet
+from spknet.data import read_train_list
+from spknet.errors import SpeakerNetError
+from spknet.evaluation import read_trial_list
+from spknet.model import SpeakerNet
+from spknet.training.trainer import ModelTrainer
 from tests.helpers import REPO, SUBPROCESS_ENV, run_cli
 from trainSpeakerNet import parse_args
 
@@ -28,7 +28,7 @@ FAST = ["--max_frames", "50", "--batch_size", "8", "--nDataLoaderThread", "0", "
 KILL_DURING_SAVE = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
-from core import atomic
+from spknet import atomic
 real_replace = os.replace
 def replace(source, target):
     if target.endswith({suffix!r}):
@@ -172,7 +172,7 @@ def test_fuzz_config_parsing(tmp_path, config, raw):
 
 
 def test_atomic_writes_get_the_permissions_a_plain_open_gives(tmp_path):
-    from core import atomic
+    from spknet import atomic
     previous = os.umask(0o022)
     try:
         atomic.write_text(str(tmp_path / "scores.txt"), "x")

@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import logs
-from core.errors import SpeakerNetError
-from core.margin import MarginSchedule, exponential_rise
-from core.training import EpochProgress, ModelTrainer
-from loss import aamsoftmax, amsoftmax
-from loss._metric import cosine_matrix
-from SpeakerNet import SpeakerNet
+from spknet import logs
+from spknet.errors import SpeakerNetError
+from spknet.loss import aamsoftmax, amsoftmax
+from spknet.loss._metric import cosine_matrix
+from spknet.margin import MarginSchedule, exponential_rise
+from spknet.model import SpeakerNet
+from spknet.training.trainer import EpochProgress, ModelTrainer
 from tests.helpers import REPO, SUBPROCESS_ENV, run_cli
 from trainSpeakerNet import check_schedule_flags, parse_args, run_differences, run_identity, warn_unused_loss_options
 
@@ -30,7 +30,7 @@ def lr_sequence(name, steps_per_epoch=4, max_epoch=3, warmup_epochs=0.5, final_l
     """The LR of every iteration of a run, read from the optimizer before each step."""
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=LR)
-    from core import plugins
+    from spknet import plugins
     scheduler = plugins.load("scheduler", name)(optimizer, lr=LR, max_epoch=max_epoch, warmup_epochs=warmup_epochs,
                                                 final_lr=final_lr, steps_per_epoch=steps_per_epoch)
     lrs = []

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 import trainSpeakerNet
-from DatasetLoader import (
+from spknet.data import (
     SPEED_MARGIN,
     AudioPipeline,
     GroupBatchSampler,
@@ -195,7 +195,7 @@ def test_a_loader_batch_plays_each_group_at_its_class_speed(perturbed_corpus, tm
     train_list, _ = perturbed_corpus
     augmenter = None
     if augment:
-        from core.augment import Augmenter
+        from spknet.data.augment import Augmenter
         musan, rirs, _ = make_folders(tmp_path)
         augmenter = Augmenter(musan, rirs, FRAMES)
     sampler = GroupBatchSampler(train_list.labels, (2,), 6, 100, seed=1, copies=3)

@@ -159,7 +159,7 @@ def test_sweep_rejects_bad_arguments(tmp_path):
 
 
 def test_sweep_end_to_end(tmp_path):
-    from tools.synthetic_corpus import make_corpus
+    from spknet.data.synthetic import make_corpus
 
     corpus = tmp_path / "corpus"
     make_corpus(str(corpus), speakers=12, utterances=4, test_speakers=4, test_utterances=4, trials=40,

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import trainSpeakerNet
-from core import atomic, checkpoints
-from core.checkpoints import DamagedCheckpoint, UnsafeCheckpoint, read_checkpoint, resume_point, save_checkpoint
-from core.errors import SpeakerNetError
-from core.lock import RunLock
-from core.training import ModelTrainer
-from SpeakerNet import SpeakerNet
+from spknet import atomic, checkpoints
+from spknet.checkpoints import DamagedCheckpoint, UnsafeCheckpoint, read_checkpoint, resume_point, save_checkpoint
+from spknet.errors import SpeakerNetError
+from spknet.lock import RunLock
+from spknet.model import SpeakerNet
+from spknet.training.trainer import ModelTrainer
 from tests.helpers import REPO, SUBPROCESS_ENV, run_cli
 
 FAST = ["--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--nOut", "16", "--max_frames", "20",
@@ -158,7 +158,7 @@ def test_a_resume_refuses_another_run_and_accepts_session_options(tiny_corpus, t
 FAIL_IN_A_STEP = """
 import sys
 sys.path.insert(0, {repo!r})
-from core import training
+from spknet.training import trainer as training
 real_step, calls = training.ModelTrainer._step, []
 def step(self, *args):
     calls.append(1)

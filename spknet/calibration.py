@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from core import atomic
-from core.errors import SpeakerNetError
-from core.evaluation.metrics import act_dcf, bayes_threshold, cllr, min_cllr
+from spknet import atomic
+from spknet.errors import SpeakerNetError
+from spknet.evaluation.metrics import act_dcf, bayes_threshold, cllr, min_cllr
 
 FORMAT = "speakernet-calibration"
 VERSION = 1

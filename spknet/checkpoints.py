@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from core import atomic
-from core.errors import SpeakerNetError
+from spknet import atomic
+from spknet.errors import SpeakerNetError
 
 CHECKPOINT_PATTERN = "model%09d.model"
 CHECKPOINT_NAME = re.compile(r"model(\d{9})\.model")

@@ -42,8 +42,8 @@ from multiprocessing import get_context
 import numpy as np
 import soundfile as sf
 
-from core import SAMPLE_RATE
-from core.errors import SpeakerNetError
+from spknet import SAMPLE_RATE
+from spknet.errors import SpeakerNetError
 
 SEGMENT_SECONDS, HOP_SECONDS = 5, 3
 STEPS = ("download", "extract", "convert", "make_list", "musan", "rirs")

@@ -4,17 +4,21 @@ import importlib
 import inspect
 import os
 
-from core.errors import SpeakerNetError
+from spknet.errors import SpeakerNetError
 
 KINDS = {"models": "model", "loss": "loss", "optimizer": "optimizer", "scheduler": "scheduler"}
 EXPORTS = {"models": "MainModel", "loss": "LossFunction", "optimizer": "Optimizer", "scheduler": "Scheduler"}
-_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository root
+
+
+def plugin_folder(package: str) -> str:
+    """Where ``package``'s plugin files are: the checkout's ``models/``, ... or the installed copy's."""
+    return importlib.import_module(f"spknet.{package}").__path__[0]
 
 
 def choices(package: str) -> list[str]:
     """Plugin names in ``package``: its modules, except private helpers (leading underscore)."""
-    folder = os.path.join(_HERE, package)
-    return sorted(name[:-3] for name in os.listdir(folder) if name.endswith(".py") and not name.startswith("_"))
+    return sorted(name[:-3] for name in os.listdir(plugin_folder(package))
+                  if name.endswith(".py") and not name.startswith("_"))
 
 
 def load(package: str, name: str):
@@ -26,7 +30,7 @@ def load(package: str, name: str):
 
 
 def _export(package: str, name: str):
-    return getattr(importlib.import_module(f"{package}.{name}"), EXPORTS[package])
+    return getattr(importlib.import_module(f"spknet.{package}.{name}"), EXPORTS[package])
 
 
 # Options a network may or may not have: one given to a model without it is an error, not silently ignored.

@@ -44,9 +44,9 @@ from contextlib import contextmanager
 
 import torch
 
-from core import SAMPLE_RATE, atomic
-from core.errors import SpeakerNetError
-from DatasetLoader import INT16_SCALE
+from spknet import SAMPLE_RATE, atomic
+from spknet.data import INT16_SCALE
+from spknet.errors import SpeakerNetError
 
 FORMATS = ("onnx", "torch_export")
 ONNX_OPSET = 18

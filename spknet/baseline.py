@@ -23,10 +23,10 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from core import SAMPLE_RATE
-from core.errors import SpeakerNetError
-from core.evaluation import Trial, compute_metrics, read_trial_list
-from DatasetLoader import read_train_list
+from spknet import SAMPLE_RATE
+from spknet.data import read_train_list
+from spknet.errors import SpeakerNetError
+from spknet.evaluation import Trial, compute_metrics, read_trial_list
 
 WIN, HOP, NFFT = 400, 160, 512
 N_MELS, N_MFCC = 40, 20

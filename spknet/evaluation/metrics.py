@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from core.errors import SpeakerNetError
+from spknet.errors import SpeakerNetError
 
 
 def roc(scores, labels):

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core import atomic
-from core.errors import SpeakerNetError, located
-from DatasetLoader import check_files_exist, read_lines, read_train_list
+from spknet import atomic
+from spknet.data import check_files_exist, read_lines, read_train_list
+from spknet.errors import SpeakerNetError, located
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 from sklearn.metrics import det_curve  # noqa: E402
 
-from core import atomic  # noqa: E402
+from spknet import atomic  # noqa: E402
 
 TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
 

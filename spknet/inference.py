@@ -15,14 +15,14 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from core import SAMPLE_RATE
-from core.calibration import Calibration, Verification, default_path, scoring_options, weights_sha256
-from core.checkpoints import load_model_state, read_checkpoint
-from core.errors import SpeakerNetError
-from core.evaluation import TrialScorer, default_files_per_batch
-from core.progress import progress_bar
-from DatasetLoader import INT16_SCALE, NUM_EVAL, AudioPipeline, eval_crops, max_audio_samples
-from SpeakerNet import SpeakerNet
+from spknet import SAMPLE_RATE
+from spknet.calibration import Calibration, Verification, default_path, scoring_options, weights_sha256
+from spknet.checkpoints import load_model_state, read_checkpoint
+from spknet.data import INT16_SCALE, NUM_EVAL, AudioPipeline, eval_crops, max_audio_samples
+from spknet.errors import SpeakerNetError
+from spknet.evaluation import TrialScorer, default_files_per_batch
+from spknet.model import SpeakerNet
+from spknet.progress import progress_bar
 
 MODEL_OPTIONS = ("model", "encoder_type", "nOut", "n_mels", "log_input", "window", "channels", "audio_scale", "pad",
                  "trainfunc")
@@ -191,7 +191,7 @@ class Embedder:
         its input shape: whole files (``eval_frames`` 0) share a forward pass only with files of the same length,
         so nothing is padded; fixed crops all have one shape. A bucket is run when it holds ``files_per_batch``
         files or ``max_samples`` samples (defaults: ``--eval``'s batches on this device, see
-        :func:`~core.evaluation.default_files_per_batch`: ``NUM_EVAL`` files' worth of 4-s crops per file of a
+        :func:`~spknet.evaluation.default_files_per_batch`: ``NUM_EVAL`` files' worth of 4-s crops per file of a
         batch); the fullest bucket is run early when together they hold more than twice ``max_samples``, so memory
         stays bounded for lists of any length and any mix of lengths.
         """
@@ -254,7 +254,7 @@ def load_embedder(path: str, device: str | torch.device | None = None, trust: bo
     ``encoder_type``, ``audio_scale``, ``trainfunc``) replace what the checkpoint says.
 
     ``calibration``: ``"auto"`` (default) uses ``path + ".calibration.json"`` when it exists; a file name or a
-    :class:`~core.calibration.Calibration` uses that one; None uses none. A calibration made for other weights
+    :class:`~spknet.calibration.Calibration` uses that one; None uses none. A calibration made for other weights
     or scoring options is an error naming its file.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -8,7 +8,7 @@ state, and a resumed run recomputes it before its first step.
 
 from dataclasses import dataclass
 
-from core.errors import SpeakerNetError
+from spknet.errors import SpeakerNetError
 
 # The rise follows 1 - RISE_FLOOR ** fraction, normalised to reach 1 at the end of the ramp: fast at first
 # (half the margin after a tenth of the ramp), then flattening, the shape of WeSpeaker's "exp" increase.

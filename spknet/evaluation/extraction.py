@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from core import atomic, distributed
-from core.folding import inference_copy
-from core.progress import progress_bar
-from DatasetLoader import NUM_EVAL, ORIGINAL, AudioPipeline, TestDataset, ignore_stop_signals, max_audio_samples
+from spknet import atomic, distributed
+from spknet.data import NUM_EVAL, ORIGINAL, AudioPipeline, TestDataset, ignore_stop_signals, max_audio_samples
+from spknet.folding import inference_copy
+from spknet.progress import progress_bar
 
 # --eval_precision: the autocast type of the network during extraction (the log-mel front end stays float32)
 EVAL_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -7,7 +7,7 @@
 import fcntl
 import os
 
-from core.errors import SpeakerNetError
+from spknet.errors import SpeakerNetError
 
 LOCK_FILE = ".lock"
 

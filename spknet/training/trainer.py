@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from core import distributed, plugins
-from core.errors import SpeakerNetError
-from core.margin import MarginSchedule, has_margin
-from core.progress import progress_bar
+from spknet import distributed, plugins
+from spknet.errors import SpeakerNetError
+from spknet.margin import MarginSchedule, has_margin
+from spknet.progress import progress_bar
 
 INITIAL_EER = 50.0      # what the original's plateau scheduler sees before the first evaluation
 
@@ -73,7 +73,7 @@ class ModelTrainer:
 
     ``optimizer`` and ``scheduler`` name plugins, which receive ``kwargs`` (the run's options) and
     ``steps_per_epoch`` (the loader's length, which per-iteration schedules need). ``margin_start_epoch`` (None:
-    no schedule) and ``margin_rampup_epochs`` set the loss's margin schedule (:class:`core.margin.MarginSchedule`,
+    no schedule) and ``margin_rampup_epochs`` set the loss's margin schedule (:class:`spknet.margin.MarginSchedule`,
     up to the margin the loss was built with).
     """
 

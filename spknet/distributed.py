@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 
-from core.errors import SpeakerNetError
+from spknet.errors import SpeakerNetError
 
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # torch.distributed.nn's all_gather is the public autograd-aware collective; its replacement is still private.

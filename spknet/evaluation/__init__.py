@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.evaluation.extraction import (
+from spknet.data import ORIGINAL, AudioPipeline
+from spknet.evaluation.extraction import (
     EVAL_PRECISIONS,
     EmbeddingStore,
     available_cores,
@@ -26,7 +27,7 @@ from core.evaluation.extraction import (
     equal_length_batches,
     extract_embeddings,
 )
-from core.evaluation.metrics import (
+from spknet.evaluation.metrics import (
     CalibrationMetrics,
     Metrics,
     act_dcf,
@@ -35,8 +36,8 @@ from core.evaluation.metrics import (
     compute_metrics,
     min_cllr,
 )
-from core.evaluation.plots import write_plots
-from core.evaluation.scoring import (
+from spknet.evaluation.plots import write_plots
+from spknet.evaluation.scoring import (
     SCORE_NORMS,
     SCORINGS,
     TrialScorer,
@@ -49,7 +50,7 @@ from core.evaluation.scoring import (
     speaker_means,
     top_cohort_statistics,
 )
-from core.evaluation.trials import (
+from spknet.evaluation.trials import (
     Cohort,
     EvalPlan,
     Trial,
@@ -63,8 +64,7 @@ from core.evaluation.trials import (
     read_trials,
     write_scores,
 )
-from core.folding import fold_batch_norms, inference_copy
-from DatasetLoader import ORIGINAL, AudioPipeline
+from spknet.folding import fold_batch_norms, inference_copy
 
 
 @dataclass(frozen=True)
