@@ -22,9 +22,10 @@ from spknet import checkpoints
 from spknet.data import read_lines
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import EmbeddingStore, EvalOptions, evaluate, read_plan
+from spknet.evaluation.runner import asnorm_cohort
 from spknet.export import FORMATS, export_model
 from spknet.inference import AUTO, load_embedder
-from trainSpeakerNet import asnorm_cohort
+from spknet.specs import MODEL_FIELDS, DataSpec, EvalSpec, ModelSpec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,10 +70,19 @@ def add_model_arguments(command: argparse.ArgumentParser, scoring: bool = True) 
         command.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     command.add_argument("--trust_checkpoint", action="store_true",
                          help="load a checkpoint whose pickle holds other objects than tensors (RUNS its code)")
-    for flag, kind in (("--model", str), ("--encoder_type", str), ("--nOut", int), ("--n_mels", int),
-                       ("--window", str), ("--channels", int), ("--audio_scale", str), ("--pad", str),
-                       ("--trainfunc", str)):
-        command.add_argument(flag, type=kind, default=None, help="override the checkpoint's own value")
+    for name, kind in model_option_types().items():
+        if kind is bool:
+            command.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None,
+                                 help="override the checkpoint's own value")
+        else:
+            command.add_argument(f"--{name}", type=kind, default=None, help="override the checkpoint's own value")
+
+
+def model_option_types() -> dict:
+    """Each model option (:class:`~spknet.specs.ModelSpec`, the one list) with the type of its value."""
+    defaults = ModelSpec()
+    types = {"nOut": int, "n_mels": int, "channels": int}
+    return {name: types.get(name, type(getattr(defaults, name))) for name in MODEL_FIELDS}
 
 
 def add_average_parser(commands) -> None:
@@ -89,8 +99,7 @@ def add_average_parser(commands) -> None:
 
 
 def embedder_for(args, calibration=None):
-    overrides = {key: getattr(args, key) for key in ("model", "encoder_type", "nOut", "n_mels", "window",
-                                                      "channels", "audio_scale", "pad", "trainfunc")}
+    overrides = {key: getattr(args, key) for key in MODEL_FIELDS}
     options = {"device": "cpu", "calibration": None} if args.command == "export" else {
         "device": args.device, "eval_frames": args.eval_frames, "scoring": args.scoring, "calibration": calibration}
     return load_embedder(args.initial_model, trust=args.trust_checkpoint, **options, **overrides)
@@ -153,7 +162,9 @@ def add_calibrate_command(commands) -> None:
 
 def calibration_scores(args, embedder):
     """The ``--eval`` scores of the labelled ``--test_list`` with this embedder's network and options."""
-    plan = read_plan([args.test_list], args.test_path, "calibration", cohort=asnorm_cohort(args))
+    cohort = asnorm_cohort(EvalSpec(score_norm=args.score_norm, cohort_utterances=args.cohort_utterances),
+                           DataSpec(train_list=args.train_list, train_path=args.train_path))
+    plan = read_plan([args.test_list], args.test_path, "calibration", cohort=cohort)
     options = EvalOptions(eval_frames=args.eval_frames, num_workers=args.nDataLoaderThread, scoring=args.scoring,
                           score_norm=args.score_norm, cohort_size=args.cohort_size, pipeline=embedder.pipeline)
     outcome = evaluate(embedder.network, embedder.test_normalize, plan, args.test_path, options, embedder.device)

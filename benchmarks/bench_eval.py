@@ -134,7 +134,7 @@ def original_extraction(model, files, root, eval_frames) -> torch.Tensor:
 def bench_extraction(args) -> dict:
     from spknet.model import SpeakerNet
     torch.manual_seed(args.seed)
-    model = SpeakerNet("ResNetSE34L", nOut=512).__S__.eval()
+    model = SpeakerNet.build("ResNetSE34L", nOut=512).__S__.eval()
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     print(f"(b) extraction: {args.extract_files} files of {args.extract_seconds:g} s, {args.eval_frames}-frame crops, "
           f"ResNetSE34L, {torch.get_num_threads()} threads, {available_cores()} cores, {args.workers} loader "

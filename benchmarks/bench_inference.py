@@ -70,7 +70,7 @@ def save_random_model(folder: str, encoder: str, n_out: int, seed: int) -> str:
     """A random ResNetSE34L as the original's flat state dict (the keys tell the model; int16-scale input)."""
     torch.manual_seed(seed)
     path = os.path.join(folder, "random.model")
-    torch.save(SpeakerNet("ResNetSE34L", nOut=n_out, encoder_type=encoder, with_loss=False).state_dict(), path)
+    torch.save(SpeakerNet.build("ResNetSE34L", nOut=n_out, encoder_type=encoder, with_loss=False).state_dict(), path)
     return path
 
 

@@ -165,7 +165,7 @@ def seed_everything(seed: int) -> None:
 def reference_train(options, paths: dict, seed: int, device: torch.device) -> SpeakerNet:
     files, labels = read_train(paths)
     seed_everything(seed)
-    net = SpeakerNet(model=MODEL, trainfunc=options.trainfunc, nOut=512, window="hamming",
+    net = SpeakerNet.build(model=MODEL, trainfunc=options.trainfunc, nOut=512, window="hamming",
                      nSpeakers=max(labels) + 1).to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=options.lr, momentum=0.9, weight_decay=5e-5)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=options.test_interval, gamma=options.lr_decay)

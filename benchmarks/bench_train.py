@@ -20,16 +20,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from spknet.data import max_audio_samples  # noqa: E402
 from spknet.model import SpeakerNet  # noqa: E402
+from spknet.specs import TrainingSpec
 from spknet.training.trainer import ModelTrainer  # noqa: E402
 
 
 class Batches(list):
-    """Pre-made batches with the sampler hook our trainer calls (no audio I/O: the step alone is measured)."""
-
-    class batch_sampler:  # noqa: N801
-        @staticmethod
-        def start_at(batch):
-            pass
+    """Pre-made batches (no audio I/O: the step alone is measured)."""
 
 
 def make_batches(groups, per_group, frames, count, seed=0):
@@ -83,10 +79,10 @@ def measure(trainfunc="angleproto", groups=64, per_group=2, frames=200, steps=3,
     the network's own) and ``options`` (``channels=...``) choose the network."""
     device = torch.device(device)
     torch.manual_seed(0)
-    net = SpeakerNet(model=model, trainfunc=trainfunc, nOut=nOut, nSpeakers=classes or groups, **options).to(device)
+    net = SpeakerNet.build(model=model, trainfunc=trainfunc, nOut=nOut, nSpeakers=classes or groups, **options).to(device)
     reference_net = copy.deepcopy(net)
-    ours = ModelTrainer(net, device, optimizer="sgd", scheduler="steplr", lr=1e-4, mixedprec=mixedprec,
-                        compile=compile)
+    ours = ModelTrainer(net, device, TrainingSpec(optimizer="sgd", scheduler="steplr", lr=1e-4, mixedprec=mixedprec,
+                                                  compile=compile))
     batches = make_batches(groups, per_group, frames, steps)
     warm = make_batches(groups, per_group, frames, 1, seed=1)
     ours.train_network(warm, epoch=1, show_progress=False)
@@ -113,7 +109,7 @@ def print_networks(rates: dict) -> None:
     baseline = rates.get("ResNetSE34L")
     print(f"{'network (our step)':<28}{'parameters':>12}{'utt/s':>10}{'x ResNetSE34L':>15}")
     for name, rate in rates.items():
-        net = SpeakerNet(model=name, **NETWORKS.get(name, {})).__S__
+        net = SpeakerNet.build(model=name, **NETWORKS.get(name, {})).__S__
         ratio = f"{rate / baseline:.2f}x" if baseline else "-"
         print(f"{name:<28}{sum(p.numel() for p in net.parameters()) / 1e6:>11.2f}M{rate:>10.1f}{ratio:>15}")
 

@@ -1,5 +1,6 @@
 """Checkpoints: their names, reading every supported format, loading weights with a key report, atomic saves,
-the mid-interval ``resume.state`` and its retirement, and the temporaries a killed save leaves.
+the mid-interval ``resume.state`` and its retirement, the temporaries a killed save leaves, and the model a
+checkpoint holds (its recorded :class:`~spknet.specs.ModelSpec`, or what the original's keys say).
 
 A SpeakerNet checkpoint is voxceleb_trainer's layout, ``{"model_state_dict", "optimizer_state_dict",
 "scheduler_state_dict", "epoch", ...}``, with the original's ``__S__.*`` / ``__L__.*`` model keys; the original's
@@ -19,6 +20,8 @@ import torch
 
 from spknet import atomic
 from spknet.errors import SpeakerNetError
+from spknet.model import SpeakerNet
+from spknet.specs import ModelSpec
 
 CHECKPOINT_PATTERN = "model%09d.model"
 CHECKPOINT_NAME = re.compile(r"model(\d{9})\.model")
@@ -356,3 +359,100 @@ def save_averaged(path: str, checkpoint: dict) -> None:
         reason = os.strerror(error.errno) if error.errno else str(error)
         raise SpeakerNetError(f"{path}: could not be saved ({reason}); the averaged checkpoints are unchanged") \
             from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model a checkpoint holds
+# ----------------------------------------------------------------------------------------------------------------
+
+ORIGINAL_DEFAULTS = {"log_input": True, "audio_scale": "int16", "pad": "zero", "trainfunc": ""}
+# voxceleb_trainer reads float samples in [-1, 1] and wraps a short file around; its published ResNetSE34V2
+# checkpoints were trained with --log_input True (its README's command)
+VOXCELEB_TRAINER_DEFAULTS = {"log_input": True, "audio_scale": "float", "pad": "wrap", "trainfunc": ""}
+
+
+class _Family:
+    """What a family of state dicts looks like: where its front end's buffers are, which key's shape gives the
+    width that the pooling sees (SAP: fc input = width, ASP: 2 x width), its residual layouts (blocks per layer,
+    stem channels) by model plugin, and the input pipeline it was trained with."""
+
+    def __init__(self, front_end: str, pooled_key: str, pooled_axis: int, layouts: dict, defaults: dict):
+        self.fb, self.window = f"__S__.{front_end}mel_scale.fb", f"__S__.{front_end}spectrogram.window"
+        self.pooled_key, self.pooled_axis, self.layouts, self.defaults = pooled_key, pooled_axis, layouts, defaults
+
+
+# The original's ResNetSE (torchfb is the MelSpectrogram; SAP/ASP through sap_linear) and voxceleb_trainer's
+# ResNetSE34V2 (torchfb = PreEmphasis + MelSpectrogram; attention over the flattened map, attention.0 its first conv)
+ORIGINAL = _Family("torchfb.", "__S__.sap_linear.weight", 0, {((3, 4, 6, 3), 16): "ResNetSE34L"}, ORIGINAL_DEFAULTS)
+VOXCELEB_TRAINER = _Family("torchfb.1.", "__S__.attention.0.weight", 1, {((3, 4, 6, 3), 32): "ResNetSE34V2"},
+                           VOXCELEB_TRAINER_DEFAULTS)
+
+
+def _blocks(state: dict, layer: int) -> int:
+    prefix = f"__S__.layer{layer}."
+    return 1 + max((int(key[len(prefix):].split(".")[0]) for key in state if key.startswith(prefix)), default=-1)
+
+
+def _window(window: torch.Tensor) -> str | None:
+    for name, make in (("hann", torch.hann_window), ("hamming", torch.hamming_window)):
+        if window.shape == (400,) and torch.allclose(window.float(), make(400), atol=1e-6):
+            return name
+    return None
+
+
+def infer_model_config(state: dict, source: str) -> dict:
+    """What the keys and shapes of an original ResNetSE or a voxceleb_trainer ResNetSE34V2 state dict say about
+    its model, with the input pipeline of the code that trained it."""
+    family = VOXCELEB_TRAINER if VOXCELEB_TRAINER.pooled_key in state else ORIGINAL
+    needed = ["__S__.fc.weight", family.pooled_key, "__S__.conv1.weight", family.fb, family.window]
+    missing = [key for key in needed if key not in state]
+    if missing:
+        raise SpeakerNetError(f"{source}: cannot tell the model from its keys (no {missing[0]}); give model=..., "
+                              f"encoder_type=..., nOut=... (--model, --encoder_type, --nOut)")
+    layout = (tuple(_blocks(state, layer) for layer in (1, 2, 3, 4)), state["__S__.conv1.weight"].shape[0])
+    width = state[family.pooled_key].shape[family.pooled_axis]
+    pooled = state["__S__.fc.weight"].shape[1]
+    config = {
+        "model": family.layouts.get(layout),
+        "encoder_type": {width: "SAP", 2 * width: "ASP"}.get(pooled),
+        "nOut": state["__S__.fc.weight"].shape[0],
+        "n_mels": state[family.fb].shape[1],
+        "window": _window(state[family.window]),
+    }
+    unknown = [key for key, value in config.items() if value is None]
+    if unknown:
+        raise SpeakerNetError(f"{source}: cannot tell {', '.join(unknown)} from its keys; give "
+                              + ", ".join(f"{key}=... (--{key})" for key in unknown))
+    return {**family.defaults, **config}
+
+
+def checkpoint_spec(checkpoint: dict, source: str, overrides: dict | None = None) -> ModelSpec:
+    """The model a checkpoint holds: the spec its ``run`` entry records (either schema) or, for the original's and
+    voxceleb_trainer's state dicts, what its keys say; ``overrides`` (not None) on top."""
+    run = checkpoint.get("run") or {}
+    spec = ModelSpec.from_record(run) if run else None
+    if spec is None or not ((run.get("model") or {}).get("model") or (run.get("options") or {}).get("model")):
+        spec = ModelSpec(**infer_model_config(checkpoint["model_state_dict"], source))
+    return spec.overridden(**(overrides or {}))
+
+
+def load_network(path: str, trust: bool = False, overrides: dict | None = None):
+    """The embedding network of the checkpoint at ``path`` as a :class:`~spknet.model.SpeakerNet` without its loss,
+    built from the options the checkpoint records (:func:`checkpoint_spec`) and loaded strictly: an override
+    (``overrides``, e.g. ``{"nOut": 256}``) that does not fit the weights is an error naming it."""
+    checkpoint = read_checkpoint(path, trust)
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    spec = checkpoint_spec(checkpoint, path, given)
+    net = SpeakerNet(spec)
+    try:
+        load_model_state(net, checkpoint["model_state_dict"], path, prefixes=("__S__.",), strict=True)
+    except SpeakerNetError as error:
+        if not given:
+            raise
+        saved = checkpoint_spec(checkpoint, path)
+        changed = [f"{key}={value} (the checkpoint's: {getattr(saved, key)})" for key, value in given.items()
+                   if getattr(saved, key) != value] or [f"{key}={value}" for key, value in given.items()]
+        changed = ", ".join(changed)
+        raise SpeakerNetError(f"{path}: model option {changed} does not fit its weights; leave it out to use the "
+                              f"checkpoint's own ({error})") from None
+    return net

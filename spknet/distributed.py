@@ -51,6 +51,22 @@ def local_device(requested: str | None) -> torch.device:
     return torch.device("cpu")
 
 
+def choose_device(requested: str | None, gpu_id: int = 0, precision: str = "fp32") -> torch.device:
+    """The device of this process: the rank's under torch.distributed, else ``requested`` (or CUDA ``gpu_id`` when
+    present, the CPU otherwise); checked against what this machine and the embedding ``precision`` allow."""
+    if is_active():
+        device = local_device(requested)
+    elif requested:
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise SpeakerNetError(f"--device {requested}: CUDA is not available on this machine")
+        device = torch.device(requested)
+    else:
+        device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() else "cpu")
+    if precision == "fp16" and device.type != "cuda":
+        raise SpeakerNetError("--eval_precision fp16 needs a GPU; on the CPU use bf16")
+    return device
+
+
 def init_process_group(device: torch.device, timeout_minutes: float = 30) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes),

@@ -17,86 +17,13 @@ import torchaudio
 
 from spknet import SAMPLE_RATE
 from spknet.calibration import Calibration, Verification, default_path, scoring_options, weights_sha256
-from spknet.checkpoints import load_model_state, read_checkpoint
+from spknet.checkpoints import load_network
 from spknet.data import INT16_SCALE, NUM_EVAL, AudioPipeline, eval_crops, max_audio_samples
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import TrialScorer, default_files_per_batch
-from spknet.model import SpeakerNet
 from spknet.progress import progress_bar
 
-MODEL_OPTIONS = ("model", "encoder_type", "nOut", "n_mels", "log_input", "window", "channels", "audio_scale", "pad",
-                 "trainfunc")
-ORIGINAL_DEFAULTS = {"log_input": True, "audio_scale": "int16", "pad": "zero", "trainfunc": ""}
-# voxceleb_trainer reads float samples in [-1, 1] and wraps a short file around; its published ResNetSE34V2
-# checkpoints were trained with --log_input True (its README's command)
-VOXCELEB_TRAINER_DEFAULTS = {"log_input": True, "audio_scale": "float", "pad": "wrap", "trainfunc": ""}
 MIN_SAMPLES = 400           # one 25-ms analysis window: the front end needs more than half of its FFT
-
-
-class _Family:
-    """What a family of state dicts looks like: where its front end's buffers are, which key's shape gives the
-    width that the pooling sees (SAP: fc input = width, ASP: 2 x width), its residual layouts (blocks per layer,
-    stem channels) by model plugin, and the input pipeline it was trained with."""
-
-    def __init__(self, front_end: str, pooled_key: str, pooled_axis: int, layouts: dict, defaults: dict):
-        self.fb, self.window = f"__S__.{front_end}mel_scale.fb", f"__S__.{front_end}spectrogram.window"
-        self.pooled_key, self.pooled_axis, self.layouts, self.defaults = pooled_key, pooled_axis, layouts, defaults
-
-
-# The original's ResNetSE (torchfb is the MelSpectrogram; SAP/ASP through sap_linear) and voxceleb_trainer's
-# ResNetSE34V2 (torchfb = PreEmphasis + MelSpectrogram; attention over the flattened map, attention.0 its first conv)
-ORIGINAL = _Family("torchfb.", "__S__.sap_linear.weight", 0, {((3, 4, 6, 3), 16): "ResNetSE34L"}, ORIGINAL_DEFAULTS)
-VOXCELEB_TRAINER = _Family("torchfb.1.", "__S__.attention.0.weight", 1, {((3, 4, 6, 3), 32): "ResNetSE34V2"},
-                           VOXCELEB_TRAINER_DEFAULTS)
-
-
-def _blocks(state: dict, layer: int) -> int:
-    prefix = f"__S__.layer{layer}."
-    return 1 + max((int(key[len(prefix):].split(".")[0]) for key in state if key.startswith(prefix)), default=-1)
-
-
-def _window(window: torch.Tensor) -> str | None:
-    for name, make in (("hann", torch.hann_window), ("hamming", torch.hamming_window)):
-        if window.shape == (400,) and torch.allclose(window.float(), make(400), atol=1e-6):
-            return name
-    return None
-
-
-def infer_model_config(state: dict, source: str) -> dict:
-    """What the keys and shapes of an original ResNetSE or a voxceleb_trainer ResNetSE34V2 state dict say about
-    its model, with the input pipeline of the code that trained it."""
-    family = VOXCELEB_TRAINER if VOXCELEB_TRAINER.pooled_key in state else ORIGINAL
-    needed = ["__S__.fc.weight", family.pooled_key, "__S__.conv1.weight", family.fb, family.window]
-    missing = [key for key in needed if key not in state]
-    if missing:
-        raise SpeakerNetError(f"{source}: cannot tell the model from its keys (no {missing[0]}); give model=..., "
-                              f"encoder_type=..., nOut=... (--model, --encoder_type, --nOut)")
-    layout = (tuple(_blocks(state, layer) for layer in (1, 2, 3, 4)), state["__S__.conv1.weight"].shape[0])
-    width = state[family.pooled_key].shape[family.pooled_axis]
-    pooled = state["__S__.fc.weight"].shape[1]
-    config = {
-        "model": family.layouts.get(layout),
-        "encoder_type": {width: "SAP", 2 * width: "ASP"}.get(pooled),
-        "nOut": state["__S__.fc.weight"].shape[0],
-        "n_mels": state[family.fb].shape[1],
-        "window": _window(state[family.window]),
-    }
-    unknown = [key for key, value in config.items() if value is None]
-    if unknown:
-        raise SpeakerNetError(f"{source}: cannot tell {', '.join(unknown)} from its keys; give "
-                              + ", ".join(f"{key}=... (--{key})" for key in unknown))
-    return {**family.defaults, **config}
-
-
-def model_config(checkpoint: dict, source: str, overrides: dict) -> dict:
-    """The checkpoint's own model options (or what its keys say), with ``overrides`` (not None) on top."""
-    saved = (checkpoint.get("run") or {}).get("options") or {}
-    # a None (an option the network does not have, such as ResNetSE34L's channels) says nothing: left out
-    config = {key: saved[key] for key in MODEL_OPTIONS if saved.get(key) is not None}
-    if "model" not in config:
-        config = infer_model_config(checkpoint["model_state_dict"], source)
-    config.update({key: value for key, value in overrides.items() if value is not None})
-    return config
 
 
 class Embedder:
@@ -258,12 +185,10 @@ def load_embedder(path: str, device: str | torch.device | None = None, trust: bo
     or scoring options is an error naming its file.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    checkpoint = read_checkpoint(path, trust)
-    config = model_config(checkpoint, path, overrides)
-    net = SpeakerNet(**{**config, "with_loss": False})
-    load_model_state(net, checkpoint["model_state_dict"], path, prefixes=("__S__.",), strict=True)
-    pipeline = AudioPipeline(scale=config.get("audio_scale", "int16"), pad=config.get("pad", "zero"))
-    embedder = Embedder(net.__S__, net.test_normalize, pipeline, device, eval_frames, scoring, path, config)
+    net = load_network(path, trust, overrides)
+    config = net.spec.record()
+    embedder = Embedder(net.__S__, net.test_normalize, net.spec.pipeline(), device, eval_frames, scoring, path,
+                        config)
     if calibration == AUTO:
         beside = default_path(path)
         calibration = beside if os.path.exists(beside) else None

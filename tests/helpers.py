@@ -45,3 +45,23 @@ def free_port() -> int:
     with socket.socket() as handle:
         handle.bind(("127.0.0.1", 0))
         return handle.getsockname()[1]
+
+
+def saved_run_checkpoint(argv, path, classes: int = 4, randomise=None):
+    """A checkpoint as a training run saves it, for the model and options of command line ``argv`` (its weights as
+    initialised, or changed by ``randomise(net)``): the built SpeakerNet."""
+    import torch
+
+    from spknet.checkpoints import save_checkpoint
+    from spknet.model import SpeakerNet
+    from spknet.training.run import run_identity
+    from spknet.training.trainer import ModelTrainer
+    from trainSpeakerNet import spec_from_argv
+
+    spec = spec_from_argv(argv)
+    net = SpeakerNet(spec.model, spec.training.loss(spec.training.classes or classes))
+    if randomise is not None:
+        randomise(net)
+    trainer = ModelTrainer(net, torch.device("cpu"), spec.training)
+    save_checkpoint(str(path), trainer.state_dict(), 1, 20.0, None, run_identity(spec, net.spec))
+    return net

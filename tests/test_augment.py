@@ -184,11 +184,13 @@ def test_a_noise_file_at_another_rate_is_an_error(tmp_path, folders):
 
 
 def loader_batches(tiny_corpus, folders, workers):
-    from trainSpeakerNet import build_loader, parse_args
-    args = parse_args(["--batch_size", "8", "--nDataLoaderThread", str(workers), "--max_frames", str(FRAMES),
-                       "--augment", "--musan_path", folders[0], "--rir_path", folders[1]])
+    from spknet.data import ORIGINAL
+    from spknet.specs import DataSpec
+    from spknet.training.run import build_loader
+    data = DataSpec(batch_size=8, loader_workers=workers, max_frames=FRAMES, augment=True, musan_path=folders[0],
+                    rir_path=folders[1])
     train_list = read_train_list(tiny_corpus["train_list"], tiny_corpus["train_path"])
-    loader, sampler = build_loader(args, train_list, 2, torch.device("cpu"))
+    loader, sampler = build_loader(data, ORIGINAL, train_list, 2, torch.device("cpu"))
     sampler.set_epoch(1)
     return [waves for waves, _, _ in loader][:4]
 

@@ -10,9 +10,11 @@ import inference
 import SpeakerNet
 from spknet import checkpoints
 from spknet.errors import SpeakerNetError
+from spknet.specs import TrainingSpec
+from spknet.training.run import run_identity
 from spknet.training.trainer import ModelTrainer
 from tests.helpers import run_cli
-from trainSpeakerNet import parse_args, run_identity
+from trainSpeakerNet import spec_from_argv
 
 RUN = {"options": {"model": "M", "nOut": 4, "lr": 0.1}, "lists": {"train_list": "abc"}}
 
@@ -141,10 +143,10 @@ def trained_run(tiny_corpus, tmp_path):
     """Three epoch checkpoints of one real (untrained, perturbed) model with the run options a trainer saves."""
     data = ["--train_list", tiny_corpus["train_list"], "--test_list", tiny_corpus["test_list"],
             "--train_path", tiny_corpus["train_path"], "--test_path", tiny_corpus["test_path"]]
-    args = parse_args(MODEL_FLAGS + data + ["--save_path", str(tmp_path / "run")])
+    spec = spec_from_argv(MODEL_FLAGS + data + ["--save_path", str(tmp_path / "run")])
     torch.manual_seed(0)
-    net = SpeakerNet.SpeakerNet(**vars(args))
-    trainer = ModelTrainer(net, torch.device("cpu"), optimizer="sgd", scheduler="steplr", lr=0.1)
+    net = SpeakerNet.SpeakerNet(spec.model, spec.training.loss(40))
+    trainer = ModelTrainer(net, torch.device("cpu"), TrainingSpec(optimizer="sgd", scheduler="steplr", lr=0.1))
     model_dir = str(tmp_path / "run" / "model")
     os.makedirs(model_dir)
     for epoch in (1, 2, 3):
@@ -154,7 +156,7 @@ def trained_run(tiny_corpus, tmp_path):
                     value.add_(0.01 * torch.randn_like(value))
                 if key.endswith("running_var"):
                     value.abs_()
-        checkpoints.save_epoch(model_dir, trainer.state_dict(), epoch, 40.0, run_identity(args))
+        checkpoints.save_epoch(model_dir, trainer.state_dict(), epoch, 40.0, run_identity(spec, net.spec))
     return tmp_path / "run", data
 
 

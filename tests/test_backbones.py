@@ -12,13 +12,11 @@ from torch import nn
 
 import SpeakerNet
 from spknet import plugins
-from spknet.checkpoints import save_checkpoint
+from spknet.checkpoints import infer_model_config
 from spknet.errors import SpeakerNetError
 from spknet.folding import fold_batch_norms, inference_copy
-from spknet.inference import infer_model_config
-from spknet.training.trainer import ModelTrainer
-from tests.helpers import load_module, run_cli
-from trainSpeakerNet import parse_args, run_identity
+from tests.helpers import load_module, run_cli, saved_run_checkpoint
+from trainSpeakerNet import spec_from_argv
 
 # Small but real configurations of each network (the widths the tests can afford on 2 cores)
 SMALL = {"ResNetSE34V2": {"n_mels": 16}, "ECAPA_TDNN": {"channels": 64}, "ResNet34": {"channels": 8}}
@@ -188,7 +186,7 @@ def test_voxceleb_trainer_resnetse34v2_loads_key_for_key(tmp_path, encoder_type,
     assert (embedder.pipeline.scale, embedder.pipeline.pad) == ("float", "wrap")
     assert_embeddings_agree(embedder.embed(audio[0].numpy()), expected[:1])    # through its float pipeline
 
-    net = SpeakerNet.SpeakerNet(model="ResNetSE34V2", trainfunc="aamsoftmax", nOut=48, nSpeakers=classes,
+    net = SpeakerNet.SpeakerNet.build(model="ResNetSE34V2", trainfunc="aamsoftmax", nOut=48, nSpeakers=classes,
                                 encoder_type=encoder_type, n_mels=n_mels)
     net.load_state_dict(state, strict=True)
     net.eval()
@@ -255,7 +253,7 @@ def test_gradient_reaches_every_parameter(name):
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_a_training_step_with_each_loss(name, trainfunc):
     torch.manual_seed(0)
-    net = SpeakerNet.SpeakerNet(model=name, trainfunc=trainfunc, nSpeakers=3, **SMALL[name])
+    net = SpeakerNet.SpeakerNet.build(model=name, trainfunc=trainfunc, nSpeakers=3, **SMALL[name])
     per_group = net.utterances_per_speaker
     labels = torch.arange(3).repeat_interleave(per_group)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
@@ -271,7 +269,7 @@ def test_a_training_step_with_each_loss(name, trainfunc):
 def test_the_loss_sees_the_networks_own_embedding_size():
     """With nOut left unset (None, as the command line leaves it), the loss gets the network's default."""
     for name, size in [("ECAPA_TDNN", 192), ("ResNet34", 256), ("ResNetSE34V2", 512), ("ResNetSE34L", 512)]:
-        net = SpeakerNet.SpeakerNet(model=name, trainfunc="aamsoftmax", nSpeakers=3, nOut=None,
+        net = SpeakerNet.SpeakerNet.build(model=name, trainfunc="aamsoftmax", nSpeakers=3, nOut=None,
                                     **SMALL.get(name, {}))
         assert net.__L__.weight.shape == (3, size), name
 
@@ -316,14 +314,14 @@ def test_folded_inference_copy_gives_the_same_embeddings(name):
      (256, 64, "SAP", "hamming", 1024)),
     (["--model", "ResNet34"], (256, 80, "TSTP", "hamming", 32))])
 def test_unset_model_options_are_the_networks_own(argv, expected):
-    args = parse_args(argv)
-    assert (args.nOut, args.n_mels, args.encoder_type, args.window, args.channels) == expected
+    model = spec_from_argv(argv).model
+    assert (model.nOut, model.n_mels, model.encoder_type, model.window, model.channels) == expected
 
 
 def test_an_option_the_network_lacks_is_a_user_error():
     with pytest.raises(SpeakerNetError, match="model ResNetSE34L has no option --channels; models with it: "
                                               "ECAPA_TDNN, ResNet34"):
-        parse_args(["--model", "ResNetSE34L", "--channels", "64"])
+        spec_from_argv(["--model", "ResNetSE34L", "--channels", "64"])
 
 
 @pytest.mark.parametrize("name", ["ECAPA_TDNN", "ResNet34"])
@@ -331,14 +329,11 @@ def test_own_checkpoint_round_trip(tmp_path, name):
     """A SpeakerNet checkpoint carries its run's model options (channels included): load_embedder rebuilds the
     same network from them alone and gives the same embeddings."""
     channels = str(SMALL[name]["channels"])
-    args = parse_args(["--model", name, "--channels", channels, "--trainfunc", "aamsoftmax", "--nSpeakers", "4",
-                       "--n_mels", "40", "--audio_scale", "float"])
     torch.manual_seed(0)
-    net = SpeakerNet.SpeakerNet(**vars(args))
-    randomise(net.__S__)
-    trainer = ModelTrainer(net, torch.device("cpu"), optimizer="sgd", scheduler="steplr", lr=0.1)
     path = tmp_path / "model000000001.model"
-    save_checkpoint(str(path), trainer.state_dict(), 1, 20.0, None, run_identity(args))
+    net = saved_run_checkpoint(["--model", name, "--channels", channels, "--trainfunc", "aamsoftmax", "--nSpeakers",
+                                "4", "--n_mels", "40", "--audio_scale", "float"], path,
+                               randomise=lambda net: randomise(net.__S__))
     embedder = SpeakerNet.load_embedder(str(path), device="cpu")
     audio = waves(1, 4800)[0].numpy()
     net.__S__.eval()
@@ -346,7 +341,7 @@ def test_own_checkpoint_round_trip(tmp_path, name):
         expected = net.__S__(torch.from_numpy(audio)[None])
     assert embedder.network.torchfb[1].mel_scale.fb.shape[1] == 40
     assert_embeddings_agree(embedder.embed(audio), expected)
-    assert embedder.embed(np.concatenate([audio, audio])).shape == (1, args.nOut)
+    assert embedder.embed(np.concatenate([audio, audio])).shape == (1, net.spec.nOut)
 
 
 @pytest.mark.slow

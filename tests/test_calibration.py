@@ -120,7 +120,7 @@ def test_decisions_at_the_operating_point(tmp_path):
 def random_checkpoint(path, seed: int):
     """A small random ResNetSE34L as the original saves it (a flat state dict)."""
     torch.manual_seed(seed)
-    torch.save(SpeakerNet.SpeakerNet("ResNetSE34L", "mp_balance", nOut=NOUT, nSpeakers=40).state_dict(), path)
+    torch.save(SpeakerNet.SpeakerNet.build("ResNetSE34L", "mp_balance", nOut=NOUT, nSpeakers=40).state_dict(), path)
     return str(path)
 
 

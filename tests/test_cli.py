@@ -10,14 +10,14 @@ import yaml
 from spknet import plugins
 from spknet.errors import SpeakerNetError
 from tests.helpers import REPO, run_cli, shared_file
-from trainSpeakerNet import build_parser, parse_args
+from trainSpeakerNet import build_parser, parse_args, spec_from_argv
 
 ORIGINAL_DEFAULTS = {
     "max_frames": 200, "batch_size": 200, "max_seg_per_spk": 100, "nDataLoaderThread": 5, "test_interval": 1,
     "lr_interval": 10, "max_epoch": 500, "trainfunc": "", "optimizer": "adam", "lr": 0.001, "lr_decay": 0.95,
     "hard_prob": 0.5, "hard_rank": 10, "initial_model": "", "save_path": "./data/exp1",
     "train_list": "", "test_list": "", "train_path": "voxceleb2", "test_path": "voxceleb1", "eval": False,
-    "model": "", "encoder_type": "SAP", "nOut": 512, "margin": None, "scale": None, "scheduler": "plateau",
+    "model": "", "margin": None, "scale": None, "scheduler": "plateau",
     "log_input": True, "augment": False, "distributed": False, "mixedprec": None,
 }
 
@@ -35,6 +35,10 @@ def test_defaults_are_the_originals():
         assert getattr(args, key) == value, key
     # --nSpeakers: the training list's speaker count when not given (5994 for VoxCeleb2, the original's default)
     assert args.eval_frames == args.max_frames and args.nSpeakers is None
+    # the model options left unset are the original network's own: ResNetSE34L, SAP, 512, 40 mels, Hann
+    model = spec_from_argv([]).model.resolved()
+    assert (model.model, model.encoder_type, model.nOut, model.n_mels, model.window) == \
+        ("ResNetSE34L", "SAP", 512, 40, "hann")
 
 
 def test_readme_commands_parse_verbatim():
@@ -61,7 +65,7 @@ def test_configs_reproduce_readme_commands(index, config):
     """Each config equals its README command, except data paths (the user's) and save_path (distinct per loss)."""
     from_command = vars(parse_args(readme_commands()[index]))
     from_config = vars(parse_args(["--config", str(REPO / "configs" / f"{config}.yaml")]))
-    ignored = {"train_list", "test_list", "train_path", "test_path", "save_path", "config", "initial_model"}
+    ignored = {"train_list", "test_list", "train_path", "test_path", "save_path", "config", "initial_model", "given"}
     assert {k: v for k, v in from_command.items() if k not in ignored} == \
            {k: v for k, v in from_config.items() if k not in ignored}
 
@@ -106,16 +110,6 @@ def test_unknown_trainfunc_exits_non_zero_with_choices(tmp_path):
     assert result.returncode != 0
     assert "unknown --trainfunc 'mpp'" in result.stderr and "mp_balance" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
-
-
-def test_resolved_config_reads_back_unchanged(tmp_path):
-    """``save_path/config.yaml`` (written by each training run) is accepted back by ``--config`` as it is."""
-    from trainSpeakerNet import resolved_config
-    args = parse_args(readme_commands()[0] + ["--mixedprec", "bf16", "--no-log_input", "--nSpeakers", "7"])
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(resolved_config(args), sort_keys=False))
-    again = parse_args(["--config", str(path)])
-    assert {**vars(again), "config": None} == {**vars(args), "config": None}
 
 
 def test_bounded_flags_are_checked_when_parsed(capsys):

@@ -17,7 +17,7 @@ SEED_MODEL = "seed_mp_balance_sap.model"
 
 def seed_net(**overrides):
     settings = dict(model="ResNetSE34L", trainfunc="mp_balance", nOut=512, encoder_type="SAP", nSpeakers=20)
-    return SpeakerNet(**{**settings, **overrides})
+    return SpeakerNet.build(**{**settings, **overrides})
 
 
 def test_state_dict_keys_equal_the_originals():

@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 from spknet import distributed
 from spknet.evaluation import embed_files
 from spknet.model import SpeakerNet
+from spknet.specs import TrainingSpec
 from spknet.training.trainer import ModelTrainer
 from tests.helpers import REPO, free_port
 
@@ -29,7 +30,7 @@ WORLD = 2
 
 def make_net(trainfunc):
     torch.manual_seed(0)
-    net = SpeakerNet(model="ResNetSE34L", trainfunc=trainfunc, nOut=32, nSpeakers=10).double()
+    net = SpeakerNet.build(model="ResNetSE34L", trainfunc=trainfunc, nOut=32, nSpeakers=10).double()
     # BatchNorm normalises with per-rank batch statistics in training mode (as in any DDP run without SyncBN),
     # so the exact comparison uses the running statistics.
     net.__S__.eval()
@@ -65,7 +66,7 @@ def worker(rank, port, trainfunc, out):
     distributed.init_process_group(torch.device("cpu"))
     try:
         net = make_net(trainfunc)
-        trainer = ModelTrainer(net, torch.device("cpu"), optimizer="sgd", scheduler="steplr", lr=0.01)
+        trainer = ModelTrainer(net, torch.device("cpu"), TrainingSpec(optimizer="sgd", scheduler="steplr", lr=0.01))
         loss, grads = loss_and_gradients(trainer.model, net, *rank_slice(trainfunc, rank))
         # a few optimizer steps: parameters must stay identical on both ranks
         for _ in range(3):
@@ -111,7 +112,7 @@ def test_torchrun_two_process_training(tiny_corpus, tmp_path):
     lines = [line for line in (save_path / "result" / "scores.txt").read_text().splitlines() if line.startswith("IT")]
     assert len(lines) == 1 and "VEER" in lines[0]
     checkpoint = torch.load(save_path / "model" / "model000000001.model", weights_only=True)
-    single = SpeakerNet(model="ResNetSE34L", trainfunc="mp", nSpeakers=40).state_dict()
+    single = SpeakerNet.build(model="ResNetSE34L", trainfunc="mp", nSpeakers=40).state_dict()
     assert {k: v.shape for k, v in checkpoint["model_state_dict"].items()} == {k: v.shape for k, v in single.items()}
     assert checkpoint["epoch"] == 1
 
@@ -122,7 +123,7 @@ def embed_worker(rank, port, files, root, out):
     distributed.init_process_group(torch.device("cpu"))
     try:
         torch.manual_seed(0)
-        network = SpeakerNet(model="ResNetSE34L", nOut=16).__S__.eval()
+        network = SpeakerNet.build(model="ResNetSE34L", nOut=16).__S__.eval()
         embeddings = {count: embed_files(network, files[:count], root, 50, CPU, show_progress=False)
                       for count in (len(files), 1)}
         torch.save(embeddings, f"{out}.{rank}")
@@ -138,7 +139,7 @@ def test_evaluation_is_sharded_over_ranks(tiny_corpus, tmp_path):
     out = tmp_path / "embeddings"
     mp.spawn(embed_worker, args=(free_port(), files, root, str(out)), nprocs=WORLD)
     torch.manual_seed(0)
-    network = SpeakerNet(model="ResNetSE34L", nOut=16).__S__.eval()
+    network = SpeakerNet.build(model="ResNetSE34L", nOut=16).__S__.eval()
     for rank in range(WORLD):
         sharded = torch.load(f"{out}.{rank}", weights_only=True)
         for count, embeddings in sharded.items():

@@ -10,13 +10,16 @@ import torch.nn.functional as F
 
 from benchmarks.reference_scoring import reference_crop_scores
 from spknet import evaluation
+from spknet.checkpoints import checkpoint_spec
 from spknet.data import datasets as DatasetLoader
 from spknet.data import load_wav
+from spknet.distributed import choose_device
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import EvalOptions, Trial, compute_metrics, extraction, read_trial_list
+from spknet.evaluation.runner import load_plan
 from spknet.model import SpeakerNet
 from tests.helpers import run_cli
-from trainSpeakerNet import choose_device, load_plan, parse_args
+from trainSpeakerNet import parse_args, spec_from_argv
 
 CPU = torch.device("cpu")
 
@@ -91,7 +94,7 @@ def test_crop_scores_keep_the_callers_thread_count():
 @pytest.fixture(scope="module")
 def tiny_net():
     torch.manual_seed(0)
-    return SpeakerNet("ResNetSE34L", "mp_balance", nOut=16, with_loss=False).eval()
+    return SpeakerNet.build("ResNetSE34L", "mp_balance", nOut=16, with_loss=False).eval()
 
 
 def test_each_file_embedded_once_in_batches(tiny_corpus, tiny_net, monkeypatch):
@@ -173,10 +176,10 @@ def test_bf16_extraction_is_close_to_float32(tiny_corpus, tiny_net):
 
 def test_fp16_extraction_needs_a_gpu():
     with pytest.raises(SpeakerNetError, match="fp16 needs a GPU"):
-        choose_device(parse_args(["--device", "cpu", "--eval_precision", "fp16"]))
+        choose_device("cpu", precision="fp16")
     with pytest.raises(SystemExit):
         parse_args(["--eval_precision", "int8"])
-    assert choose_device(parse_args(["--device", "cpu", "--eval_precision", "bf16"])) == CPU
+    assert choose_device("cpu", precision="bf16") == CPU
 
 
 @pytest.mark.slow
@@ -269,16 +272,17 @@ def test_asnorm_through_the_trainer(tiny_corpus, tiny_net, tmp_path):
     scores by a per-file affine map."""
     train_list = tmp_path / "train.txt"
     train_list.write_text("".join(open(tiny_corpus["train_list"]).readlines()[:48]))       # 8 speakers
-    args = parse_args(["--eval", "--test_list", tiny_corpus["test_list"], "--test_path", tiny_corpus["test_path"],
+    args = spec_from_argv(["--eval", "--test_list", tiny_corpus["test_list"], "--test_path", tiny_corpus["test_path"],
                           "--train_list", str(train_list), "--train_path", tiny_corpus["train_path"],
                           "--score_norm", "asnorm", "--cohort_utterances", "2", "--cohort_size", "4"])
-    plan = load_plan(args)
+    plan = plan_of(args)
     assert len(plan.cohort.files) == 16 and np.bincount(plan.cohort.speakers).tolist() == [2] * 8
     trials = plan.tests[0].trials[:30]
-    raw = evaluation.score_lists(tiny_net.__S__, True, [trials], args.test_path, EvalOptions(20, show_progress=False),
-                                 CPU)[1][0]
+    raw = evaluation.score_lists(tiny_net.__S__, True, [trials], args.evaluation.test_path,
+                                 EvalOptions(20, show_progress=False), CPU)[1][0]
     options = EvalOptions(20, score_norm="asnorm", cohort_size=4, show_progress=False)
-    normed = evaluation.score_lists(tiny_net.__S__, True, [trials], args.test_path, options, CPU, plan.cohort)[1][0]
+    normed = evaluation.score_lists(tiny_net.__S__, True, [trials], args.evaluation.test_path, options, CPU,
+                                    plan.cohort)[1][0]
     assert normed.shape == raw.shape and np.isfinite(normed).all() and not np.allclose(normed, raw)
 
 
@@ -288,7 +292,7 @@ def test_asnorm_through_the_trainer(tiny_corpus, tiny_net, tmp_path):
 def random_checkpoint(tmp_path_factory):
     torch.manual_seed(1)
     path = tmp_path_factory.mktemp("model") / "random.model"
-    torch.save(SpeakerNet("ResNetSE34L", "mp_balance", nOut=16, nSpeakers=40).state_dict(), path)
+    torch.save(SpeakerNet.build("ResNetSE34L", "mp_balance", nOut=16, nSpeakers=40).state_dict(), path)
     return path
 
 
@@ -362,24 +366,30 @@ def test_training_with_a_validation_list(tiny_corpus, tmp_path):
     # the run's resolved configuration, which --config reads back as it is
     config = parse_args(["--config", str(save_path / "config.yaml")])
     assert config.val_list == str(val) and config.nSpeakers == 16 and config.eval_frames == 50
+    again = spec_from_argv(["--config", str(save_path / "config.yaml")])
+    assert again.model == again.model.resolved() == checkpoint_spec(checkpoint, "run")   # every option recorded
     for name in ("a", "b"):
         assert (save_path / "result" / f"det_{name}.png").is_file()
 
 
+def plan_of(spec, training: bool = False):
+    return load_plan(spec.evaluation, spec.data, training)
+
+
 def test_bad_evaluation_flags_fail_before_work(tiny_corpus, tmp_path):
     base = ["--eval", "--test_path", tiny_corpus["test_path"], "--save_path", str(tmp_path / "run")]
-    args = parse_args(base + ["--test_list", f"{tiny_corpus['test_list']},{tiny_corpus['test_list']}"])
+    args = spec_from_argv(base + ["--test_list", f"{tiny_corpus['test_list']},{tiny_corpus['test_list']}"])
     with pytest.raises(SpeakerNetError, match="names a list twice"):
-        load_plan(args)
-    args = parse_args(base + ["--test_list", tiny_corpus["test_list"], "--score_norm", "asnorm"])
+        plan_of(args)
+    args = spec_from_argv(base + ["--test_list", tiny_corpus["test_list"], "--score_norm", "asnorm"])
     with pytest.raises(SpeakerNetError, match="needs --train_list"):
-        load_plan(args)
+        plan_of(args)
     unlabelled = tmp_path / "u.txt"
     unlabelled.write_text("".join(" ".join(line.split()[1:]) + "\n" for line in open(tiny_corpus["test_list"])))
-    args = parse_args(["--test_list", tiny_corpus["test_list"], "--val_list", str(unlabelled),
+    args = spec_from_argv(["--test_list", tiny_corpus["test_list"], "--val_list", str(unlabelled),
                           "--test_path", tiny_corpus["test_path"]])
     with pytest.raises(SpeakerNetError, match="needs a labelled trial list"):
-        load_plan(args)
+        plan_of(args, training=True)
 
 
 def test_benchmark_runs_at_a_tiny_size():
@@ -401,10 +411,10 @@ def test_benchmark_runs_at_a_tiny_size():
 def test_a_labelled_list_with_one_class_fails_before_training(tiny_corpus, tmp_path):
     targets = tmp_path / "targets.txt"
     targets.write_text("".join(line for line in open(tiny_corpus["test_list"]) if line.startswith("1 ")))
-    args = parse_args(["--trainfunc", "mp_balance", "--test_list", str(targets), "--test_path",
-                       tiny_corpus["test_path"]])
+    args = spec_from_argv(["--trainfunc", "mp_balance", "--test_list", str(targets), "--test_path",
+                           tiny_corpus["test_path"]])
     with pytest.raises(SpeakerNetError, match=re.escape(f"{targets}: every trial has label 1; an EER needs both")):
-        load_plan(args)
+        plan_of(args, training=True)
 
 
 def test_eval_builds_no_loss_optimizer_or_scheduler(tiny_corpus, random_checkpoint, tmp_path, monkeypatch, capsys):

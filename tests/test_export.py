@@ -44,7 +44,7 @@ def save_model(folder, kind: str) -> str:
     state dict."""
     torch.manual_seed(1 if kind == "sap_float" else 2)
     encoder = "SAP" if kind == "sap_float" else "ASP"
-    net = SpeakerNet("ResNetSE34L", nOut=24, encoder_type=encoder, with_loss=False)
+    net = SpeakerNet.build("ResNetSE34L", nOut=24, encoder_type=encoder, with_loss=False)
     randomise_batchnorm(net, torch.Generator().manual_seed(3))
     path = str(folder / f"{kind}.model")
     if kind == "sap_float":

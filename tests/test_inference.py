@@ -10,12 +10,10 @@ import soundfile as sf
 import torch
 
 import SpeakerNet
-from spknet.checkpoints import save_checkpoint
+from spknet.checkpoints import checkpoint_spec, infer_model_config
 from spknet.errors import SpeakerNetError
-from spknet.inference import infer_model_config, model_config
-from spknet.training.trainer import ModelTrainer
-from tests.helpers import REPO, SUBPROCESS_ENV, shared_file
-from trainSpeakerNet import parse_args, run_identity
+from spknet.specs import SCHEMA, ModelSpec
+from tests.helpers import REPO, SUBPROCESS_ENV, saved_run_checkpoint, shared_file
 
 SEED_MODEL = "seed_mp_balance_sap.model"
 
@@ -49,7 +47,8 @@ def test_the_keys_tell_the_model():
     assert infer_model_config(state, "seed") == {
         "model": "ResNetSE34L", "encoder_type": "SAP", "nOut": 512, "n_mels": 40, "window": "hann",
         "log_input": True, "audio_scale": "int16", "pad": "zero", "trainfunc": ""}
-    asp = SpeakerNet.SpeakerNet("ResNetSE34L", nOut=64, encoder_type="ASP", n_mels=64, window="hamming").state_dict()
+    asp = SpeakerNet.SpeakerNet.build("ResNetSE34L", nOut=64, encoder_type="ASP", n_mels=64,
+                                      window="hamming").state_dict()
     config = infer_model_config(asp, "asp")
     assert (config["encoder_type"], config["nOut"], config["n_mels"], config["window"]) == ("ASP", 64, 64, "hamming")
     del state["__S__.fc.weight"]
@@ -58,19 +57,30 @@ def test_the_keys_tell_the_model():
 
 
 def test_own_checkpoints_carry_their_model_options(tmp_path):
-    args = parse_args(["--model", "ResNetSE34L", "--trainfunc", "proto", "--nOut", "24", "--encoder", "ASP",
-                       "--audio_scale", "float", "--pad", "wrap", "--window", "hamming", "--nSpeakers", "4"])
-    net = SpeakerNet.SpeakerNet(**vars(args))
-    trainer = ModelTrainer(net, torch.device("cpu"), optimizer="sgd", scheduler="steplr", lr=0.1)
     path = tmp_path / "model000000001.model"
-    save_checkpoint(str(path), trainer.state_dict(), 1, 20.0, None, run_identity(args))
+    saved_run_checkpoint(["--model", "ResNetSE34L", "--trainfunc", "proto", "--nOut", "24", "--encoder", "ASP",
+                          "--audio_scale", "float", "--pad", "wrap", "--window", "hamming", "--nSpeakers", "4"], path)
     checkpoint = torch.load(path, weights_only=True)
-    assert model_config(checkpoint, str(path), {}) == {
-        "model": "ResNetSE34L", "encoder_type": "ASP", "nOut": 24, "n_mels": 40, "log_input": True,
-        "window": "hamming", "audio_scale": "float", "pad": "wrap", "trainfunc": "proto"}
+    assert checkpoint["run"]["schema"] == SCHEMA
+    assert checkpoint_spec(checkpoint, str(path)) == ModelSpec(
+        model="ResNetSE34L", encoder_type="ASP", nOut=24, n_mels=40, log_input=True, window="hamming",
+        channels=None, audio_scale="float", pad="wrap", trainfunc="proto")
     embedder = SpeakerNet.load_embedder(str(path), device="cpu")
     assert embedder.test_normalize is False and embedder.pipeline.scale == "float"     # proto scores raw crops
-    assert model_config(checkpoint, str(path), {"nOut": 32, "pad": None})["nOut"] == 32  # explicit flags win
+    assert checkpoint_spec(checkpoint, str(path), {"nOut": 32, "pad": None}).nOut == 32   # explicit options win
+    with pytest.raises(SpeakerNetError, match=r"model option nOut=32 \(the checkpoint's: 24\) does not fit"):
+        SpeakerNet.load_embedder(str(path), device="cpu", nOut=32)
+
+
+def test_schema_1_run_entries_still_load(tmp_path):
+    """A checkpoint saved before the specs (its run entry the command line's flag names) keeps its model."""
+    path = tmp_path / "model000000001.model"
+    saved_run_checkpoint(["--model", "ResNetSE34L", "--trainfunc", "proto", "--nOut", "24", "--encoder", "ASP",
+                          "--audio_scale", "float"], path)
+    checkpoint = torch.load(path, weights_only=True)
+    model = checkpoint["run"].pop("model")
+    checkpoint["run"] = {"options": {**model, "nPerSpeaker": None, "nSpeakers": 4, "lr": 0.001}, "lists": {}}
+    assert checkpoint_spec(checkpoint, str(path)) == ModelSpec(**model)
 
 
 def test_any_audio_form_gives_the_same_embedding(seed_embedder, tmp_path):
@@ -135,7 +145,7 @@ def test_the_command_line(tmp_path):
 def test_embed_files_batches_and_gives_what_embed_gives(tmp_path, eval_frames):
     torch.manual_seed(4)
     path = tmp_path / "small.model"
-    torch.save(SpeakerNet.SpeakerNet("ResNetSE34L", nOut=16, with_loss=False).state_dict(), path)
+    torch.save(SpeakerNet.SpeakerNet.build("ResNetSE34L", nOut=16, with_loss=False).state_dict(), path)
     embedder = SpeakerNet.load_embedder(str(path), device="cpu", eval_frames=eval_frames)
     rng = np.random.default_rng(0)
     files = []

@@ -11,7 +11,7 @@ from spknet.checkpoints import load_model_state
 from spknet.data import ORIGINAL, AudioPipeline, TrainDataset, TrainList, load_wav, max_audio_samples
 from spknet.models.ResNetSE34L import MainModel
 from tests.test_data import FixedRandom, original_loadwav, write_wav
-from trainSpeakerNet import audio_pipeline, parse_args
+from trainSpeakerNet import parse_args, spec_from_argv
 
 VOXCELEB_TRAINER = AudioPipeline(scale="float", pad="wrap")
 
@@ -62,10 +62,13 @@ def test_training_crops_follow_the_pipeline(tmp_path):
     assert np.allclose(floats * 32768.0, original)
 
 
+def audio_pipeline(argv):
+    return spec_from_argv(argv).model.pipeline()
+
+
 def test_flags_choose_the_pipeline_and_the_window():
-    args = parse_args(["--audio_scale", "float", "--pad", "wrap", "--window", "hamming"])
-    assert audio_pipeline(args) == VOXCELEB_TRAINER
-    assert audio_pipeline(parse_args([])) == ORIGINAL
+    assert audio_pipeline(["--audio_scale", "float", "--pad", "wrap", "--window", "hamming"]) == VOXCELEB_TRAINER
+    assert audio_pipeline([]) == ORIGINAL
     hamming = MainModel(nOut=16, window="hamming")
     assert torch.equal(hamming.torchfb.spectrogram.window, torch.hamming_window(400))
     # a checkpoint keeps its own window: a Hann model's state makes the Hamming model Hann
@@ -75,10 +78,10 @@ def test_flags_choose_the_pipeline_and_the_window():
 
 def test_the_preset_sets_the_pipeline_and_explicit_values_win(tmp_path):
     preset = parse_args(["--preset", "voxceleb_trainer"])
-    assert audio_pipeline(preset) == VOXCELEB_TRAINER and preset.window == "hamming"
+    assert audio_pipeline(["--preset", "voxceleb_trainer"]) == VOXCELEB_TRAINER and preset.window == "hamming"
     assert parse_args(["--preset", "voxceleb_trainer", "--pad", "zero"]).pad == "zero"     # a flag wins
     original = parse_args(["--preset", "original"])
-    assert audio_pipeline(original) == ORIGINAL and original.window == "hann"
+    assert audio_pipeline(["--preset", "original"]) == ORIGINAL and original.window == "hann"
     config = tmp_path / "run.yaml"
     config.write_text("preset: voxceleb_trainer\nwindow: hann\n")
     from_yaml = parse_args(["--config", str(config)])

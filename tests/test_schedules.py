@@ -3,7 +3,6 @@ resume, their flags, and the large-margin fine-tuning configs."""
 
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,15 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spknet import logs
+import trainSpeakerNet
 from spknet.errors import SpeakerNetError
 from spknet.loss import aamsoftmax, amsoftmax
 from spknet.loss._metric import cosine_matrix
 from spknet.margin import MarginSchedule, exponential_rise
 from spknet.model import SpeakerNet
+from spknet.specs import TrainingSpec
+from spknet.training.run import run_differences, run_identity
 from spknet.training.trainer import EpochProgress, ModelTrainer
 from tests.helpers import REPO, SUBPROCESS_ENV, run_cli
-from trainSpeakerNet import check_schedule_flags, parse_args, run_differences, run_identity, warn_unused_loss_options
+from trainSpeakerNet import parse_args, spec_from_argv
 
 LR, FINAL_LR = 0.1, 0.001
 
@@ -148,11 +149,11 @@ def test_set_margin_equals_a_loss_built_with_that_margin():
 # ---- through ModelTrainer ------------------------------------------------------------------------------------------
 
 class FakeLoader:
-    """Fixed batches without audio, with the sampler hook the trainer calls (skipping a resumed epoch's start)."""
+    """Fixed batches without audio, with the sampler hook the epoch driver calls (skipping a resumed epoch's
+    start)."""
 
     def __init__(self, batches):
         self.batches, self.first = batches, 0
-        self.batch_sampler = self
 
     def start_at(self, batch):
         self.first = batch
@@ -176,10 +177,10 @@ def fake_batches(seed=0):
 def recording_trainer(records, scheduler="warmup_cosine", **options):
     """A small aamsoftmax trainer whose loss records (epoch-independent) the LR and margin of every forward."""
     torch.manual_seed(3)
-    net = SpeakerNet(model="ResNetSE34L", trainfunc="aamsoftmax", nOut=16, nSpeakers=4, margin=0.3)
+    net = SpeakerNet.build(model="ResNetSE34L", trainfunc="aamsoftmax", nOut=16, nSpeakers=4, margin=0.3)
     settings = dict(optimizer="sgd", scheduler=scheduler, lr=LR, final_lr=FINAL_LR, warmup_epochs=0.5,
-                    max_epoch=EPOCHS, steps_per_epoch=STEPS, margin_start_epoch=2, margin_rampup_epochs=1.0)
-    trainer = ModelTrainer(net, torch.device("cpu"), **{**settings, **options})
+                    max_epoch=EPOCHS, margin_start_epoch=2, margin_rampup_epochs=1.0)
+    trainer = ModelTrainer(net, torch.device("cpu"), TrainingSpec(**{**settings, **options}), steps_per_epoch=STEPS)
     loss, forward = net.__L__, net.__L__.forward
 
     def recorded(x, label):
@@ -205,6 +206,7 @@ def train_epochs(trainer, loader, epochs, progress=None, stop_after=None):
     """Epochs ``epochs`` as the epoch driver runs them; returns the unfinished progress when stopped."""
     for epoch in epochs:
         should_stop = stopper(stop_after[1] if stop_after and stop_after[0] == epoch else None)
+        loader.start_at(progress.batches if progress is not None else 0)
         progress = trainer.train_network(loader, epoch, progress, should_stop, show_progress=False)
         if not progress.finished:
             return progress
@@ -265,10 +267,10 @@ def test_no_margin_schedule_keeps_the_full_margin():
 
 
 def test_margin_schedule_needs_a_loss_with_a_margin():
-    net = SpeakerNet(model="ResNetSE34L", trainfunc="mp_balance", nOut=16, nSpeakers=4)
+    net = SpeakerNet.build(model="ResNetSE34L", trainfunc="mp_balance", nOut=16, nSpeakers=4)
     with pytest.raises(SpeakerNetError, match="needs a loss with a margin"):
-        ModelTrainer(net, torch.device("cpu"), optimizer="sgd", scheduler="steplr", lr=0.1, steps_per_epoch=4,
-                     margin_start_epoch=1)
+        ModelTrainer(net, torch.device("cpu"), TrainingSpec(optimizer="sgd", scheduler="steplr", lr=0.1,
+                                                            margin_start_epoch=1), steps_per_epoch=4)
 
 
 def weights(trainer):
@@ -310,7 +312,18 @@ def test_stopped_and_resumed_run_follows_the_same_lr_and_margin(stop_at):
 # ---- flags -------------------------------------------------------------------------------------------------------
 
 def flags(*extra):
-    return parse_args(["--model", "ResNetSE34L", "--max_epoch", "10", *extra])
+    return ["--model", "ResNetSE34L", "--max_epoch", "10", *extra]
+
+
+def identity(*extra):
+    spec = spec_from_argv(flags(*extra))
+    return run_identity(spec, spec.model.resolved())
+
+
+def cli_error(argv, capsys) -> str:
+    """The error line of a command line that fails before reading any file (the flags are checked first)."""
+    assert trainSpeakerNet.main(argv) == 2
+    return capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -323,24 +336,23 @@ def flags(*extra):
     (["--trainfunc", "aamsoftmax", "--scheduler", "warmup_exp", "--final_lr", "0"], "must be above 0 and at most"),
     (["--trainfunc", "aamsoftmax", "--scheduler", "warmup_cosine", "--final_lr", "0.01"], "at most --lr 0.001"),
 ])
-def test_schedule_flags_that_do_not_fit_are_errors(extra, message):
-    with pytest.raises(SpeakerNetError, match=re.escape(message)):
-        check_schedule_flags(flags(*extra))
+def test_schedule_flags_that_do_not_fit_are_errors(extra, message, capsys):
+    assert message in cli_error(flags(*extra), capsys)
 
 
 @pytest.mark.parametrize("loss", ["aamsoftmax", "amsoftmax", "proxyanchor", "triplet"])
-def test_losses_with_a_margin_take_the_margin_schedule(loss):
-    check_schedule_flags(flags("--trainfunc", loss, "--margin_start_epoch", "3", "--margin_rampup_epochs", "1.5",
-                               "--scheduler", "warmup_cosine", "--warmup_epochs", "0.5", "--final_lr", "0"))
+def test_losses_with_a_margin_take_the_margin_schedule(loss, capsys):
+    """The flags pass their checks: the run goes on to ask for its lists."""
+    error = cli_error(flags("--trainfunc", loss, "--margin_start_epoch", "3", "--margin_rampup_epochs", "1.5",
+                            "--scheduler", "warmup_cosine", "--warmup_epochs", "0.5", "--final_lr", "0"), capsys)
+    assert "--train_list is required" in error
 
 
-def test_a_margin_or_scale_given_to_a_loss_without_it_is_said_not_silently_ignored(caplog, monkeypatch):
-    monkeypatch.setattr(logs.log, "propagate", True)       # to caplog's handler, whatever an earlier test set up
-
+def test_a_margin_or_scale_given_to_a_loss_without_it_is_said_not_silently_ignored(capsys):
     def warnings_for(*extra) -> str:
-        caplog.clear()
-        warn_unused_loss_options(flags(*extra))
-        return "\n".join(record.getMessage() for record in caplog.records if record.levelname == "WARNING")
+        trainSpeakerNet.main(flags(*extra))         # warns, then stops: no lists
+        lines = capsys.readouterr().err.splitlines()
+        return "\n".join(line.removeprefix("WARNING: ") for line in lines if line.startswith("WARNING: "))
 
     said = warnings_for("--trainfunc", "mp_balance", "--margin", "0.3", "--scale", "20")
     assert "--margin 0.3 and --scale 20: --trainfunc mp_balance has no such option, ignored" in said
@@ -362,21 +374,20 @@ def test_negative_or_fractional_schedule_flags_fail_when_parsed(capsys):
 def test_schedule_options_count_in_the_resume_check(tmp_path):
     """The new options change the run; under a per-iteration schedule --max_epoch does too (the decay ends there)."""
     base = ["--trainfunc", "aamsoftmax", "--scheduler", "warmup_cosine"]
-    saved = run_identity(flags(*base))
+    saved = identity(*base)
     for extra, option in [(["--warmup_epochs", "1"], "warmup_epochs"), (["--final_lr", "1e-6"], "final_lr"),
                           (["--margin_start_epoch", "2"], "margin_start_epoch"),
                           (["--max_epoch", "20"], "max_epoch")]:
-        assert [line.split(":")[0] for line in run_differences(saved, run_identity(flags(*base, *extra)))] == \
-               [f"--{option}"]
-    per_epoch = run_identity(flags("--trainfunc", "aamsoftmax", "--scheduler", "steplr"))
-    assert run_differences(per_epoch, run_identity(flags("--trainfunc", "aamsoftmax", "--scheduler", "steplr",
-                                                         "--max_epoch", "20"))) == []
+        assert [field for field, _, _ in run_differences(saved, identity(*base, *extra))] == [option]
+    per_epoch = identity("--trainfunc", "aamsoftmax", "--scheduler", "steplr")
+    assert run_differences(per_epoch, identity("--trainfunc", "aamsoftmax", "--scheduler", "steplr",
+                                               "--max_epoch", "20")) == []
 
 
 @pytest.mark.parametrize("config", ["lmft_aamsoftmax", "lmft_mp_balance"])
-def test_fine_tuning_configs_parse_and_fit(config):
+def test_fine_tuning_configs_parse_and_fit(config, capsys):
     args = parse_args(["--config", str(REPO / "configs" / f"{config}.yaml")])
-    check_schedule_flags(args)
+    assert "--train_list is required" in cli_error(["--config", str(REPO / "configs" / f"{config}.yaml")], capsys)
     assert args.max_frames == 600 and args.scheduler == "warmup_exp" and args.lr <= 1e-3
     if config == "lmft_aamsoftmax":
         assert args.trainfunc == "aamsoftmax" and args.margin == 0.5 and args.margin_start_epoch is None
@@ -390,15 +401,13 @@ RECIPES = {"recipe_resnet34_aamsoftmax": ("ResNet34", "aamsoftmax", 128),
 
 
 @pytest.mark.parametrize("config", sorted(RECIPES))
-def test_training_recipes_are_wespeaker_s_schedule_and_fit(config, caplog, monkeypatch):
+def test_training_recipes_are_wespeaker_s_schedule_and_fit(config, capsys):
     """WeSpeaker's schedule in every recipe (6 epochs of warm-up to 0.1, exponential decay to 5e-5 at epoch 150,
     2-s crops, speed perturbation), its margin schedule where the loss has a margin, 128 utterances a batch."""
     model, loss, groups = RECIPES[config]
     args = parse_args(["--config", str(REPO / "configs" / f"{config}.yaml")])
-    check_schedule_flags(args)
-    monkeypatch.setattr(logs.log, "propagate", True)
-    warn_unused_loss_options(args)
-    assert not [record for record in caplog.records if record.levelname == "WARNING"]     # no flag ignored
+    error = cli_error(["--config", str(REPO / "configs" / f"{config}.yaml")], capsys)    # checks the flags, warns
+    assert "WARNING" not in error and "--train_list is required" in error       # no flag ignored, no flag misfits
     assert (args.model, args.trainfunc, args.batch_size, args.max_frames) == (model, loss, groups, 200)
     assert (args.scheduler, args.lr, args.final_lr, args.warmup_epochs, args.max_epoch) == \
         ("warmup_exp", 0.1, 5e-5, 6, 150)
@@ -490,7 +499,7 @@ def test_the_ecapa_recipe_trains_with_its_warm_up_margin_ramp_and_speeds(tiny_co
 def test_fine_tuning_from_a_checkpoint(tiny_corpus, tmp_path, config, loss):
     """A tiny run of each fine-tuning recipe from a trained run's checkpoint (its crops cut for the test)."""
     torch.manual_seed(0)
-    net = SpeakerNet(model="ResNetSE34L", trainfunc=loss, nOut=512, nSpeakers=40)
+    net = SpeakerNet.build(model="ResNetSE34L", trainfunc=loss, nOut=512, nSpeakers=40)
     initial = tmp_path / "trained.model"
     torch.save({"model_state_dict": net.state_dict(), "epoch": 10}, initial)
     save_path = tmp_path / "lmft"

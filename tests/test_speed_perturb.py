@@ -21,11 +21,12 @@ from spknet.data import (
     read_train_list,
     speed_perturbed,
 )
+from spknet.training.run import SPEED_FACTORS, training_classes
 from tests.helpers import run_cli
 from tests.test_augment import make_folders
 from tests.test_data import write_wav
 
-SPEEDS = trainSpeakerNet.SPEED_FACTORS
+SPEEDS = SPEED_FACTORS
 FRAMES = 50
 LENGTH = max_audio_samples(FRAMES)
 
@@ -224,9 +225,7 @@ def test_a_loader_batch_plays_each_group_at_its_class_speed(perturbed_corpus, tm
 def test_nspeakers_counts_every_speed_class_and_a_smaller_one_is_an_error(tiny_corpus, tmp_path, capsys):
     data = ["--train_list", tiny_corpus["train_list"], "--test_list", tiny_corpus["test_list"],
             "--train_path", tiny_corpus["train_path"], "--test_path", tiny_corpus["test_path"]]
-    args = trainSpeakerNet.parse_args(["--speed_perturb"] + data)
-    trainSpeakerNet.check_classes(args, 120, 40)
-    assert args.nSpeakers == 120
+    assert training_classes(None, 120, 40, "list") == 120 and training_classes(130, 120, 40, "list") == 130
     code = trainSpeakerNet.main(["--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--speed_perturb",
                                  "--nSpeakers", "100", "--save_path", str(tmp_path / "run")] + data)
     assert code == 2

@@ -17,6 +17,8 @@ from spknet.checkpoints import DamagedCheckpoint, UnsafeCheckpoint, read_checkpo
 from spknet.errors import SpeakerNetError
 from spknet.lock import RunLock
 from spknet.model import SpeakerNet
+from spknet.specs import TrainingSpec
+from spknet.training.run import run_differences, run_identity
 from spknet.training.trainer import ModelTrainer
 from tests.helpers import REPO, SUBPROCESS_ENV, run_cli
 
@@ -35,7 +37,7 @@ class CreatesAFile:
 
 
 def evil_checkpoint(path, marker):
-    state = SpeakerNet("ResNetSE34L", "mp_balance", nOut=16, nSpeakers=40).state_dict()
+    state = SpeakerNet.build("ResNetSE34L", "mp_balance", nOut=16, nSpeakers=40).state_dict()
     torch.save({"model_state_dict": state, "epoch": 1, "payload": CreatesAFile(marker)}, path)
     return path
 
@@ -58,10 +60,10 @@ def test_a_pickle_that_runs_code_is_refused_naming_the_type(tmp_path):
 
 
 def test_own_checkpoints_load_without_trust(tmp_path):
-    net = SpeakerNet("ResNetSE34L", "mp_balance", nOut=16, nSpeakers=4)
+    net = SpeakerNet.build("ResNetSE34L", "mp_balance", nOut=16, nSpeakers=4)
     for scheduler in ("plateau", "steplr"):
-        trainer = ModelTrainer(net, torch.device("cpu"), optimizer="adam", scheduler=scheduler, lr=0.1,
-                               mixedprec="fp16" if torch.cuda.is_available() else None)
+        trainer = ModelTrainer(net, torch.device("cpu"), TrainingSpec(optimizer="adam", scheduler=scheduler, lr=0.1,
+                               mixedprec="fp16" if torch.cuda.is_available() else None))
         path = tmp_path / f"{scheduler}.model"
         save_checkpoint(str(path), trainer.state_dict(), 3, 12.5, {"epoch": 4, "batches": 2}, {"options": {}})
         assert read_checkpoint(str(path))["epoch"] == 3
@@ -125,17 +127,19 @@ def test_a_second_run_on_the_same_folder_exits_at_once(tiny_corpus, tmp_path):
 
 def test_differences_list_the_options_that_change_the_run(tiny_corpus, tmp_path):
     argv = [*FAST, *corpus_flags(tiny_corpus)]
-    saved = trainSpeakerNet.run_identity(trainSpeakerNet.parse_args(argv))
+    def identity(argv):
+        spec = trainSpeakerNet.spec_from_argv(argv)
+        return run_identity(spec, spec.model.resolved())
+
+    saved = identity(argv)
     moved = tmp_path / "train.txt"
     shutil.copy(tiny_corpus["train_list"], moved)
-    same = trainSpeakerNet.parse_args([*argv, "--train_list", str(moved), "--max_epoch", "9",
-                                       "--nDataLoaderThread", "3", "--test_interval", "2"])
-    assert trainSpeakerNet.run_differences(saved, trainSpeakerNet.run_identity(same)) == []
+    same = identity([*argv, "--train_list", str(moved), "--max_epoch", "9", "--nDataLoaderThread", "3",
+                     "--test_interval", "2"])
+    assert run_differences(saved, same) == []
     moved.write_text(moved.read_text().splitlines()[0] + "\n")
-    other = trainSpeakerNet.parse_args([*argv, "--train_list", str(moved), "--nOut", "32", "--lr", "0.01"])
-    assert trainSpeakerNet.run_differences(saved, trainSpeakerNet.run_identity(other)) == [
-        "--lr: saved 0.001, given 0.01", "--nOut: saved 16, given 32",
-        "--train_list: other contents than the saved run's list"]
+    other = identity([*argv, "--train_list", str(moved), "--nOut", "32", "--lr", "0.01"])
+    assert run_differences(saved, other) == [("lr", 0.001, 0.01), ("nOut", 16, 32), ("train_list", None, None)]
 
 
 @pytest.mark.slow
@@ -186,8 +190,9 @@ def test_an_exception_with_loader_workers_running_ends_the_process(tiny_corpus, 
 
 @pytest.fixture()
 def trainer_state():
-    net = SpeakerNet("ResNetSE34L", "mp_balance", nOut=16, nSpeakers=4)
-    return ModelTrainer(net, torch.device("cpu"), optimizer="sgd", scheduler="steplr", lr=0.1).state_dict()
+    net = SpeakerNet.build("ResNetSE34L", "mp_balance", nOut=16, nSpeakers=4)
+    trainer = ModelTrainer(net, torch.device("cpu"), TrainingSpec(optimizer="sgd", scheduler="steplr", lr=0.1))
+    return trainer.state_dict()
 
 
 def test_a_damaged_newest_state_is_set_aside_and_the_newest_good_one_resumed(tmp_path, trainer_state, capsys):

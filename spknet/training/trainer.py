@@ -13,8 +13,9 @@ import torch.nn as nn
 
 from spknet import distributed, plugins
 from spknet.errors import SpeakerNetError
-from spknet.margin import MarginSchedule, has_margin
+from spknet.margin import MarginSchedule
 from spknet.progress import progress_bar
+from spknet.specs import TrainingSpec
 
 INITIAL_EER = 50.0      # what the original's plateau scheduler sees before the first evaluation
 
@@ -71,17 +72,15 @@ def is_per_iteration(scheduler) -> bool:
 class ModelTrainer:
     """Owns the network, its optimizer, scheduler and scaler; trains epochs.
 
-    ``optimizer`` and ``scheduler`` name plugins, which receive ``kwargs`` (the run's options) and
-    ``steps_per_epoch`` (the loader's length, which per-iteration schedules need). ``margin_start_epoch`` (None:
-    no schedule) and ``margin_rampup_epochs`` set the loss's margin schedule (:class:`spknet.margin.MarginSchedule`,
-    up to the margin the loss was built with).
+    ``training`` names the optimizer and schedule plugins and gives their options; ``steps_per_epoch`` (the
+    loader's length) is what per-iteration schedules and the margin schedule count in. The margin schedule
+    (``training.margin_start_epoch``, None: none) rises to the margin the loss was built with.
     """
 
     max_bad_steps = 5   # consecutive non-finite losses before the run stops
 
-    def __init__(self, net: nn.Module, device: torch.device, optimizer: str = "adam", scheduler: str = "plateau",
-                 mixedprec: str | None = None, compile: bool = False, steps_per_epoch: int | None = None,
-                 margin_start_epoch: int | None = None, margin_rampup_epochs: float | None = None, **kwargs):
+    def __init__(self, net: nn.Module, device: torch.device, training: TrainingSpec,
+                 steps_per_epoch: int | None = None):
         self.net = net.to(device)
         self.device = device
         # What the training step calls: the network itself, or its DistributedDataParallel wrapper.
@@ -89,17 +88,19 @@ class ModelTrainer:
         if distributed.is_active():
             self.model = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[device.index] if device.type == "cuda" else None)
-        if compile:
+        if training.compile:
             self.model = torch.compile(self.model)   # the step only: checkpoints keep the plain parameter names
-        self.autocast_dtype = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}[mixedprec]
-        self.scaler = torch.amp.GradScaler(device.type, enabled=mixedprec == "fp16")
-        self.optimizer = plugins.load("optimizer", optimizer)(self.net.parameters(), **kwargs)
-        self.scheduler = plugins.load("scheduler", scheduler)(self.optimizer, steps_per_epoch=steps_per_epoch,
-                                                              **kwargs)
+        self.autocast_dtype = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}[training.mixedprec]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=training.mixedprec == "fp16")
+        self.optimizer = plugins.load("optimizer", training.optimizer)(self.net.parameters(),
+                                                                       **training.optimizer_options())
+        self.scheduler = plugins.load("scheduler", training.scheduler)(self.optimizer,
+                                                                       **training.scheduler_options(steps_per_epoch))
         self.per_iteration = is_per_iteration(self.scheduler)
         if _is_plateau(self.scheduler):
             self.scheduler.step(INITIAL_EER)     # as the original, whose plateau step precedes every epoch
-        self.margin_schedule = self._margin_schedule(margin_start_epoch, margin_rampup_epochs, steps_per_epoch)
+        self.margin_schedule = self._margin_schedule(training.margin_start_epoch, training.margin_rampup_epochs,
+                                                     steps_per_epoch)
         self._running_stats = [buffer for module in self.net.modules()
                                if isinstance(module, nn.modules.batchnorm._BatchNorm) for buffer in module.buffers()]
 
@@ -107,23 +108,21 @@ class ModelTrainer:
         """The loss's margin schedule, rising to the margin the loss was built with."""
         if start_epoch is None:
             return None
-        loss = self.net.__L__
-        if not has_margin(loss):
-            raise SpeakerNetError(f"a margin schedule needs a loss with a margin; {type(loss).__module__} has none")
-        return MarginSchedule(final=loss.margin, start_epoch=start_epoch, rampup_epochs=rampup_epochs or 0.0,
+        if self.net.margin is None:
+            raise SpeakerNetError(f"a margin schedule needs a loss with a margin; {self.net.spec.trainfunc} has none")
+        return MarginSchedule(final=self.net.margin, start_epoch=start_epoch, rampup_epochs=rampup_epochs or 0.0,
                               steps_per_epoch=steps_per_epoch or 0)
 
     @property
     def margin(self) -> float | None:
         """The loss's margin now (None for a loss without one)."""
-        loss = self.net.__L__
-        return loss.margin if has_margin(loss) else None
+        return self.net.margin
 
     def apply_margin(self, epoch: int, batch: int) -> None:
         """Set the scheduled margin for batch ``batch`` of epoch ``epoch`` (before its step; a resumed run gets
         the margin of its position at once, since it is recomputed, not saved). Host arithmetic only."""
         if self.margin_schedule is not None:
-            self.net.__L__.set_margin(self.margin_schedule.at(epoch, batch))
+            self.net.set_margin(self.margin_schedule.at(epoch, batch))
 
     @property
     def lr(self) -> float:
@@ -191,12 +190,11 @@ class ModelTrainer:
                       should_stop: Callable[[], bool] = lambda: False, show_progress: bool = True) -> EpochProgress:
         """Train epoch ``epoch`` from ``progress`` (None: its start) until its end or until ``should_stop()``.
 
-        Returns the epoch's progress: ``finished`` when the loader was exhausted, else where it stopped (the
-        next call with it skips the batches already done).
+        Returns the epoch's progress: ``finished`` when the loader was exhausted, else where it stopped. The
+        loader starts where ``progress`` stands (the caller positions its sampler).
         """
         self.net.train()
         progress = progress if progress is not None else EpochProgress(epoch, start_lr=self.lr)
-        loader.batch_sampler.start_at(progress.batches)
         bad_in_a_row, utterances, started = 0, 0, time.time()
         bar = progress_bar(loader, enabled=show_progress and distributed.is_main(), desc=f"epoch {epoch}",
                            unit="batch", initial=progress.batches, total=progress.batches + len(loader))

@@ -1,0 +1,391 @@
+"""A training run: its folder (lock, resolved config, scores.txt), its identity, resume, and the epoch driver.
+
+:func:`train` is what ``trainSpeakerNet.py`` calls: it reads the lists, builds the model, the loader and the
+trainer from a :class:`~spknet.specs.RunSpec`, holds the run folder, resumes the furthest good saved state, and
+trains, evaluates, saves and logs each epoch. A run stopped by SIGINT/SIGTERM saves its position inside the epoch.
+"""
+
+import hashlib
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from spknet import atomic, checkpoints, distributed, logs, plugins
+from spknet.checkpoints import load_model_state, read_checkpoint
+from spknet.data import (
+    GroupBatchSampler,
+    TrainDataset,
+    check_files_exist,
+    collate_groups,
+    ignore_stop_signals,
+    read_train_list,
+    speed_perturbed,
+)
+from spknet.data.augment import Augmenter
+from spknet.errors import SpeakerNetError
+from spknet.evaluation import EvalPlan, write_plots
+from spknet.evaluation.runner import evaluation_of, load_plan
+from spknet.lock import RunLock
+from spknet.logs import log
+from spknet.loss._common import IMBALANCED
+from spknet.model import SpeakerNet
+from spknet.specs import SCHEMA, DataSpec, ModelSpec, RunSpec
+from spknet.training.trainer import INITIAL_EER, EpochProgress, ModelTrainer, is_per_iteration
+
+SCORE_LINE = "IT %d, LR %f, TEER/T1 %2.2f, TLOSS %f, VEER %2.4f"
+TRAIN_LINE = "IT %d, LR %f, TEER %2.2f, TLOSS %f"
+# speed perturbation: WeSpeaker's speeds, 1.0 first so that the first classes are the recorded speakers
+SPEED_FACTORS = (1.0, 0.9, 1.1)
+# The fields a resumed run may not change, beside the model spec and the lists (compared by content). Everything
+# else (how long, how fast, where files are, how it is evaluated) is the session's to choose.
+DATA_IDENTITY = ("max_frames", "batch_size", "max_seg_per_spk", "per_speaker", "seed", "augment", "speed_perturb")
+TRAINING_IDENTITY = ("optimizer", "scheduler", "lr", "lr_decay", "weight_decay", "warmup_epochs", "final_lr",
+                     "classes", "margin", "scale", "margin_start_epoch", "margin_rampup_epochs", "hard_prob",
+                     "hard_rank", "mixedprec")
+# what schema 1 (the command line's names) called the fields that have other names now
+LEGACY_NAMES = {"nPerSpeaker": "per_speaker", "nSpeakers": "classes"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Identity: what a resume must find unchanged
+# ----------------------------------------------------------------------------------------------------------------
+
+def list_digest(paths: str) -> str:
+    """SHA-256 of the contents of a (comma-separated) list's files."""
+    digest = hashlib.sha256()
+    for path in (part.strip() for part in paths.split(",") if part.strip()):
+        with open(path, "rb") as handle:
+            digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def run_identity(spec: RunSpec, model: ModelSpec) -> dict:
+    """The checkpoint's ``run`` entry (schema :data:`~spknet.specs.SCHEMA`): the built model's spec, the other
+    options a resume may not change (``max_epoch`` too under a per-iteration schedule, whose decay ends at the last
+    epoch), and the lists by content."""
+    options = {key: getattr(spec.data, key) for key in DATA_IDENTITY}
+    options.update({key: getattr(spec.training, key) for key in TRAINING_IDENTITY})
+    if is_per_iteration(plugins.load("scheduler", spec.training.scheduler)):
+        options["max_epoch"] = spec.training.max_epoch
+    lists = {"train_list": spec.data.train_list, "test_list": spec.evaluation.test_list,
+             "val_list": spec.evaluation.val_list}
+    return {"schema": SCHEMA, "model": model.record(), "options": options,
+            "lists": {key: list_digest(path) if path else "" for key, path in lists.items()}}
+
+
+def _flat_options(run: dict) -> dict:
+    """A ``run`` entry of either schema as one mapping of field names to values."""
+    options = {LEGACY_NAMES.get(key, key): value for key, value in (run.get("options") or {}).items()}
+    return {**options, **(run.get("model") or {})}
+
+
+class RunMismatch(SpeakerNetError):
+    """A resume into a folder that holds a run with other options; ``differences`` are (field, saved, given)."""
+
+    def __init__(self, folder: str, path: str, differences: list[tuple[str, object, object]], names=None):
+        self.folder, self.path, self.differences = folder, path, differences
+        super().__init__(self.describe(names or {}))
+
+    def describe(self, names: dict) -> str:
+        """The message, each field shown by ``names[field]`` (the command line's flag) when given."""
+        lines = [f"{names.get(key, key)}: " + (f"saved {saved}, given {given}" if key not in RUN_LISTS
+                                                 else "other contents than the saved run's list")
+                 for key, saved, given in self.differences]
+        return (f"{self.folder} holds a run with other options; resuming it would mix two runs:\n  "
+                + "\n  ".join(lines) + f"\nGive the saved options ({os.path.join(self.folder, CONFIG_FILE)}) or "
+                f"another save path (starting a new run from {self.path}'s weights is also possible)")
+
+
+RUN_LISTS = ("train_list", "test_list", "val_list")
+CONFIG_FILE = "config.yaml"        # the resolved configuration of a training run, in its save path
+
+
+def run_differences(saved: dict, given: dict) -> list[tuple[str, object, object]]:
+    """(field, saved, given) for every option of ``given`` that differs from the saved run's."""
+    saved_options, given_options = _flat_options(saved), _flat_options(given)
+    differences = [(key, saved_options[key], value) for key, value in given_options.items()
+                   if key in saved_options and saved_options[key] != value]
+    differences += [(key, None, None) for key, digest in given["lists"].items()
+                    if key in saved.get("lists", {}) and saved["lists"][key] != digest]
+    return differences
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building the run
+# ----------------------------------------------------------------------------------------------------------------
+
+def group_sizes_for(loss_needs, per_speaker: int | None) -> tuple[int, ...]:
+    """Utterances per speaker group for the batch sampler."""
+    if loss_needs == IMBALANCED:
+        if per_speaker:
+            log.info(f"note: --nPerSpeaker {per_speaker} ignored: this loss uses 2-or-3 utterance groups")
+        return (2, 3)
+    size = per_speaker or loss_needs
+    if size < loss_needs:
+        raise SpeakerNetError(f"--nPerSpeaker {size}: this loss needs at least {loss_needs} utterances per speaker")
+    return (size,)
+
+
+def build_loader(data: DataSpec, pipeline, train_list, loss_needs, device: torch.device):
+    """The training DataLoader and its batch sampler (also what ``benchmarks/bench_loader`` measures)."""
+    try:
+        sampler = GroupBatchSampler(train_list.labels, group_sizes_for(loss_needs, data.per_speaker),
+                                    data.batch_size, data.max_seg_per_spk, seed=data.seed, rank=distributed.rank(),
+                                    world_size=distributed.world_size(), copies=train_list.copies)
+    except SpeakerNetError as error:
+        raise SpeakerNetError(f"--batch_size {data.batch_size}: {error}") from None
+    workers = data.loader_workers
+    # built before any output is written: a missing or empty MUSAN/RIR folder fails the run at once
+    try:
+        augmenter = Augmenter(data.musan_path, data.rir_path, data.max_frames) if data.augment else None
+    except SpeakerNetError as error:
+        raise SpeakerNetError(f"--augment --musan_path {data.musan_path} --rir_path {data.rir_path}: {error}") from None
+    loader = torch.utils.data.DataLoader(
+        TrainDataset(train_list, data.max_frames, augmenter=augmenter, pipeline=pipeline),
+        batch_sampler=sampler,
+        collate_fn=collate_groups, num_workers=workers, pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
+        generator=torch.Generator().manual_seed(data.seed))  # its own generator: the global RNG stays untouched
+    return loader, sampler
+
+
+def training_classes(classes: int | None, found: int, speakers: int, train_list: str) -> int:
+    """The loss's classes: ``classes`` or, unset, the training list's (its speakers, times the speeds under speed
+    perturbation); fewer is an error, since some labels would have no class."""
+    if classes is None:
+        return found
+    if classes < found:
+        what = f"{speakers} speakers of {train_list}"
+        if found != speakers:
+            what = f"{found} classes of --speed_perturb ({what} x {found // speakers} speeds)"
+        raise SpeakerNetError(f"--nSpeakers {classes} is smaller than the {what}")
+    return classes
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask training to stop after the current step; a second SIGINT stops at once."""
+
+    def __init__(self):
+        self.signal_number = None
+
+    def __enter__(self):
+        self.previous = {number: signal.signal(number, self._handle) for number in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, number, frame):
+        if self.signal_number is not None and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = number
+        print(f"\n{signal.Signals(number).name} received: finishing the current step, then saving", file=sys.stderr)
+
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The epoch driver
+# ----------------------------------------------------------------------------------------------------------------
+
+class TrainingRun:
+    """Where the run stands (last completed epoch, the epoch in progress, the last EER), what each epoch does
+    (train, evaluate when due, step the schedule, save, log), and resuming."""
+
+    def __init__(self, spec: RunSpec, trainer: ModelTrainer, plan: EvalPlan, loader, sampler):
+        self.spec, self.trainer, self.plan, self.loader, self.sampler = spec, trainer, plan, loader, sampler
+        self.save_path = spec.training.save_path
+        self.model_dir = os.path.join(self.save_path, "model")
+        self.result_dir = os.path.join(self.save_path, "result")
+        self.identity = run_identity(spec, trainer.net.spec)
+        self.completed = 0                       # last completed epoch
+        self.progress: EpochProgress | None = None
+        self.last_eer = INITIAL_EER
+
+    def resume(self) -> bool:
+        """Continue from the furthest good saved state of the run folder, if any, and only the same run."""
+        previous = checkpoints.resume_point(self.model_dir, self.spec.training.trust_checkpoint)
+        if not previous:
+            return False
+        path, checkpoint = previous
+        if checkpoint.get("run"):
+            differences = run_differences(checkpoint["run"], self.identity)
+            if differences:
+                raise RunMismatch(self.save_path, path, differences)
+        load_model_state(self.trainer.net, checkpoint["model_state_dict"], path, strict=True)
+        self.completed = int(checkpoint["epoch"])
+        self.last_eer = float(checkpoint.get("last_eer", self.last_eer))
+        self.progress = EpochProgress(**checkpoint["progress"]) if checkpoint.get("progress") else None
+        try:
+            self.trainer.load_state_dict(checkpoint, None if self.progress else self.completed, self.last_eer)
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise SpeakerNetError(f"{path}: its optimizer or schedule state does not fit this run's "
+                                  f"(optimizer, schedule or loss changed?): {error}") from None
+        checkpoints.restore_random_state(checkpoint)
+        where = f"epoch {self.progress.epoch}, batch {self.progress.batches}" if self.progress else \
+            f"after epoch {self.completed}"
+        log.info(f"Model {path} loaded from previous state! Resuming {where}")
+        return True
+
+    def save(self, eer: float | None = None) -> None:
+        """Rank 0 writes an epoch checkpoint (evaluated epochs) or ``resume.state``."""
+        if distributed.is_main():
+            state = self.trainer.state_dict()
+            if eer is not None:
+                checkpoints.save_epoch(self.model_dir, state, self.completed, eer, self.identity)
+            else:
+                checkpoints.save_resume_state(self.model_dir, state, self.completed, self.last_eer,
+                                              self.progress.state() if self.progress else None, self.identity)
+        distributed.barrier()
+
+    def run(self, stop: StopRequest, scores) -> int:
+        for epoch in range(self.completed + 1, self.spec.training.max_epoch + 1):
+            if not self.epoch(epoch, stop, scores):
+                self.save()
+                state = os.path.join(self.model_dir, checkpoints.RESUME_STATE)
+                print(f"Stopped during epoch {epoch} after {self.progress.batches} batches; state saved to "
+                      f"{state}. Run the same command again to resume.", file=sys.stderr)
+                return 128 + stop.signal_number
+        return 0
+
+    def epoch(self, epoch: int, stop: StopRequest, scores) -> bool:
+        """Train, evaluate when due, step the schedule, save, log. False when a stop was requested."""
+        self.sampler.set_epoch(epoch)
+        progress = self.progress if self.progress is not None and self.progress.epoch == epoch else None
+        self.sampler.start_at(progress.batches if progress is not None else 0)
+        # the LR at the epoch's start, also when resuming inside it (a per-iteration schedule has moved since)
+        lr = progress.start_lr if progress is not None and progress.start_lr is not None else self.trainer.lr
+        log.info(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {epoch} Training {self.spec.model.model} with LR {lr:f}...")
+        started = time.time()
+        self.progress = self.trainer.train_network(self.loader, epoch, progress, stop.requested)
+        if not self.progress.finished:
+            return False
+        loss, accuracy = self.progress.mean_loss, self.progress.mean_accuracy
+        train_seconds = time.time() - started
+        self.completed, self.progress = epoch, None
+        if epoch % self.spec.training.test_interval == 0:
+            line, extra, eer = self.evaluate(epoch, lr, loss, accuracy, train_seconds)
+            self.last_eer = eer
+            self.trainer.step_schedule(eer)
+            self.save(eer)
+        else:
+            line = TRAIN_LINE % (epoch, lr, accuracy, loss)
+            extra = f"INFO epoch {epoch}: train {train_seconds:.1f} s"
+            self.trainer.step_schedule(self.last_eer)
+            self.save()
+        log.info(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}")
+        log.info(extra)
+        scores.info(line + "\n" + extra)
+        return True
+
+    def evaluate(self, epoch: int, lr: float, loss: float, accuracy: float, train_seconds: float):
+        """The evaluated epoch's score line, its INFO lines and the EER that steers (the validation list's if
+        there is one)."""
+        outcome = evaluation_of(self.trainer.net, self.spec.evaluation, self.plan, self.trainer.device)
+        first = outcome.tests[0]
+        steering = outcome.val if outcome.val is not None else first
+        several = len(outcome.tests) > 1
+        if distributed.is_main():
+            for result in outcome.tests:
+                if result.metrics is not None:
+                    write_plots(result.scores, result.trial_list.labels, self.result_dir,
+                                f"_{result.trial_list.name}" if several else "", eer=result.metrics.eer)
+        line = SCORE_LINE % (epoch, lr, accuracy, loss, first.metrics.eer)
+        val = f", val EER {outcome.val.metrics.eer:2.4f}" if outcome.val is not None else ""
+        extra = (f"INFO epoch {epoch}: {first.metrics.summary()}{val}, train {train_seconds:.1f} s, "
+                 f"eval {outcome.seconds:.1f} s")
+        for result in outcome.tests[1:] + ([outcome.val] if outcome.val is not None else []):
+            role = "val" if result is outcome.val else "list"
+            summary = result.metrics.summary() if result.metrics is not None else \
+                f"{len(result.trial_list.trials)} unlabelled trials scored"
+            extra += f"\nINFO epoch {epoch} {role} {result.trial_list.path}: {summary}"
+        return line, extra, steering.metrics.eer
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The entry
+# ----------------------------------------------------------------------------------------------------------------
+
+def train(spec: RunSpec, device: torch.device, describe) -> int:
+    """Train the run ``spec`` on ``device``: 0, or 128 + the signal that stopped it (its state saved).
+
+    ``describe(classes)`` gives the text of :data:`CONFIG_FILE` in the run folder (what the command line reads
+    back to repeat the run) and the header of ``result/scores.txt``: the command line's to word, once the
+    training classes are known.
+    """
+    data = spec.data
+    train_list = read_train_list(data.train_list, data.train_path)
+    check_files_exist(train_list.files, data.train_list)
+    plan = load_plan(spec.evaluation, data, training=True)
+    recorded = len(train_list.speakers)
+    if data.speed_perturb:
+        train_list = speed_perturbed(train_list, SPEED_FACTORS)
+    classes = training_classes(spec.training.classes, len(train_list.speakers), recorded, data.train_list)
+    spec = replace(spec, training=replace(spec.training, classes=classes))
+    torch.manual_seed(data.seed)
+    np.random.seed(data.seed)
+    net = SpeakerNet(spec.model, spec.training.loss(classes))
+    loader, sampler = build_loader(data, net.spec.pipeline(), train_list, net.utterances_per_speaker, device)
+    sampler.set_epoch(1)        # the first epoch's length stands for every epoch's in per-iteration schedules
+    trainer = ModelTrainer(net, device, spec.training, steps_per_epoch=len(sampler))
+    run = TrainingRun(spec, trainer, plan, loader, sampler)
+    if distributed.is_main():
+        os.makedirs(run.save_path, exist_ok=True)
+    # rank 0 holds the folder for the whole run; a second run on it stops here, having written nothing
+    try:
+        with RunLock(run.save_path) if distributed.is_main() else nullcontext():
+            return _train(run, *describe(classes))
+    finally:
+        shutdown_workers(loader)
+
+
+def _train(run: TrainingRun, config_text: str, header: str) -> int:
+    """Resume (or start from the initial model) and run the epochs."""
+    main_process = distributed.is_main()
+    # rank 0 first: it sets damaged files aside, and the other ranks then read what it read
+    resumed = run.resume() if main_process else False
+    distributed.barrier()
+    resumed = resumed if main_process else run.resume()
+    initial = run.spec.training.initial_model
+    if not resumed and initial:
+        checkpoint = read_checkpoint(initial, run.spec.training.trust_checkpoint)
+        load_model_state(run.trainer.net, checkpoint["model_state_dict"], initial)
+        log.info(f"Model {initial} loaded!")
+    if main_process:
+        os.makedirs(run.model_dir, exist_ok=True)
+        os.makedirs(run.result_dir, exist_ok=True)
+        checkpoints.remove_stale_temporaries(run.model_dir)
+        atomic.write_text(os.path.join(run.save_path, CONFIG_FILE), config_text)
+    scores_path = os.path.join(run.result_dir, "scores.txt") if main_process else None
+    with logs.scores_file(scores_path) as scores, StopRequest() as stop:
+        scores.info(header)
+        return run.run(stop, scores)
+
+
+def shutdown_workers(loader) -> None:
+    """End this run's loader workers (they ignore SIGTERM, so an interpreter exit would wait on them); the
+    workers of other loaders in the process are left alone."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is None or not hasattr(iterator, "_shutdown_workers"):
+        return
+    iterator._shutdown_workers()
+    for worker in getattr(iterator, "_workers", []):
+        if worker.is_alive():          # one that did not take the shutdown (stuck in a read): ended
+            worker.kill()
+            worker.join(timeout=10)
+    loader._iterator = None
+
+
+__all__ = ["CONFIG_FILE", "SCORE_LINE", "SPEED_FACTORS", "TRAIN_LINE", "RunMismatch", "StopRequest", "TrainingRun",
+           "build_loader", "group_sizes_for", "list_digest", "run_differences", "run_identity", "train",
+           "training_classes"]
