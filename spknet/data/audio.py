@@ -25,6 +25,9 @@ WINDOW_SAMPLES = 400        # one 25-ms analysis window
 # torchaudio.functional.resample's defaults, which decide how far its filter reaches
 LOWPASS_FILTER_WIDTH = 6
 ROLLOFF = 0.99
+# Lossy codecs whose decoder libsndfile restarts at a seek with other samples near it than a read from the start:
+# a window of such a file is decoded from the file's start (exact, and slower)
+INEXACT_SEEK_SUBTYPES = frozenset({"VORBIS", "OPUS", "MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III"})
 
 
 def max_audio_samples(max_frames: int) -> int:
@@ -80,7 +83,8 @@ class AudioFile:
     """An open audio file as the pipeline hears it: ``frames`` samples, mono, at 16 kHz.
 
     :meth:`read` returns any window of those samples, reading only the file's samples that it needs: at 16 kHz a
-    seek and a partial read (mono PCM_16 files give exactly the original's values); at another rate the window's
+    seek and a partial read (mono PCM_16 files give exactly the original's values; a lossy codec whose seek is not
+    exact, such as Ogg Vorbis, is decoded from the start up to the window); at another rate the window's
     samples at the file's rate, widened by whole blocks of the rational resampler (``rate / gcd`` input samples
     per ``16000 / gcd`` outputs) so that the filter sees real signal wherever it reaches, resampled and trimmed
     (the samples of resampling the whole file, to float32 rounding). Made by :func:`open_audio`.
@@ -109,9 +113,16 @@ class AudioFile:
         """``frames`` samples from sample ``start`` (at 16 kHz; -1: to the end) as float32 in ``pipeline``'s scale."""
         frames = self.frames - start if frames < 0 else frames
         if self.rate == SAMPLE_RATE:
-            self.handle.seek(start)
-            return self._read_file(frames, pipeline)
+            return self._read_at(start, frames, pipeline)
         return self._read_resampled(start, frames, pipeline)
+
+    def _read_at(self, start: int, frames: int, pipeline: AudioPipeline) -> np.ndarray:
+        """``frames`` samples from sample ``start`` at the file's rate, channels averaged."""
+        if self.handle.subtype in INEXACT_SEEK_SUBTYPES:
+            self.handle.seek(0)
+            return self._read_file(start + frames, pipeline)[start:]
+        self.handle.seek(start)
+        return self._read_file(frames, pipeline)
 
     def _read_file(self, frames: int, pipeline: AudioPipeline) -> np.ndarray:
         """``frames`` samples from the current position at the file's rate, channels averaged."""
@@ -144,8 +155,7 @@ class AudioFile:
         first = max(0, start // block_out - margin)
         last = -(-(start + frames) // block_out) + margin
         begin, end = first * block_in, min(last * block_in, self.handle.frames)
-        self.handle.seek(begin)
-        raw = torch.from_numpy(self._read_file(end - begin, pipeline))
+        raw = torch.from_numpy(np.ascontiguousarray(self._read_at(begin, end - begin, pipeline)))
         resampled = torchaudio.functional.resample(raw, self.rate, SAMPLE_RATE).numpy()
         offset = start - first * block_out
         audio = resampled[offset:offset + frames]
