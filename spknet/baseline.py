@@ -7,7 +7,7 @@ random), summarised by their mean and standard deviation over all frames -> a 40
 z-normalised with the per-dimension mean / standard deviation of (a subsample of) the training files, trials are
 scored by cosine similarity; lists are read and the EER computed as in training.
 
-    python -m tools.baseline DIR      # DIR holds train_list.txt, veri_test.txt and wav/
+    python -m spknet.baseline DIR      # DIR holds train_list.txt, veri_test.txt and wav/
     -> baseline EER xx.xx%
 """
 
