@@ -79,6 +79,16 @@ def _too_short(frames: int, min_frames: int) -> str:
     return f"{frames} samples{': empty audio file,' if frames == 0 else ','} shorter than {needed}"
 
 
+def _mix_down(audio: np.ndarray) -> np.ndarray:
+    """The mean of the channels of ``(frames, channels)`` float32 samples (summed column by column: numpy's mean
+    along the short axis is ~20x slower)."""
+    mono = audio[:, 0].copy()
+    for channel in range(1, audio.shape[1]):
+        mono += audio[:, channel]
+    mono /= np.float32(audio.shape[1])
+    return mono
+
+
 class AudioFile:
     """An open audio file as the pipeline hears it: ``frames`` samples, mono, at 16 kHz.
 
@@ -130,7 +140,7 @@ class AudioFile:
         if handle.subtype == "PCM_16":      # exact values, without libsndfile's float conversion (~2x faster)
             audio = handle.read(frames, dtype="int16", always_2d=several).astype(np.float32)
             if several:
-                audio = audio.mean(axis=1, dtype=np.float32)
+                audio = _mix_down(audio)
             if pipeline.scale == "float":
                 audio /= INT16_SCALE
         else:
@@ -138,7 +148,7 @@ class AudioFile:
             if not np.isfinite(audio).all():
                 raise SpeakerNetError(f"{self.name}: non-finite (NaN/inf) samples")
             if several:
-                audio = audio.mean(axis=1, dtype=np.float32)
+                audio = _mix_down(audio)
             if pipeline.scale == "int16":
                 audio *= INT16_SCALE
         if audio.shape[0] < frames:
