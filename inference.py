@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--root", default="", help="folder the --list paths are relative to")
     embed.add_argument("--out", required=True, help="the .npz to write: file name -> (crops, dim) embedding")
     embed.add_argument("--batch_size", type=int, default=None,
-                       help="files per forward pass (default: as --eval batches them on this device)")
+                       help="files per forward pass, as --eval counts them (default: as --eval batches them on "
+                            "this device; whole files: up to 10x as many files of one length)")
     verify = commands.choices["verify"]
     verify.add_argument("files", nargs=2, help="the two audio files")
     verify.add_argument("--calibration", default=None,

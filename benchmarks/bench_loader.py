@@ -134,7 +134,7 @@ class WholeFileDataset(TrainDataset):
 
     def __getitem__(self, group):
         rng = np.random.default_rng(group.crop_seed)
-        waves = np.concatenate([load_whole_then_crop(self.files[i], self.max_frames, rng) for i in group.files])
+        waves = np.concatenate([load_whole_then_crop(self.source.name(i), self.max_frames, rng) for i in group.files])
         if self.augmenter is not None:
             waves = np.stack([self.augmenter(wave, rng) for wave in waves])
         return waves, group.label

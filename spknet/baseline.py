@@ -7,7 +7,7 @@ random), summarised by their mean and standard deviation over all frames -> a 40
 z-normalised with the per-dimension mean / standard deviation of (a subsample of) the training files, trials are
 scored by cosine similarity; lists are read and the EER computed as in training.
 
-    python -m tools.baseline DIR      # DIR holds train_list.txt, veri_test.txt and wav/
+    python -m spknet.baseline DIR      # DIR holds train_list.txt, veri_test.txt and wav/
     -> baseline EER xx.xx%
 """
 
@@ -19,12 +19,11 @@ import os
 import sys
 
 import numpy as np
-import soundfile as sf
 import torch
 import torchaudio
 
 from spknet import SAMPLE_RATE
-from spknet.data import read_train_list
+from spknet.data import FLOAT, read_audio, read_train_list
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import Trial, compute_metrics, read_trial_list
 
@@ -58,13 +57,9 @@ def mfcc(x: np.ndarray) -> np.ndarray:
 
 
 def file_embedding(path: str) -> np.ndarray:
-    """Mean and standard deviation of the MFCCs of one file (40 values)."""
-    x, sr = sf.read(path, dtype="float32", always_2d=False)
-    if sr != SAMPLE_RATE:
-        raise ValueError(f"{path}: expected {SAMPLE_RATE} Hz, got {sr}")
-    if x.ndim > 1:
-        x = x.mean(axis=1)
-    c = mfcc(x)
+    """Mean and standard deviation of the MFCCs of one file (40 values); the file is read by the one reader (any
+    rate resampled to 16 kHz, channels averaged, samples in [-1, 1])."""
+    c = mfcc(read_audio(path, FLOAT, min_frames=1))
     return np.concatenate([c.mean(axis=0), c.std(axis=0)])
 
 

@@ -11,19 +11,26 @@ cannot tell is an error naming the option to give.
 import os
 
 import numpy as np
-import soundfile as sf
 import torch
 import torchaudio
 
 from spknet import SAMPLE_RATE
 from spknet.calibration import Calibration, Verification, default_path, scoring_options, weights_sha256
 from spknet.checkpoints import load_network
-from spknet.data import INT16_SCALE, NUM_EVAL, AudioPipeline, eval_crops, max_audio_samples
+from spknet.data import (
+    FLOAT,
+    INT16_SCALE,
+    WINDOW_SAMPLES,
+    AudioPipeline,
+    TestDataset,
+    WaveformDataset,
+    check_not_silent,
+    read_audio,
+)
 from spknet.errors import SpeakerNetError
-from spknet.evaluation import TrialScorer, default_files_per_batch
-from spknet.progress import progress_bar
+from spknet.evaluation import TrialScorer, cpu_inference_model, extract_dataset
 
-MIN_SAMPLES = 400           # one 25-ms analysis window: the front end needs more than half of its FFT
+MIN_SAMPLES = WINDOW_SAMPLES    # one 25-ms analysis window: the front end needs more than half of its FFT
 
 
 class Embedder:
@@ -31,7 +38,9 @@ class Embedder:
 
     ``eval_frames`` 0 embeds whole files; N takes the original's 10 crops of N frames. ``scoring``: ``crops`` (the
     original's crop distances) or ``cosine``. ``calibration`` (checked against this network and scoring with
-    :meth:`use_calibration`) turns scores into LLRs for :meth:`verify`.
+    :meth:`use_calibration`) turns scores into LLRs for :meth:`verify`. Files are read and embedded by ``--eval``'s
+    extraction, so they get ``--eval``'s embeddings and scores; on the CPU it runs a copy of ``network`` with its
+    BatchNorms folded, made at the first embedding (change the weights through a new Embedder, not in place).
     """
 
     def __init__(self, network: torch.nn.Module, test_normalize: bool, pipeline: AudioPipeline,
@@ -42,6 +51,7 @@ class Embedder:
         self.eval_frames, self.scoring, self.source = eval_frames, scoring, source
         self.calibration: Calibration | None = None
         self.config = dict(config or {})        # the model options it was built with (export records them)
+        self._inference_model: torch.nn.Module | None = None
 
     def scoring_options(self) -> dict:
         """The options that shape this embedder's scores, as a calibration records them (no score
@@ -59,14 +69,14 @@ class Embedder:
         self.calibration = calibration
 
     def waveform(self, audio, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> np.ndarray:
-        """Mono float32 samples at 16 kHz in [-1, 1] from a path or an array/tensor (float in [-1, 1] or int16;
-        ``(samples,)``, ``(samples, channels)`` as soundfile returns or ``(channels, samples)`` as torchaudio)."""
+        """Mono float32 samples at 16 kHz in [-1, 1] from a path (read by the one reader,
+        :func:`~spknet.data.audio.read_audio`) or an array/tensor (float in [-1, 1] or int16; ``(samples,)``,
+        ``(samples, channels)`` as soundfile returns or ``(channels, samples)`` as torchaudio; channels averaged,
+        ``sample_rate`` resampled to 16 kHz with ``torchaudio.functional.resample`` as the reader does)."""
         if isinstance(audio, (str, os.PathLike)):
-            name = str(audio)
-            try:
-                audio, sample_rate = sf.read(name, dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError, OSError) as error:
-                raise SpeakerNetError(f"{name}: cannot read audio ({error})") from None
+            samples = read_audio(str(audio), FLOAT, min_frames=MIN_SAMPLES)
+            check_not_silent(samples, str(audio))
+            return samples
         samples = torch.as_tensor(np.asarray(audio) if not isinstance(audio, torch.Tensor) else audio)
         if samples.dtype == torch.int16:
             samples = samples.float() / INT16_SCALE
@@ -85,74 +95,75 @@ class Embedder:
         if samples.shape[0] < MIN_SAMPLES:
             raise SpeakerNetError(f"{name}: {samples.shape[0]} samples at 16 kHz, shorter than the network's "
                                   f"{MIN_SAMPLES}-sample analysis window")
-        if not samples.abs().max() > 0:
-            raise SpeakerNetError(f"{name}: all samples are zero (silence has no speaker)")
+        check_not_silent(samples.numpy(), name)
         return samples.numpy()
 
-    @torch.no_grad()
     def embed(self, audio, sample_rate: int = SAMPLE_RATE):
-        """``(crops, dim)`` embeddings of one audio (see :meth:`waveform`), or a list of them for a list."""
-        if isinstance(audio, (list, tuple)):
-            return [self.embed(item, sample_rate) for item in audio]
-        return self._forward(torch.from_numpy(self.crops(audio, sample_rate))[None])[0]
+        """``(crops, dim)`` embeddings of one audio (see :meth:`waveform`), or a list of them for a list.
+
+        Files go through :meth:`embed_files`; arrays and tensors are cropped by the same crop function and embedded
+        by the same extraction (:func:`~spknet.evaluation.extract_dataset`), as one batch of waveforms.
+        """
+        items = list(audio) if isinstance(audio, (list, tuple)) else [audio]
+        out: list[torch.Tensor | None] = [None] * len(items)
+        paths = [i for i, item in enumerate(items) if isinstance(item, (str, os.PathLike))]
+        arrays = [i for i, item in enumerate(items) if not isinstance(item, (str, os.PathLike))]
+        if paths:
+            for index, embedding in zip(paths, self.embed_files([items[i] for i in paths])):
+                out[index] = embedding
+        if arrays:
+            waves = [self._model_scale(self.waveform(items[i], sample_rate)) for i in arrays]
+            dataset = WaveformDataset(waves, self.eval_frames, pipeline=self.pipeline)
+            for index, embedding in zip(arrays, self._extract(dataset)):
+                out[index] = embedding
+        return out if isinstance(audio, (list, tuple)) else out[0]
 
     def crops(self, audio, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-        """The network's input for one audio: ``(crops, samples)`` float32 in the model's input scale."""
-        samples = self.waveform(audio, sample_rate)
-        if self.pipeline.scale == "int16":
-            samples = samples * INT16_SCALE
-        return np.ascontiguousarray(eval_crops(samples, self.eval_frames, pipeline=self.pipeline))
+        """The network's input for one audio: ``(crops, samples)`` float32 in the model's input scale, as
+        :meth:`embed` cuts them (:func:`~spknet.data.eval_crops`)."""
+        if isinstance(audio, (str, os.PathLike)):
+            crops, _ = self._files_dataset([str(audio)])[0]
+        else:
+            wave = self._model_scale(self.waveform(audio, sample_rate))
+            crops, _ = WaveformDataset([wave], self.eval_frames, pipeline=self.pipeline)[0]
+        return crops.numpy()
 
-    def _forward(self, crops: torch.Tensor) -> torch.Tensor:
-        """``(files, crops, dim)`` embeddings of a ``(files, crops, samples)`` batch, in one forward pass."""
-        files, count, samples = crops.shape
-        embeddings = self.network(crops.view(files * count, samples).to(self.device)).float().cpu()
-        return embeddings.view(files, count, -1)
+    def _model_scale(self, wave: np.ndarray) -> np.ndarray:
+        """Samples in [-1, 1] in the network's input scale (the pipeline's)."""
+        return wave * INT16_SCALE if self.pipeline.scale == "int16" else wave
 
-    @torch.no_grad()
+    def _files_dataset(self, paths: list[str]) -> TestDataset:
+        """The files as --eval reads them, with the embedder's checks: a 25-ms window at least, and not silent."""
+        return TestDataset(paths, "", self.eval_frames, pipeline=self.pipeline, min_frames=MIN_SAMPLES,
+                           reject_silence=True)
+
+    def _model(self) -> torch.nn.Module:
+        """The network as the extraction runs it: on the CPU its folded copy (:func:`cpu_inference_model`), made
+        once."""
+        if self.device.type != "cpu":
+            return self.network
+        if self._inference_model is None:
+            self._inference_model = cpu_inference_model(self.network)
+        return self._inference_model
+
+    def _extract(self, dataset, files_per_batch: int | None = None, max_samples: int | None = None,
+                 show_progress: bool = False) -> torch.Tensor:
+        return extract_dataset(self._model(), dataset, self.device, files_per_batch=files_per_batch,
+                               max_samples=max_samples, show_progress=show_progress, prepared=True)
+
     def embed_files(self, paths, files_per_batch: int | None = None, max_samples: int | None = None,
                     show_progress: bool = False) -> list[torch.Tensor]:
-        """``(crops, dim)`` embeddings of the audio files ``paths``, in order, as :meth:`embed` gives them.
-
-        Each file is read once (any sample rate or channel count, see :meth:`waveform`) and waits in a bucket of
-        its input shape: whole files (``eval_frames`` 0) share a forward pass only with files of the same length,
-        so nothing is padded; fixed crops all have one shape. A bucket is run when it holds ``files_per_batch``
-        files or ``max_samples`` samples (defaults: ``--eval``'s batches on this device, see
-        :func:`~spknet.evaluation.default_files_per_batch`: ``NUM_EVAL`` files' worth of 4-s crops per file of a
-        batch); the fullest bucket is run early when together they hold more than twice ``max_samples``, so memory
-        stays bounded for lists of any length and any mix of lengths.
-        """
-        per_file = files_per_batch or default_files_per_batch(self.device)
-        per_batch = files_per_batch or per_file * (NUM_EVAL if not self.eval_frames else 1)
-        budget = max_samples or per_file * NUM_EVAL * max_audio_samples(400)
-        out: list[torch.Tensor | None] = [None] * len(paths)
-        buckets: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
-        held = 0                                            # samples waiting in the buckets
-        bar = progress_bar(total=len(paths), enabled=show_progress, desc="embedding", unit="file")
-
-        def run(shape) -> int:
-            indices, crops = zip(*buckets.pop(shape))
-            for index, embedding in zip(indices, self._forward(torch.from_numpy(np.stack(crops)))):
-                out[index] = embedding
-            bar.update(len(indices))
-            return len(indices) * shape[0] * shape[1]
-
-        for index, path in enumerate(paths):
-            crops = self.crops(path)
-            buckets.setdefault(crops.shape, []).append((index, crops))
-            held += crops.size
-            if len(buckets[crops.shape]) >= max(1, min(per_batch, budget // crops.size)):
-                held -= run(crops.shape)
-            while held > 2 * budget:
-                held -= run(max(buckets, key=lambda shape: len(buckets[shape]) * shape[0] * shape[1]))
-        for shape in list(buckets):
-            run(shape)
-        bar.close()
-        return out
+        """``(crops, dim)`` embeddings of the audio files ``paths``, in order, by ``--eval``'s extraction
+        (:func:`~spknet.evaluation.extract_dataset`: the one reader, the same crops, the folded CPU copy, whole
+        files batched by equal length, parallel threads; ``files_per_batch`` and ``max_samples`` as there)."""
+        paths = [str(path) for path in paths]
+        if not paths:
+            return []
+        return list(self._extract(self._files_dataset(paths), files_per_batch, max_samples, show_progress))
 
     def score(self, a, b, sample_rate: int = SAMPLE_RATE) -> float:
         """The ``--eval`` score of two audios (see :meth:`waveform`)."""
-        return self.score_embeddings(self.embed(a, sample_rate), self.embed(b, sample_rate))
+        return self.score_embeddings(*self.embed([a, b], sample_rate))
 
     def score_embeddings(self, a: torch.Tensor, b: torch.Tensor) -> float:
         """The ``--eval`` score of two ``(crops, dim)`` embeddings from :meth:`embed`."""

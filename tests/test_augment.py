@@ -175,12 +175,16 @@ def test_missing_or_empty_folders_are_clear_errors(tmp_path, folders, case):
     assert "augmentation expects" in message
 
 
-def test_a_noise_file_at_another_rate_is_an_error(tmp_path, folders):
-    musan = tmp_path / "musan"
-    for category in ("noise", "speech", "music"):
-        write(musan / category / "a.wav", np.ones(4000), rate=8000)
-    with pytest.raises(SpeakerNetError, match="sample rate 8000 Hz"):
-        Augmenter(str(musan), folders[1], FRAMES).additive_noise("noise", clean_wave(), np.random.default_rng(0))
+def test_a_noise_file_at_another_rate_with_two_channels_is_read_at_16_khz_mono(tmp_path):
+    """The one reader: 8-kHz stereo noise is mixed down and resampled, and the crop is the matching window."""
+    import torchaudio
+    stereo = np.random.default_rng(3).uniform(-8000, 8000, (4000, 2))
+    path = write(tmp_path / "noise.wav", stereo, rate=8000)
+    pcm = np.clip(stereo, -32767, 32767).astype(np.int16).astype(np.float32)
+    expected = torchaudio.functional.resample(torch.from_numpy(pcm.mean(axis=1)), 8000, 16000).numpy()
+    start = int(np.random.default_rng(5).integers(0, expected.shape[0] - 6000 + 1))
+    crop = augment.read_noise_crop(path, 6000, np.random.default_rng(5))
+    assert crop.shape == (6000,) and np.allclose(crop, expected[start:start + 6000], rtol=0, atol=1e-2)
 
 
 def loader_batches(tiny_corpus, folders, workers):

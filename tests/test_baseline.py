@@ -84,7 +84,7 @@ def tiny(tmp_path_factory):
 def test_baseline_eer_and_cli(tiny):
     eer = baseline.baseline_eer(tiny["save_path"])
     assert 0.0 <= eer <= 100.0
-    res = subprocess.run([sys.executable, "-m", "tools.baseline", tiny["save_path"]],
+    res = subprocess.run([sys.executable, "-m", "spknet.baseline", tiny["save_path"]],
                          capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
     assert res.returncode == 0, res.stderr
     m = re.fullmatch(r"baseline EER (\d+\.\d\d)%\n", res.stdout)
@@ -93,7 +93,7 @@ def test_baseline_eer_and_cli(tiny):
 
 @pytest.mark.slow
 def test_cli_errors(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "tools.baseline", str(tmp_path)],
+    res = subprocess.run([sys.executable, "-m", "spknet.baseline", str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
     assert res.returncode == 2 and "train_list.txt does not exist" in res.stderr
 

@@ -1,7 +1,15 @@
-"""Audio: the one reader of every file the library hears, the original's crops, and speed changes."""
+"""Audio: the one reader of every file the library hears, the original's crops, and speed changes.
+
+:func:`open_audio` opens any file libsndfile reads (wav, flac, ogg, ...) as the pipeline hears it: mono (the
+channels averaged) at 16 kHz (another rate is resampled with ``torchaudio.functional.resample``), float32 in the
+:class:`AudioPipeline`'s scale. Reads are partial: a crop reads only its own samples (for another rate, the
+samples that map to it plus the resampling filter's reach). Training crops, evaluation, inference, augmentation
+noise and impulse responses, and the MFCC baseline all read through it.
+"""
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import soundfile as sf
@@ -12,31 +20,19 @@ from spknet import SAMPLE_RATE
 from spknet.errors import SpeakerNetError
 
 NUM_EVAL = 10
+HOP_SAMPLES = 160           # one 10-ms hop: the shortest file the reader takes by default
+WINDOW_SAMPLES = 400        # one 25-ms analysis window
+# torchaudio.functional.resample's defaults, which decide how far its filter reaches
+LOWPASS_FILTER_WIDTH = 6
+ROLLOFF = 0.99
+# Lossy codecs whose decoder libsndfile restarts at a seek with other samples near it than a read from the start:
+# a window of such a file is decoded from the file's start (exact, and slower)
+INEXACT_SEEK_SUBTYPES = frozenset({"VORBIS", "OPUS", "MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III"})
 
 
 def max_audio_samples(max_frames: int) -> int:
     """Samples in a crop of ``max_frames`` 10-ms frames (25-ms window: 240 extra samples)."""
     return max_frames * 160 + 240
-
-
-def open_audio(filename: str, min_frames: int = 160, mono: bool = True) -> sf.SoundFile:
-    """Open a 16-kHz file, or raise an error naming it: unreadable, wrong rate, not mono, or too short."""
-    try:
-        handle = sf.SoundFile(filename)
-    except (sf.LibsndfileError, RuntimeError, OSError) as error:
-        raise SpeakerNetError(f"{filename}: cannot read audio ({error})") from None
-    problem = None
-    if handle.samplerate != SAMPLE_RATE:
-        problem = f"sample rate {handle.samplerate} Hz, expected {SAMPLE_RATE} Hz"
-    elif mono and handle.channels != 1:
-        problem = f"{handle.channels} channels, expected mono"
-    elif handle.frames < min_frames:
-        problem = (f"{handle.frames} samples, shorter than one 10-ms hop" if min_frames == 160
-                   else f"{handle.frames} samples: empty audio file")
-    if problem:
-        handle.close()
-        raise SpeakerNetError(f"{filename}: {problem}")
-    return handle
 
 
 AUDIO_SCALES = ("int16", "float")
@@ -55,24 +51,6 @@ class AudioPipeline:
     scale: str = "int16"
     pad: str = "zero"
 
-    def read(self, handle: sf.SoundFile, frames: int = -1) -> np.ndarray:
-        """``frames`` samples (all that is left with -1) as float32 in this pipeline's scale."""
-        expected = handle.frames - handle.tell() if frames < 0 else frames
-        if handle.subtype == "PCM_16":      # exact values, without libsndfile's float conversion (~2x faster)
-            audio = handle.read(frames, dtype="int16").astype(np.float32)
-            if self.scale == "float":
-                audio /= INT16_SCALE
-        else:
-            audio = handle.read(frames, dtype="float32")
-            if not np.isfinite(audio).all():
-                raise SpeakerNetError(f"{handle.name}: non-finite (NaN/inf) samples")
-            if self.scale == "int16":
-                audio *= INT16_SCALE
-        if audio.shape[0] < expected:
-            raise SpeakerNetError(f"{handle.name}: truncated file: the header announces {handle.frames} samples, "
-                                  f"{audio.shape[0]} could be read where {expected} were expected")
-        return audio
-
     def pad_short(self, audio: np.ndarray, max_audio: int) -> np.ndarray:
         """A file no longer than one crop, padded to more than ``max_audio`` samples."""
         if self.pad == "wrap":
@@ -88,29 +66,141 @@ class AudioPipeline:
 
 
 ORIGINAL = AudioPipeline()
+FLOAT = AudioPipeline(scale="float")
 
 
-def load_wav(filename: str, max_frames: int, evalmode: bool = True, num_eval: int = NUM_EVAL,
-             rng: np.random.Generator | None = None, pipeline: AudioPipeline = ORIGINAL) -> np.ndarray:
-    """The original's ``loadWAV``: ``(crops, samples)`` float32 (in the int16 range with the original pipeline).
+def _too_short(frames: int, min_frames: int) -> str:
+    """Why a file of ``frames`` samples (at 16 kHz) is refused when ``min_frames`` are needed."""
+    if frames == 0 and min_frames <= 1:
+        return "0 samples: empty audio file"
+    needed = {HOP_SAMPLES: "one 10-ms hop",
+              WINDOW_SAMPLES: f"the network's {WINDOW_SAMPLES}-sample analysis window"}.get(min_frames,
+                                                                                        f"{min_frames} samples")
+    return f"{frames} samples{': empty audio file,' if frames == 0 else ','} shorter than {needed}"
 
-    Training mode reads only the bytes of its one random crop (seek + partial read); evaluation reads the file
-    once and takes ``num_eval`` evenly spaced crops, or the whole file when ``max_frames == 0``.
+
+def _mix_down(audio: np.ndarray) -> np.ndarray:
+    """The mean of the channels of ``(frames, channels)`` float32 samples (summed column by column: numpy's mean
+    along the short axis is ~20x slower)."""
+    mono = audio[:, 0].copy()
+    for channel in range(1, audio.shape[1]):
+        mono += audio[:, channel]
+    mono /= np.float32(audio.shape[1])
+    return mono
+
+
+class AudioFile:
+    """An open audio file as the pipeline hears it: ``frames`` samples, mono, at 16 kHz.
+
+    :meth:`read` returns any window of those samples, reading only the file's samples that it needs: at 16 kHz a
+    seek and a partial read (mono PCM_16 files give exactly the original's values; a lossy codec whose seek is not
+    exact, such as Ogg Vorbis, is decoded from the start up to the window); at another rate the window's
+    samples at the file's rate, widened by whole blocks of the rational resampler (``rate / gcd`` input samples
+    per ``16000 / gcd`` outputs) so that the filter sees real signal wherever it reaches, resampled and trimmed
+    (the samples of resampling the whole file, to float32 rounding). Made by :func:`open_audio`.
     """
-    max_audio = max_audio_samples(max_frames)
-    with open_audio(filename) as handle:
-        total = handle.frames
-        if not evalmode and total > max_audio:
-            start = int((rng or np.random.default_rng()).random() * (total - max_audio))
-            handle.seek(start)
-            return pipeline.read(handle, max_audio)[None, :]
-        audio = pipeline.read(handle)
-    if evalmode:
-        return eval_crops(audio, max_frames, num_eval, pipeline)
-    if audio.shape[0] <= max_audio:
-        audio = pipeline.pad_short(audio, max_audio)
-    start = int((rng or np.random.default_rng()).random() * (audio.shape[0] - max_audio))
-    return audio[None, start:start + max_audio]
+
+    def __init__(self, handle: sf.SoundFile, name: str):
+        self.handle, self.name = handle, name
+        self.rate, self.channels = handle.samplerate, handle.channels
+        common = math.gcd(self.rate, SAMPLE_RATE)
+        self._block_in, self._block_out = self.rate // common, SAMPLE_RATE // common
+        # torchaudio's resampled length: ceil(len * new / orig)
+        self.frames = handle.frames if self.rate == SAMPLE_RATE else -(-handle.frames * self._block_out
+                                                                          // self._block_in)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def read(self, start: int = 0, frames: int = -1, pipeline: AudioPipeline = ORIGINAL) -> np.ndarray:
+        """``frames`` samples from sample ``start`` (at 16 kHz; -1: to the end) as float32 in ``pipeline``'s scale."""
+        frames = self.frames - start if frames < 0 else frames
+        if self.rate == SAMPLE_RATE:
+            return self._read_at(start, frames, pipeline)
+        return self._read_resampled(start, frames, pipeline)
+
+    def _read_at(self, start: int, frames: int, pipeline: AudioPipeline) -> np.ndarray:
+        """``frames`` samples from sample ``start`` at the file's rate, channels averaged."""
+        if self.handle.subtype in INEXACT_SEEK_SUBTYPES:
+            self.handle.seek(0)
+            return self._read_file(start + frames, pipeline)[start:]
+        self.handle.seek(start)
+        return self._read_file(frames, pipeline)
+
+    def _read_file(self, frames: int, pipeline: AudioPipeline) -> np.ndarray:
+        """``frames`` samples from the current position at the file's rate, channels averaged."""
+        handle, several = self.handle, self.channels > 1
+        if handle.subtype == "PCM_16":      # exact values, without libsndfile's float conversion (~2x faster)
+            audio = handle.read(frames, dtype="int16", always_2d=several).astype(np.float32)
+            if several:
+                audio = _mix_down(audio)
+            if pipeline.scale == "float":
+                audio /= INT16_SCALE
+        else:
+            audio = handle.read(frames, dtype="float32", always_2d=several)
+            if not np.isfinite(audio).all():
+                raise SpeakerNetError(f"{self.name}: non-finite (NaN/inf) samples")
+            if several:
+                audio = _mix_down(audio)
+            if pipeline.scale == "int16":
+                audio *= INT16_SCALE
+        if audio.shape[0] < frames:
+            raise SpeakerNetError(f"{self.name}: truncated file: the header announces {handle.frames} samples, "
+                                  f"{audio.shape[0]} could be read where {frames} were expected")
+        return audio
+
+    def _read_resampled(self, start: int, frames: int, pipeline: AudioPipeline) -> np.ndarray:
+        block_in, block_out = self._block_in, self._block_out
+        # output block b (samples b*block_out ...) is made of input samples [b*block_in - reach, (b+1)*block_in
+        # + reach): read whole blocks, starting on one, so the window's outputs are those of the whole file
+        reach = math.ceil(LOWPASS_FILTER_WIDTH * block_in / (ROLLOFF * min(block_in, block_out)))
+        margin = -(-reach // block_in)
+        first = max(0, start // block_out - margin)
+        last = -(-(start + frames) // block_out) + margin
+        begin, end = first * block_in, min(last * block_in, self.handle.frames)
+        raw = torch.from_numpy(np.ascontiguousarray(self._read_at(begin, end - begin, pipeline)))
+        resampled = torchaudio.functional.resample(raw, self.rate, SAMPLE_RATE).numpy()
+        offset = start - first * block_out
+        audio = resampled[offset:offset + frames]
+        if audio.shape[0] < frames:
+            raise SpeakerNetError(f"{self.name}: truncated file: {frames} samples at 16 kHz from sample {start} "
+                                  f"were asked of a file of {self.frames}")
+        return audio
+
+
+def open_audio(filename: str, min_frames: int = HOP_SAMPLES) -> AudioFile:
+    """Open any audio file as 16-kHz mono (:class:`AudioFile`), or raise an error naming it: unreadable, or
+    shorter than ``min_frames`` samples at 16 kHz."""
+    try:
+        handle = sf.SoundFile(filename)
+    except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        raise SpeakerNetError(f"{filename}: cannot read audio ({error})") from None
+    audio = AudioFile(handle, str(filename))
+    if audio.frames < min_frames:
+        audio.close()
+        raise SpeakerNetError(f"{filename}: {_too_short(audio.frames, min_frames)}")
+    return audio
+
+
+def read_audio(filename: str, pipeline: AudioPipeline = ORIGINAL, min_frames: int = HOP_SAMPLES) -> np.ndarray:
+    """All the samples of a file, mono at 16 kHz, float32 in ``pipeline``'s scale (see :func:`open_audio`)."""
+    with open_audio(filename, min_frames) as audio:
+        return audio.read(pipeline=pipeline)
+
+
+class Readable(Protocol):
+    """What a crop is cut from: ``frames`` samples (16 kHz, mono) and a window read (:class:`AudioFile`; a
+    segment of a recording or an utterance held in memory can stand in for it)."""
+    frames: int
+
+    def read(self, start: int = 0, frames: int = -1, pipeline: AudioPipeline = ORIGINAL) -> np.ndarray: ...
 
 
 # Samples read beyond each end of a speed-perturbed crop: the resampling filter (6 zero crossings of its sinc)
@@ -132,37 +222,60 @@ def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
     return changed.numpy()
 
 
-def load_train_crop(filename: str, max_frames: int, rng: np.random.Generator, pipeline: AudioPipeline = ORIGINAL,
-                    speed: float = 1.0) -> np.ndarray:
-    """One random ``(1, samples)`` training crop of ``max_frames`` frames, of the file played at ``speed``.
+def random_crop(audio: Readable, max_frames: int, rng, pipeline: AudioPipeline = ORIGINAL,
+                speed: float = 1.0) -> np.ndarray:
+    """One random ``(1, samples)`` training crop of ``max_frames`` frames of ``audio`` played at ``speed``.
 
-    At 1.0 it is :func:`load_wav`'s crop. Otherwise the crop is cut after the speed change, so it is still
-    ``max_frames`` long: a long file is read only where the crop falls (``max_audio * speed`` samples plus
-    :data:`SPEED_MARGIN` each side, then resampled and trimmed); a file too short for that is changed whole and
-    then padded (zeros or wrapped) and cropped like a short file at 1.0.
+    At 1.0 it is the original's training crop: a long utterance is read only where the crop falls, a short one
+    is read whole and padded (zeros or wrapped). Otherwise the crop is cut after the speed change, so it is
+    still ``max_frames`` long: a long utterance is read only where the crop falls (``max_audio * speed`` samples
+    plus :data:`SPEED_MARGIN` each side, then resampled and trimmed); one too short for that is changed whole and
+    then padded and cropped like a short one at 1.0.
     """
-    if speed == 1.0:
-        return load_wav(filename, max_frames, evalmode=False, rng=rng, pipeline=pipeline)
     max_audio = max_audio_samples(max_frames)
-    needed = math.ceil(max_audio * speed) + 2 * SPEED_MARGIN
-    with open_audio(filename) as handle:
-        total = handle.frames
-        if total > needed:
-            handle.seek(int(rng.random() * (total - needed)))
-            changed = change_speed(pipeline.read(handle, needed), speed)
-            offset = round(SPEED_MARGIN / speed)
-            return changed[None, offset:offset + max_audio]
-        audio = pipeline.read(handle)
-    changed = change_speed(audio, speed)
-    if changed.shape[0] <= max_audio:
-        changed = pipeline.pad_short(changed, max_audio)
-    start = int(rng.random() * (changed.shape[0] - max_audio))
-    return changed[None, start:start + max_audio]
+    needed = max_audio if speed == 1.0 else math.ceil(max_audio * speed) + 2 * SPEED_MARGIN
+    total = audio.frames
+    if total > needed:
+        start = int(rng.random() * (total - needed))
+        if speed == 1.0:
+            return audio.read(start, max_audio, pipeline)[None, :]
+        changed = change_speed(audio.read(start, needed, pipeline), speed)
+        offset = round(SPEED_MARGIN / speed)
+        return changed[None, offset:offset + max_audio]
+    whole = audio.read(pipeline=pipeline)
+    if speed != 1.0:
+        whole = change_speed(whole, speed)
+    if whole.shape[0] <= max_audio:
+        whole = pipeline.pad_short(whole, max_audio)
+    start = int(rng.random() * (whole.shape[0] - max_audio))
+    return whole[None, start:start + max_audio]
+
+
+def load_train_crop(filename: str, max_frames: int, rng, pipeline: AudioPipeline = ORIGINAL,
+                    speed: float = 1.0) -> np.ndarray:
+    """One random ``(1, samples)`` training crop of the file ``filename`` played at ``speed`` (:func:`random_crop`):
+    at 1.0 it is :func:`load_wav`'s crop."""
+    with open_audio(filename) as audio:
+        return random_crop(audio, max_frames, rng, pipeline, speed)
+
+
+def load_wav(filename: str, max_frames: int, evalmode: bool = True, num_eval: int = NUM_EVAL,
+             rng=None, pipeline: AudioPipeline = ORIGINAL) -> np.ndarray:
+    """The original's ``loadWAV``: ``(crops, samples)`` float32 (in the int16 range with the original pipeline).
+
+    Training mode reads only the samples of its one random crop (:func:`random_crop`); evaluation reads the file
+    once and takes ``num_eval`` evenly spaced crops, or the whole file when ``max_frames == 0``
+    (:func:`eval_crops`).
+    """
+    with open_audio(filename) as audio:
+        if not evalmode:
+            return random_crop(audio, max_frames, rng or np.random.default_rng(), pipeline)
+        return eval_crops(audio.read(pipeline=pipeline), max_frames, num_eval, pipeline)
 
 
 def eval_crops(audio: np.ndarray, max_frames: int, num_eval: int = NUM_EVAL,
                pipeline: AudioPipeline = ORIGINAL) -> np.ndarray:
-    """``(num_eval, samples)`` evenly spaced crops of a file's samples (padded when short), or ``(1, all)`` for
+    """``(num_eval, samples)`` evenly spaced crops of an utterance's samples (padded when short), or ``(1, all)`` for
     ``max_frames == 0``."""
     if max_frames == 0:
         return audio[None, :]

@@ -10,7 +10,8 @@ The behaviour of voxceleb_trainer's augmentation, written afresh:
 * Reverberation: a random RIR, normalised to unit energy, convolved with the utterance ('full'), cut to the
   utterance's length.
 
-Differences: noise files may have any length. A noise crop of the needed length is read with a seek and a partial
+Differences: noise files may have any length, rate and channel count (read by the one reader: 16 kHz, channels
+averaged). A noise crop of the needed length is read with a seek and a partial
 read (no whole-file decode), and a file shorter than the crop is tiled. Every random draw comes from the
 ``numpy.random.Generator`` passed in (the loader derives it from the group's crop seed), never from a global RNG,
 so augmented batches do not depend on the number of loader workers.
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import fftconvolve
 
+from spknet.data.audio import FLOAT, max_audio_samples, open_audio, read_audio
 from spknet.errors import SpeakerNetError
-from spknet.data import max_audio_samples, open_audio
 
 AUGMENT_TYPES = ("none", "reverb", "music", "speech", "noise")
 NOISE_CATEGORIES = ("noise", "speech", "music")
@@ -46,24 +47,21 @@ def wav_files(folder: str) -> list[str]:
 
 
 def read_noise_crop(path: str, length: int, rng: np.random.Generator) -> np.ndarray:
-    """``length`` samples (float64, int16 scale) from a random start of ``path``: a seek and a partial read.
-    A file shorter than ``length`` is read whole and tiled. The first channel of a multi-channel file is used."""
-    with open_audio(path, min_frames=1, mono=False) as handle:
-        total = handle.frames
-        pcm16 = handle.subtype == "PCM_16"      # read as integers: the same values, no float conversion
-        if total > length:
-            handle.seek(int(rng.integers(0, total - length + 1)))
-        audio = handle.read(min(total, length), dtype="int16" if pcm16 else "float64", always_2d=True)[:, 0]
-    audio = audio.astype(np.float64) if pcm16 else audio * 32768.0
-    if audio.shape[0] < length:
-        audio = np.resize(audio, length)        # tiles the file (voxceleb_trainer pads with 'wrap')
-    return audio
+    """``length`` samples (float64, int16 scale) from a random start of ``path``, read by the one reader (16 kHz,
+    channels averaged; a partial read). A file shorter than ``length`` is read whole and tiled."""
+    with open_audio(path, min_frames=1) as audio:
+        total = audio.frames
+        start = int(rng.integers(0, total - length + 1)) if total > length else 0
+        crop = audio.read(start, min(total, length))
+    crop = crop.astype(np.float64)
+    if crop.shape[0] < length:
+        crop = np.resize(crop, length)        # tiles the file (voxceleb_trainer pads with 'wrap')
+    return crop
 
 
 def read_rir(path: str) -> np.ndarray:
-    """An impulse response (first channel) normalised to unit energy."""
-    with open_audio(path, min_frames=1, mono=False) as handle:
-        rir = handle.read(dtype="float64", always_2d=True)[:, 0]
+    """An impulse response (16 kHz, channels averaged, by the one reader) normalised to unit energy."""
+    rir = read_audio(path, FLOAT, min_frames=1).astype(np.float64)
     energy = np.sqrt(np.sum(rir ** 2))
     if not np.isfinite(energy) or energy == 0:
         raise SpeakerNetError(f"{path}: impulse response is silent or not finite")

@@ -1,4 +1,5 @@
-"""Datasets: a training group's crops, a test file's crops, and the loader workers' signal handling."""
+"""Datasets: a training group's crops, the evaluation crops of a file or a waveform, and the loader workers' signal
+handling."""
 
 import os
 import signal
@@ -7,10 +8,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from spknet.data.audio import NUM_EVAL, ORIGINAL, AudioPipeline, load_train_crop, load_wav, open_audio
+from spknet.data.audio import HOP_SAMPLES, NUM_EVAL, ORIGINAL, AudioPipeline, eval_crops, open_audio, read_audio
 from spknet.data.lists import TrainList
 from spknet.data.sampler import Group
-
+from spknet.data.sources import UtteranceSource, as_source
+from spknet.errors import SpeakerNetError
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -20,28 +22,27 @@ def ignore_stop_signals(worker_id: int) -> None:
 
 
 class TrainDataset(Dataset):
-    """Maps a :class:`Group` to ``(waves (len(group), samples), label)``; each file is played at its entry's speed
-    (:func:`speed_perturbed`) before it is cropped, and augmented after."""
+    """Maps a :class:`Group` to ``(waves (len(group), samples), label)``: a random crop of each utterance of
+    ``source`` (a :class:`~spknet.data.sources.UtteranceSource`, or a :class:`TrainList` read file by file), played
+    at its speed (:func:`speed_perturbed`) before it is cropped, and augmented after."""
 
-    def __init__(self, train_list: TrainList, max_frames: int, augmenter=None, pipeline: AudioPipeline = ORIGINAL):
-        self.files = train_list.files
-        self.speeds = train_list.speeds
+    def __init__(self, source: UtteranceSource | TrainList, max_frames: int, augmenter=None,
+                 pipeline: AudioPipeline = ORIGINAL):
+        self.source = as_source(source)
         self.max_frames = max_frames
         self.augmenter = augmenter
         self.pipeline = pipeline
 
     def __getitem__(self, group: Group):
         rng = np.random.default_rng(group.crop_seed)
-        waves = np.concatenate([load_train_crop(self.files[i], self.max_frames, rng, self.pipeline,
-                                                1.0 if self.speeds is None else float(self.speeds[i]))
-                                for i in group.files])
+        waves = np.concatenate([self.source.train_crop(i, self.max_frames, rng, self.pipeline) for i in group.files])
         if self.augmenter is not None:       # the augmenter mixes in the int16 range
             waves = np.stack([self.pipeline.from_int16_scale(self.augmenter(self.pipeline.to_int16_scale(wave), rng))
                               for wave in waves])
         return waves, group.label
 
     def __len__(self):
-        return len(self.files)
+        return len(self.source)
 
 
 def collate_groups(items):
@@ -53,25 +54,57 @@ def collate_groups(items):
 
 
 class TestDataset(Dataset):
-    """Evaluation crops of each file: ``(num_eval, samples)``, or ``(1, whole file)`` with ``max_frames == 0``."""
+    """Evaluation crops of each file: ``(num_eval, samples)``, or ``(1, whole file)`` with ``max_frames == 0``.
+
+    Each file is read whole through the one reader (any rate or channel count); one shorter than ``min_frames``
+    samples at 16 kHz is an error naming it, and so is one whose samples are all zero when ``reject_silence``.
+    """
 
     def __init__(self, files: list[str], test_path: str, max_frames: int, num_eval: int = NUM_EVAL,
-                 pipeline: AudioPipeline = ORIGINAL):
+                 pipeline: AudioPipeline = ORIGINAL, min_frames: int = HOP_SAMPLES, reject_silence: bool = False):
         self.files = files
         self.test_path = test_path
         self.max_frames = max_frames
         self.num_eval = num_eval
         self.pipeline = pipeline
+        self.min_frames, self.reject_silence = min_frames, reject_silence
 
     def __getitem__(self, index):
         path = os.path.join(self.test_path, self.files[index])
-        crops = load_wav(path, self.max_frames, evalmode=True, num_eval=self.num_eval, pipeline=self.pipeline)
-        return torch.from_numpy(crops), index
+        audio = read_audio(path, self.pipeline, self.min_frames)
+        if self.reject_silence:
+            check_not_silent(audio, path)
+        return torch.from_numpy(eval_crops(audio, self.max_frames, self.num_eval, self.pipeline)), index
 
     def num_samples(self, index) -> int:
-        """Samples of a file from its header (whole-file evaluation batches files of equal length)."""
-        with open_audio(os.path.join(self.test_path, self.files[index])) as handle:
-            return handle.frames
+        """Samples of a file at 16 kHz from its header (whole-file evaluation batches files of equal length)."""
+        with open_audio(os.path.join(self.test_path, self.files[index]), self.min_frames) as audio:
+            return audio.frames
 
     def __len__(self):
         return len(self.files)
+
+
+class WaveformDataset(Dataset):
+    """Evaluation crops of waveforms held in memory (16 kHz, mono, float32 in ``pipeline``'s scale), cut as
+    :class:`TestDataset` cuts a file's."""
+
+    def __init__(self, waves: list[np.ndarray], max_frames: int, num_eval: int = NUM_EVAL,
+                 pipeline: AudioPipeline = ORIGINAL):
+        self.waves, self.max_frames, self.num_eval, self.pipeline = waves, max_frames, num_eval, pipeline
+
+    def __getitem__(self, index):
+        crops = eval_crops(self.waves[index], self.max_frames, self.num_eval, self.pipeline)
+        return torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32)), index
+
+    def num_samples(self, index) -> int:
+        return self.waves[index].shape[0]
+
+    def __len__(self):
+        return len(self.waves)
+
+
+def check_not_silent(audio: np.ndarray, name: str) -> None:
+    """An all-zero utterance has no speaker: an error naming it."""
+    if not np.abs(audio).max(initial=0.0) > 0:
+        raise SpeakerNetError(f"{name}: all samples are zero (silence has no speaker)")

@@ -21,10 +21,12 @@ from spknet.evaluation.extraction import (
     EmbeddingStore,
     available_cores,
     cpu_has_native_bf16,
+    cpu_inference_model,
     cpu_loader_workers,
     default_files_per_batch,
     embed_files,
     equal_length_batches,
+    extract_dataset,
     extract_embeddings,
 )
 from spknet.evaluation.metrics import (
@@ -50,6 +52,7 @@ from spknet.evaluation.scoring import (
     speaker_means,
     top_cohort_statistics,
 )
+from spknet.evaluation.threads import single_threaded_pool
 from spknet.evaluation.trials import (
     Cohort,
     EvalPlan,
@@ -157,11 +160,11 @@ def evaluate(network: torch.nn.Module, test_normalize: bool, plan: EvalPlan, roo
 __all__ = [
     "EVAL_PRECISIONS", "SCORE_NORMS", "SCORINGS", "Cohort", "EmbeddingStore", "EvalOptions", "EvalOutcome", "EvalPlan",
     "ListResult", "Metrics", "Trial", "TrialList", "TrialScorer", "as_norm", "available_cores", "cohort_statistics",
-    "compute_metrics", "cosine_scores", "cpu_has_native_bf16", "cpu_loader_workers", "crop_norms", "crop_scores",
-    "default_files_per_batch", "embed_files", "equal_length_batches", "evaluate", "extract_embeddings",
-    "fold_batch_norms", "inference_copy", "list_names", "mean_embeddings", "per_list_path", "pick_cohort_files",
-    "read_cohort", "read_plan", "read_trial_list", "read_trials", "score_lists", "speaker_means",
-    "top_cohort_statistics", "write_plots", "write_scores",
+    "compute_metrics", "cosine_scores", "cpu_has_native_bf16", "cpu_inference_model", "cpu_loader_workers",
+    "crop_norms", "crop_scores", "default_files_per_batch", "embed_files", "equal_length_batches", "evaluate",
+    "extract_dataset", "extract_embeddings", "fold_batch_norms", "inference_copy", "list_names", "mean_embeddings",
+    "per_list_path", "pick_cohort_files", "read_cohort", "read_plan", "read_trial_list", "read_trials", "score_lists",
+    "single_threaded_pool", "speaker_means", "top_cohort_statistics", "write_plots", "write_scores",
     # calibration metrics
     "CalibrationMetrics", "act_dcf", "calibration_metrics", "cllr", "min_cllr",
 ]

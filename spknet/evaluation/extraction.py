@@ -5,20 +5,30 @@ BatchNorms are folded into the convolutions and loader workers run only on spare
 runs the network in bfloat16 autocast. With fixed-size crops every file gives ``NUM_EVAL`` crops of the same
 length, so files are simply stacked; with whole files (``eval_frames == 0``) files are grouped by their exact
 number of samples (read from the header) and only files of equal length share a forward pass, so nothing is
-padded and every embedding is the one a single-file forward gives. :func:`embed_files` shards the files over the
-ranks of torch.distributed and gathers the embeddings on every rank.
+padded and every embedding is the one a single-file forward gives. :func:`extract_dataset` is the one
+extraction (``--eval``, AS-norm cohorts, calibration and :class:`~spknet.inference.Embedder`); :func:`embed_files`
+shards the files over the ranks of torch.distributed and gathers the embeddings on every rank.
 """
 
 import os
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from spknet import atomic, distributed
-from spknet.data import NUM_EVAL, ORIGINAL, AudioPipeline, TestDataset, ignore_stop_signals, max_audio_samples
+from spknet.data import (
+    HOP_SAMPLES,
+    NUM_EVAL,
+    ORIGINAL,
+    AudioPipeline,
+    TestDataset,
+    WaveformDataset,
+    ignore_stop_signals,
+    max_audio_samples,
+)
+from spknet.evaluation.threads import single_threaded_pool
 from spknet.folding import inference_copy
 from spknet.progress import progress_bar
 
@@ -77,45 +87,66 @@ SHORT_FILES = ("pad", "whole")
 @torch.no_grad()
 def extract_embeddings(model: torch.nn.Module, files: list[str], root: str, eval_frames: int,
                        device: torch.device | str = "cpu", *, short_files: str = "pad",
-                       pipeline: AudioPipeline = ORIGINAL, **options) -> torch.Tensor:
+                       pipeline: AudioPipeline = ORIGINAL, min_frames: int = HOP_SAMPLES, reject_silence: bool = False,
+                       **options) -> torch.Tensor:
     """``(files, crops, dim)`` float32 CPU embeddings of ``files`` (paths relative to ``root``), in that order.
 
     ``crops`` is ``NUM_EVAL`` (fixed ``eval_frames`` crops) or 1 (whole files, ``eval_frames == 0``). A file no
     longer than one crop is padded (``short_files="pad"``, the original) or embedded whole (``"whole"``), its one
-    embedding then standing for each of its crops. ``pipeline`` reads and pads the audio; ``options``: see
-    :func:`_extract`.
+    embedding then standing for each of its crops. ``pipeline`` reads and pads the audio (any rate or channel
+    count: see :func:`~spknet.data.audio.open_audio`); a file shorter than ``min_frames`` samples, or (with
+    ``reject_silence``) an all-zero one, is an error naming it. ``options``: see :func:`extract_dataset`.
     """
+    def dataset(chosen: list[str], frames: int) -> TestDataset:
+        return TestDataset(chosen, root, frames, pipeline=pipeline, min_frames=min_frames,
+                           reject_silence=reject_silence)
+
     if not eval_frames or short_files == "pad" or not files:
-        return _extract(model, files, root, eval_frames, device, pipeline=pipeline, **options)
-    lengths = np.array([TestDataset(files, root, 0).num_samples(i) for i in range(len(files))])
+        return extract_dataset(model, dataset(files, eval_frames), device, **options)
+    lengths = np.array([dataset(files, 0).num_samples(i) for i in range(len(files))])
     short = np.flatnonzero(lengths <= max_audio_samples(eval_frames))
     if len(short) == 0:
-        return _extract(model, files, root, eval_frames, device, pipeline=pipeline, **options)
+        return extract_dataset(model, dataset(files, eval_frames), device, **options)
     long = np.flatnonzero(lengths > max_audio_samples(eval_frames))
-    whole = _extract(model, [files[i] for i in short], root, 0, device, pipeline=pipeline, **options)
+    whole = extract_dataset(model, dataset([files[i] for i in short], 0), device, **options)
     out = torch.empty(len(files), NUM_EVAL, whole.shape[2])
     out[torch.from_numpy(short)] = whole.expand(-1, NUM_EVAL, -1)
     if len(long):
-        out[torch.from_numpy(long)] = _extract(model, [files[i] for i in long], root, eval_frames, device,
-                                               pipeline=pipeline, **options)
+        out[torch.from_numpy(long)] = extract_dataset(model, dataset([files[i] for i in long], eval_frames), device,
+                                                      **options)
     return out
 
 
-def _extract(model: torch.nn.Module, files: list[str], root: str, eval_frames: int,
-             device: torch.device | str = "cpu", num_workers: int = 0, files_per_batch: int | None = None,
-             show_progress: bool = True, desc: str = "embedding", threads: int | None = None,
-             channels_last: bool = True, precision: str = "fp32",
-             pipeline: AudioPipeline = ORIGINAL) -> torch.Tensor:
-    """The extraction itself: every file's crops (or whole file), as :func:`extract_embeddings` returns them.
+def cpu_inference_model(model: torch.nn.Module, channels_last: bool = True) -> torch.nn.Module:
+    """The copy of ``model`` that a CPU extraction runs: BatchNorms folded into the convolutions and, with
+    ``channels_last``, in the channels-last memory format (:func:`~spknet.folding.inference_copy`)."""
+    return inference_copy(model, torch.randn(2, max_audio_samples(100)) * 1000, channels_last)
+
+
+@torch.no_grad()
+def extract_dataset(model: torch.nn.Module, dataset: TestDataset | WaveformDataset,
+                    device: torch.device | str = "cpu", num_workers: int = 0, files_per_batch: int | None = None,
+                    max_samples: int | None = None, show_progress: bool = True, desc: str = "embedding",
+                    threads: int | None = None, channels_last: bool = True, precision: str = "fp32",
+                    prepared: bool = False) -> torch.Tensor:
+    """The one extraction: ``(items, crops, dim)`` embeddings of every item of ``dataset`` (files read by
+    :class:`~spknet.data.TestDataset`, or waveforms held by :class:`~spknet.data.WaveformDataset`, both cropped
+    by :func:`~spknet.data.eval_crops`), in order.
+
+    Fixed crops (``dataset.max_frames`` N) are stacked ``files_per_batch`` items per forward pass (default
+    :func:`default_files_per_batch`); whole items (``max_frames`` 0) share a forward pass only with items of the
+    same length (nothing is padded), ``files_per_batch * NUM_EVAL`` of them and at most ``max_samples`` samples
+    (default: as many as ``files_per_batch`` items of ``NUM_EVAL`` 4-s crops).
 
     On the CPU the forward passes run in ``threads`` Python threads (default ``torch.get_num_threads()``), each with
     one intra-op thread: a network of small convolutions gains little from splitting each operation over cores,
     and a machine shared with other work makes every split operation wait for its slowest thread (many times
-    slower); whole batches in parallel avoid both. Loader workers run only on the cores those threads leave free
-    (:func:`cpu_loader_workers`; none when every core has a forward thread). The CPU forward uses
-    a copy of the model with its BatchNorms folded into the convolutions and, with ``channels_last``, in the
-    channels-last memory format (:func:`inference_copy`; the model itself is left as it is; embeddings agree to
-    float32 rounding).
+    slower); whole batches in parallel avoid both (:func:`~spknet.evaluation.threads.single_threaded_pool`; the
+    caller's thread count is unchanged afterwards). Loader workers run only on the cores those threads leave free
+    (:func:`cpu_loader_workers`; none when every core has a forward thread). The CPU forward uses a copy of the
+    model with its BatchNorms folded into the convolutions and, with ``channels_last``, in the channels-last
+    memory format (:func:`cpu_inference_model`; the model itself is left as it is; embeddings agree to float32
+    rounding); ``prepared`` says ``model`` is such a copy already.
 
     ``precision`` ``bf16`` (or ``fp16``, GPU only) runs the network under autocast in that type, with the log-mel
     front end kept in float32: on a CPU with native bfloat16 (AVX512-BF16 or AMX) and on a GPU, a faster
@@ -124,47 +155,45 @@ def _extract(model: torch.nn.Module, files: list[str], root: str, eval_frames: i
     device = torch.device(device)
     autocast_dtype = EVAL_PRECISIONS[precision]
     files_per_batch = files_per_batch or default_files_per_batch(device)
-    dataset = TestDataset(files, root, eval_frames, pipeline=pipeline)
-    previous = torch.get_num_threads()
-    threads = (threads or previous) if device.type == "cpu" else 1
+    count, whole = len(dataset), dataset.max_frames == 0
+    threads = (threads or torch.get_num_threads()) if device.type == "cpu" else 1
     if device.type == "cpu":
         num_workers = cpu_loader_workers(num_workers, threads)
     workers = dict(num_workers=num_workers, pin_memory=device.type == "cuda",
                    worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
-    if eval_frames == 0:
-        lengths = [dataset.num_samples(i) for i in range(len(files))]
+    if whole:
+        lengths = [dataset.num_samples(i) for i in range(count)]
         # as many samples per forward as files_per_batch files of NUM_EVAL 4-s crops would have
         batches = equal_length_batches(lengths, files_per_batch * NUM_EVAL,
-                                       files_per_batch * NUM_EVAL * max_audio_samples(400))
+                                       max_samples or files_per_batch * NUM_EVAL * max_audio_samples(400))
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, **workers)
     else:
         loader = torch.utils.data.DataLoader(dataset, batch_size=files_per_batch, **workers)
 
     def forward(crops: torch.Tensor) -> torch.Tensor:
-        batch, count, samples = crops.shape
+        batch, crop_count, samples = crops.shape
         # grad and autocast modes are per thread
         with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            embeddings = model(crops.view(batch * count, samples).to(device, non_blocking=True))
-        return embeddings.float().view(batch, count, -1).cpu()
+            embeddings = model(crops.view(batch * crop_count, samples).to(device, non_blocking=True))
+        return embeddings.float().view(batch, crop_count, -1).cpu()
 
     out = None
-    bar = progress_bar(total=len(files), enabled=show_progress, desc=desc, unit="file")
+    bar = progress_bar(total=count, enabled=show_progress, desc=desc, unit="file")
 
     def keep(embeddings: torch.Tensor, indices: torch.Tensor) -> None:
         nonlocal out
         if out is None:
-            out = torch.empty(len(files), embeddings.shape[1], embeddings.shape[2])
+            out = torch.empty(count, embeddings.shape[1], embeddings.shape[2])
         out[indices] = embeddings
         bar.update(len(indices))
 
-    if device.type == "cpu" and len(files):
-        model = inference_copy(model, torch.randn(2, max_audio_samples(100)) * 1000, channels_last)
+    if device.type == "cpu" and count and not prepared:
+        model = cpu_inference_model(model, channels_last)
     if threads <= 1:
         for crops, indices in loader:
             keep(forward(crops), indices)
     else:
-        pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,))
-        try:
+        with single_threaded_pool(threads) as pool:
             pending = deque()
             for crops, indices in loader:
                 pending.append((pool.submit(forward, crops), indices))
@@ -174,12 +203,9 @@ def _extract(model: torch.nn.Module, files: list[str], root: str, eval_frames: i
             while pending:
                 future, done = pending.popleft()
                 keep(future.result(), done)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            torch.set_num_threads(previous)
     bar.close()
     if out is None:
-        return torch.empty(0, NUM_EVAL if eval_frames else 1, 0)
+        return torch.empty(0, 1 if whole else NUM_EVAL, 0)
     return out
 
 

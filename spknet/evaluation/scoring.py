@@ -17,10 +17,10 @@
   scores and AS-norm is an approximation there; with ``cosine`` cohort and trial scores are the same function.
 """
 
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 import torch.nn.functional as F
+
+from spknet.evaluation.threads import single_threaded_pool
 
 SCORINGS = ("crops", "cosine")
 SCORE_NORMS = ("none", "asnorm")
@@ -46,27 +46,15 @@ def _as_index(values, device) -> torch.Tensor:
 
 def _run_chunks(run, starts: list, device: torch.device, threads: int | None = None) -> None:
     """``run(starts)``, on the CPU split over ``threads`` Python threads (default ``torch.get_num_threads()``) that
-    each run their operations single-threaded.
-
-    The per-chunk operations of the scorers are too small for intra-op parallelism, whose synchronisation costs
-    more than it gains (many times more on a busy machine); whole chunks in parallel threads (torch releases the
-    GIL) keep every core busy instead. The caller's thread count is restored afterwards.
-    """
-    previous = torch.get_num_threads()
-    threads = min(threads or previous, len(starts))
+    each run their operations single-threaded (:func:`~spknet.evaluation.threads.single_threaded_pool`: the
+    per-chunk operations of the scorers are too small for intra-op parallelism). The caller's thread count is
+    unchanged afterwards."""
+    threads = min(threads or torch.get_num_threads(), len(starts))
     if device.type != "cpu" or threads <= 1:
         run(starts)
         return
-
-    def run_single_threaded(my_starts):
-        torch.set_num_threads(1)        # this thread's intra-op pool only
-        run(my_starts)
-
-    try:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run_single_threaded, [starts[i::threads] for i in range(threads)]))
-    finally:
-        torch.set_num_threads(previous)
+    with single_threaded_pool(threads) as pool:
+        list(pool.map(run, [starts[i::threads] for i in range(threads)]))
 
 
 def default_chunk(device: torch.device) -> int:

@@ -1,0 +1,75 @@
+"""Sources of training utterances: which utterances exist and who speaks them, apart from how their samples are read.
+
+A source holds ``len(source)`` utterances: ``labels[i]`` is utterance i's class (classes numbered from 0),
+``speakers`` the class names in label order, ``copies`` how many speed blocks the list holds (see
+:func:`~spknet.data.lists.speed_perturbed`), :meth:`~UtteranceSource.name` a name to show for an utterance and
+:meth:`~UtteranceSource.open` its samples as a :class:`~spknet.data.audio.Readable` (16 kHz, mono, read by window
+through the one reader). The sampler needs only the labels, the dataset only ``open`` and ``speed``; so another
+layout of the data (Kaldi folders with segments, tar shards) is another source, and the sampler, the trainer, the
+checkpoints and resuming do not change.
+"""
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+
+import numpy as np
+
+from spknet.data.audio import ORIGINAL, AudioPipeline, Readable, open_audio, random_crop
+from spknet.data.lists import TrainList
+
+
+class UtteranceSource(ABC):
+    """Training utterances, their classes, and their samples (see the module's description)."""
+
+    labels: np.ndarray
+    speakers: list[str]
+    copies: int = 1
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @abstractmethod
+    def name(self, index: int) -> str:
+        """What an error or a log shows for utterance ``index`` (a path, a recording and segment, ...)."""
+
+    @abstractmethod
+    def open(self, index: int) -> AbstractContextManager[Readable]:
+        """Utterance ``index`` as a :class:`~spknet.data.audio.Readable`, in a ``with`` block."""
+
+    def speed(self, index: int) -> float:
+        """The factor utterance ``index`` is played at (its class's speed; 1.0: as recorded)."""
+        return 1.0
+
+    def train_crop(self, index: int, max_frames: int, rng, pipeline: AudioPipeline = ORIGINAL) -> np.ndarray:
+        """One random ``(1, samples)`` training crop of utterance ``index`` at its speed (a partial read)."""
+        with self.open(index) as audio:
+            return random_crop(audio, max_frames, rng, pipeline, self.speed(index))
+
+    def whole(self, index: int, pipeline: AudioPipeline = ORIGINAL) -> np.ndarray:
+        """All the samples of utterance ``index`` (16 kHz, mono, float32 in ``pipeline``'s scale)."""
+        with self.open(index) as audio:
+            return audio.read(pipeline=pipeline)
+
+
+class FileListSource(UtteranceSource):
+    """A :class:`~spknet.data.lists.TrainList`: one audio file per utterance (any rate or channel count)."""
+
+    def __init__(self, train_list: TrainList):
+        self.train_list = train_list
+        self.files = train_list.files
+        self.labels, self.speakers, self.copies = train_list.labels, train_list.speakers, train_list.copies
+
+    def name(self, index: int) -> str:
+        return self.files[index]
+
+    def open(self, index: int):
+        return open_audio(self.files[index])
+
+    def speed(self, index: int) -> float:
+        speeds = self.train_list.speeds
+        return 1.0 if speeds is None else float(speeds[index])
+
+
+def as_source(data: UtteranceSource | TrainList) -> UtteranceSource:
+    """``data`` as a source: a training list is read file by file."""
+    return FileListSource(data) if isinstance(data, TrainList) else data
