@@ -55,10 +55,10 @@ def scp(wavs, names=("r1", "r2", "r3")) -> str:
 
 def test_plain_directory(tmp_path, wavs):
     data = read_kaldi_dir(make_dir(tmp_path, {"wav.scp": scp(wavs), "utt2spk": "r1 zed\nr2 amy\nr3 zed\n"}))
-    assert len(data) == 3 and data.keys == ["r1", "r2", "r3"]
+    assert len(data) == 3 and data.keys == ("r1", "r2", "r3")
     assert data.speakers == ("amy", "zed") and data.labels.tolist() == [1, 0, 1]
     assert [data.display_name(i) for i in range(3)] == ["r1", "r2", "r3"]
-    first = data.utterances[0]
+    first = data.utterance(0)
     assert (first.speaker, first.recording, first.location.path) == ("zed", "r1", wavs["r1"][0])
     assert (first.start, first.end, first.duration, first.location.is_pipe) == (None, None, None, False)
     for i, name in enumerate(["r1", "r2", "r3"]):
@@ -77,7 +77,7 @@ def test_plain_directory(tmp_path, wavs):
 
 def test_spk2utt_only_and_its_order(tmp_path, wavs):
     data = read_kaldi_dir(make_dir(tmp_path, {"wav.scp": scp(wavs), "spk2utt": "zed r3 r1\namy r2\n"}))
-    assert data.keys == ["r3", "r1", "r2"] and data.labels.tolist() == [1, 1, 0]
+    assert data.keys == ("r3", "r1", "r2") and data.labels.tolist() == [1, 1, 0]
     assert data.speakers == ("amy", "zed")
 
 
@@ -85,13 +85,13 @@ def test_relative_paths_follow_the_current_directory_or_root(tmp_path, wavs, mon
     directory = make_dir(tmp_path, {"wav.scp": "r1 audio/r1.wav\n", "utt2spk": "r1 amy\n"})
     monkeypatch.chdir(tmp_path)
     data = read_kaldi_dir(directory)
-    assert data.utterances[0].location.path == "audio/r1.wav"
+    assert data.utterance(0).location.path == "audio/r1.wav"
     np.testing.assert_array_equal(data.read(0)[0], wavs["r1"][1])
     monkeypatch.chdir(tmp_path / "data")
     with pytest.raises(SpeakerNetError, match=r"wav.scp:1: audio/r1.wav.*cannot read audio"):
         read_kaldi_dir(directory).read(0)
     rooted = read_kaldi_dir(directory, root=str(tmp_path))
-    assert rooted.utterances[0].location.path == str(tmp_path / "audio" / "r1.wav")
+    assert rooted.utterance(0).location.path == str(tmp_path / "audio" / "r1.wav")
     np.testing.assert_array_equal(rooted.read(0)[0], wavs["r1"][1])
 
 
@@ -99,7 +99,7 @@ def test_segments_read_exactly_their_samples(tmp_path, wavs, monkeypatch):
     files = {"wav.scp": scp(wavs, ["r1", "r2"]), "utt2spk": "a amy\nb amy\nc bob\n",
              "segments": "a r1 0.25 0.5\nb r1 0.5 -1\nc r2 0.1 0.2\n"}
     data = read_kaldi_dir(make_dir(tmp_path, files))
-    a, b, c = data.utterances
+    a, b, c = (data.utterance(i) for i in range(3))
     assert (a.recording, a.start, a.end, a.duration) == ("r1", 0.25, 0.5, 0.25)
     assert (b.start, b.end, b.duration) == (0.5, None, None)      # to the end; r1's length is not known yet
     assert c.duration == pytest.approx(0.1)
@@ -131,12 +131,16 @@ def test_segments_read_exactly_their_samples(tmp_path, wavs, monkeypatch):
 def test_utt2dur_and_reco2dur(tmp_path, wavs):
     data = read_kaldi_dir(make_dir(tmp_path, {"wav.scp": scp(wavs, ["r1", "r2"]), "utt2spk": "r1 amy\nr2 bob\n",
                                               "utt2dur": "r1 1.0\nr2 0.5\n"}))
-    assert [u.duration for u in data.utterances] == [1.0, 0.5]
-    assert dict(data.recording_lengths) == {"r1": 1.0, "r2": 0.5}
+    assert data.durations.tolist() == [1.0, 0.5] and data.utterance(1).duration == 0.5
+    assert data.recording_lengths.tolist() == [1.0, 0.5]        # without segments, utt2dur gives them
     files = {"wav.scp": scp(wavs, ["r1", "r2"]), "utt2spk": "a amy\nb bob\n", "segments": "a r1 0.2 -1\nb r2 0 0.3\n",
              "reco2dur": "r1 1.0\nr2 0.5\n"}
     data = read_kaldi_dir(make_dir(tmp_path, files, "segmented"))
-    assert [u.duration for u in data.utterances] == [pytest.approx(0.8), pytest.approx(0.3)]
+    assert data.durations.tolist() == pytest.approx([0.8, 0.3])
+    assert data.recording_lengths.tolist() == [1.0, 0.5]
+    files["utt2dur"] = "a 0.7\nb 0.3\n"
+    data = read_kaldi_dir(make_dir(tmp_path, files, "with_utt2dur"))
+    assert data.durations.tolist() == [0.7, 0.3]
 
 
 def test_segment_bounds_against_measured_lengths(tmp_path, wavs):
@@ -160,7 +164,7 @@ def test_pipes_are_refused_unless_allowed(tmp_path, wavs):
     with pytest.raises(SpeakerNetError, match=r"/wav.scp:1: .*is a pipe.*--allow_pipes"):
         read_kaldi_dir(directory)
     data = read_kaldi_dir(directory, allow_pipes=True)
-    location = data.utterances[0].location
+    location = data.utterance(0).location
     assert location.is_pipe and location.command == f"cat {path}" and location.path is None
     samples, rate = read_recording(location)
     assert rate == RATE

@@ -17,6 +17,7 @@ variables) need ``/bin/sh``. A pipe's audio is decoded whole from memory on ever
 Only what soundfile can read in one piece is supported: no ``ark:offset`` entries or standard input (``-``).
 """
 
+import gc
 import io
 import math
 import os
@@ -24,6 +25,7 @@ import shlex
 import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from types import MappingProxyType
 
 import numpy as np
@@ -74,217 +76,306 @@ class Utterance:
     line: int | None = None
 
 
+def _optional(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
 @dataclass(frozen=True, eq=False)
 class KaldiData:
-    """A parsed Kaldi data directory, usable as an utterance source.
+    """A parsed Kaldi data directory, usable as an utterance source; :meth:`utterance` gives one utterance whole.
 
-    ``labels[i]`` is the index in ``speakers`` (sorted names) of utterance ``i``'s speaker; ``recordings`` maps
-    each recording id of ``wav.scp`` to its location, ``recording_lengths`` the ones ``reco2dur`` (or, without
-    segments, ``utt2dur``) gives to their length in seconds. ``max_overshoot`` is how far (seconds) a segment
-    may end past its recording and be cut at the end, as Kaldi's ``extract-segments`` allows.
+    It is held in columns (a million utterances parse in seconds and take little memory): per utterance ``i``
+    its key, ``labels[i]`` (index in ``speakers``, the sorted speaker names), ``recording[i]`` (its row in the
+    recording columns), ``starts``/``ends`` (seconds; NaN: the whole recording / to the recording's end),
+    ``durations`` (NaN: unknown) and the line of ``defined_in`` (the segments file, or wav.scp without one) that
+    defines it; per recording (``wav.scp`` order) its id, its target (a path, joined to ``root`` when that was
+    given, or a pipe command), whether it is a pipe, its ``wav.scp`` line and its length in seconds from
+    ``reco2dur`` (or, without segments, ``utt2dur``; NaN: unknown). ``max_overshoot`` is how far (seconds) a
+    segment may end past its recording and be cut at the end, as Kaldi's ``extract-segments`` allows.
     """
     path: str
-    utterances: tuple[Utterance, ...]
+    keys: tuple[str, ...]
     speakers: tuple[str, ...]
     labels: np.ndarray
-    recordings: Mapping[str, Location]
-    recording_lengths: Mapping[str, float]
+    recording: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    durations: np.ndarray
+    lines: np.ndarray
+    defined_in: str
+    recording_ids: tuple[str, ...]
+    targets: tuple[str, ...]
+    pipes: np.ndarray
+    recording_lines: np.ndarray
+    recording_lengths: np.ndarray
+    root: str | None = None
     max_overshoot: float = 0.0
-    index: Mapping[str, int] = field(init=False, repr=False)
+    index: Mapping[str, int] | None = field(default=None, repr=False)             # key -> utterance; built if None
+    recording_index: Mapping[str, int] | None = field(default=None, repr=False)   # id -> recording row
 
     def __post_init__(self):
-        self.labels.setflags(write=False)
-        object.__setattr__(self, "index", MappingProxyType({u.key: i for i, u in enumerate(self.utterances)}))
+        for column in (self.labels, self.recording, self.starts, self.ends, self.durations, self.lines, self.pipes,
+                       self.recording_lines, self.recording_lengths):
+            column.setflags(write=False)
+        for name, keys in (("index", self.keys), ("recording_index", self.recording_ids)):
+            index = getattr(self, name)
+            object.__setattr__(self, name, MappingProxyType(index if index is not None else
+                                                            {key: i for i, key in enumerate(keys)}))
 
     def __len__(self) -> int:
-        return len(self.utterances)
-
-    @property
-    def keys(self) -> list[str]:
-        return [utterance.key for utterance in self.utterances]
+        return len(self.keys)
 
     def display_name(self, i: int) -> str:
         """How utterance ``i`` is named in logs and score files: its key."""
-        return self.utterances[i].key
+        return self.keys[i]
+
+    def location(self, r: int) -> Location:
+        """Where recording row ``r`` is."""
+        origin = f"{os.path.join(self.path, 'wav.scp')}:{self.recording_lines[r]}"
+        if self.pipes[r]:
+            return Location(command=self.targets[r], cwd=self.root, origin=origin)
+        return Location(path=self.targets[r], origin=origin)
+
+    def utterance(self, i: int) -> Utterance:
+        """Everything known of utterance ``i``."""
+        r = int(self.recording[i])
+        return Utterance(self.keys[i], self.speakers[self.labels[i]], self.recording_ids[r], self.location(r),
+                         _optional(self.starts[i]), _optional(self.ends[i]), _optional(self.durations[i]),
+                         self.defined_in, int(self.lines[i]))
 
     def read(self, i: int, offset: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
         """Samples (float32, [-1, 1]) and sample rate of utterance ``i``: all of it, or ``frames`` samples from
         ``offset`` samples into it (fewer where it ends first). A file is read only where the window falls."""
-        return read_utterance(self.utterances[i], offset, frames, self.max_overshoot)
+        return read_utterance(self.utterance(i), offset, frames, self.max_overshoot)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Parsing
 # ----------------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Entry:
-    """One non-blank line of a data-directory file: its fields and where it is."""
-    file: str
-    line: int
-    fields: tuple[str, ...]
-    rest: str           # the line after its first field, stripped (wav.scp's location)
-
-    def error(self, message: str) -> SpeakerNetError:
-        return located(self.file, self.line, message)
-
-    @property
-    def where(self) -> str:
-        return f"{self.file}:{self.line}"
-
-
-def _read_entries(path: str) -> list[_Entry]:
-    """The non-blank lines of ``path`` split into fields."""
+def _read_text(path: str) -> list[str]:
     try:
         with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
+            return handle.read().splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise located(path, None, f"cannot read ({error})") from None
-    entries = []
-    for number, line in enumerate(lines, start=1):
-        fields = line.split()
-        if fields:
-            rest = line.strip()[len(fields[0]):].strip()
-            entries.append(_Entry(path, number, tuple(fields), rest))
-    return entries
 
 
-def _keyed(entries: list[_Entry], fields: int | None, form: str) -> dict[str, _Entry]:
-    """Entries by their first field; ``fields`` (None: at least 2) is how many each line must have."""
-    keyed = {}
-    for entry in entries:
-        count = len(entry.fields)
-        if (count != fields) if fields is not None else (count < 2):
-            raise entry.error(f"expected '{form}', got {count} field(s): {' '.join(entry.fields)!r}")
-        first = keyed.get(entry.fields[0])
-        if first is not None:
-            raise entry.error(f"duplicate key '{entry.fields[0]}' (first on line {first.line})")
-        keyed[entry.fields[0]] = entry
-    return keyed
+class _Table:
+    """A data-directory file: each non-blank line's number and fields, and the row of each first field (key).
+
+    ``fields`` is how many fields every line has (None: at least 2); ``form`` how a line looks, for errors.
+    """
+
+    def __init__(self, file: str, fields: int | None, form: str):
+        self.file = file
+        self.text = _read_text(file)
+        self.fields = list(map(str.split, self.text))
+        self.numbers = list(range(1, len(self.fields) + 1))
+        if not all(self.fields):        # blank lines: dropped, the others keep their numbers
+            self.numbers = [number for number, split in zip(self.numbers, self.fields) if split]
+            self.fields = [split for split in self.fields if split]
+        counts = set(map(len, self.fields))
+        if counts and (counts != {fields} if fields is not None else min(counts) < 2):
+            wrong = next(row for row, split in enumerate(self.fields)
+                         if (len(split) != fields if fields is not None else len(split) < 2))
+            split = self.fields[wrong]
+            raise self.error(wrong, f"expected '{form}', got {len(split)} field(s): {' '.join(split)!r}")
+        self.index = dict(zip(self.column(0), range(len(self.fields))))
+        if len(self.index) < len(self.fields):
+            self._duplicate()
+
+    def _duplicate(self):
+        first = {}
+        for row, split in enumerate(self.fields):
+            if split[0] in first:
+                raise self.error(row, f"duplicate key '{split[0]}' (first on line {self.numbers[first[split[0]]]})")
+            first[split[0]] = row
+
+    def error(self, row: int, message: str) -> SpeakerNetError:
+        return located(self.file, self.numbers[row], message)
+
+    def column(self, k: int) -> list[str]:
+        return list(map(itemgetter(k), self.fields))
+
+    def rest(self, row: int) -> str:
+        """The line of ``row`` after its key, stripped."""
+        line = self.text[self.numbers[row] - 1].strip()
+        return line[len(self.fields[row][0]):].strip()
+
+    def seconds(self, k: int, what: str) -> np.ndarray:
+        """Column ``k`` as finite numbers of seconds."""
+        column = self.column(k)
+        try:
+            values = np.array(column, dtype=np.float64)
+        except ValueError:
+            values = np.array([_number(text) for text in column], dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise self.error(bad[0], f"{what} must be a number of seconds, got {column[bad[0]]!r}")
+        return values
+
+    def first_row(self, keys: set[str], k: int = 0) -> int:
+        """The first row whose column ``k`` is in ``keys``."""
+        return next(row for row, split in enumerate(self.fields) if split[k] in keys)
 
 
-def _seconds(entry: _Entry, text: str, what: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise entry.error(f"{what} must be a number of seconds, got {text!r}")
-    return value
+        return math.nan
 
 
-def _location(entry: _Entry, allow_pipes: bool, root: str | None) -> Location:
-    """A ``wav.scp`` entry's location: a path (joined to ``root`` when relative) or a pipe command."""
-    rest = entry.rest
-    if not rest:
-        raise entry.error("expected '<recording-id> <path>' or '<recording-id> <command> |', got no location")
+def _wav_scp(file: str, allow_pipes: bool, root: str | None) -> tuple[_Table, list[str], np.ndarray]:
+    """``wav.scp``: its table, each recording's target (a path, joined to ``root``, or a command) and pipe flag."""
+    table = _Table(file, None, "<recording-id> <path>' or '<recording-id> <command> |")
+    targets = table.column(1)
+    pipes = np.zeros(len(targets), dtype=bool)
+    unusual = [row for row, split in enumerate(table.fields) if len(split) != 2 or "|" in split[1]
+               or split[1] == "-" or ".ark:" in split[1]]
+    for row in unusual:
+        targets[row], pipes[row] = _target(table, row, allow_pipes, root)
+    if root is not None:
+        targets = [target if pipe else os.path.join(root, target) for target, pipe in zip(targets, pipes.tolist())]
+    return table, targets, pipes
+
+
+def _target(table: _Table, row: int, allow_pipes: bool, root: str | None) -> tuple[str, bool]:
+    """A ``wav.scp`` location other than a plain path: a pipe command, a path with spaces, or one refused."""
+    rest = table.rest(row)
     if rest.endswith("|"):
         command = rest[:-1].strip()
         if not command:
-            raise entry.error("a pipe entry needs a command before its '|'")
+            raise table.error(row, "a pipe entry needs a command before its '|'")
         if not allow_pipes:
-            raise entry.error(f"'{rest}' is a pipe: reading it runs that shell command; pass --allow_pipes "
-                              f"(allow_pipes=True) to run wav.scp commands")
-        return Location(command=command, cwd=root, origin=entry.where)
+            raise table.error(row, f"'{rest}' is a pipe: reading it runs that shell command; pass --allow_pipes "
+                                   f"(allow_pipes=True) to run wav.scp commands")
+        return command, True
     if rest == "-" or rest.startswith("|"):
-        raise entry.error(f"'{rest}': standard input and output pipes are not audio locations")
-    path = os.path.join(root, rest) if root is not None else rest
-    if ".ark:" in rest and not os.path.isfile(path):
-        raise entry.error(f"'{rest}': archive offsets (ark:offset) are not supported; list the audio files or "
-                          f"pipe commands")
-    return Location(path=path, origin=entry.where)
+        raise table.error(row, f"'{rest}': standard input and output pipes are not audio locations")
+    if ".ark:" in rest and not os.path.isfile(os.path.join(root or "", rest)):
+        raise table.error(row, f"'{rest}': archive offsets (ark:offset) are not supported; list the audio files "
+                               f"or pipe commands")
+    return rest, False
 
 
-def _recordings(file: str, allow_pipes: bool, root: str | None) -> dict[str, tuple[_Entry, Location]]:
-    entries = _keyed(_read_entries(file), None, "<recording-id> <path>' or '<recording-id> <command> |")
-    return {key: (entry, _location(entry, allow_pipes, root)) for key, entry in entries.items()}
+def _segments(file: str, wav: _Table) -> tuple[_Table, np.ndarray, np.ndarray, np.ndarray]:
+    """``segments``: its table and per segment its recording row, start and end (NaN for -1, the end)."""
+    table = _Table(file, 4, "<utt-id> <recording-id> <start-s> <end-s>")
+    recordings = table.column(1)
+    unknown = set(recordings) - wav.index.keys()
+    if unknown:
+        row = table.first_row(unknown, 1)
+        raise table.error(row, f"segment '{table.fields[row][0]}' names recording '{recordings[row]}', which is "
+                               f"not in wav.scp")
+    starts, ends = table.seconds(2, "the start"), table.seconds(3, "the end")
+    bad = np.flatnonzero(starts < 0)
+    if bad.size:
+        raise table.error(bad[0], f"segment '{table.fields[bad[0]][0]}' starts at {starts[bad[0]]:g} s: a start "
+                                  f"must not be negative")
+    to_end = ends == -1
+    bad = np.flatnonzero(~to_end & (ends <= starts))
+    if bad.size:
+        row = bad[0]
+        raise table.error(row, f"segment '{table.fields[row][0]}' ends at {ends[row]:g} s, not after its start "
+                               f"{starts[row]:g} s (an end of -1 means the end of the recording)")
+    ends[to_end] = np.nan
+    rows = np.array(list(map(wav.index.__getitem__, recordings)), dtype=np.int64)
+    return table, rows, starts, ends
 
 
-@dataclass(frozen=True)
-class _Segment:
-    entry: _Entry
-    recording: str
-    start: float
-    end: float | None   # None: to the end of the recording (-1 in the file)
+@dataclass
+class _Speakers:
+    """Who speaks each utterance, in file order, and the file and line saying so."""
+    file: str
+    keys: list[str]
+    speakers: list[str]
+    numbers: list[int]
+    index: dict[str, int]       # key -> row
+
+    def error(self, row: int, message: str) -> SpeakerNetError:
+        return located(self.file, self.numbers[row], message)
 
 
-def _segments(file: str, recordings: Mapping) -> dict[str, _Segment]:
-    segments = {}
-    for key, entry in _keyed(_read_entries(file), 4, "<utt-id> <recording-id> <start-s> <end-s>").items():
-        recording = entry.fields[1]
-        start = _seconds(entry, entry.fields[2], "the start")
-        end = _seconds(entry, entry.fields[3], "the end")
-        if recording not in recordings:
-            raise entry.error(f"segment '{key}' names recording '{recording}', which is not in wav.scp")
-        if start < 0:
-            raise entry.error(f"segment '{key}' starts at {start:g} s: a start must not be negative")
-        if end == -1:
-            end = None
-        elif end <= start:
-            raise entry.error(f"segment '{key}' ends at {end:g} s, not after its start {start:g} s "
-                              f"(an end of -1 means the end of the recording)")
-        segments[key] = _Segment(entry, recording, start, end)
-    return segments
+def _read_utt2spk(file: str) -> _Speakers:
+    table = _Table(file, 2, "<utt-id> <speaker-id>")
+    return _Speakers(file, table.column(0), table.column(1), table.numbers, table.index)
 
 
-def _speakers(directory: str, sources: Mapping[str, _Entry], source_name: str) -> dict[str, tuple[str, _Entry]]:
-    """Speaker and defining entry per utterance, from ``utt2spk`` (checked against ``spk2utt`` when both exist)
-    or ``spk2utt``; every utterance of ``sources`` (segments or wav.scp) must have one and no other."""
-    utt2spk_file, spk2utt_file = os.path.join(directory, "utt2spk"), os.path.join(directory, "spk2utt")
-    from_spk2utt = _invert_spk2utt(spk2utt_file) if os.path.isfile(spk2utt_file) else None
-    if os.path.isfile(utt2spk_file):
-        speakers = {key: (entry.fields[1], entry)
-                    for key, entry in _keyed(_read_entries(utt2spk_file), 2, "<utt-id> <speaker-id>").items()}
-        if from_spk2utt is not None:
-            _check_agree(speakers, from_spk2utt, spk2utt_file)
-    else:
-        speakers = from_spk2utt
-    for key, (_, entry) in speakers.items():
-        if key not in sources:
-            raise entry.error(f"utterance '{key}' is not in {source_name}")
-    for key, entry in sources.items():
-        if key not in speakers:
-            named = os.path.basename(utt2spk_file if os.path.isfile(utt2spk_file) else spk2utt_file)
-            raise entry.error(f"utterance '{key}' has no speaker in {named}")
-    return speakers
+def _read_spk2utt(file: str) -> _Speakers:
+    table = _Table(file, None, "<speaker-id> <utt-id> [<utt-id> ...]")
+    keys = [key for split in table.fields for key in split[1:]]
+    speakers = [split[0] for split in table.fields for _ in split[1:]]
+    numbers = [number for number, split in zip(table.numbers, table.fields) for _ in split[1:]]
+    result = _Speakers(file, keys, speakers, numbers, {key: row for row, key in enumerate(keys)})
+    if len(result.index) < len(keys):
+        first = {}
+        for row, key in enumerate(keys):
+            if key in first:
+                raise result.error(row, f"utterance '{key}' is listed twice (first on line {numbers[first[key]]})")
+            first[key] = row
+    return result
 
 
-def _invert_spk2utt(file: str) -> dict[str, tuple[str, _Entry]]:
-    speakers = {}
-    for speaker, entry in _keyed(_read_entries(file), None, "<speaker-id> <utt-id> [<utt-id> ...]").items():
-        for key in entry.fields[1:]:
-            if key in speakers:
-                raise entry.error(f"utterance '{key}' is listed twice (first on line {speakers[key][1].line})")
-            speakers[key] = (speaker, entry)
-    return speakers
-
-
-def _check_agree(utt2spk: Mapping, spk2utt: Mapping, spk2utt_file: str) -> None:
+def _check_agree(utt2spk: _Speakers, spk2utt: _Speakers) -> None:
     """``spk2utt`` must be ``utt2spk`` inverted, as Kaldi's tools assume."""
-    for key, (speaker, entry) in spk2utt.items():
-        if key not in utt2spk:
-            raise entry.error(f"utterance '{key}' is not in utt2spk")
-        if utt2spk[key][0] != speaker:
-            raise entry.error(f"utterance '{key}' is under speaker '{speaker}' here but '{utt2spk[key][0]}' in "
-                              f"{utt2spk[key][1].where}")
-    for key, (_, entry) in utt2spk.items():
-        if key not in spk2utt:
-            raise entry.error(f"utterance '{key}' is missing from {spk2utt_file}")
+    speaker_of = dict(zip(utt2spk.keys, utt2spk.speakers))
+    wrong = next((row for row, (key, speaker) in enumerate(zip(spk2utt.keys, spk2utt.speakers))
+                  if speaker_of.get(key) != speaker), None)
+    if wrong is not None:
+        key, speaker = spk2utt.keys[wrong], spk2utt.speakers[wrong]
+        if key not in speaker_of:
+            raise spk2utt.error(wrong, f"utterance '{key}' is not in utt2spk")
+        row = utt2spk.keys.index(key)
+        raise spk2utt.error(wrong, f"utterance '{key}' is under speaker '{speaker}' here but '{speaker_of[key]}' "
+                                   f"in {utt2spk.file}:{utt2spk.numbers[row]}")
+    if len(spk2utt.keys) < len(utt2spk.keys):
+        listed = set(spk2utt.keys)
+        row = next(row for row, key in enumerate(utt2spk.keys) if key not in listed)
+        raise utt2spk.error(row, f"utterance '{utt2spk.keys[row]}' is missing from {spk2utt.file}")
 
 
-def _durations(file: str, keys: Mapping, what: str) -> dict[str, float]:
-    """``<key> <seconds>`` lines covering exactly the keys of ``keys`` (``what``: utterance or recording)."""
-    durations = {}
-    for key, entry in _keyed(_read_entries(file), 2, f"<{what}-id> <seconds>").items():
-        if key not in keys:
-            raise entry.error(f"{what} '{key}' is not in the data directory")
-        durations[key] = _seconds(entry, entry.fields[1], "a duration")
-        if durations[key] <= 0:
-            raise entry.error(f"{what} '{key}' has duration {durations[key]:g} s: durations must be positive")
-    missing = [key for key in keys if key not in durations]
-    if missing:
+def _speakers(directory: str, sources: _Table) -> _Speakers:
+    """Speakers from ``utt2spk`` (checked against ``spk2utt`` when both exist) or ``spk2utt``; every utterance
+    of ``sources`` (segments or wav.scp) must have one and no other."""
+    utt2spk_file, spk2utt_file = os.path.join(directory, "utt2spk"), os.path.join(directory, "spk2utt")
+    if os.path.isfile(utt2spk_file):
+        assigned = _read_utt2spk(utt2spk_file)
+        if os.path.isfile(spk2utt_file):
+            _check_agree(assigned, _read_spk2utt(spk2utt_file))
+    else:
+        assigned = _read_spk2utt(spk2utt_file)
+    extra = assigned.index.keys() - sources.index.keys()
+    if extra:
+        row = next(row for row, key in enumerate(assigned.keys) if key in extra)
+        raise assigned.error(row, f"utterance '{assigned.keys[row]}' is not in {os.path.basename(sources.file)}")
+    if len(assigned.keys) < len(sources.fields):
+        missing = sources.index.keys() - assigned.index.keys()
+        row = sources.first_row(missing)
+        raise sources.error(row, f"utterance '{sources.fields[row][0]}' has no speaker in "
+                                 f"{os.path.basename(assigned.file)}")
+    return assigned
+
+
+def _durations(file: str, keys: Mapping[str, int], what: str) -> np.ndarray:
+    """``<key> <seconds>`` lines covering exactly the keys of ``keys`` (key -> row), as a column in row order."""
+    table = _Table(file, 2, f"<{what}-id> <seconds>")
+    unknown = table.index.keys() - keys.keys()
+    if unknown:
+        row = table.first_row(unknown)
+        raise table.error(row, f"{what} '{table.fields[row][0]}' is not in the data directory")
+    values = table.seconds(1, "a duration")
+    bad = np.flatnonzero(values <= 0)
+    if bad.size:
+        raise table.error(bad[0], f"{what} '{table.fields[bad[0]][0]}' has duration {values[bad[0]]:g} s: "
+                                  f"durations must be positive")
+    if len(table.index) < len(keys):
+        missing = [key for key in keys if key not in table.index]
         raise located(file, None, f"lacks {len(missing)} {what}(s): {_names(missing)}")
-    return durations
+    column = np.empty(len(keys))
+    column[np.array(list(map(keys.__getitem__, table.column(0))), dtype=np.int64)] = values
+    return column
 
 
 def _names(keys: list[str]) -> str:
@@ -310,54 +401,80 @@ def read_kaldi_dir(path: str, allow_pipes: bool = False, root: str | None = None
     """Read and check the Kaldi data directory ``path``.
 
     ``allow_pipes`` lets ``wav.scp`` pipe entries through (see the module's note on the risk); ``root``, when
-    given, is the directory relative ``wav.scp`` paths are resolved against (default: the current directory, as
-    Kaldi does); ``max_overshoot`` (seconds) is how far a segment may end past its recording's known length.
+    given, is the directory relative ``wav.scp`` paths are resolved against and pipe commands run in (default:
+    the current directory, as Kaldi does); ``max_overshoot`` (seconds) is how far a segment may end past its
+    recording's known length.
     """
-    directory = os.fspath(path)
+    collecting = gc.isenabled()
+    gc.disable()    # millions of small lists, none in a cycle: the collector's passes over them double the time
+    try:
+        return _read_kaldi_dir(os.fspath(path), allow_pipes, root, max_overshoot)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _read_kaldi_dir(directory: str, allow_pipes: bool, root: str | None, max_overshoot: float) -> KaldiData:
     _check_directory(directory)
-    file = os.path.join(directory, "wav.scp")
-    recordings = _recordings(file, allow_pipes, root)
+    wav, targets, pipes = _wav_scp(os.path.join(directory, "wav.scp"), allow_pipes, root)
     segments_file = os.path.join(directory, "segments")
-    segments = _segments(segments_file, recordings) if os.path.isfile(segments_file) else None
-    sources = ({key: segment.entry for key, segment in segments.items()} if segments is not None
-               else {key: entry for key, (entry, _) in recordings.items()})
-    if not sources:
-        raise located(segments_file if segments is not None else file, None, "holds no utterances")
-    speakers = _speakers(directory, sources, os.path.basename(segments_file if segments is not None else file))
-    reco2dur_file = os.path.join(directory, "reco2dur")
-    lengths = _durations(reco2dur_file, recordings, "recording") if os.path.isfile(reco2dur_file) else {}
-    utt2dur_file = os.path.join(directory, "utt2dur")
-    durations = _durations(utt2dur_file, speakers, "utterance") if os.path.isfile(utt2dur_file) else {}
-    if segments is None:
-        lengths = {**durations, **lengths}
-    utterances = tuple(_utterance(key, speaker, recordings, segments, durations, lengths)
-                       for key, (speaker, _) in speakers.items())
-    names = sorted({utterance.speaker for utterance in utterances})
+    if os.path.isfile(segments_file):
+        sources, recording, starts, ends = _segments(segments_file, wav)
+    else:
+        sources, recording = wav, np.arange(len(wav.fields))
+        starts = ends = np.full(len(wav.fields), np.nan)
+    if not sources.fields:
+        raise located(sources.file, None, "holds no utterances")
+    assigned = _speakers(directory, sources)
+    order = np.array(list(map(sources.index.__getitem__, assigned.keys)), dtype=np.int64)
+    recording, starts, ends = recording[order], starts[order], ends[order]
+    lengths, durations = _lengths_and_durations(directory, wav, assigned, recording, starts, ends)
+    names = sorted(set(assigned.speakers))
     number = {name: i for i, name in enumerate(names)}
-    labels = np.array([number[utterance.speaker] for utterance in utterances], dtype=np.int64)
-    data = KaldiData(directory, utterances, tuple(names), labels,
-                     MappingProxyType({key: location for key, (_, location) in recordings.items()}),
-                     MappingProxyType(lengths), max_overshoot)
-    if segments is not None:
-        check_segment_bounds(data, lengths, max_overshoot)
+    labels = np.array(list(map(number.__getitem__, assigned.speakers)), dtype=np.int64)
+    keys, recording_ids, recording_index = tuple(assigned.keys), tuple(wav.column(0)), wav.index
+    if recording_ids == keys:       # no segments, files in one order: one copy of the keys serves both
+        recording_ids, recording_index = keys, assigned.index
+    data = KaldiData(directory, keys, tuple(names), labels, recording, starts, ends, durations,
+                     np.asarray(sources.numbers, dtype=np.int64)[order], sources.file, recording_ids,
+                     tuple(targets), pipes, np.asarray(wav.numbers, dtype=np.int64), lengths, root, max_overshoot,
+                     assigned.index, recording_index)
+    if sources is not wav:
+        _check_bounds(data, lengths, max_overshoot)
     return data
 
 
-def _utterance(key: str, speaker: str, recordings: Mapping, segments: Mapping | None, durations: Mapping,
-               lengths: Mapping) -> Utterance:
-    if segments is None:
-        entry, location = recordings[key]
-        return Utterance(key, speaker, key, location, duration=durations.get(key, lengths.get(key)),
-                         file=entry.file, line=entry.line)
-    segment = segments[key]
-    duration = durations.get(key)
-    if duration is None and segment.end is not None:
-        duration = segment.end - segment.start
-    elif duration is None and segment.recording in lengths:
-        duration = lengths[segment.recording] - segment.start
-    location = recordings[segment.recording][1]
-    return Utterance(key, speaker, segment.recording, location, segment.start, segment.end, duration,
-                     segment.entry.file, segment.entry.line)
+def _lengths_and_durations(directory: str, wav: _Table, assigned: _Speakers, recording: np.ndarray,
+                           starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Recording lengths (reco2dur, or utt2dur without segments) and utterance durations: utt2dur, else the
+    segment's, else what the recording's length gives; NaN where unknown."""
+    reco2dur, utt2dur = os.path.join(directory, "reco2dur"), os.path.join(directory, "utt2dur")
+    lengths = _durations(reco2dur, wav.index, "recording") if os.path.isfile(reco2dur) else np.full(len(wav.fields),
+                                                                                                    np.nan)
+    if os.path.isfile(utt2dur):
+        durations = _durations(utt2dur, assigned.index, "utterance")
+        whole = np.isnan(starts)
+        lengths[recording[whole]] = np.where(np.isnan(lengths[recording[whole]]), durations[whole],
+                                             lengths[recording[whole]])
+    else:
+        durations = ends - starts
+        unknown = np.isnan(durations)
+        durations[unknown] = lengths[recording[unknown]] - np.nan_to_num(starts[unknown])
+    return lengths, durations
+
+
+def _check_bounds(description: KaldiData, lengths: np.ndarray, max_overshoot: float) -> None:
+    """Every segment lies inside its recording where ``lengths`` (per recording row; NaN unknown) knows it."""
+    length = lengths[description.recording]
+    for late, which in ((description.starts >= length, "starts"),
+                        (description.ends > length + max_overshoot, "ends")):
+        bad = np.flatnonzero(late)
+        if bad.size:
+            i = bad[0]
+            at = description.starts[i] if which == "starts" else description.ends[i]
+            raise located(description.defined_in, int(description.lines[i]),
+                          f"segment '{description.keys[i]}' {which} at {at:g} s, past the end of recording "
+                          f"'{description.recording_ids[description.recording[i]]}' ({length[i]:g} s)")
 
 
 def check_segment_bounds(description: KaldiData, recording_lengths: Mapping[str, float],
@@ -368,24 +485,16 @@ def check_segment_bounds(description: KaldiData, recording_lengths: Mapping[str,
     that starts at or past the end is always an error. :func:`read_kaldi_dir` runs this with ``reco2dur``; a
     reader can run it with lengths it measured (:func:`probe_recording_lengths`).
     """
-    for utterance in description.utterances:
-        length = recording_lengths.get(utterance.recording)
-        if utterance.start is None or length is None:
-            continue
-        file, line = utterance.file, utterance.line
-        if utterance.start >= length:
-            raise located(file, line, f"segment '{utterance.key}' starts at {utterance.start:g} s, past "
-                                               f"the end of recording '{utterance.recording}' ({length:g} s)")
-        if utterance.end is not None and utterance.end > length + max_overshoot:
-            raise located(file, line, f"segment '{utterance.key}' ends at {utterance.end:g} s, past the "
-                                               f"end of recording '{utterance.recording}' ({length:g} s)")
+    lengths = np.array([recording_lengths.get(key, np.nan) for key in description.recording_ids], dtype=np.float64)
+    _check_bounds(description, lengths, max_overshoot)
 
 
 def probe_recording_lengths(description: KaldiData) -> dict[str, float]:
     """Length in seconds of every file recording, from its header (pipe recordings are not run)."""
     lengths = {}
-    for key, location in description.recordings.items():
-        if not location.is_pipe:
+    for r, key in enumerate(description.recording_ids):
+        if not description.pipes[r]:
+            location = description.location(r)
             try:
                 info = sf.info(location.path)
             except (sf.LibsndfileError, RuntimeError, OSError) as error:
