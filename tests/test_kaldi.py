@@ -1,5 +1,6 @@
 """Kaldi data directories (spknet.data.kaldi) and Kaldi trial lists, on directories written in the test."""
 
+import gc
 import re
 
 import numpy as np
@@ -178,10 +179,51 @@ def test_pipes_are_refused_unless_allowed(tmp_path, wavs):
         data.read(3)
 
 
+def test_a_streamed_wav_with_zero_sizes_is_read_to_its_end(tmp_path, wavs):
+    streamed = bytearray(open(wavs["r2"][0], "rb").read())
+    data_at = streamed.find(b"data")
+    streamed[4:8] = streamed[data_at + 4:data_at + 8] = bytes(4)        # sizes a writer to a pipe leaves at 0
+    (tmp_path / "streamed.wav").write_bytes(bytes(streamed))
+    files = {"wav.scp": f"r2 cat {tmp_path / 'streamed.wav'} |\n", "utt2spk": "r2 amy\n"}
+    data = read_kaldi_dir(make_dir(tmp_path, files), allow_pipes=True)
+    np.testing.assert_array_equal(data.read(0)[0], wavs["r2"][1])
+
+
 def test_segments_of_a_pipe_recording(tmp_path, wavs):
     files = {"wav.scp": f"r1 cat {wavs['r1'][0]} |\n", "utt2spk": "a amy\n", "segments": "a r1 0.5 0.75\n"}
     data = read_kaldi_dir(make_dir(tmp_path, files), allow_pipes=True)
     np.testing.assert_array_equal(data.read(0)[0], wavs["r1"][1][8000:12000])
+
+
+def test_root_is_the_working_directory_of_pipes_and_paths_may_hold_spaces(tmp_path, wavs):
+    spaced = tmp_path / "my audio"
+    spaced.mkdir()
+    spaced_samples = write_wav(spaced / "r 9.wav", 0.25, seed=9)
+    files = {"wav.scp": f"r1 cat audio/r1.wav |\nr9 {spaced / 'r 9.wav'}\n", "utt2spk": "r1 amy\nr9 bob\n"}
+    data = read_kaldi_dir(make_dir(tmp_path, files), allow_pipes=True, root=str(tmp_path))
+    assert data.utterance(0).location.cwd == str(tmp_path)
+    np.testing.assert_array_equal(data.read(0)[0], wavs["r1"][1])
+    assert data.utterance(1).location.path == str(spaced / "r 9.wav")
+    np.testing.assert_array_equal(data.read(1)[0], spaced_samples)
+
+
+def test_segment_to_the_end_takes_its_duration_from_reco2dur(tmp_path, wavs):
+    files = {"wav.scp": scp(wavs, ["r1"]), "spk2utt": "amy a b\n", "segments": "a r1 0 0.25\nb r1 0.25 -1\n",
+             "reco2dur": "r1 1\n"}
+    data = read_kaldi_dir(make_dir(tmp_path, files))
+    b = data.utterance(1)
+    assert (b.key, b.speaker, b.recording, b.start, b.end, b.duration) == ("b", "amy", "r1", 0.25, None, 0.75)
+    assert (b.file, b.line) == (str(tmp_path / "data" / "segments"), 2)
+    assert data.read(1)[0].shape == (12000,)
+
+
+def test_multichannel_audio_is_an_error_naming_the_entry(tmp_path):
+    sf.write(str(tmp_path / "stereo.wav"), np.zeros((800, 2), dtype=np.int16), RATE, subtype="PCM_16")
+    data = read_kaldi_dir(make_dir(tmp_path, {"wav.scp": f"r1 {tmp_path / 'stereo.wav'}\n", "utt2spk": "r1 a\n"}))
+    with pytest.raises(SpeakerNetError, match=r"wav.scp:1: .*stereo.wav.*2 channels, expected mono"):
+        data.read(0)
+    with pytest.raises(SpeakerNetError, match=r"wav.scp:1: .*stereo.wav: 2 channels, expected mono"):
+        read_recording(data.utterance(0).location)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -250,6 +292,7 @@ def test_empty_or_missing_directory(tmp_path):
         read_kaldi_dir(str(tmp_path / "empty"))
     with pytest.raises(SpeakerNetError, match=r"missing: not a Kaldi data directory \(no such directory\)"):
         read_kaldi_dir(str(tmp_path / "missing"))
+    assert gc.isenabled()                                   # the parse pauses the collector, errors or not
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -535,7 +535,26 @@ def run_pipe(location: Location) -> bytes:
                               + (f": {stderr}" if stderr else ""))
     if not result.stdout:
         raise SpeakerNetError(f"{location}: the command wrote no audio")
-    return result.stdout
+    return _streamed_wav(result.stdout)
+
+
+def _streamed_wav(data: bytes) -> bytes:
+    """A WAV written to a pipe with its sizes left at 0 (its writer could not seek back to fill them), with the
+    sizes filled in from what arrived, as Kaldi reads such a stream to its end; other audio is returned as is."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return data
+    position = 12
+    while position + 8 <= len(data):
+        chunk, size = data[position:position + 4], int.from_bytes(data[position + 4:position + 8], "little")
+        if chunk == b"data":
+            if size == 0:
+                patched = bytearray(data)
+                patched[4:8] = (len(data) - 8).to_bytes(4, "little")
+                patched[position + 4:position + 8] = (len(data) - position - 8).to_bytes(4, "little")
+                return bytes(patched)
+            return data
+        position += 8 + size + (size & 1)
+    return data
 
 
 def _checked(samples: np.ndarray, channels: int, where) -> np.ndarray:
@@ -595,7 +614,8 @@ def read_segment(path: str, start_s: float, end_s: float | None, max_overshoot: 
                  ) -> tuple[np.ndarray, int]:
     """The samples of ``[start_s, end_s)`` of a file (``end_s`` None or -1: to its end) and its sample rate.
 
-    Only those frames are read (soundfile seeks to the start). Times become samples by rounding; an end up to
+    Only those frames are read (soundfile seeks to the start). Times become samples by rounding (Kaldi's
+    ``extract-segments`` truncates, which turns 0.29 s at 16 kHz into sample 4639); an end up to
     ``max_overshoot`` seconds past the file is cut at its end.
     """
     with _open(path, path) as handle:
