@@ -17,26 +17,66 @@ class Trial:
     test: str
 
 
-def read_trial_list(list_path: str) -> list[Trial]:
-    """Parse ``<label> <enroll> <test>`` lines (or ``<enroll> <test>`` without labels)."""
-    trials = []
+# Trial list formats: the original's ``<label 0|1> <enroll> <test>`` (labelled) or ``<enroll> <test>``
+# (unlabelled), and Kaldi's ``<enroll> <test> target|nontarget``, whose keys are utterance ids of a data directory.
+LABELLED, UNLABELLED, KALDI = "labelled", "unlabelled", "kaldi"
+KALDI_LABELS = {"target": 1, "nontarget": 0}
+FORMS = {LABELLED: "'<label 0|1> <enroll.wav> <test.wav>'", UNLABELLED: "'<enroll.wav> <test.wav>'",
+         KALDI: "Kaldi's '<enroll> <test> target|nontarget'"}
+
+
+def _line_formats(fields: list[str]) -> set[str]:
+    """The formats a line's fields fit (none, one, or -- for '1 a target' -- two)."""
+    formats = set()
+    if len(fields) == 2:
+        formats.add(UNLABELLED)
+    if len(fields) == 3 and fields[0] in ("0", "1"):
+        formats.add(LABELLED)
+    if len(fields) == 3 and fields[2] in KALDI_LABELS:
+        formats.add(KALDI)
+    return formats
+
+
+def _forms(formats: set[str]) -> str:
+    return " or ".join(FORMS[form] for form in sorted(formats))
+
+
+def read_trial_file(list_path: str) -> tuple[str, list[Trial]]:
+    """The format (``labelled``, ``unlabelled`` or ``kaldi``) and trials of a trial list.
+
+    The format is detected per file: every line must fit the same one, so a file mixing them is an error naming
+    the first line that does not fit. Kaldi's target/nontarget become labels 1/0; its keys are kept as given.
+    """
+    rows, formats, first = [], {LABELLED, UNLABELLED, KALDI}, None
     for number, line in enumerate(read_lines(list_path), start=1):
         fields = line.split()
         if not fields:
             continue
-        if len(fields) == 2:
-            trials.append(Trial(None, fields[0], fields[1]))
-        elif len(fields) == 3 and fields[0] in ("0", "1"):
-            trials.append(Trial(int(fields[0]), fields[1], fields[2]))
-        else:
-            raise located(list_path, number, f"expected '<label 0|1> <enroll.wav> <test.wav>' or "
-                                             f"'<enroll.wav> <test.wav>', got: {line!r}")
-    if not trials:
+        fits = _line_formats(fields)
+        if not fits:
+            raise located(list_path, number, f"expected '<label 0|1> <enroll.wav> <test.wav>', "
+                                             f"'<enroll.wav> <test.wav>' or '<enroll> <test> target|nontarget', "
+                                             f"got: {line!r}")
+        if not fits & formats:
+            raise located(list_path, number, f"mixes trial list formats: this line is {_forms(fits)}, the lines "
+                                             f"from line {first} are {_forms(formats)}")
+        formats &= fits
+        first = first or number
+        rows.append(fields)
+    if not rows:
         raise located(list_path, None, "the trial list holds no trials")
-    labelled = {trial.label is None for trial in trials}
-    if len(labelled) > 1:
-        raise located(list_path, None, "mixes labelled (3-field) and unlabelled (2-field) trials")
-    return trials
+    form = KALDI if KALDI in formats else formats.pop()
+    if form == KALDI:
+        return form, [Trial(KALDI_LABELS[label], enroll, test) for enroll, test, label in rows]
+    if form == LABELLED:
+        return form, [Trial(int(label), enroll, test) for label, enroll, test in rows]
+    return form, [Trial(None, enroll, test) for enroll, test in rows]
+
+
+def read_trial_list(list_path: str) -> list[Trial]:
+    """Parse a trial list in any format of :func:`read_trial_file`: ``<label> <enroll> <test>``,
+    ``<enroll> <test>`` (no labels) or Kaldi's ``<enroll> <test> target|nontarget``."""
+    return read_trial_file(list_path)[1]
 
 
 @dataclass
