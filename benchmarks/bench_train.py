@@ -79,7 +79,8 @@ def measure(trainfunc="angleproto", groups=64, per_group=2, frames=200, steps=3,
     the network's own) and ``options`` (``channels=...``) choose the network."""
     device = torch.device(device)
     torch.manual_seed(0)
-    net = SpeakerNet.build(model=model, trainfunc=trainfunc, nOut=nOut, nSpeakers=classes or groups, **options).to(device)
+    net = SpeakerNet.build(model=model, trainfunc=trainfunc, nOut=nOut, nSpeakers=classes or groups, **options)
+    net = net.to(device)
     reference_net = copy.deepcopy(net)
     ours = ModelTrainer(net, device, TrainingSpec(optimizer="sgd", scheduler="steplr", lr=1e-4, mixedprec=mixedprec,
                                                   compile=compile))
