@@ -31,7 +31,7 @@ def setup(tiny_corpus, tmp_path_factory):
     folder = tmp_path_factory.mktemp("one_extractor")
     torch.manual_seed(5)
     model = str(folder / "m.model")
-    torch.save(SpeakerNet.SpeakerNet("ResNetSE34L", "mp_balance", nOut=NOUT, nSpeakers=40).state_dict(), model)
+    torch.save(SpeakerNet.SpeakerNet.build("ResNetSE34L", "mp_balance", nOut=NOUT, nSpeakers=40).state_dict(), model)
     sources = sorted({trial.enroll for trial in read_trial_list(tiny_corpus["test_list"])})[:5]
     root = folder / "wav"
     root.mkdir()
