@@ -4,6 +4,7 @@ loader workers running, damaged saved states and failed saves."""
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -96,6 +97,40 @@ def test_a_held_folder_refuses_a_second_lock_naming_the_holder(tmp_path):
                 pass
     with RunLock(str(tmp_path)):                              # released with its holder
         pass
+
+
+# Takes the folder's lock, forks a child that keeps the lock file open (as a DataLoader worker does), prints the
+# child's PID and waits to be killed.
+HOLD_AND_FORK = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+from spknet.lock import RunLock
+with RunLock(sys.argv[1]):
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_holder_s_lock_is_free_at_once_though_its_forked_child_lives(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_FORK.format(repo=str(REPO)), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(SpeakerNetError, match=rf"another training run \(PID {holder.pid}\)"):
+            with RunLock(str(tmp_path)):
+                pass
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)                                     # the child still runs, with the lock file open
+        with RunLock(str(tmp_path)):                          # yet the folder is free at once, no retry
+            pass
+    finally:
+        holder.kill()
+        os.kill(child, signal.SIGKILL)
 
 
 @pytest.mark.slow

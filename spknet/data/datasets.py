@@ -1,7 +1,10 @@
 """Datasets: a training group's crops, a test file's crops, and the loader workers' signal handling."""
 
+import ctypes
+import multiprocessing
 import os
 import signal
+import sys
 
 import numpy as np
 import torch
@@ -11,12 +14,32 @@ from spknet.data.audio import NUM_EVAL, ORIGINAL, AudioPipeline, load_train_crop
 from spknet.data.lists import TrainList
 from spknet.data.sampler import Group
 
+PR_SET_PDEATHSIG = 1        # <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent ends (Linux; elsewhere nothing), and end now if the
+    parent has already gone.
+
+    A loader worker otherwise outlives a SIGKILLed main process for seconds (until its own watchdog notices), with
+    the main process's open files, and the run cannot be resumed at once.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(0)         # orphaned between its start and the prctl: nobody reads this worker's output
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """Loader workers leave SIGINT/SIGTERM to the main process, which finishes its step and saves first."""
+    """Loader worker start: SIGINT/SIGTERM are left to the main process, which finishes its step and saves first;
+    a SIGKILL of the main process ends the worker too (:func:`die_with_parent`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent()
 
 
 class TrainDataset(Dataset):
