@@ -86,13 +86,25 @@ def test_every_checkpoint_format_loads(tmp_path, wrap):
         assert torch.equal(value, state[key])
 
 
-def test_misshapen_keys_are_skipped_with_a_warning(tmp_path, capsys):
+def test_misshapen_keys_are_skipped_with_a_warning(tmp_path, capsys, console_log):
     path = tmp_path / "x.model"
     torch.save(seed_net().state_dict(), path)
     target = seed_net(nSpeakers=7)
+    console_log()
     report = load_model_state(target, read_checkpoint(str(path))["model_state_dict"], str(path))
     assert report.misshapen == ["__L__.proxies (model (7, 512), file (20, 512))"]
-    assert "__L__.proxies" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"WARNING: {path}: misshapen key(s) skipped: __L__.proxies (model (7, 512), "
+                                       f"file (20, 512))\n")
+
+
+def test_loss_keys_left_as_initialised_are_a_note(tmp_path, logged):
+    state = {key: value for key, value in seed_net().state_dict().items() if key.startswith("__S__.")}
+    report = load_model_state(seed_net(), state, "x.model")
+    assert report.missing[0] == "__L__.proxies" and not report.misshapen and not report.unexpected
+    [record] = logged.records
+    assert record.levelname == "INFO"
+    assert record.getMessage().startswith(f"note: x.model: {len(report.missing)} missing loss key(s) (__L__.proxies")
+    assert record.getMessage().endswith(") left as initialised")
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint", b""])

@@ -200,14 +200,15 @@ def nan_trainer(bad_steps):
     return trainer, FakeLoader([batch] * 8)
 
 
-def test_non_finite_loss_skips_the_step_with_a_warning(capsys):
+def test_non_finite_loss_skips_the_step_with_a_warning(logged):
     trainer, loader = nan_trainer(bad_steps={2, 5})
     before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
     progress = trainer.train_network(loader, epoch=1, show_progress=False)
     assert progress.finished and progress.steps == 6 and progress.batches == 8
     assert math.isfinite(progress.mean_loss)                              # the mean over the good steps
-    err = capsys.readouterr().err
-    assert "epoch 1, batch 1: non-finite loss" in err and "epoch 1, batch 4: non-finite loss" in err
+    warnings = [record.getMessage() for record in logged.records if record.levelname == "WARNING"]
+    assert warnings == ["epoch 1, batch 1: non-finite loss (nan); step skipped",
+                        "epoch 1, batch 4: non-finite loss (nan); step skipped"]
     assert any(not torch.equal(before[k], v) for k, v in trainer.net.state_dict().items())
 
 
@@ -217,6 +218,16 @@ def test_several_non_finite_losses_in_a_row_stop_the_run():
     with pytest.raises(SpeakerNetError, match="5 non-finite losses in a row"):
         trainer.train_network(loader, epoch=1, show_progress=False)
     assert all(torch.equal(before[k], v) for k, v in trainer.net.state_dict().items())   # nothing was applied
+
+
+def test_an_unknown_mixed_precision_is_an_error_naming_the_choices():
+    net = SpeakerNet(model="ResNetSE34L", trainfunc="mp_balance", nOut=16, nSpeakers=4)
+    with pytest.raises(SpeakerNetError, match=r"unknown mixed precision 'fp8': choose None or fp16 or bf16"):
+        ModelTrainer(net, torch.device("cpu"), optimizer="sgd", scheduler="plateau", lr=0.1, mixedprec="fp8")
+    with pytest.raises(SpeakerNetError, match=r"unknown optimizer 'adamw2'"):
+        ModelTrainer(net, torch.device("cpu"), optimizer="adamw2", scheduler="plateau", lr=0.1)
+    with pytest.raises(SpeakerNetError, match=r"unknown scheduler 'cosine2'"):
+        ModelTrainer(net, torch.device("cpu"), optimizer="sgd", scheduler="cosine2", lr=0.1)
 
 
 # ---- fuzzing: any input ends in the project's own error, never a traceback ----------------------------------

@@ -225,7 +225,7 @@ def trainer_state():
     return ModelTrainer(net, torch.device("cpu"), optimizer="sgd", scheduler="steplr", lr=0.1).state_dict()
 
 
-def test_a_damaged_newest_state_is_set_aside_and_the_newest_good_one_resumed(tmp_path, trainer_state, capsys):
+def test_a_damaged_newest_state_is_set_aside_and_the_newest_good_one_resumed(tmp_path, trainer_state, logged):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     for epoch in (1, 2):
@@ -238,8 +238,9 @@ def test_a_damaged_newest_state_is_set_aside_and_the_newest_good_one_resumed(tmp
     assert path == str(model_dir / "model000000001.model") and checkpoint["epoch"] == 1
     assert sorted(os.listdir(model_dir)) == ["model000000001.model", "model000000002.model.corrupt",
                                              "resume.state.corrupt"]
-    err = capsys.readouterr().err
-    assert "model000000002.model: not a readable PyTorch checkpoint" in err and "resume.state.corrupt now" in err
+    warnings = "\n".join(record.getMessage() for record in logged.records if record.levelname == "WARNING")
+    assert "model000000002.model: not a readable PyTorch checkpoint" in warnings
+    assert "resume.state.corrupt now" in warnings
     with pytest.raises(DamagedCheckpoint):
         read_checkpoint(str(model_dir / "model000000002.model.corrupt"))
 

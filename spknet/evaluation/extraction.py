@@ -19,6 +19,7 @@ import torch
 
 from spknet import atomic, distributed
 from spknet.data import NUM_EVAL, ORIGINAL, AudioPipeline, TestDataset, ignore_stop_signals, max_audio_samples
+from spknet.errors import check_choice
 from spknet.folding import inference_copy
 from spknet.progress import progress_bar
 
@@ -122,7 +123,7 @@ def _extract(model: torch.nn.Module, files: list[str], root: str, eval_frames: i
     extraction whose embeddings differ slightly from float32's (cosine to them above 0.9999 on ResNetSE34L).
     """
     device = torch.device(device)
-    autocast_dtype = EVAL_PRECISIONS[precision]
+    autocast_dtype = EVAL_PRECISIONS[check_choice("eval precision", precision, EVAL_PRECISIONS)]
     files_per_batch = files_per_batch or default_files_per_batch(device)
     dataset = TestDataset(files, root, eval_frames, pipeline=pipeline)
     previous = torch.get_num_threads()

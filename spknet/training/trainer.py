@@ -3,7 +3,6 @@ step and the epoch. The epoch driver (``trainSpeakerNet.py``) says where an epoc
 module knows no file path."""
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -12,11 +11,13 @@ import torch
 import torch.nn as nn
 
 from spknet import distributed, plugins
-from spknet.errors import SpeakerNetError
+from spknet.errors import SpeakerNetError, check_choice
+from spknet.logs import log
 from spknet.margin import MarginSchedule, has_margin
 from spknet.progress import progress_bar
 
 INITIAL_EER = 50.0      # what the original's plateau scheduler sees before the first evaluation
+AUTOCAST_DTYPES = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}     # --mixedprec
 
 
 @dataclass
@@ -91,7 +92,7 @@ class ModelTrainer:
                 self.net, device_ids=[device.index] if device.type == "cuda" else None)
         if compile:
             self.model = torch.compile(self.model)   # the step only: checkpoints keep the plain parameter names
-        self.autocast_dtype = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}[mixedprec]
+        self.autocast_dtype = AUTOCAST_DTYPES[check_choice("mixed precision", mixedprec, AUTOCAST_DTYPES)]
         self.scaler = torch.amp.GradScaler(device.type, enabled=mixedprec == "fp16")
         self.optimizer = plugins.load("optimizer", optimizer)(self.net.parameters(), **kwargs)
         self.scheduler = plugins.load("scheduler", scheduler)(self.optimizer, steps_per_epoch=steps_per_epoch,
@@ -178,8 +179,8 @@ class ModelTrainer:
         progress.count_batch()
         if not math.isfinite(loss_value):
             torch._foreach_copy_(self._running_stats, running_stats)   # a bad batch must not poison BatchNorm
-            print(f"WARNING: epoch {progress.epoch}, batch {progress.batches - 1}: non-finite loss ({loss_value}); "
-                  f"step skipped", file=sys.stderr)
+            log.warning(f"epoch {progress.epoch}, batch {progress.batches - 1}: non-finite loss ({loss_value}); "
+                        f"step skipped")
             return False
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
