@@ -14,14 +14,14 @@ from spknet.checkpoints import save_checkpoint
 from spknet.errors import SpeakerNetError
 from spknet.inference import infer_model_config, model_config
 from spknet.training.trainer import ModelTrainer
-from tests.helpers import REPO, SUBPROCESS_ENV, shared_file
+from tests.helpers import REPO, SUBPROCESS_ENV, fixture_file
 from trainSpeakerNet import parse_args, run_identity
 
 SEED_MODEL = "seed_mp_balance_sap.model"
 
 
 def fixture(*parts):
-    return str(shared_file("fixtures", *parts))
+    return str(fixture_file(*parts))
 
 
 @pytest.fixture(scope="module")
