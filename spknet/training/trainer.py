@@ -24,7 +24,7 @@ AUTOCAST_DTYPES = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}   
 class EpochProgress:
     """Where an epoch stands: batches consumed (including skipped ones), the running sums of what is logged, and
     the LR the epoch started with (what its log lines print, also after a resume inside it under a per-iteration
-    schedule; None in states saved before it was kept)."""
+    schedule; None when a saved state does not hold it, and the log lines print the current LR)."""
     epoch: int
     batches: int = 0
     steps: int = 0
@@ -153,8 +153,9 @@ class ModelTrainer:
     def load_state_dict(self, state: dict, completed_epoch: int | None = None, last_eer: float = INITIAL_EER) -> None:
         """Optimizer, scheduler and scaler, as far as ``state`` has them (the weights: :func:`load_model_state`).
 
-        A plateau schedule saved after ``completed_epoch`` by an earlier SpeakerNet, which stepped it at the start
-        of each epoch instead of the end, lacks that epoch's step: it is made here, with ``last_eer``.
+        A plateau schedule is stepped at the end of each epoch. One whose ``last_epoch`` is still
+        ``completed_epoch`` (a state that steps it at the start of each epoch) lacks that epoch's step, which is
+        made here with ``last_eer``, so the schedule stands where the end-of-epoch stepping puts it.
         """
         if "optimizer_state_dict" in state:
             self.optimizer.load_state_dict(state["optimizer_state_dict"])
