@@ -74,8 +74,8 @@ def min_dcf_from_rates(fnrs, fprs, thresholds, p_target=0.05, c_miss=1.0, c_fa=1
     fnrs, fprs = np.asarray(fnrs, dtype=np.float64), np.asarray(fprs, dtype=np.float64)
     thresholds = np.asarray(thresholds)
     if fnrs.size == 0 or not fnrs.shape == fprs.shape == thresholds.shape:
-        raise SpeakerNetError(f"minDCF needs as many miss rates ({fnrs.size}), false-alarm rates ({fprs.size}) and "
-                              f"thresholds ({thresholds.size}), at least one")
+        raise SpeakerNetError(f"minDCF needs a miss rate, a false-alarm rate and a threshold per operating point, "
+                              f"and at least one point; got {fnrs.size}, {fprs.size} and {thresholds.size}")
     return min_dcf_from_roc(fprs, fnrs, thresholds, p_target, c_miss, c_fa)
 
 
