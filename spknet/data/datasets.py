@@ -22,7 +22,8 @@ def die_with_parent() -> None:
     parent has already gone.
 
     A loader worker otherwise outlives a SIGKILLed main process for seconds (until its own watchdog notices), with
-    the main process's open files, and the run cannot be resumed at once.
+    the main process's open files, and the run cannot be resumed at once. The kernel's parent is the thread that
+    started the worker: a loader's workers end with the thread that first iterates it (the main thread here).
     """
     if sys.platform.startswith("linux"):
         try:
