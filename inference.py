@@ -19,6 +19,7 @@ import torch
 
 from spknet import calibration as calibrations
 from spknet import checkpoints
+from spknet.argtypes import at_least
 from spknet.data import read_lines
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import EmbeddingStore, EvalOptions, evaluate, read_plan
@@ -155,8 +156,10 @@ def add_calibrate_command(commands) -> None:
                            help="asnorm: AS-norm against --train_list speakers, as --eval does")
     calibrate.add_argument("--train_list", default="", help="asnorm: cohort list '<speaker> <path.wav>'")
     calibrate.add_argument("--train_path", default="", help="asnorm: folder of the cohort list's paths")
-    calibrate.add_argument("--cohort_size", type=int, default=200, help="asnorm: top cohort scores per file")
-    calibrate.add_argument("--cohort_utterances", type=int, default=3, help="asnorm: files per cohort speaker")
+    calibrate.add_argument("--cohort_size", type=at_least(2), default=200,
+                           help="asnorm: top cohort scores per file (2 or more: their standard deviation is used)")
+    calibrate.add_argument("--cohort_utterances", type=at_least(1), default=3,
+                           help="asnorm: files per cohort speaker")
     calibrate.add_argument("--dcf_p_target", type=float, default=0.05, help="actDCF target prior (and 0.01)")
     calibrate.add_argument("--nDataLoaderThread", type=int, default=2, help="loader worker processes")
 

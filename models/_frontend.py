@@ -12,7 +12,7 @@ import torchaudio
 from torch import nn
 
 from spknet import SAMPLE_RATE
-from spknet.errors import SpeakerNetError
+from spknet.errors import SpeakerNetError, check_choice
 
 WINDOWS = {"hann": torch.hann_window, "hamming": torch.hamming_window}
 NORMALISATIONS = ("instance", "mean")
@@ -34,9 +34,7 @@ class PreEmphasis(nn.Module):
 
 
 def window_function(window: str):
-    if window not in WINDOWS:
-        raise SpeakerNetError(f"unknown window {window!r}: choose {' or '.join(WINDOWS)}")
-    return WINDOWS[window]
+    return WINDOWS[check_choice("window", window, WINDOWS)]
 
 
 def pre_emphasised_filterbank(n_mels: int, window: str = "hamming") -> nn.Sequential:
@@ -64,9 +62,3 @@ def log_mel(torchfb: nn.Module, waves: torch.Tensor, log_input: bool, normalisat
         if normalisation == "instance":
             return F.instance_norm(x)
         return x - x.mean(dim=-1, keepdim=True)
-
-
-def check_choice(name: str, value: str, choices) -> str:
-    if value not in choices:
-        raise SpeakerNetError(f"unknown {name} {value!r}: choose {' or '.join(choices)}")
-    return value

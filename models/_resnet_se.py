@@ -8,6 +8,8 @@ from torch import nn
 from spknet import SAMPLE_RATE
 from spknet.errors import SpeakerNetError
 
+from ._frontend import window_function
+
 
 class SELayer(nn.Module):
     """Squeeze-excitation: channel weights from the global average, through a c/reduction bottleneck."""
@@ -74,9 +76,9 @@ def block_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 def make_filterbank(n_mels: int = 40, window: str = "hann") -> torchaudio.transforms.MelSpectrogram:
     """The original's mel front end (Hann window; voxceleb_trainer uses Hamming)."""
-    window_fn = torch.hann_window if window == "hann" else torch.hamming_window
     return torchaudio.transforms.MelSpectrogram(sample_rate=SAMPLE_RATE, n_fft=512, win_length=400, hop_length=160,
-                                                f_min=0.0, f_max=8000, pad=0, n_mels=n_mels, window_fn=window_fn)
+                                                f_min=0.0, f_max=8000, pad=0, n_mels=n_mels,
+                                                window_fn=window_function(window))
 
 
 def init_resnet_weights(network: nn.Module) -> None:

@@ -64,7 +64,7 @@ def file_embedding(path: str) -> np.ndarray:
 
 
 def compute_eer(labels, scores) -> float:
-    """Equal error rate in percent, as the trainer reports it (:func:`tuneThreshold.compute_metrics`)."""
+    """Equal error rate in percent, as the trainer reports it (:func:`spknet.evaluation.compute_metrics`)."""
     return compute_metrics(scores, labels, p_targets=()).eer
 
 

@@ -12,7 +12,6 @@ import glob
 import os
 import pickle
 import re
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ import torch
 
 from spknet import atomic
 from spknet.errors import SpeakerNetError
+from spknet.logs import log
 from spknet.model import SpeakerNet
 from spknet.specs import ModelSpec
 
@@ -129,10 +129,9 @@ def _warn_about(report: KeyReport, source: str) -> None:
         model_keys = [k for k in keys if k.startswith("__S__.")]
         if model_keys or (keys and kind == "misshapen"):
             shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-            print(f"WARNING: {source}: {kind} key(s) skipped: {shown}", file=sys.stderr)
+            log.warning(f"{source}: {kind} key(s) skipped: {shown}")
         elif keys:
-            print(f"note: {source}: {len(keys)} {kind} loss key(s) ({', '.join(keys[:4])}) left as initialised",
-                  file=sys.stderr)
+            log.info(f"note: {source}: {len(keys)} {kind} loss key(s) ({', '.join(keys[:4])}) left as initialised")
 
 
 def load_model_state(net: torch.nn.Module, state: dict, source: str, prefixes: tuple[str, ...] = (),
@@ -224,8 +223,7 @@ def _readable(path: str, trust: bool) -> dict | None:
         return read_checkpoint(path, trust)
     except DamagedCheckpoint as error:
         target = set_aside(path)
-        print(f"WARNING: {error}; set aside ({os.path.basename(target)} now), resuming from the newest good state",
-              file=sys.stderr)
+        log.warning(f"{error}; set aside ({os.path.basename(target)} now), resuming from the newest good state")
         return None
 
 

@@ -17,8 +17,6 @@ import torch.distributed.nn.functional as dist_nn
 from spknet.errors import SpeakerNetError
 
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-# torch.distributed.nn's all_gather is the public autograd-aware collective; its replacement is still private.
-warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
 
 
 def launched_by_torchrun() -> bool:
@@ -87,6 +85,14 @@ def gpus_to_spawn() -> int:
     return count
 
 
+def _all_gather_with_grad(x: torch.Tensor) -> list[torch.Tensor]:
+    """torch.distributed.nn's ``all_gather``, the public autograd-aware collective, without its deprecation
+    warning (its replacement is still private); the warning filters are restored afterwards."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
+        return dist_nn.all_gather(x)
+
+
 def gather_with_grad(x: torch.Tensor, equal_sizes: bool) -> torch.Tensor:
     """Concatenate every rank's ``x`` along dim 0 (rank order); gradients flow back to each rank's own part.
 
@@ -95,13 +101,13 @@ def gather_with_grad(x: torch.Tensor, equal_sizes: bool) -> torch.Tensor:
     if not is_active():
         return x
     if equal_sizes:
-        return torch.cat(dist_nn.all_gather(x))
+        return torch.cat(_all_gather_with_grad(x))
     size = torch.tensor([x.shape[0]], device=x.device)
     sizes = [torch.zeros_like(size) for _ in range(world_size())]
     dist.all_gather(sizes, size)
     sizes = [int(s.item()) for s in sizes]
     padded = torch.cat([x, x.new_zeros((max(sizes) - x.shape[0], *x.shape[1:]))])
-    parts = dist_nn.all_gather(padded)
+    parts = _all_gather_with_grad(padded)
     return torch.cat([part[:n] for part, n in zip(parts, sizes)])
 
 

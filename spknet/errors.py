@@ -5,6 +5,13 @@ class SpeakerNetError(Exception):
     """A user-facing error: the message names the file, line or key and what was expected."""
 
 
+def check_choice(name: str, value, choices):
+    """``value`` when it is one of ``choices``, else an error naming them all."""
+    if value not in choices:
+        raise SpeakerNetError(f"unknown {name} {value!r}: choose {' or '.join(map(str, choices))}")
+    return value
+
+
 def located(path, line_number: int | None, message: str) -> SpeakerNetError:
     """An error pointing at ``path:line`` (or just ``path``)."""
     where = f"{path}:{line_number}" if line_number is not None else f"{path}"

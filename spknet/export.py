@@ -18,19 +18,19 @@ Metadata (:data:`METADATA_KEYS`)
     extra file ``speakernet.json`` (:func:`load_program` returns it).
 
 Dynamic shapes
-    The time axis is exported with ``Dim.DYNAMIC``, letting torch.export find the valid range itself. A named
-    ``Dim("samples", min=1280)`` fails: after the two stride-2 stages the network has ``1 + samples // 640``
-    frames, and the attentive pooling's broadcast ``x * w`` (and the stride-2 shortcuts' contiguity checks) guard on
-    that count not being 1 (``1 % (1 + samples // 640) != 0``), which the solver cannot prove from a lower bound.
-    Left to itself it refines the range to ``samples >= 640`` (40 ms; the embedder refuses under 400 samples
-    anyway), recorded as ``min_samples``; :func:`export_program` checks that it covers 0.5 s.
+    The time axis is ``Dim.DYNAMIC``: torch.export derives its valid range itself. After the two stride-2 stages
+    the network has ``1 + samples // 640`` frames, and the attentive pooling's broadcast ``x * w`` (and the
+    stride-2 shortcuts' contiguity checks) guard on that count not being 1 (``1 % (1 + samples // 640) != 0``), a
+    condition that a named ``Dim`` with only a lower bound does not satisfy provably. The derived range,
+    ``samples >= 640`` (40 ms; the embedder refuses under 400 samples anyway), is recorded as ``min_samples``;
+    :func:`export_program` checks that it covers 0.5 s.
 
 STFT
     torchaudio's MelSpectrogram runs ``torch.stft`` (centred, reflect padding); the dynamo exporter translates it
     into ONNX's ``STFT`` operator (opset 17+) with the model's own window buffer, and onnxruntime runs it; tests
     check the result against PyTorch.
 
-Writes are atomic (:mod:`core.atomic`); a failure is a :class:`SpeakerNetError` naming the file, and leaves
+Writes are atomic (:mod:`spknet.atomic`); a failure is a :class:`SpeakerNetError` naming the file, and leaves
 nothing behind. onnx and onnxscript are imported only for ONNX export (``requirements-export.txt``).
 """
 
@@ -171,7 +171,7 @@ def require_onnx(source: str) -> None:
 
 @contextmanager
 def _writing(path: str):
-    """:func:`core.atomic.atomic_open` for an export: the folder made if missing, and an OSError (unwritable
+    """:func:`spknet.atomic.atomic_open` for an export: the folder made if missing, and an OSError (unwritable
     folder, disk full) turned into an error naming the file; the temporary file never stays behind."""
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

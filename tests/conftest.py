@@ -1,7 +1,10 @@
 """Session fixtures: one tiny synthetic corpus (40 training speakers) shared by the end-to-end tests."""
 
+import logging
+
 import pytest
 
+from spknet import logs
 from spknet.data.synthetic import make_corpus
 
 TINY = dict(speakers=40, utterances=6, test_speakers=8, test_utterances=6, trials=200, min_duration=2.5,
@@ -13,3 +16,25 @@ def tiny_corpus(tmp_path_factory):
     """Paths of a tiny corpus: train_list, test_list, train_path, test_path."""
     corpus = make_corpus(str(tmp_path_factory.mktemp("tiny_corpus")), **TINY)
     return {key: corpus[key] for key in ("train_list", "test_list", "train_path", "test_path")}
+
+
+@pytest.fixture()
+def logged(caplog, monkeypatch):
+    """caplog with the ``speakernet`` logger's records, whatever console handlers an earlier CLI run set up."""
+    monkeypatch.setattr(logs.log, "propagate", True)
+    caplog.set_level(logging.INFO, logger=logs.log.name)
+    return caplog
+
+
+@pytest.fixture()
+def console_log():
+    """``console_log()`` in a test gives the logger the CLI's console handlers (:func:`spknet.logs.setup`) on the
+    test's own stdout and stderr; its previous handlers, level and propagation are restored afterwards."""
+    handlers, propagate, level = list(logs.log.handlers), logs.log.propagate, logs.log.level
+    yield logs.setup
+    for handler in list(logs.log.handlers):
+        logs.log.removeHandler(handler)
+    for handler in handlers:
+        logs.log.addHandler(handler)
+    logs.log.propagate = propagate
+    logs.log.setLevel(level)

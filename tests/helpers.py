@@ -1,4 +1,4 @@
-"""Shared test fixtures: where the shared fixtures are, a tiny synthetic corpus, and running the CLI."""
+"""Shared test helpers: the repository's fixture files, importing scripts by path, and running the CLI."""
 
 import importlib.util
 import os
@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FIXTURES = SHARED / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures"      # files made by the original code (see its README.txt)
 # One compute thread per training subprocess: its loader workers need the other core, and oversubscribing
 # 2 cores makes every step several times slower.
 SUBPROCESS_ENV = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def shared_file(*parts) -> Path:
-    path = SHARED.joinpath(*parts)
+def fixture_file(*parts) -> Path:
+    """A file of ``tests/fixtures``; a missing one fails the test (the repository carries them all)."""
+    path = FIXTURES.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} not present (the shared fixtures live beside the repository)")
+        pytest.fail(f"{path}: fixture missing from the repository")
     return path
 
 

@@ -181,6 +181,15 @@ def test_calibrate_needs_a_labelled_list_with_both_classes(checkpoints, tmp_path
     assert not os.path.exists(checkpoints[0] + ".calibration.json")
 
 
+@pytest.mark.parametrize("flag,value,minimum", [("--cohort_size", "1", 2), ("--cohort_utterances", "0", 1)])
+def test_calibrate_refuses_a_cohort_too_small_for_as_norm(tmp_path, capsys, flag, value, minimum):
+    with pytest.raises(SystemExit) as stop:
+        inference.main(["calibrate", "--initial_model", str(tmp_path / "m.model"), "--test_list",
+                        str(tmp_path / "trials.txt"), "--score_norm", "asnorm", flag, value])
+    assert stop.value.code == 2
+    assert f"argument {flag}: must be at least {minimum}, got {value}" in capsys.readouterr().err
+
+
 def test_verify_without_a_calibration_says_how_to_make_one(checkpoints):
     embedder = SpeakerNet.load_embedder(checkpoints[1], device="cpu")         # nothing beside it: none
     assert embedder.calibration is None

@@ -9,7 +9,7 @@ import yaml
 
 from spknet import plugins
 from spknet.errors import SpeakerNetError
-from tests.helpers import REPO, run_cli, shared_file
+from tests.helpers import REPO, fixture_file, run_cli
 from trainSpeakerNet import build_parser, parse_args, spec_from_argv
 
 ORIGINAL_DEFAULTS = {
@@ -23,7 +23,7 @@ ORIGINAL_DEFAULTS = {
 
 
 def readme_commands():
-    text = shared_file("seed-README.md").read_text()
+    text = fixture_file("seed-README.md").read_text()
     commands = [line.strip() for line in text.splitlines() if line.strip().startswith("python ./trainSpeakerNet.py")]
     assert len(commands) == 5
     return [shlex.split(command)[2:] for command in commands]

@@ -10,7 +10,7 @@ from spknet.checkpoints import load_model_state, read_checkpoint
 from spknet.data import load_wav
 from spknet.errors import SpeakerNetError
 from spknet.model import SpeakerNet
-from tests.helpers import run_cli, shared_file
+from tests.helpers import fixture_file, run_cli
 
 SEED_MODEL = "seed_mp_balance_sap.model"
 
@@ -22,7 +22,7 @@ def seed_net(**overrides):
 
 def test_state_dict_keys_equal_the_originals():
     listed = {}
-    for line in shared_file("fixtures", "seed_state_dict_keys.txt").read_text().splitlines():
+    for line in fixture_file("seed_state_dict_keys.txt").read_text().splitlines():
         key, shape, _ = line.split("\t")
         listed[key] = tuple(json.loads(shape))
     ours = {key: tuple(value.shape) for key, value in seed_net().state_dict().items()}
@@ -31,13 +31,13 @@ def test_state_dict_keys_equal_the_originals():
 
 def test_seed_checkpoint_loads_every_key_and_reproduces_embeddings():
     net = seed_net()
-    report = load_model_state(net, read_checkpoint(str(shared_file("fixtures", SEED_MODEL)))["model_state_dict"],
+    report = load_model_state(net, read_checkpoint(str(fixture_file(SEED_MODEL)))["model_state_dict"],
                               SEED_MODEL)
     assert not report.missing and not report.unexpected and not report.misshapen
     net.eval()
-    reference = np.load(shared_file("fixtures", "seed_embeddings.npz"))
+    reference = np.load(fixture_file("seed_embeddings.npz"))
     for name in "abc":
-        crops = torch.from_numpy(load_wav(str(shared_file("fixtures", "wav", f"{name}.wav")), 400))
+        crops = torch.from_numpy(load_wav(str(fixture_file("wav", f"{name}.wav")), 400))
         with torch.no_grad():
             embeddings = net.__S__(crops).numpy()
         relative = np.abs(embeddings - reference[name]).max() / np.abs(reference[name]).max()
@@ -47,17 +47,17 @@ def test_seed_checkpoint_loads_every_key_and_reproduces_embeddings():
 @pytest.mark.slow
 def test_original_eval_command_reproduces_fixture_scores(tmp_path):
     """The README's evaluation command, data paths changed, with the seed checkpoint and a trial list."""
-    wav = shared_file("fixtures", "wav")
+    wav = fixture_file("wav")
     trials = tmp_path / "trials.txt"
     trials.write_text("1 a.wav b.wav\n0 a.wav c.wav\n1 b.wav c.wav\n")
     scores_file = tmp_path / "scores.tsv"
     result = run_cli("--model", "ResNetSE34L", "--encoder", "SAP", "--trainfunc", "mmp_balance", "--optimizer", "sgd",
                      "--save_path", tmp_path / "res", "--batch_size", "200", "--lr", "0.2", "--max_frames", "400",
                      "--train_list", "unused.txt", "--test_list", trials, "--train_path", "unused",
-                     "--test_path", wav, "--eval", "--initial_model", shared_file("fixtures", SEED_MODEL),
+                     "--test_path", wav, "--eval", "--initial_model", fixture_file(SEED_MODEL),
                      "--save_scores", scores_file, "--nDataLoaderThread", "0")
     assert result.returncode == 0, result.stderr
-    expected = json.loads(shared_file("fixtures", "seed_scores.json").read_text())
+    expected = json.loads(fixture_file("seed_scores.json").read_text())
     lines = [line.split() for line in scores_file.read_text().splitlines()]
     assert [line[1:] for line in lines] == [["1", "a.wav", "b.wav"], ["0", "a.wav", "c.wav"], ["1", "b.wav", "c.wav"]]
     for line, key in zip(lines, ["a_b", "a_c", "b_c"]):
@@ -86,13 +86,25 @@ def test_every_checkpoint_format_loads(tmp_path, wrap):
         assert torch.equal(value, state[key])
 
 
-def test_misshapen_keys_are_skipped_with_a_warning(tmp_path, capsys):
+def test_misshapen_keys_are_skipped_with_a_warning(tmp_path, capsys, console_log):
     path = tmp_path / "x.model"
     torch.save(seed_net().state_dict(), path)
     target = seed_net(nSpeakers=7)
+    console_log()
     report = load_model_state(target, read_checkpoint(str(path))["model_state_dict"], str(path))
     assert report.misshapen == ["__L__.proxies (model (7, 512), file (20, 512))"]
-    assert "__L__.proxies" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"WARNING: {path}: misshapen key(s) skipped: __L__.proxies (model (7, 512), "
+                                       f"file (20, 512))\n")
+
+
+def test_loss_keys_left_as_initialised_are_a_note(tmp_path, logged):
+    state = {key: value for key, value in seed_net().state_dict().items() if key.startswith("__S__.")}
+    report = load_model_state(seed_net(), state, "x.model")
+    assert report.missing[0] == "__L__.proxies" and not report.misshapen and not report.unexpected
+    [record] = logged.records
+    assert record.levelname == "INFO"
+    assert record.getMessage().startswith(f"note: x.model: {len(report.missing)} missing loss key(s) (__L__.proxies")
+    assert record.getMessage().endswith(") left as initialised")
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint", b""])

@@ -217,6 +217,27 @@ def test_as_norm_equals_the_per_trial_formula():
         assert ours[i] == pytest.approx(expected, abs=1e-4)
 
 
+def test_an_unknown_eval_precision_is_an_error_naming_the_choices():
+    net = SpeakerNet(model="ResNetSE34L", trainfunc="mp_balance", nOut=8, nSpeakers=4).__S__
+    with pytest.raises(SpeakerNetError, match=r"unknown eval precision 'int8': choose fp32 or bf16 or fp16"):
+        extraction.extract_embeddings(net, ["a.wav"], "", 20, CPU, precision="int8", show_progress=False)
+
+
+@pytest.mark.parametrize("top_n,speakers", [(1, 30), (200, 1)])
+def test_as_norm_with_fewer_than_two_cohort_scores_is_an_error_not_nan(top_n, speakers):
+    scorer = evaluation.TrialScorer(torch.randn(4, 3, 8), "cosine", device=CPU)
+    with pytest.raises(SpeakerNetError, match=rf"at least 2 top cohort scores.*cohort size {top_n} and a cohort "
+                                              rf"of {speakers} speaker"):
+        evaluation.cohort_statistics(scorer, torch.arange(4), torch.randn(speakers, 8), top_n)
+    mean, std = evaluation.cohort_statistics(scorer, torch.arange(4), torch.randn(30, 8), 2)
+    assert torch.isfinite(std).all() and (std > 0).all()
+
+
+def test_an_unknown_scoring_is_an_error_naming_the_choices():
+    with pytest.raises(SpeakerNetError, match=r"unknown scoring 'cosinus': choose crops or cosine"):
+        evaluation.TrialScorer(torch.randn(4, 3, 8), "cosinus", device=CPU)
+
+
 def test_as_norm_removes_a_per_file_bias():
     """Two groups of files, one with a score offset: AS-norm (whose cohort scores carry the same offset) lowers the
     EER. Each side's normalisation removes its own file's offset, so the offset of a trial (the sum of its two

@@ -13,13 +13,13 @@ import SpeakerNet
 from spknet.checkpoints import checkpoint_spec, infer_model_config
 from spknet.errors import SpeakerNetError
 from spknet.specs import SCHEMA, ModelSpec
-from tests.helpers import REPO, SUBPROCESS_ENV, saved_run_checkpoint, shared_file
+from tests.helpers import REPO, SUBPROCESS_ENV, fixture_file, saved_run_checkpoint
 
 SEED_MODEL = "seed_mp_balance_sap.model"
 
 
 def fixture(*parts):
-    return str(shared_file("fixtures", *parts))
+    return str(fixture_file(*parts))
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
+import tuneThreshold
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import act_dcf, cllr, compute_metrics, min_cllr
+from spknet.evaluation import metrics as metrics_module
 from spknet.evaluation.metrics import bayes_threshold
-from tuneThreshold import tuneThresholdfromScore
+from tuneThreshold import ComputeErrorRates, ComputeMinDcf, tuneThresholdfromScore
 
 
 def brute_force(scores, labels, p_target):
@@ -44,6 +46,54 @@ def test_eer_and_min_dcf(seed):
     assert metrics.min_dcf[0.05][0] == pytest.approx(dcf05, abs=1e-12)
     assert metrics.min_dcf[0.01][0] == pytest.approx(brute_force(scores, labels, 0.01)[2], abs=1e-12)
     assert tuneThresholdfromScore(scores, labels, [1, 0.1])[1] == metrics.eer
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("p_target,c_miss,c_fa", [(0.05, 1, 1), (0.01, 1, 1), (0.3, 2, 0.5)])
+def test_voxceleb_trainer_s_error_rates_and_min_dcf_against_every_threshold(seed, p_target, c_miss, c_fa):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(300) < 0.4).astype(int)
+    scores = rng.normal(size=300) + 1.5 * labels                # distinct scores: one trial per threshold
+    fnrs, fprs, thresholds = ComputeErrorRates(list(scores), list(labels))
+    # at a trial's score, trials up to it are rejected and the others accepted
+    below = scores[None, :] <= np.sort(scores)[:, None]
+    assert np.array_equal(thresholds, np.sort(scores))
+    assert np.allclose(fnrs, (below & (labels == 1)).sum(1) / (labels == 1).sum(), rtol=0, atol=1e-12)
+    assert np.allclose(fprs, (~below & (labels == 0)).sum(1) / (labels == 0).sum(), rtol=0, atol=1e-12)
+    cost = c_miss * p_target * fnrs + c_fa * (1 - p_target) * fprs
+    best = int(np.argmin(cost))
+    min_dcf, threshold = ComputeMinDcf(fnrs, fprs, thresholds, p_target, c_miss, c_fa)
+    assert min_dcf == pytest.approx(cost[best] / min(c_miss * p_target, c_fa * (1 - p_target)), abs=1e-12)
+    assert threshold == thresholds[best]
+    # the same minimum as the ROC's (the staircase's corners hold every optimum)
+    assert min_dcf == pytest.approx(compute_metrics(scores, labels, (p_target,), c_miss, c_fa).min_dcf[p_target][0],
+                                    abs=1e-12)
+
+
+def test_error_rates_with_tied_scores_follow_trial_order():
+    fnrs, fprs, thresholds = ComputeErrorRates([0.5, 0.5, 0.1, 0.5], [1, 0, 0, 1])
+    assert list(thresholds) == [0.1, 0.5, 0.5, 0.5]               # sorted: trials 2, 0, 1, 3
+    assert list(fnrs) == [0.0, 0.5, 0.5, 1.0] and list(fprs) == [0.5, 0.5, 0.0, 0.0]
+    assert ComputeMinDcf(fnrs, fprs, thresholds, 0.5, 1, 1) == (0.5, 0.1)   # first of the tied minima
+
+
+def test_threshold_tuning_is_the_library_s():
+    assert tuneThreshold.ComputeErrorRates is metrics_module.sorted_error_rates
+    assert tuneThreshold.ComputeMinDcf is metrics_module.min_dcf_from_rates
+    assert tuneThreshold.tuneThresholdfromScore is metrics_module.tuned_thresholds
+
+
+@pytest.mark.parametrize("scores,labels,message", [
+    ([0.1, 0.2], [1, 1], "both target"),
+    ([0.1, 0.2], [1, 2], "labels must be 1 .target. or 0"),
+    ([0.1, 0.2, 0.3], [1, 0], "3 scores but 2 labels"),
+    ([], [], "both target"),
+])
+def test_error_rates_of_bad_trials_are_user_errors(scores, labels, message):
+    with pytest.raises(SpeakerNetError, match=message):
+        ComputeErrorRates(scores, labels)
+    with pytest.raises(SpeakerNetError, match="at least one point; got 0, 0 and 0"):
+        ComputeMinDcf([], [], [], 0.05, 1, 1)
 
 
 def test_separable_and_reversed():

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from spknet.data import read_train_list
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import read_trial_list
+from spknet.lock import RunLock
 from spknet.model import SpeakerNet
 from spknet.specs import TrainingSpec
 from spknet.training.trainer import ModelTrainer
@@ -87,6 +88,94 @@ def test_sigkill_during_an_epoch_then_resume(tiny_corpus, tmp_path):
     assert (save_path / "model" / "model000000002.model").is_file()
 
 
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie waiting for its reaper does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as handle:
+        return [int(child) for child in handle.read().split()]
+
+
+def wait_until(condition, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+# A DataLoader whose one worker (started with the loaders' worker_init_fn) writes its PID and then sleeps inside
+# __getitem__, where torch's own watchdog never looks at the parent.
+SLEEPING_WORKER = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+import torch
+from spknet.data import ignore_stop_signals
+class Sleeper(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+    def __getitem__(self, index):
+        with open(sys.argv[1] + ".tmp", "w") as handle:
+            handle.write(str(os.getpid()))
+        os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+        time.sleep(60)
+        return index
+next(iter(torch.utils.data.DataLoader(Sleeper(), num_workers=1, worker_init_fn=ignore_stop_signals)))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_loader_worker_dies_with_its_sigkilled_main_process(tmp_path):
+    pid_file = tmp_path / "worker.pid"
+    main = subprocess.Popen([sys.executable, "-c", SLEEPING_WORKER.format(repo=str(REPO)), str(pid_file)],
+                            env={**os.environ, **SUBPROCESS_ENV})
+    try:
+        assert wait_until(pid_file.exists, 120), "the worker never started"
+        worker = int(pid_file.read_text())
+        assert alive(worker)
+        main.kill()
+        main.wait()
+        assert wait_until(lambda: not alive(worker), 1.0), "the worker outlived its killed main process"
+    finally:
+        main.kill()
+        if pid_file.exists() and alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_sigkill_with_loader_workers_then_the_same_command_resumes_at_once(tiny_corpus, tmp_path):
+    save_path = tmp_path / "run"
+    argv = [*FAST, *corpus_flags(tiny_corpus), "--save_path", str(save_path), "--max_epoch", "2",
+            "--nDataLoaderThread", "2"]
+    process = subprocess.Popen([sys.executable, str(REPO / "trainSpeakerNet.py"), *argv],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, **SUBPROCESS_ENV})
+    first = save_path / "model" / "model000000001.model"
+    assert wait_until(first.exists, 300), "epoch 1 never ended"
+    assert wait_until(lambda: len(children(process.pid)) >= 2, 30), "no loader workers"
+    workers = children(process.pid)
+    process.kill()
+    process.wait()
+    killed_at = time.time()
+    assert not (save_path / "model" / "model000000002.model").exists()       # killed during epoch 2
+    with RunLock(str(save_path)):                                            # free at once: no retry
+        pass
+    assert wait_until(lambda: not any(alive(worker) for worker in workers), 1.0), "workers outlived the run"
+    assert time.time() - killed_at < 1.0
+    resumed = run_cli(*argv)
+    assert "another training run" not in resumed.stderr
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming after epoch 1" in resumed.stdout
+    assert (save_path / "model" / "model000000002.model").is_file()
+
+
 class FakeLoader(list):
     """Batches without audio."""
 
@@ -107,14 +196,15 @@ def nan_trainer(bad_steps):
     return trainer, FakeLoader([batch] * 8)
 
 
-def test_non_finite_loss_skips_the_step_with_a_warning(capsys):
+def test_non_finite_loss_skips_the_step_with_a_warning(logged):
     trainer, loader = nan_trainer(bad_steps={2, 5})
     before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
     progress = trainer.train_network(loader, epoch=1, show_progress=False)
     assert progress.finished and progress.steps == 6 and progress.batches == 8
     assert math.isfinite(progress.mean_loss)                              # the mean over the good steps
-    err = capsys.readouterr().err
-    assert "epoch 1, batch 1: non-finite loss" in err and "epoch 1, batch 4: non-finite loss" in err
+    warnings = [record.getMessage() for record in logged.records if record.levelname == "WARNING"]
+    assert warnings == ["epoch 1, batch 1: non-finite loss (nan); step skipped",
+                        "epoch 1, batch 4: non-finite loss (nan); step skipped"]
     assert any(not torch.equal(before[k], v) for k, v in trainer.net.state_dict().items())
 
 
@@ -124,6 +214,16 @@ def test_several_non_finite_losses_in_a_row_stop_the_run():
     with pytest.raises(SpeakerNetError, match="5 non-finite losses in a row"):
         trainer.train_network(loader, epoch=1, show_progress=False)
     assert all(torch.equal(before[k], v) for k, v in trainer.net.state_dict().items())   # nothing was applied
+
+
+def test_an_unknown_mixed_precision_is_an_error_naming_the_choices():
+    net = SpeakerNet(model="ResNetSE34L", trainfunc="mp_balance", nOut=16, nSpeakers=4)
+    with pytest.raises(SpeakerNetError, match=r"unknown mixed precision 'fp8': choose None or fp16 or bf16"):
+        ModelTrainer(net, torch.device("cpu"), optimizer="sgd", scheduler="plateau", lr=0.1, mixedprec="fp8")
+    with pytest.raises(SpeakerNetError, match=r"unknown optimizer 'adamw2'"):
+        ModelTrainer(net, torch.device("cpu"), optimizer="adamw2", scheduler="plateau", lr=0.1)
+    with pytest.raises(SpeakerNetError, match=r"unknown scheduler 'cosine2'"):
+        ModelTrainer(net, torch.device("cpu"), optimizer="sgd", scheduler="cosine2", lr=0.1)
 
 
 # ---- fuzzing: any input ends in the project's own error, never a traceback ----------------------------------

@@ -21,6 +21,7 @@ from spknet.data import (
     read_train_list,
     speed_perturbed,
 )
+from spknet.errors import SpeakerNetError
 from spknet.training.run import SPEED_FACTORS, training_classes
 from tests.helpers import run_cli
 from tests.test_augment import make_folders
@@ -248,3 +249,13 @@ def test_a_run_with_speed_perturbation_trains_three_classes_per_speaker(tiny_cor
     checkpoint = torch.load(save_path / "model" / "model000000001.model", weights_only=True)
     assert checkpoint["model_state_dict"]["__L__.weight"].shape == (120, 32)   # one AAM class per speaker x speed
     assert checkpoint["run"]["options"]["speed_perturb"] is True               # a resume without it is refused
+
+
+def test_perturbing_twice_or_unaligned_labels_are_user_errors():
+    perturbed = speed_perturbed(recorded_list([3, 4]), SPEEDS)
+    with pytest.raises(SpeakerNetError, match="already speed-perturbed"):
+        speed_perturbed(perturbed, SPEEDS)
+    shuffled = perturbed.labels.copy()
+    shuffled[[0, -1]] = shuffled[[-1, 0]]
+    with pytest.raises(SpeakerNetError, match="labels are not 3 speed blocks of one list"):
+        GroupBatchSampler(shuffled, (2,), 2, 100, copies=3)

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from tests.helpers import REPO, SUBPROCESS_ENV, run_cli, shared_file
+from tests.helpers import REPO, SUBPROCESS_ENV, fixture_file, run_cli
 
 pytestmark = pytest.mark.slow      # subprocess runs of the command line (seconds each)
 
@@ -23,7 +23,7 @@ FAST = ["--max_frames", "50", "--batch_size", "8", "--nDataLoaderThread", "2"]
 
 
 def readme_training_commands():
-    text = shared_file("seed-README.md").read_text()
+    text = fixture_file("seed-README.md").read_text()
     lines = [line.strip() for line in text.splitlines() if line.strip().startswith("python ./trainSpeakerNet.py")]
     return [shlex.split(line)[2:] for line in lines if "--eval" not in line]
 

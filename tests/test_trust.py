@@ -4,6 +4,7 @@ loader workers running, damaged saved states and failed saves."""
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -98,6 +99,40 @@ def test_a_held_folder_refuses_a_second_lock_naming_the_holder(tmp_path):
                 pass
     with RunLock(str(tmp_path)):                              # released with its holder
         pass
+
+
+# Takes the folder's lock, forks a child that keeps the lock file open (as a DataLoader worker does), prints the
+# child's PID and waits to be killed.
+HOLD_AND_FORK = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+from spknet.lock import RunLock
+with RunLock(sys.argv[1]):
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_holder_s_lock_is_free_at_once_though_its_forked_child_lives(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_FORK.format(repo=str(REPO)), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(SpeakerNetError, match=rf"another training run \(PID {holder.pid}\)"):
+            with RunLock(str(tmp_path)):
+                pass
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)                                     # the child still runs, with the lock file open
+        with RunLock(str(tmp_path)):                          # yet the folder is free at once, no retry
+            pass
+    finally:
+        holder.kill()
+        os.kill(child, signal.SIGKILL)
 
 
 @pytest.mark.slow
@@ -195,7 +230,7 @@ def trainer_state():
     return trainer.state_dict()
 
 
-def test_a_damaged_newest_state_is_set_aside_and_the_newest_good_one_resumed(tmp_path, trainer_state, capsys):
+def test_a_damaged_newest_state_is_set_aside_and_the_newest_good_one_resumed(tmp_path, trainer_state, logged):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     for epoch in (1, 2):
@@ -208,8 +243,9 @@ def test_a_damaged_newest_state_is_set_aside_and_the_newest_good_one_resumed(tmp
     assert path == str(model_dir / "model000000001.model") and checkpoint["epoch"] == 1
     assert sorted(os.listdir(model_dir)) == ["model000000001.model", "model000000002.model.corrupt",
                                              "resume.state.corrupt"]
-    err = capsys.readouterr().err
-    assert "model000000002.model: not a readable PyTorch checkpoint" in err and "resume.state.corrupt now" in err
+    warnings = "\n".join(record.getMessage() for record in logged.records if record.levelname == "WARNING")
+    assert "model000000002.model: not a readable PyTorch checkpoint" in warnings
+    assert "resume.state.corrupt now" in warnings
     with pytest.raises(DamagedCheckpoint):
         read_checkpoint(str(model_dir / "model000000002.model.corrupt"))
 

@@ -1,8 +1,11 @@
 """Datasets: a training group's crops, the evaluation crops of a file or a waveform, and the loader workers' signal
 handling."""
 
+import ctypes
+import multiprocessing
 import os
 import signal
+import sys
 
 import numpy as np
 import torch
@@ -14,11 +17,33 @@ from spknet.data.sampler import Group
 from spknet.data.sources import UtteranceSource, as_source
 from spknet.errors import SpeakerNetError
 
+PR_SET_PDEATHSIG = 1        # <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent ends (Linux; elsewhere nothing), and end now if the
+    parent has already gone.
+
+    A loader worker otherwise outlives a SIGKILLed main process for seconds (until its own watchdog notices), with
+    the main process's open files, and the run cannot be resumed at once. The kernel's parent is the thread that
+    started the worker: a loader's workers end with the thread that first iterates it (the main thread here).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(0)         # orphaned between its start and the prctl: nobody reads this worker's output
+
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """Loader workers leave SIGINT/SIGTERM to the main process, which finishes its step and saves first."""
+    """Loader worker start: SIGINT/SIGTERM are left to the main process, which finishes its step and saves first;
+    a SIGKILL of the main process ends the worker too (:func:`die_with_parent`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent()
 
 
 class TrainDataset(Dataset):

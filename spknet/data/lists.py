@@ -27,7 +27,7 @@ def speed_perturbed(train_list: TrainList, speeds: tuple[float, ...]) -> TrainLi
     one speed.
     """
     if train_list.copies != 1:
-        raise ValueError("the training list is already speed-perturbed")
+        raise SpeakerNetError("the training list is already speed-perturbed: perturb the recorded list once")
     if len(set(speeds)) != len(speeds) or not all(factor > 0 for factor in speeds):
         raise SpeakerNetError(f"speed factors must be distinct and positive, got {speeds}")
     count, files = len(train_list.speakers), len(train_list.files)

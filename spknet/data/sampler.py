@@ -47,7 +47,7 @@ class GroupBatchSampler(torch.utils.data.Sampler):
         self.speakers = int(labels.max()) // copies + 1 if copies > 1 else 0
         if copies > 1 and not np.array_equal(
                 labels, np.concatenate([labels[:self.recorded] + k * self.speakers for k in range(copies)])):
-            raise ValueError(f"labels are not {copies} speed blocks of one list (see speed_perturbed)")
+            raise SpeakerNetError(f"labels are not {copies} speed blocks of one list (see speed_perturbed)")
         recorded = labels[:self.recorded]
         order = np.argsort(recorded, kind="stable")
         boundaries = np.flatnonzero(np.diff(recorded[order])) + 1

@@ -28,6 +28,7 @@ from spknet.data import (
     ignore_stop_signals,
     max_audio_samples,
 )
+from spknet.errors import check_choice
 from spknet.evaluation.threads import single_threaded_pool
 from spknet.folding import inference_copy
 from spknet.progress import progress_bar
@@ -153,7 +154,7 @@ def extract_dataset(model: torch.nn.Module, dataset: TestDataset | WaveformDatas
     extraction whose embeddings differ slightly from float32's (cosine to them above 0.9999 on ResNetSE34L).
     """
     device = torch.device(device)
-    autocast_dtype = EVAL_PRECISIONS[precision]
+    autocast_dtype = EVAL_PRECISIONS[check_choice("eval precision", precision, EVAL_PRECISIONS)]
     files_per_batch = files_per_batch or default_files_per_batch(device)
     count, whole = len(dataset), dataset.max_frames == 0
     threads = (threads or torch.get_num_threads()) if device.type == "cpu" else 1

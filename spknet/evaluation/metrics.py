@@ -28,6 +28,57 @@ def min_dcf_from_roc(fpr, fnr, thresholds, p_target=0.05, c_miss=1.0, c_fa=1.0) 
     return float(cost[index] / min(c_miss * p_target, c_fa * (1 - p_target))), float(thresholds[index])
 
 
+def tuned_thresholds(scores, labels, target_fa, target_fr=None) -> tuple[list, float, np.ndarray, np.ndarray]:
+    """The original's ``tuneThresholdfromScore``: ``(tuned, eer_percent, fpr, fnr)``, where ``tuned`` holds
+    ``[threshold, fpr, fnr]`` at the ROC point nearest each target miss rate, then each target false-alarm rate,
+    then at the EER."""
+    fpr, fnr, thresholds = roc(scores, labels)
+    tuned = []
+    for rate in target_fr or []:
+        index = int(np.nanargmin(np.abs(rate - fnr)))
+        tuned.append([thresholds[index], fpr[index], fnr[index]])
+    for rate in target_fa:
+        index = int(np.nanargmin(np.abs(rate - fpr)))
+        tuned.append([thresholds[index], fpr[index], fnr[index]])
+    eer, eer_threshold = eer_from_roc(fpr, fnr, thresholds)
+    tuned.append([eer_threshold, eer / 100, eer / 100])
+    return tuned, eer, fpr, fnr
+
+
+def sorted_error_rates(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Miss and false-alarm rates with every trial's score as the threshold: ``(fnrs, fprs, thresholds)``.
+
+    ``thresholds`` are the scores in ascending order (tied scores in trial order); at ``thresholds[i]`` the first
+    ``i + 1`` trials of that order are rejected and the others accepted, so ``fnrs[i]`` is the fraction of targets
+    among the first ``i + 1`` and ``fprs[i]`` the fraction of non-targets after them. This is the Kaldi-style
+    ``ComputeErrorRates`` of voxceleb_trainer's ``tuneThreshold.py``, whose users pass its output to
+    :func:`min_dcf_from_rates`; :func:`roc` is the same curve at distinct thresholds only.
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel()
+    if scores.shape != labels.shape:
+        raise SpeakerNetError(f"{scores.size} scores but {labels.size} labels")
+    if not np.isin(labels, (0, 1)).all():
+        raise SpeakerNetError("labels must be 1 (target) or 0 (non-target)")
+    if labels.size == 0 or labels.min() == labels.max():
+        raise SpeakerNetError("error rates need both target (1) and non-target (0) trials")
+    order = np.argsort(scores, kind="stable")
+    targets = labels[order].astype(np.float64)
+    fnrs = np.cumsum(targets) / targets.sum()
+    fprs = 1.0 - np.cumsum(1.0 - targets) / (targets.size - targets.sum())
+    return fnrs, fprs, scores[order]
+
+
+def min_dcf_from_rates(fnrs, fprs, thresholds, p_target=0.05, c_miss=1.0, c_fa=1.0) -> tuple[float, float]:
+    """Normalised minimum detection cost over given operating points and the threshold of the first point that
+    reaches it: voxceleb_trainer's ``ComputeMinDcf`` (miss rates first), on :func:`sorted_error_rates`' output."""
+    fnrs, fprs = np.asarray(fnrs, dtype=np.float64), np.asarray(fprs, dtype=np.float64)
+    thresholds = np.asarray(thresholds)
+    if fnrs.size == 0 or not fnrs.shape == fprs.shape == thresholds.shape:
+        raise SpeakerNetError(f"minDCF needs a miss rate, a false-alarm rate and a threshold per operating point, "
+                              f"and at least one point; got {fnrs.size}, {fprs.size} and {thresholds.size}")
+    return min_dcf_from_roc(fprs, fnrs, thresholds, p_target, c_miss, c_fa)
+
+
 @dataclass
 class Metrics:
     eer: float                  # percent

@@ -1,31 +1,39 @@
-"""DET curve and score histogram of a trial list, as PNG files (matplotlib, no display needed)."""
+"""DET curve and score histogram of a trial list, as PNG files (matplotlib, no display needed).
+
+Figures are :class:`matplotlib.figure.Figure` objects drawn by the Agg canvas, never pyplot's: no global backend is
+chosen, so a program that uses this library (and matplotlib itself) keeps its own.
+"""
 
 import os
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy.stats import norm
+from sklearn.metrics import det_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-from scipy.stats import norm  # noqa: E402
-from sklearn.metrics import det_curve  # noqa: E402
-
-from spknet import atomic  # noqa: E402
+from spknet import atomic
 
 TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
+
+
+def _figure(size: tuple[float, float]):
+    """A figure with one axis, on its own Agg canvas."""
+    figure = Figure(figsize=size)
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
 
 
 def _save(figure, path: str) -> None:
     with atomic.atomic_open(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110)
-    plt.close(figure)
 
 
 def det_plot(scores, labels, path: str, title: str = "", eer: float | None = None) -> None:
     """Miss vs false-alarm probability on normal-deviate axes (the NIST DET convention)."""
     fpr, fnr, _ = det_curve(np.asarray(labels), np.asarray(scores))
     clip = lambda p: norm.ppf(np.clip(p, 5e-4, 1 - 5e-4))  # noqa: E731
-    figure, axis = plt.subplots(figsize=(5, 5))
+    figure, axis = _figure((5, 5))
     axis.plot(clip(fpr), clip(fnr), lw=2, label=f"EER {eer:.2f}%" if eer is not None else None)
     axis.plot(clip(np.array([5e-4, 0.5])), clip(np.array([5e-4, 0.5])), "k:", lw=0.8)
     ticks = norm.ppf(TICKS)
@@ -44,7 +52,7 @@ def det_plot(scores, labels, path: str, title: str = "", eer: float | None = Non
 
 def score_histogram(scores, labels, path: str, title: str = "") -> None:
     scores, labels = np.asarray(scores), np.asarray(labels)
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = _figure((6, 4))
     bins = np.linspace(scores.min(), scores.max(), 60)
     axis.hist(scores[labels == 0], bins=bins, alpha=0.6, density=True, label="non-target")
     axis.hist(scores[labels == 1], bins=bins, alpha=0.6, density=True, label="target")

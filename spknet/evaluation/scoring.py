@@ -20,6 +20,7 @@
 import torch
 import torch.nn.functional as F
 
+from spknet.errors import SpeakerNetError, check_choice
 from spknet.evaluation.threads import single_threaded_pool
 
 SCORINGS = ("crops", "cosine")
@@ -163,6 +164,7 @@ class TrialScorer:
 
     def __init__(self, embeddings: torch.Tensor, scoring: str = "crops", normalize: bool = True,
                  device: torch.device | str | None = None, chunk: int | None = None):
+        check_choice("scoring", scoring, SCORINGS)
         self.scoring, self.normalize, self.chunk = scoring, normalize, chunk
         self.device = torch.device(device) if device is not None else embeddings.device
         embeddings = embeddings.to(self.device, torch.float32)
@@ -225,7 +227,14 @@ def top_cohort_statistics(cohort_scores: torch.Tensor, top_n: int) -> tuple[torc
 
 def cohort_statistics(scorer: TrialScorer, files, cohort: torch.Tensor, top_n: int,
                       chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-file ``(mean, std)`` of the ``top_n`` highest cohort scores; the full score matrix is never held."""
+    """Per-file ``(mean, std)`` of the ``top_n`` highest cohort scores; the full score matrix is never held.
+
+    The standard deviation needs two scores or more: a ``top_n`` or a cohort smaller than that is an error, not a
+    NaN in every normalised score.
+    """
+    if min(top_n, cohort.shape[0]) < 2:
+        raise SpeakerNetError(f"AS-norm needs at least 2 top cohort scores per file (their standard deviation); "
+                              f"got cohort size {top_n} and a cohort of {cohort.shape[0]} speaker(s)")
     files = torch.as_tensor(files, dtype=torch.long)
     means, stds = torch.empty(len(files)), torch.empty(len(files))
     for start in range(0, len(files), chunk):

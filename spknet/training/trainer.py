@@ -3,7 +3,6 @@ step and the epoch. The epoch driver (``trainSpeakerNet.py``) says where an epoc
 module knows no file path."""
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -12,19 +11,21 @@ import torch
 import torch.nn as nn
 
 from spknet import distributed, plugins
-from spknet.errors import SpeakerNetError
+from spknet.errors import SpeakerNetError, check_choice
+from spknet.logs import log
 from spknet.margin import MarginSchedule
 from spknet.progress import progress_bar
 from spknet.specs import TrainingSpec
 
 INITIAL_EER = 50.0      # what the original's plateau scheduler sees before the first evaluation
+AUTOCAST_DTYPES = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}     # --mixedprec
 
 
 @dataclass
 class EpochProgress:
     """Where an epoch stands: batches consumed (including skipped ones), the running sums of what is logged, and
     the LR the epoch started with (what its log lines print, also after a resume inside it under a per-iteration
-    schedule; None in states saved before it was kept)."""
+    schedule; None when a saved state does not hold it, and the log lines print the current LR)."""
     epoch: int
     batches: int = 0
     steps: int = 0
@@ -90,7 +91,7 @@ class ModelTrainer:
                 self.net, device_ids=[device.index] if device.type == "cuda" else None)
         if training.compile:
             self.model = torch.compile(self.model)   # the step only: checkpoints keep the plain parameter names
-        self.autocast_dtype = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}[training.mixedprec]
+        self.autocast_dtype = AUTOCAST_DTYPES[check_choice("mixed precision", training.mixedprec, AUTOCAST_DTYPES)]
         self.scaler = torch.amp.GradScaler(device.type, enabled=training.mixedprec == "fp16")
         self.optimizer = plugins.load("optimizer", training.optimizer)(self.net.parameters(),
                                                                        **training.optimizer_options())
@@ -151,8 +152,9 @@ class ModelTrainer:
     def load_state_dict(self, state: dict, completed_epoch: int | None = None, last_eer: float = INITIAL_EER) -> None:
         """Optimizer, scheduler and scaler, as far as ``state`` has them (the weights: :func:`load_model_state`).
 
-        A plateau schedule saved after ``completed_epoch`` by an earlier SpeakerNet, which stepped it at the start
-        of each epoch instead of the end, lacks that epoch's step: it is made here, with ``last_eer``.
+        A plateau schedule is stepped at the end of each epoch. One whose ``last_epoch`` is still
+        ``completed_epoch`` (a state that steps it at the start of each epoch) lacks that epoch's step, which is
+        made here with ``last_eer``, so the schedule stands where the end-of-epoch stepping puts it.
         """
         if "optimizer_state_dict" in state:
             self.optimizer.load_state_dict(state["optimizer_state_dict"])
@@ -177,8 +179,8 @@ class ModelTrainer:
         progress.count_batch()
         if not math.isfinite(loss_value):
             torch._foreach_copy_(self._running_stats, running_stats)   # a bad batch must not poison BatchNorm
-            print(f"WARNING: epoch {progress.epoch}, batch {progress.batches - 1}: non-finite loss ({loss_value}); "
-                  f"step skipped", file=sys.stderr)
+            log.warning(f"epoch {progress.epoch}, batch {progress.batches - 1}: non-finite loss ({loss_value}); "
+                        f"step skipped")
             return False
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
