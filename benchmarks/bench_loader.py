@@ -4,7 +4,7 @@
 (a) bytes read per training crop by our partial reads (seek + read of the crop) next to a whole-file reader (the
     original's loadWAV decodes the file, then crops), counted by opening every file through a counting file
     object, and cross-checked with the kernel's ``rchar`` counter;
-(b) files/s of the training loader (``trainSpeakerNet.build_loader``: TrainDataset + GroupBatchSampler +
+(b) files/s of the training loader (``spknet.training.run.build_loader``: TrainDataset + GroupBatchSampler +
     collate_groups, its DataLoader settings, 2 workers) next to the same DataLoader over a whole-file-reading
     dataset, on the synthetic corpus and on long (20-60 s) files, with a warm and a cold page cache, and ours with
     ``--augment`` (MUSAN-like noise and RIR folders it writes);
@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from spknet.data import ORIGINAL, TrainDataset, load_wav, max_audio_samples, read_train_list  # noqa: E402
 from spknet.data.synthetic import make_corpus  # noqa: E402
-from trainSpeakerNet import build_loader  # noqa: E402
+from spknet.specs import DataSpec  # noqa: E402
+from spknet.training.run import build_loader  # noqa: E402
 
 _RealSoundFile = sf.SoundFile
 
@@ -236,17 +237,15 @@ def drop_page_cache(files):
 
 def loader_args(list_path, train_root, frames, batch_size, workers, augment=None):
     musan, rirs = augment or ("", "")
-    from trainSpeakerNet import parse_args
-    return parse_args(["--train_list", list_path, "--train_path", train_root, "--max_frames", str(frames),
-                       "--batch_size", str(batch_size), "--max_seg_per_spk", "1000", "--nDataLoaderThread",
-                       str(workers), "--musan_path", musan, "--rir_path", rirs]
-                      + (["--augment"] if augment is not None else []))
+    return DataSpec(train_list=list_path, train_path=train_root, max_frames=frames, batch_size=batch_size,
+                    max_seg_per_spk=1000, loader_workers=workers, musan_path=musan, rir_path=rirs,
+                    augment=augment is not None)
 
 
 def files_per_second(args, whole_file=False, min_seconds=3.0, max_epochs=30, cold=False):
     """Utterances/s of the training loader over whole epochs (after one warm-up epoch that starts the workers)."""
     train_list = read_train_list(args.train_list, args.train_path)
-    loader, sampler = build_loader(args, train_list, 2, torch.device("cpu"))
+    loader, sampler = build_loader(args, ORIGINAL, train_list, 2, torch.device("cpu"))
     if whole_file:      # the same DataLoader settings over the whole-file dataset
         loader = torch.utils.data.DataLoader(
             WholeFileDataset(train_list, args.max_frames, augmenter=loader.dataset.augmenter),

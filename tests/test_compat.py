@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import trainSpeakerNet
 from spknet.checkpoints import load_model_state, read_checkpoint
 from spknet.data import load_wav
 from spknet.errors import SpeakerNetError
@@ -123,3 +124,27 @@ def test_checkpoint_of_another_model_names_the_keys(tmp_path):
     torch.save([1, 2, 3], path)
     with pytest.raises(SpeakerNetError, match="not a SpeakerNet checkpoint"):
         read_checkpoint(str(path))
+
+
+@pytest.mark.slow
+def test_eval_builds_the_network_from_the_checkpoint(tmp_path, capsys):
+    """``--eval --initial_model M --test_list T --test_path D`` needs no model flag: the original's flat checkpoint
+    is read by its keys (ResNetSE34L, SAP, 512) and scores as the README's command does; a model flag that does not
+    fit the weights is an error naming it, before anything is written."""
+    wav = fixture_file("wav")
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 a.wav b.wav\n0 a.wav c.wav\n1 b.wav c.wav\n")
+    common = ["--eval", "--initial_model", str(fixture_file(SEED_MODEL)), "--test_list", str(trials), "--test_path",
+              str(wav), "--eval_frames", "400", "--nDataLoaderThread", "0"]
+    bare = tmp_path / "bare.tsv"
+    assert trainSpeakerNet.main(common + ["--save_path", str(tmp_path / "a"), "--save_scores", str(bare)]) == 0
+    expected = json.loads(fixture_file("seed_scores.json").read_text())
+    scores = [float(line.split()[0]) for line in bare.read_text().splitlines()]
+    assert scores == pytest.approx([expected[key] for key in ("a_b", "a_c", "b_c")], abs=1e-5)
+    capsys.readouterr()
+    misfit = tmp_path / "misfit.tsv"
+    code = trainSpeakerNet.main(common + ["--save_path", str(tmp_path / "b"), "--save_scores", str(misfit),
+                                          "--nOut", "256"])
+    error = capsys.readouterr().err
+    assert code == 2 and "model option nOut=256 (the checkpoint's: 512) does not fit" in error
+    assert not misfit.exists() and not (tmp_path / "b").exists()

@@ -218,7 +218,7 @@ def test_as_norm_equals_the_per_trial_formula():
 
 
 def test_an_unknown_eval_precision_is_an_error_naming_the_choices():
-    net = SpeakerNet(model="ResNetSE34L", trainfunc="mp_balance", nOut=8, nSpeakers=4).__S__
+    net = SpeakerNet.build(model="ResNetSE34L", trainfunc="mp_balance", nOut=8, nSpeakers=4).__S__
     with pytest.raises(SpeakerNetError, match=r"unknown eval precision 'int8': choose fp32 or bf16 or fp16"):
         extraction.extract_embeddings(net, ["a.wav"], "", 20, CPU, precision="int8", show_progress=False)
 

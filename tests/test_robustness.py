@@ -217,13 +217,14 @@ def test_several_non_finite_losses_in_a_row_stop_the_run():
 
 
 def test_an_unknown_mixed_precision_is_an_error_naming_the_choices():
-    net = SpeakerNet(model="ResNetSE34L", trainfunc="mp_balance", nOut=16, nSpeakers=4)
+    net = SpeakerNet.build(model="ResNetSE34L", trainfunc="mp_balance", nOut=16, nSpeakers=4)
     with pytest.raises(SpeakerNetError, match=r"unknown mixed precision 'fp8': choose None or fp16 or bf16"):
-        ModelTrainer(net, torch.device("cpu"), optimizer="sgd", scheduler="plateau", lr=0.1, mixedprec="fp8")
+        ModelTrainer(net, torch.device("cpu"), TrainingSpec(optimizer="sgd", scheduler="plateau", lr=0.1,
+                                                            mixedprec="fp8"))
     with pytest.raises(SpeakerNetError, match=r"unknown optimizer 'adamw2'"):
-        ModelTrainer(net, torch.device("cpu"), optimizer="adamw2", scheduler="plateau", lr=0.1)
+        ModelTrainer(net, torch.device("cpu"), TrainingSpec(optimizer="adamw2", scheduler="plateau", lr=0.1))
     with pytest.raises(SpeakerNetError, match=r"unknown scheduler 'cosine2'"):
-        ModelTrainer(net, torch.device("cpu"), optimizer="sgd", scheduler="cosine2", lr=0.1)
+        ModelTrainer(net, torch.device("cpu"), TrainingSpec(optimizer="sgd", scheduler="cosine2", lr=0.1))
 
 
 # ---- fuzzing: any input ends in the project's own error, never a traceback ----------------------------------
@@ -277,3 +278,25 @@ def test_atomic_writes_get_the_permissions_a_plain_open_gives(tmp_path):
     finally:
         os.umask(previous)
     assert (tmp_path / "scores.txt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o644
+
+
+def _sleep_forever():
+    import time
+    time.sleep(600)
+
+
+def test_main_leaves_the_callers_child_processes_alone(tmp_path):
+    """A caller that runs ``main()`` in-process keeps its own child processes: main ends only its loader's
+    workers."""
+    import multiprocessing
+
+    import trainSpeakerNet
+    child = multiprocessing.get_context("fork").Process(target=_sleep_forever, daemon=True)
+    child.start()
+    try:
+        assert trainSpeakerNet.main(["--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--save_path",
+                                     str(tmp_path / "run")]) == 2       # fails: no lists
+        assert child.is_alive()
+    finally:
+        child.kill()
+        child.join()
