@@ -47,6 +47,7 @@ import torch
 from spknet import SAMPLE_RATE, atomic
 from spknet.data import INT16_SCALE
 from spknet.errors import SpeakerNetError
+from spknet.specs import MODEL_FIELDS
 
 FORMATS = ("onnx", "torch_export")
 ONNX_OPSET = 18
@@ -54,8 +55,8 @@ REQUIREMENTS = "requirements-export.txt"
 PT2_METADATA = "speakernet.json"          # the extra file of a .pt2 that holds the metadata
 EXAMPLE_SAMPLES = 2 * SAMPLE_RATE         # the example input traced: 2 s (any length works afterwards)
 SHORTEST_REQUIRED = SAMPLE_RATE // 2      # every export must accept 0.5 s
-MODEL_KEYS = ("model", "encoder_type", "nOut", "n_mels", "window", "log_input", "audio_scale", "trainfunc")
-METADATA_KEYS = ("sample_rate", "test_normalize", "embedding_dim", "min_samples", "input_scale", *MODEL_KEYS)
+# the model spec's options (those a network has: ResNetSE34L records no channels)
+METADATA_KEYS = ("sample_rate", "test_normalize", "embedding_dim", "min_samples", "input_scale", *MODEL_FIELDS)
 
 
 class WaveformEmbedder(torch.nn.Module):
@@ -107,7 +108,7 @@ def metadata(config: dict, test_normalize: bool, embedding_dim: int, shortest: i
     """The file's metadata, every value a string (ONNX's metadata_props hold strings)."""
     values = {"sample_rate": SAMPLE_RATE, "test_normalize": bool(test_normalize), "embedding_dim": embedding_dim,
               "min_samples": shortest, "input_scale": input_scale(config),
-              **{key: config[key] for key in MODEL_KEYS if key in config}}
+              **{key: config[key] for key in MODEL_FIELDS if config.get(key) is not None}}
     return {key: json.dumps(value) if isinstance(value, bool) else str(value) for key, value in values.items()}
 
 

@@ -33,10 +33,6 @@ def _export(package: str, name: str):
     return getattr(importlib.import_module(f"spknet.{package}.{name}"), EXPORTS[package])
 
 
-# Options a network may or may not have: one given to a model without it is an error, not silently ignored.
-MODEL_SPECIFIC_OPTIONS = ("channels",)
-
-
 def model_defaults(name: str) -> dict:
     """The keyword defaults of ``models/name.py``'s ``MainModel``: the network's own ``nOut``, ``n_mels``,
     ``encoder_type``, ``window``, ``channels``, ... (what a flag left unset, None, means for it)."""
@@ -49,9 +45,10 @@ def model_defaults(name: str) -> dict:
 
 def with_model_defaults(name: str, options: dict) -> dict:
     """``options`` with every option of the network that is absent or None set to the network's own default
-    (:func:`model_defaults`); a model-specific option (``channels``) given to a network without it is an error."""
+    (:func:`model_defaults`); an option given to a network without it (``channels`` to ResNetSE34L) is an error,
+    not silently ignored."""
     defaults = model_defaults(name)
-    foreign = [key for key in MODEL_SPECIFIC_OPTIONS if options.get(key) is not None and key not in defaults]
+    foreign = [key for key, value in options.items() if value is not None and key not in defaults]
     if foreign:
         raise SpeakerNetError(f"model {name} has no option {', '.join('--' + key for key in foreign)}; models "
                               f"with it: {', '.join(n for n in choices('models') if foreign[0] in model_defaults(n))}")

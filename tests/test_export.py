@@ -139,7 +139,7 @@ def test_the_files_record_what_using_them_needs(models):
         assert all(isinstance(size, str) for size in waveform_input.shape)          # batch and samples dynamic
         assert embedding.name == "embedding" and embedding.shape[1] == 24
         onnx_metadata, pt2_metadata = runners["onnx"][1], runners["torch_export"][1]
-        assert onnx_metadata == pt2_metadata and set(onnx_metadata) == set(METADATA_KEYS)
+        assert onnx_metadata == pt2_metadata and set(onnx_metadata) == set(METADATA_KEYS) - {"channels"}
         assert onnx_metadata["sample_rate"] == "16000" and onnx_metadata["embedding_dim"] == "24"
         assert onnx_metadata["test_normalize"] == ("true" if embedder.test_normalize else "false")
         assert onnx_metadata["input_scale"] == ("32768.0" if kind == "asp_int16" else "1.0")
@@ -211,3 +211,14 @@ def test_a_file_that_is_not_a_program_is_an_error_naming_it(tmp_path):
     path.write_text("not a program")
     with pytest.raises(SpeakerNetError, match=rf"{path}: not a readable torch.export program"):
         load_program(str(path))
+
+
+def test_the_metadata_records_every_model_option_the_network_has():
+    """The export records the whole model spec: the width of an ECAPA or a ResNet34 (``channels``) and the padding
+    included; ResNetSE34L has no width to record."""
+    from spknet.export import metadata
+    from spknet.specs import ModelSpec
+    ecapa = ModelSpec(model="ECAPA_TDNN", pad="wrap", audio_scale="float").resolved()
+    recorded = metadata(ecapa.record(), True, 192, 8000)
+    assert recorded["channels"] == "512" and recorded["pad"] == "wrap" and recorded["model"] == "ECAPA_TDNN"
+    assert "channels" not in metadata(ModelSpec().resolved().record(), True, 512, 8000)
