@@ -107,7 +107,8 @@ def report(outcome: EvalOutcome, evaluation: EvalSpec, result_dir: str, calibrat
     log.info(f"{files} files embedded once for {len(outcome.tests)} list(s); evaluation {outcome.seconds:.1f} s")
     for result in outcome.tests:
         trial_list = result.trial_list
-        log.info(f"== {trial_list.path}: {len(trial_list.trials)} trials ({evaluation.scoring} scoring"
+        published = f"{trial_list.published}, " if trial_list.published else ""
+        log.info(f"== {trial_list.path}: {len(trial_list.trials)} trials ({published}{evaluation.scoring} scoring"
                  f"{', AS-norm' if evaluation.score_norm == 'asnorm' else ''})")
         if result.metrics is not None:
             log.info("EER %2.4f" % result.metrics.eer)
