@@ -113,12 +113,14 @@ def server(tmp_path):
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()   # 3 MiB: several blocks
 
 
-def test_a_whole_download_has_the_published_md5(server, tmp_path):
+def test_a_whole_download_has_the_published_md5(server, tmp_path, monkeypatch, capsys):
     url = server.put("files/data.bin", PAYLOAD)
+    monkeypatch.setattr(download, "PROGRESS", 1 << 20)           # a progress line per MiB
     path = download.fetch(download.Entry(url, "data.bin", md5(PAYLOAD)), str(tmp_path / "out"))
     assert path == str(tmp_path / "out" / "data.bin")
     assert open(path, "rb").read() == PAYLOAD
     assert os.listdir(tmp_path / "out") == ["data.bin"]
+    assert capsys.readouterr().out.count("GiB this session") == 3
     # a second fetch keeps the checked file and asks nothing of the server
     requests = len(server.requests)
     download.fetch(download.Entry(url, "data.bin", md5(PAYLOAD)), str(tmp_path / "out"))
@@ -225,7 +227,7 @@ def voxceleb_split(server, monkeypatch):
     half = len(whole) // 2
     parts = {"vox1_dev_wav_partaa": whole[:half], "vox1_dev_wav_partab": whole[half:]}
     lines = "".join(f"{server.put('vox/' + name, data)} {md5(data)}\n" for name, data in parts.items())
-    monkeypatch.setattr(download, "JOINED", {"vox1_dev_wav.zip": md5(whole)})
+    monkeypatch.setattr(download, "JOINED", {"vox1_dev_wav.zip": (md5(whole), tuple(parts))})
     return lines
 
 
@@ -282,3 +284,23 @@ def test_download_without_anything_to_fetch_says_what_to_give(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--voxceleb_url" in err and "--augment" in err and "network" not in err
     assert os.listdir(tmp_path) == []
+
+
+def test_split_archives_are_joined_once_every_part_is_there_and_checked(tmp_path, capsys):
+    whole = PAYLOAD[:3000]
+    joined = {"vox1_dev_wav.zip": (md5(whole), ("vox1_dev_wav_partaa", "vox1_dev_wav_partab"))}
+    (tmp_path / "vox1_dev_wav_partaa").write_bytes(whole[:1000])
+    assert download.join_parts(str(tmp_path), joined) == []
+    assert "parts missing: vox1_dev_wav_partab" in capsys.readouterr().out
+    (tmp_path / "vox1_dev_wav_partab").write_bytes(whole[1000:] + b"x")           # a damaged part
+    with pytest.raises(SpeakerNetError, match=r"vox1_dev_wav.zip: checksum failed .*vox1_dev_wav.zip.corrupt"):
+        download.join_parts(str(tmp_path), joined)
+    assert not (tmp_path / "vox1_dev_wav.zip").exists()
+    (tmp_path / "vox1_dev_wav_partab").write_bytes(whole[1000:])
+    assert download.join_parts(str(tmp_path), joined) == [str(tmp_path / "vox1_dev_wav.zip")]
+    assert (tmp_path / "vox1_dev_wav.zip").read_bytes() == whole
+
+
+def test_the_published_split_archives():
+    assert download.JOINED["vox2_dev_aac.zip"][1] == tuple(f"vox2_dev_aac_parta{c}" for c in "abcdefgh")
+    assert download.JOINED["vox1_dev_wav.zip"][1] == tuple(f"vox1_dev_wav_parta{c}" for c in "abcd")

@@ -22,6 +22,7 @@ import http.client
 import os
 import shutil
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,6 +33,7 @@ from spknet.errors import SpeakerNetError, located
 OPENSLR = "https://www.openslr.org/resources"
 CHUNK = 1 << 20
 PART, CORRUPT = ".part", ".corrupt"
+PROGRESS = 1 << 30      # a progress line per GiB
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,10 @@ VOXCELEB_FILES = (
     ("vox2_dev_aac_partah", "6b84a81b9af72a9d9eecbb3b1f602e65"),
     ("vox2_test_aac.zip", "0d2b3ea430a821c33263b5ea37ede312"),
 )
-# the split archives joined, with the MD5 of the whole
-JOINED = {"vox1_dev_wav.zip": "ae63e55b951748cc486645f532ba230b",
-          "vox2_dev_aac.zip": "bbc063c46078a602ca71605645c2a402"}
+# the split archives joined: the MD5 of the whole and its parts, in order
+JOINED = {archive: (md5, tuple(name for name, _ in VOXCELEB_FILES if name.startswith(archive[:-4] + "_part")))
+          for archive, md5 in (("vox1_dev_wav.zip", "ae63e55b951748cc486645f532ba230b"),
+                               ("vox2_dev_aac.zip", "bbc063c46078a602ca71605645c2a402"))}
 VOXCELEB_PAGE = "https://www.robots.ox.ac.uk/~vgg/data/voxceleb/"
 # the VoxCeleb1 trial lists (cleaned Vox1-O, -E, -H), public; no checksums are published for them
 TRIAL_LISTS = ("veri_test2.txt", "list_test_all2.txt", "list_test_hard2.txt")
@@ -198,16 +201,24 @@ def _transfer(opener, url: str, part: str, timeout: float) -> None:
             raise _Interrupted("the server answered another byte range")
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
-        received = 0
+        received, started = 0, time.monotonic()
         with open(part, "ab" if resumed else "wb") as out:     # a 200 answer is the whole file: start again
             try:
                 for block in iter(lambda: response.read(CHUNK), b""):
                     out.write(block)
                     received += len(block)
+                    if received % PROGRESS < len(block):
+                        _progress(part, received, expected, started)
             except (OSError, http.client.HTTPException) as error:
                 raise _Interrupted(error) from None
     if expected is not None and received < expected:
         raise _Interrupted(f"{received} of {expected} bytes received")
+
+
+def _progress(part: str, received: int, expected: int | None, started: float) -> None:
+    rate = received / max(time.monotonic() - started, 1e-9) / 2**20
+    total = f" of {expected / 2**30:.1f}" if expected else ""
+    print(f"  {os.path.basename(part)}: {received / 2**30:.1f}{total} GiB this session ({rate:.1f} MiB/s)")
 
 
 def fetch(entry: Entry, folder: str, opener=None, timeout: float = 60.0, retries: int = 5) -> str:
@@ -238,7 +249,8 @@ def fetch(entry: Entry, folder: str, opener=None, timeout: float = 60.0, retries
     return _accept(part, target, entry.md5, entry.url)
 
 
-def _accept(part: str, target: str, md5: str | None, source: str) -> str:
+def _accept(part: str, target: str, md5: str | None, source: str,
+            hint: str = "run --download again to fetch it anew") -> str:
     """``part`` becomes ``target`` when its MD5 is ``md5`` (or none is published); else it is set aside as
     ``target.corrupt`` and the error names it."""
     if md5 is not None:
@@ -246,31 +258,32 @@ def _accept(part: str, target: str, md5: str | None, source: str) -> str:
         if found != md5:
             os.replace(part, target + CORRUPT)
             raise SpeakerNetError(f"{target}: checksum failed (MD5 {found}, published {md5}; from {source}); the "
-                                  f"file was set aside as {target + CORRUPT}, run --download again to fetch it "
-                                  f"anew")
+                                  f"file was set aside as {target + CORRUPT}; {hint}")
     os.replace(part, target)
     print(f"{target}: complete" + (", MD5 checked" if md5 else " (no published MD5 to check)"))
     return target
 
 
-def join_parts(folder: str, joined: dict[str, str] | None = None) -> list[str]:
-    """Join VoxCeleb's split archives (``STEM_partaa``, ``STEM_partab``, ... -> ``STEM.zip``) in name order and
-    check the whole's published MD5; returns the archives written."""
-    joined = JOINED if joined is None else joined
+def join_parts(folder: str, joined: dict | None = None) -> list[str]:
+    """Join VoxCeleb's split archives (``STEM_partaa`` ... ``STEM_partah`` -> ``STEM.zip``, :data:`JOINED`) once
+    all the parts are there, and check the whole's published MD5; returns the archives written."""
     written = []
-    for archive, md5 in joined.items():
-        stem = archive[:-len(".zip")]
-        parts = sorted(name for name in os.listdir(folder) if name.startswith(stem + "_part")
-                       and not name.endswith((PART, CORRUPT)))
+    for archive, (md5, parts) in (JOINED if joined is None else joined).items():
         target = os.path.join(folder, archive)
-        if not parts or os.path.exists(target):
+        present = [name for name in parts if os.path.isfile(os.path.join(folder, name))]
+        if not present or os.path.exists(target):
+            continue
+        if len(present) < len(parts):
+            missing = ", ".join(name for name in parts if name not in present)
+            print(f"{archive}: not joined, parts missing: {missing}")
             continue
         print(f"joining {', '.join(parts)} -> {target}")
         with open(target + PART, "wb") as out:
             for name in parts:
                 with open(os.path.join(folder, name), "rb") as handle:
                     shutil.copyfileobj(handle, out, 16 * CHUNK)
-        written.append(_accept(target + PART, target, md5, " + ".join(parts)))
+        written.append(_accept(target + PART, target, md5, " + ".join(parts),
+                               "the parts passed their own checks: is one of another release?"))
     return written
 
 
