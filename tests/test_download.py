@@ -248,6 +248,13 @@ def test_voxceleb_credentials_are_sent_and_parts_joined_and_extracted(server, tm
     assert meta == [None] * 3                           # the credentials go to the VoxCeleb addresses only
     assert os.path.isfile(save / "vox1_dev_wav.zip") and os.path.isfile(save / "veri_test2.txt")
     assert os.path.isfile(save / "voxceleb1" / "id10002" / "def" / "00001.wav")
+    # the parts of an archive already joined are not fetched again, even once removed to save space
+    for name in ("vox1_dev_wav_partaa", "vox1_dev_wav_partab"):
+        os.unlink(save / name)
+    requests = len(server.requests)
+    assert dataprep.main(["--save_path", str(save), "--download", "--voxceleb_list", str(listing),
+                          "--user", "alice", "--password", "s3cret", "--voxceleb_meta", "none"]) == 0
+    assert len(server.requests) == requests
 
 
 def test_wrong_credentials_are_an_error_naming_them(server, tmp_path, monkeypatch, capsys):

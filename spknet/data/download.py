@@ -314,16 +314,18 @@ def planned(args) -> list[tuple[list[Entry], object]]:
 
 
 def run(args) -> list[str]:
-    """Fetch everything ``args`` ask for into ``args.save_path``, then join VoxCeleb's split archives; returns
-    the files there."""
+    """Fetch everything ``args`` ask for into ``args.save_path`` (not the parts of an archive already joined),
+    then join VoxCeleb's split archives; returns the files there."""
     groups = planned(args)
     if not groups:
         raise SpeakerNetError(nothing_to_fetch())
     if args.retries < 0 or not args.timeout > 0:
         raise SpeakerNetError(f"--retries {args.retries} / --timeout {args.timeout}: need retries >= 0 and a "
                               f"timeout > 0")
+    joined = {part for archive, (_, parts) in JOINED.items()
+              if os.path.isfile(os.path.join(args.save_path, archive)) for part in parts}
     fetched = [fetch(entry, args.save_path, opener, args.timeout, args.retries)
-               for entries, opener in groups for entry in entries]
+               for entries, opener in groups for entry in entries if entry.name not in joined]
     return fetched + join_parts(args.save_path)
 
 
