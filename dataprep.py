@@ -1,7 +1,11 @@
 #!/usr/bin/env python
-"""Data preparation.
+"""Data preparation: VoxCeleb, MUSAN and RIRs (downloaded, unpacked, converted, listed; the steps are in
+``spknet/data/voxceleb.py``), for instance in one command:
 
-Only the synthetic corpus is supported (no network access is assumed):
+    python dataprep.py --save_path data --download --extract --convert --make_list --augment \
+                       --voxceleb_url BASE --user USER --password PASS       (or --voxceleb_list FILE)
+
+or the synthetic corpus:
 
     python dataprep.py --synthetic --save_path data/synth [--speakers 300] [--utterances 12]
                        [--test_speakers 40] [--test_utterances 12] [--trials 3000]
@@ -47,7 +51,7 @@ def main(argv=None) -> int:
         if status or not args.synthetic:
             return status
     if not args.synthetic:
-        parser.error("nothing to do: pass --synthetic (downloading VoxCeleb is not supported)")
+        parser.error("nothing to do: pass --synthetic, or the VoxCeleb steps (--download, --extract, ...)")
     if args.workers < 1:
         parser.error(f"--workers must be >= 1 (got {args.workers})")
     try:

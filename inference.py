@@ -3,7 +3,8 @@
 
     python inference.py embed --initial_model M a.wav b.wav ... --out emb.npz    (or --list FILE --root DIR)
     python inference.py verify --initial_model M a.wav b.wav                 (score; LLR and decision when calibrated)
-    python inference.py calibrate --initial_model M --test_list dev.txt --test_path DIR      (writes M.calibration.json)
+    python inference.py calibrate --initial_model M --test_list dev.txt --test_path DIR      (writes M.calibration.json;
+                                  --quality duration: the enrolment and test durations enter the calibration)
     python inference.py export --initial_model M --format onnx|torch_export --out model.onnx|model.pt2
     python inference.py average --save_path RUN --last 3           (or --epochs 8,9,10; --out FILE)
 
@@ -162,6 +163,9 @@ def add_calibrate_command(commands) -> None:
                            help="asnorm: files per cohort speaker")
     calibrate.add_argument("--dcf_p_target", type=float, default=0.05, help="actDCF target prior (and 0.01)")
     calibrate.add_argument("--nDataLoaderThread", type=int, default=2, help="loader worker processes")
+    calibrate.add_argument("--quality", nargs="*", default=[], choices=sorted(calibrations.QUALITY_FEATURES),
+                           help="quality measures the calibration also uses (duration: the enrolment and test "
+                                "durations, log seconds; applied wherever the calibration is)")
 
 
 def calibration_scores(args, embedder):
@@ -190,8 +194,9 @@ def run_calibrate(args) -> None:
                                            cohort_size=args.cohort_size, cohort_utterances=args.cohort_utterances,
                                            cohort_list=args.train_list)
     p_targets = tuple(dict.fromkeys((args.dcf_p_target, 0.01)))
+    quality = calibrations.trial_quality(args.quality, result.trial_list.trials, args.test_path)
     fitted = calibrations.calibrate(result.scores, labels, weights, options, args.test_list, args.initial_model,
-                                    p_targets)
+                                    p_targets, quality_measures=args.quality, quality=quality)
     print(f"{args.test_list}: {fitted.trials['target']} target and {fitted.trials['non_target']} non-target "
           f"trials, {args.scoring} scoring{', AS-norm' if args.score_norm == 'asnorm' else ''}, "
           f"eval_frames {args.eval_frames}")

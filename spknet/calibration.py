@@ -7,6 +7,13 @@ of the two classes' cross-entropies at prior 0.5). The fitted log-odds are then 
 that is LLRs, independent of the list's proportion of target trials; a decision at any prior and costs is
 ``llr > -logit(effective prior)``.
 
+Quality measures (WeSpeaker's quality-measure functions): with ``duration``, the logistic regression also takes
+the enrolment and test durations (natural log of seconds), ``llr = scale * score + offset + w_e * log(enrol s) +
+w_t * log(test s)``: a system whose scores drift with the length of the audio is calibrated per duration. The file
+lists the measures it uses, and applying it computes the same features, the durations from the audio files'
+headers (:func:`spknet.data.audio.open_audio`). A file with quality measures is format version 2, so a reader
+that does not know them refuses it rather than applying half of it; a file without (version 1) still loads.
+
 A calibration holds only for the weights and the scoring it was fitted with: the file records a SHA-256 of the
 embedding network's tensors and the options that shape the scores, and :meth:`Calibration.check` refuses any
 other model or scoring with an error naming the file.
@@ -20,12 +27,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from spknet import atomic
+from spknet import SAMPLE_RATE, atomic
+from spknet.data.audio import open_audio
 from spknet.errors import SpeakerNetError
 from spknet.evaluation.metrics import act_dcf, bayes_threshold, cllr, min_cllr
 
 FORMAT = "speakernet-calibration"
-VERSION = 1
+VERSION = 1             # the version of a calibration of the score alone
+QUALITY_VERSION = 2     # ... and of one with quality measures
+# each quality measure and the features it adds to the regression, in order
+QUALITY_FEATURES = {"duration": ("log_seconds_enroll", "log_seconds_test")}
 SUFFIX = ".calibration.json"
 # A weak L2 penalty on the standardised score (scikit-learn's C; the data term sums to the trial count): no
 # measurable pull on any real list, and a finite scale on a list that the scores separate perfectly.
@@ -75,20 +86,56 @@ def scoring_options(eval_frames: int, scoring: str, score_norm: str, test_normal
     return options
 
 
-def fit_affine(scores, labels) -> tuple[float, float]:
-    """``(scale, offset)`` of the balanced logistic regression (see the module docstring). The score is
-    standardised for the solver and the coefficients mapped back to the raw score."""
+def fit_affine(scores, labels, quality=None) -> tuple[float, float] | tuple[float, float, list[float]]:
+    """``(scale, offset)`` of the balanced logistic regression (see the module docstring); with ``quality`` (an
+    ``(n, k)`` array of quality features) ``(scale, offset, weights)``, a weight per feature. Every input is
+    standardised for the solver and the coefficients mapped back to the raw values."""
     from sklearn.linear_model import LogisticRegression
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     if labels.size == 0 or labels.min() == labels.max():
         raise SpeakerNetError("a calibration needs both target (1) and non-target (0) trials")
-    mean, std = scores.mean(), scores.std()
-    if not std > 0:
+    features = scores[:, None] if quality is None else np.column_stack([scores, np.asarray(quality, np.float64)])
+    mean, std = features.mean(axis=0), features.std(axis=0)
+    if not std[0] > 0:
         raise SpeakerNetError("every trial has the same score: nothing to calibrate")
+    std = np.where(std > 0, std, 1.0)        # a quality feature that never varies gets weight 0
     model = LogisticRegression(C=REGULARISATION_C, class_weight="balanced", max_iter=1000)
-    model.fit(((scores - mean) / std)[:, None], labels)
-    slope, intercept = float(model.coef_[0, 0]), float(model.intercept_[0])
-    return slope / std, intercept - slope * mean / std
+    model.fit((features - mean) / std, labels)
+    slopes = model.coef_[0] / std
+    offset = float(model.intercept_[0] - np.dot(slopes, mean))
+    if quality is None:
+        return float(slopes[0]), offset
+    return float(slopes[0]), offset, [float(weight) for weight in slopes[1:]]
+
+
+def quality_features(measures, enroll_seconds, test_seconds) -> np.ndarray:
+    """The ``(n, k)`` features of ``measures`` (names of :data:`QUALITY_FEATURES`) for trials whose enrolment
+    and test audio last ``enroll_seconds`` and ``test_seconds``."""
+    columns = []
+    for measure in measures:
+        if measure not in QUALITY_FEATURES:
+            raise SpeakerNetError(f"unknown quality measure {measure!r} (known: {', '.join(QUALITY_FEATURES)})")
+        if measure == "duration":
+            for seconds in (enroll_seconds, test_seconds):
+                columns.append(np.log(np.maximum(np.asarray(seconds, dtype=np.float64), 1.0 / SAMPLE_RATE)))
+    return np.column_stack(columns) if columns else np.zeros((len(enroll_seconds), 0))
+
+
+def audio_seconds(path: str) -> float:
+    """The duration of an audio file, from its header (the one reader: 16 kHz samples after resampling)."""
+    with open_audio(path, min_frames=0) as audio:
+        return audio.frames / SAMPLE_RATE
+
+
+def trial_quality(measures, trials, root: str = "") -> np.ndarray:
+    """The quality features of ``measures`` for ``trials`` (objects with ``enroll`` and ``test`` paths relative
+    to ``root``); each file's header is read once."""
+    if not measures:
+        return np.zeros((len(trials), 0))
+    files = {path: None for trial in trials for path in (trial.enroll, trial.test)}
+    seconds = {path: audio_seconds(os.path.join(root, path)) for path in files}
+    return quality_features(measures, [seconds[trial.enroll] for trial in trials],
+                            [seconds[trial.test] for trial in trials])
 
 
 def metrics_of(llrs, labels, scores, p_targets, c_miss: float = 1.0, c_fa: float = 1.0) -> dict:
@@ -126,24 +173,44 @@ class Calibration:
     model: str = ""             # the checkpoint's path when fitted (information only: the hash decides)
     fit: str = FIT_METHOD
     metrics: dict | None = None  # {"before": ..., "after": ...} on the fitting list
+    quality: list | None = None          # the quality measures it uses (None: the score alone)
+    quality_weights: list | None = None  # a weight per feature of the measures (see QUALITY_FEATURES)
     source: str = ""            # the file it was read from (not saved)
 
-    def llr(self, scores):
-        """LLRs of scores (a float, or an array of any shape)."""
-        return self.scale * np.asarray(scores, dtype=np.float64) + self.offset
+    @property
+    def features(self) -> list[str]:
+        """The names of the quality features, in the order of :attr:`quality_weights`."""
+        return [name for measure in self.quality or () for name in QUALITY_FEATURES[measure]]
+
+    def llr(self, scores, quality=None):
+        """LLRs of scores (a float, or an array of any shape); a calibration with quality measures also needs the
+        trials' features (``(n, k)``, see :func:`quality_features`, :func:`trial_quality`)."""
+        llrs = self.scale * np.asarray(scores, dtype=np.float64) + self.offset
+        if not self.quality:
+            return llrs
+        if quality is None:
+            raise SpeakerNetError(f"{self.source or 'the calibration'}: uses the quality measures "
+                                  f"{', '.join(self.quality)}, and none were given for these scores")
+        features = np.asarray(quality, dtype=np.float64).reshape(*np.shape(llrs), len(self.quality_weights))
+        return llrs + features @ np.asarray(self.quality_weights, dtype=np.float64)
 
     def formula(self) -> str:
-        """``llr = 8.1605 * score + 3.00652``, for the logs."""
-        return f"llr = {self.scale:.6g} * score {'-' if self.offset < 0 else '+'} {abs(self.offset):.6g}"
+        """``llr = 8.1605 * score + 3.00652`` (``+ 0.31 * log_seconds_enroll ...``), for the logs."""
+        terms = "".join(f" {'-' if weight < 0 else '+'} {abs(weight):.6g} * {name}"
+                        for name, weight in zip(self.features, self.quality_weights or ()))
+        return f"llr = {self.scale:.6g} * score {'-' if self.offset < 0 else '+'} {abs(self.offset):.6g}{terms}"
 
-    def decide(self, score: float, p_target: float = 0.05, c_miss: float = 1.0, c_fa: float = 1.0) -> Verification:
-        llr = float(self.llr(score))
+    def decide(self, score: float, p_target: float = 0.05, c_miss: float = 1.0, c_fa: float = 1.0,
+               quality=None) -> Verification:
+        llr = float(np.reshape(self.llr(score, quality), ()))
         threshold = bayes_threshold(p_target, c_miss, c_fa)
         return Verification(float(score), llr, llr > threshold, threshold, p_target)
 
     def to_json(self) -> dict:
         saved = {key: value for key, value in asdict(self).items() if key != "source"}
-        return {"format": FORMAT, "version": VERSION, **saved}
+        if not self.quality:
+            saved = {key: value for key, value in saved.items() if key not in ("quality", "quality_weights")}
+        return {"format": FORMAT, "version": QUALITY_VERSION if self.quality else VERSION, **saved}
 
     def save(self, path: str) -> None:
         """Write atomically (temporary file, fsync, rename): a crash leaves the previous file or none."""
@@ -162,9 +229,9 @@ class Calibration:
             raise SpeakerNetError(f"{path}: not a readable calibration file ({error})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise SpeakerNetError(f"{path}: not a SpeakerNet calibration file (no \"format\": \"{FORMAT}\")")
-        if data.get("version") != VERSION:
+        if data.get("version") not in (VERSION, QUALITY_VERSION):
             raise SpeakerNetError(f"{path}: calibration format version {data.get('version')!r}, this SpeakerNet "
-                                  f"reads version {VERSION}")
+                                  f"reads versions {VERSION} and {QUALITY_VERSION}")
         missing = [key for key in REQUIRED if key not in data]
         if missing:
             raise SpeakerNetError(f"{path}: calibration file misses field(s) {', '.join(missing)}; make it again "
@@ -176,7 +243,9 @@ class Calibration:
                 raise SpeakerNetError(f"{path}: calibration field {key!r} should be a "
                                       f"{'finite number' if kind is float else kind.__name__}, got {value!r}")
         known = {key: data[key] for key in cls.__dataclass_fields__ if key in data and key != "source"}
-        return cls(**{**known, "scale": float(data["scale"]), "offset": float(data["offset"])}, source=path)
+        calibration = cls(**{**known, "scale": float(data["scale"]), "offset": float(data["offset"])}, source=path)
+        _check_quality(path, data, calibration)
+        return calibration
 
     def check(self, weights: str, options: dict) -> None:
         """Refuse another model's weights or other scoring options, naming the file and what differs."""
@@ -193,18 +262,46 @@ class Calibration:
                                   f"score with its options or calibrate for these")
 
 
+def _check_quality(path: str, data: dict, calibration: Calibration) -> None:
+    """A version-2 file names known quality measures and holds one finite weight per feature; version 1 none."""
+    if data["version"] == VERSION:
+        if data.get("quality"):
+            raise SpeakerNetError(f"{path}: a version {VERSION} calibration file with quality measures; make it "
+                                  f"again with python inference.py calibrate")
+        calibration.quality = calibration.quality_weights = None
+        return
+    measures, weights = data.get("quality"), data.get("quality_weights")
+    if not isinstance(measures, list) or not measures or any(m not in QUALITY_FEATURES for m in measures):
+        raise SpeakerNetError(f"{path}: calibration field 'quality' should list quality measures of "
+                              f"{', '.join(QUALITY_FEATURES)}, got {measures!r}")
+    count = len(calibration.features)
+    if not isinstance(weights, list) or len(weights) != count or any(
+            isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) for w in weights):
+        raise SpeakerNetError(f"{path}: calibration field 'quality_weights' should hold {count} finite numbers "
+                              f"({', '.join(calibration.features)}), got {weights!r}")
+    calibration.quality_weights = [float(w) for w in weights]
+
+
 def calibrate(scores, labels, weights: str, options: dict, list_path: str, model: str = "",
-              p_targets=(0.05, 0.01), c_miss: float = 1.0, c_fa: float = 1.0) -> Calibration:
-    """Fit a :class:`Calibration` to a labelled list's scores; its metrics before (the raw scores read as LLRs)
-    and after are kept in it."""
+              p_targets=(0.05, 0.01), c_miss: float = 1.0, c_fa: float = 1.0, quality_measures=(),
+              quality=None) -> Calibration:
+    """Fit a :class:`Calibration` to a labelled list's scores (and, with ``quality_measures``, the trials'
+    ``quality`` features, see :func:`trial_quality`); its metrics before (the raw scores read as LLRs) and after
+    are kept in it."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-    scale, offset = fit_affine(scores, labels)
+    measures = list(dict.fromkeys(quality_measures))
+    if measures:
+        scale, offset, quality_weights = fit_affine(scores, labels, quality)
+    else:
+        (scale, offset), quality_weights, quality = fit_affine(scores, labels), None, None
     calibration = Calibration(scale, offset, weights, dict(options),
                               {"path": os.path.abspath(list_path), "sha256": file_sha256(list_path)},
                               {"target": int(np.sum(labels == 1)), "non_target": int(np.sum(labels == 0))},
-                              model=os.path.abspath(model) if model else "")
+                              model=os.path.abspath(model) if model else "", quality=measures or None,
+                              quality_weights=quality_weights)
     calibration.metrics = {"before": metrics_of(scores, labels, scores, p_targets, c_miss, c_fa),
-                           "after": metrics_of(calibration.llr(scores), labels, scores, p_targets, c_miss, c_fa)}
+                           "after": metrics_of(calibration.llr(scores, quality), labels, scores, p_targets,
+                                               c_miss, c_fa)}
     return calibration
 
 

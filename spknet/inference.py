@@ -15,7 +15,15 @@ import torch
 import torchaudio
 
 from spknet import SAMPLE_RATE
-from spknet.calibration import Calibration, Verification, default_path, scoring_options, weights_sha256
+from spknet.calibration import (
+    Calibration,
+    Verification,
+    audio_seconds,
+    default_path,
+    quality_features,
+    scoring_options,
+    weights_sha256,
+)
 from spknet.checkpoints import load_network
 from spknet.data import (
     FLOAT,
@@ -180,7 +188,18 @@ class Embedder:
                                   f"calibrate --initial_model {self.source or 'M'} --test_list LABELLED_TRIALS "
                                   f"--test_path DIR (it is saved as {default_path(self.source or 'M')}, which is "
                                   f"then used by default)")
-        return self.calibration.decide(self.score(a, b, sample_rate), p_target, c_miss, c_fa)
+        quality = None
+        if self.calibration.quality:
+            quality = quality_features(self.calibration.quality, [self.seconds(a, sample_rate)],
+                                       [self.seconds(b, sample_rate)])
+        return self.calibration.decide(self.score(a, b, sample_rate), p_target, c_miss, c_fa, quality)
+
+    def seconds(self, audio, sample_rate: int = SAMPLE_RATE) -> float:
+        """The duration of an audio: a file's from its header (:func:`~spknet.calibration.audio_seconds`), an
+        array's from its length at ``sample_rate`` (see :meth:`waveform`)."""
+        if isinstance(audio, (str, os.PathLike)):
+            return audio_seconds(str(audio))
+        return self.waveform(audio, sample_rate).shape[0] / SAMPLE_RATE
 
 
 AUTO = "auto"

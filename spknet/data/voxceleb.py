@@ -3,8 +3,10 @@
 ``dataprep.py`` (or this file) with ``--save_path DIR`` and one or more of:
 
 ``--download``
-    Explains which files to fetch by hand: this environment has no network access, so nothing is downloaded
-    (exits with status 2).
+    Fetches what the command's other steps need (:mod:`spknet.data.download`): VoxCeleb1/2 from
+    ``--voxceleb_url`` (or the ``--voxceleb_list`` file) with ``--user`` / ``--password``, MUSAN and the RIRs
+    (with ``--augment``, ``--musan``, ``--rirs``) from OpenSLR or ``--mirror``; partial files are resumed and every
+    file's MD5 is checked against the published one.
 ``--extract``
     Joins split archives (``vox1_dev_wav_partaa..ad`` -> ``vox1_dev_wav.zip``, ``vox2_dev_aac_parta*`` ->
     ``vox2_dev_aac.zip``), unpacks every ``.zip`` / ``.tar`` / ``.tar.gz`` / ``.tgz`` in ``--save_path`` into it
@@ -43,28 +45,18 @@ import numpy as np
 import soundfile as sf
 
 from spknet import SAMPLE_RATE
+from spknet.data import download
 from spknet.errors import SpeakerNetError
 
 SEGMENT_SECONDS, HOP_SECONDS = 5, 3
 STEPS = ("download", "extract", "convert", "make_list", "musan", "rirs")
 AUGMENTATION_ARCHIVES = ("musan.tar.gz", "rirs_noises.zip")
-VOXCELEB_PAGE = "https://www.robots.ox.ac.uk/~vgg/data/voxceleb/"
-MANUAL_DOWNLOADS = f"""\
---download needs network access, which this environment does not have: nothing was downloaded.
-Fetch these files yourself into --save_path, then run --extract (VoxCeleb) and --augment (MUSAN, RIRs):
-  VoxCeleb1 and VoxCeleb2 (request access on {VOXCELEB_PAGE}):
-    vox1_dev_wav_partaa, vox1_dev_wav_partab, vox1_dev_wav_partac, vox1_dev_wav_partad, vox1_test_wav.zip
-    vox2_dev_aac_partaa ... vox2_dev_aac_partah (8 parts), vox2_test_aac.zip
-    veri_test2.txt (the cleaned VoxCeleb1 test trials, in the meta/ folder of the same site)
-  MUSAN:       https://www.openslr.org/resources/17/musan.tar.gz
-  RIRS_NOISES: https://www.openslr.org/resources/28/rirs_noises.zip"""
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The preparation flags (``--save_path`` and ``--workers`` come from the caller's parser)."""
     group = parser.add_argument_group("VoxCeleb / MUSAN / RIR preparation (prep_voxceleb.py)")
     add = group.add_argument
-    add("--download", action="store_true", help="say which files to fetch by hand (no network access here)")
+    add("--download", action="store_true", help="fetch VoxCeleb (--voxceleb_url or --voxceleb_list) and, with "
+                                                "--augment/--musan/--rirs, MUSAN and the RIRs; MD5s checked")
     add("--extract", action="store_true", help="join split archives and unpack the archives in --save_path")
     add("--convert", action="store_true", help="m4a -> 16 kHz mono wav with ffmpeg (--workers at a time)")
     add("--make_list", action="store_true", help="write the training list of --list_root")
@@ -74,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--augment", action="store_true", help="--musan and --rirs")
     add("--musan", action="store_true", help="cut MUSAN into 5-s segments in SAVE_PATH/musan_split")
     add("--rirs", action="store_true", help="unpack RIRS_NOISES/simulated_rirs from SAVE_PATH/rirs_noises.zip")
+    download.add_arguments(group)
 
 
 def requested(args) -> bool:
@@ -83,9 +76,9 @@ def requested(args) -> bool:
 def run(args) -> int:
     """Run the requested steps in order; a :class:`SpeakerNetError` is printed and gives status 2."""
     try:
-        if args.download:
-            raise SpeakerNetError(MANUAL_DOWNLOADS)
         save_path = args.save_path
+        if args.download:
+            download.run(args)
         if args.extract:
             extract(save_path)
         if args.convert:
@@ -199,7 +192,7 @@ def extract(save_path: str) -> None:
                 and os.path.isfile(os.path.join(save_path, name))]
     if not archives:
         raise SpeakerNetError(f"--extract: no .zip, .tar, .tar.gz or .tgz archives in {save_path} (with --download "
-                              f"you can see which files to fetch)")
+                              f"you can fetch them)")
     for name in archives:
         stamp = os.path.join(save_path, f".{name}.extracted")
         if os.path.exists(stamp):

@@ -91,11 +91,16 @@ def evaluate_checkpoint(source: str, evaluation: EvalSpec, data: DataSpec, devic
     return evaluation_of(net, evaluation, plan, device), calibration, net
 
 
-def calibration_line(evaluation: EvalSpec, scores, labels, calibration) -> str:
+def calibration_line(evaluation: EvalSpec, scores, trial_list, calibration) -> str:
     """minCllr always (it needs no calibration: it is what the best monotonic calibration would reach); Cllr
-    and actDCF at each p_target of the calibrated LLRs when there is a calibration."""
-    llrs = calibration.llr(scores) if calibration is not None else None
-    return calibration_metrics(scores, labels, llrs, evaluation.p_targets, evaluation.c_miss,
+    and actDCF at each p_target of the calibrated LLRs when there is a calibration (with its quality measures,
+    computed from the trials' audio files as ``inference.py calibrate`` computed them)."""
+    llrs = None
+    if calibration is not None:
+        quality = calibrations.trial_quality(calibration.quality, trial_list.trials, evaluation.test_path) \
+            if calibration.quality else None
+        llrs = calibration.llr(scores, quality)
+    return calibration_metrics(scores, trial_list.labels, llrs, evaluation.p_targets, evaluation.c_miss,
                                evaluation.c_fa).summary()
 
 
@@ -107,12 +112,13 @@ def report(outcome: EvalOutcome, evaluation: EvalSpec, result_dir: str, calibrat
     log.info(f"{files} files embedded once for {len(outcome.tests)} list(s); evaluation {outcome.seconds:.1f} s")
     for result in outcome.tests:
         trial_list = result.trial_list
-        log.info(f"== {trial_list.path}: {len(trial_list.trials)} trials ({evaluation.scoring} scoring"
+        published = f"{trial_list.published}, " if trial_list.published else ""
+        log.info(f"== {trial_list.path}: {len(trial_list.trials)} trials ({published}{evaluation.scoring} scoring"
                  f"{', AS-norm' if evaluation.score_norm == 'asnorm' else ''})")
         if result.metrics is not None:
             log.info("EER %2.4f" % result.metrics.eer)
             log.info(result.metrics.report())
-            log.info(calibration_line(evaluation, result.scores, trial_list.labels, calibration))
+            log.info(calibration_line(evaluation, result.scores, trial_list, calibration))
             if distributed.is_main():
                 plots = write_plots(result.scores, trial_list.labels, result_dir,
                                     "_eval" + (f"_{trial_list.name}" if several else ""), eer=result.metrics.eer)

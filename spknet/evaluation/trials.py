@@ -1,6 +1,7 @@
 """Trial lists, the evaluation plan (which lists, which cohort) and score files."""
 
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -8,6 +9,7 @@ import numpy as np
 from spknet import atomic
 from spknet.data import check_files_exist, read_lines, read_train_list
 from spknet.errors import SpeakerNetError, located
+from spknet.logs import log
 
 
 @dataclass
@@ -73,6 +75,65 @@ def read_trial_file(list_path: str) -> tuple[str, list[Trial]]:
     return form, [Trial(None, enroll, test) for enroll, test in rows]
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The published VoxCeleb1 lists, recognised by their trial count and the speakers they name
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PublishedList:
+    name: str               # Vox1-O, Vox1-E, Vox1-H
+    original: str           # the first file published and its trial count
+    original_trials: int
+    cleaned: str            # the cleaned file (the one results are reported on) and its trial count
+    cleaned_trials: int
+    test_speakers_only: bool  # Vox1-O: only the VoxCeleb1 test speakers; E and H: the whole of VoxCeleb1
+
+
+PUBLISHED_LISTS = (
+    PublishedList("Vox1-O", "veri_test.txt", 37_720, "veri_test2.txt", 37_611, True),
+    PublishedList("Vox1-E", "list_test_all.txt", 581_480, "list_test_all2.txt", 579_818, False),
+    PublishedList("Vox1-H", "list_test_hard.txt", 552_536, "list_test_hard2.txt", 550_894, False),
+)
+VOX1_SPEAKERS = (10001, 11251)          # VoxCeleb1 speaker ids id10001 ... id11251
+VOX1_TEST_SPEAKERS = (10270, 10309)     # its test split, the speakers of Vox1-O
+SPEAKER = re.compile(r"^id(\d{5})[/\\-]")  # 'id10270/5r0dWxy17C8/00001.wav', or a Kaldi key 'id10270-...'
+
+
+def _speakers_fit(trials: list[Trial], test_only: bool) -> bool:
+    """Every file of ``trials`` is a VoxCeleb1 utterance (of the test speakers alone when ``test_only``)."""
+    files = {trial.enroll for trial in trials} | {trial.test for trial in trials}
+    numbers = set()
+    for path in files:
+        match = SPEAKER.match(path)
+        if match is None:
+            return False
+        numbers.add(int(match[1]))
+    low, high = VOX1_TEST_SPEAKERS if test_only else VOX1_SPEAKERS
+    return low <= min(numbers) and max(numbers) <= high
+
+
+def name_trial_list(trials: list[Trial]) -> tuple[str | None, str | None]:
+    """The published name of a VoxCeleb1 trial list (``"Vox1-O (cleaned)"``, ``"Vox1-H (original)"``, ...) and,
+    for an original list, a warning that names the cleaned one; ``(None, None)`` for any other list.
+
+    A list is recognised by its trial count (the six published counts differ) and by the files it names:
+    VoxCeleb1 utterances ``idNNNNN/...``, of the test speakers id10270-id10309 alone for Vox1-O.
+    """
+    for published in PUBLISHED_LISTS:
+        cleaned = len(trials) == published.cleaned_trials
+        if not (cleaned or len(trials) == published.original_trials):
+            continue
+        if not _speakers_fit(trials, published.test_speakers_only):
+            return None, None
+        if cleaned:
+            return f"{published.name} (cleaned)", None
+        return f"{published.name} (original)", (
+            f"this is the original {published.name} list ({published.original}, {published.original_trials:,} "
+            f"trials); published results use the cleaned list {published.cleaned} ({published.cleaned_trials:,} "
+            f"trials), and EERs on the two are not comparable")
+    return None, None
+
+
 def read_trial_list(list_path: str) -> list[Trial]:
     """Parse a trial list in any format of :func:`read_trial_file`: ``<label> <enroll> <test>``,
     ``<enroll> <test>`` (no labels) or Kaldi's ``<enroll> <test> target|nontarget``."""
@@ -81,10 +142,16 @@ def read_trial_list(list_path: str) -> list[Trial]:
 
 @dataclass
 class TrialList:
-    """A trial list file: its path, a short name (its stem, for per-list output files) and its trials."""
+    """A trial list file: its path, a short name (its stem, for per-list output files), its trials and, for a
+    published VoxCeleb1 list, its name (``Vox1-O (cleaned)``, see :func:`name_trial_list`)."""
     path: str
     name: str
     trials: list
+    published: str | None = None
+
+    def describe(self) -> str:
+        """The path, with the published name when there is one: ``data/veri_test2.txt (Vox1-O (cleaned))``."""
+        return f"{self.path} ({self.published})" if self.published else self.path
 
     @property
     def labels(self) -> list[int | None]:
@@ -146,7 +213,10 @@ def read_trials(list_path: str, test_path: str, name: str, need_labels: str = ""
     """A trial list whose files exist; ``need_labels`` (what needs them) also asks for both kinds of trial."""
     trials = read_trial_list(list_path)
     check_files_exist([os.path.join(test_path, p) for t in trials for p in (t.enroll, t.test)], list_path)
-    trial_list = TrialList(list_path, name, trials)
+    published, warning = name_trial_list(trials)
+    if warning:
+        log.warning(f"{list_path}: {warning}")
+    trial_list = TrialList(list_path, name, trials, published)
     if need_labels and not trial_list.labelled:
         raise SpeakerNetError(f"{list_path}: {need_labels} needs a labelled trial list ('<label> <enroll> <test>')")
     if trial_list.labelled and len(set(trial_list.labels)) < 2:

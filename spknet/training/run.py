@@ -303,12 +303,13 @@ class TrainingRun:
         line = SCORE_LINE % (epoch, lr, accuracy, loss, first.metrics.eer)
         val = f", val EER {outcome.val.metrics.eer:2.4f}" if outcome.val is not None else ""
         extra = (f"INFO epoch {epoch}: {first.metrics.summary()}{val}, train {train_seconds:.1f} s, "
-                 f"eval {outcome.seconds:.1f} s")
+                 f"eval {outcome.seconds:.1f} s" + (f", list {first.trial_list.published}"
+                                                     if first.trial_list.published else ""))
         for result in outcome.tests[1:] + ([outcome.val] if outcome.val is not None else []):
             role = "val" if result is outcome.val else "list"
             summary = result.metrics.summary() if result.metrics is not None else \
                 f"{len(result.trial_list.trials)} unlabelled trials scored"
-            extra += f"\nINFO epoch {epoch} {role} {result.trial_list.path}: {summary}"
+            extra += f"\nINFO epoch {epoch} {role} {result.trial_list.describe()}: {summary}"
         return line, extra, steering.metrics.eer
 
 
