@@ -59,6 +59,21 @@ non_negative.__name__ = "float"
 non_negative.value_type = float
 
 
+def true_or_false(value) -> bool:
+    """An argparse type for switches that take a value (``--tensorboard false``): true/false, yes/no, on/off,
+    1/0; a YAML boolean as it is."""
+    if isinstance(value, bool):
+        return value
+    words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+    answer = words.get(str(value).strip().lower())
+    if answer is None:
+        raise argparse.ArgumentTypeError(f"expects true or false, got {value!r}")
+    return answer
+
+
+true_or_false.value_type = bool
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The flags, with each flag's action kept in ``parser.flag_actions`` (by destination) for the YAML reader."""
     parser = argparse.ArgumentParser(description="SpeakerNet: train and evaluate speaker verification models")
@@ -128,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="load checkpoints whose pickle holds other objects than tensors: this RUNS CODE from the file, so "
              "use it only for files you trust (by default such files are refused)")
     add("--save_path", type=str, default="./data/exp1", help="run folder (model/ and result/ inside)")
+    add("--tensorboard", type=true_or_false, default=True, metavar="{true,false}",
+        help="TensorBoard event files of training in SAVE_PATH/tensorboard/ (tensorboard --logdir SAVE_PATH); "
+             "needs the tensorboard package")
 
     # Data
     add("--train_list", type=str, default="", help="training list: '<speaker> <path.wav>' per line")
@@ -306,7 +324,7 @@ def run_spec(args) -> RunSpec:
         scale=args.scale, margin_start_epoch=args.margin_start_epoch, margin_rampup_epochs=args.margin_rampup_epochs,
         hard_prob=args.hard_prob, hard_rank=args.hard_rank, initial_model=args.initial_model,
         save_path=args.save_path, trust_checkpoint=args.trust_checkpoint, mixedprec=args.mixedprec,
-        compile=args.compile, device=args.device, gpu_id=args.gpu_id)
+        compile=args.compile, device=args.device, gpu_id=args.gpu_id, tensorboard=args.tensorboard)
     evaluation = EvalSpec(
         test_list=args.test_list, test_path=args.test_path, val_list=args.val_list, eval_frames=args.eval_frames,
         scoring=args.scoring, score_norm=args.score_norm, cohort_size=args.cohort_size,
