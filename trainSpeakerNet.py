@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from spknet import distributed, logs, plugins
-from spknet.argtypes import at_least, non_negative
+from spknet.argtypes import at_least, non_negative, true_or_false
 from spknet.checkpoints import UnsafeCheckpoint
 from spknet.data import AUDIO_SCALES, PADS
 from spknet.errors import SpeakerNetError
@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="load checkpoints whose pickle holds other objects than tensors: this RUNS CODE from the file, so "
              "use it only for files you trust (by default such files are refused)")
     add("--save_path", type=str, default="./data/exp1", help="run folder (model/ and result/ inside)")
+    add("--tensorboard", type=true_or_false, default=True, metavar="{true,false}",
+        help="TensorBoard event files of training in SAVE_PATH/tensorboard/ (tensorboard --logdir SAVE_PATH); "
+             "needs the tensorboard package")
 
     # Data
     add("--train_list", type=str, default="", help="training list: '<speaker> <path.wav>' per line")
@@ -283,7 +286,7 @@ def run_spec(args) -> RunSpec:
         scale=args.scale, margin_start_epoch=args.margin_start_epoch, margin_rampup_epochs=args.margin_rampup_epochs,
         hard_prob=args.hard_prob, hard_rank=args.hard_rank, initial_model=args.initial_model,
         save_path=args.save_path, trust_checkpoint=args.trust_checkpoint, mixedprec=args.mixedprec,
-        compile=args.compile, device=args.device, gpu_id=args.gpu_id)
+        compile=args.compile, device=args.device, gpu_id=args.gpu_id, tensorboard=args.tensorboard)
     evaluation = EvalSpec(
         test_list=args.test_list, test_path=args.test_path, val_list=args.val_list, eval_frames=args.eval_frames,
         scoring=args.scoring, score_norm=args.score_norm, cohort_size=args.cohort_size,

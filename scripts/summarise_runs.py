@@ -2,6 +2,7 @@
 """Summarise training runs from their ``result/scores.txt``: one table row per run folder.
 
     python scripts/summarise_runs.py SWEEP_DIR [NAME ...]
+    python scripts/summarise_runs.py --plot --out runs.png SWEEP_DIR [NAME ...]
 
 Each ``SWEEP_DIR/NAME`` is a ``trainSpeakerNet.py --save_path``. From its ``result/scores.txt`` (the original's
 ``IT %d, LR %f, TEER/T1 %2.2f, TLOSS %f, VEER %2.4f`` lines and the ``INFO epoch N: EER x, minDCF(p=P) y, ...``
@@ -11,7 +12,8 @@ chooses its best checkpoint), else the one with the lowest VEER.
 ``exit_code.txt`` and ``wall_seconds.txt`` beside it (written by ``scripts/sweep_losses.sh``) give the status and
 the wall time; a run with a non-zero exit code is shown as failed, with whatever epochs it logged. Without NAMEs,
 every sub-folder of SWEEP_DIR is listed; ``--check`` exits 1 when one failed. Lines of an appended (resumed) log
-replace earlier ones of the same epoch.
+replace earlier ones of the same epoch. ``--plot`` also draws the runs' VEER and training loss per epoch in one
+picture, a line per run in each panel (``--out``, default ``SWEEP_DIR/summary.png``; the format from its suffix).
 """
 
 import argparse
@@ -20,6 +22,8 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _NUMBER = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))"
 SCORE_RE = re.compile(rf"^IT (\d+), LR {_NUMBER}, TEER(?:/T1)? {_NUMBER}, TLOSS {_NUMBER}, VEER {_NUMBER}\s*$")
@@ -148,12 +152,51 @@ def format_table(runs: list) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(row) for row in rows])
 
 
+def plot_runs(runs: list):
+    """A matplotlib Figure of two panels, VEER of the evaluated epochs and training loss of every epoch, with a
+    line per run that has such epochs (a Figure of its own: the global backend and pyplot's state are untouched)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(11, 4.5), layout="constrained")
+    veer_axes, loss_axes = figure.subplots(1, 2)
+    for run in runs:
+        evaluated = run.evaluated
+        if evaluated:
+            veer_axes.plot([e.epoch for e in evaluated], [e.veer for e in evaluated], marker=".", label=run.name)
+        epochs = [run.epochs[number] for number in sorted(run.epochs)]
+        if epochs:
+            loss_axes.plot([e.epoch for e in epochs], [e.train_loss for e in epochs], marker=".", label=run.name)
+    for axes, title, unit in ((veer_axes, "VEER", "EER (%)"), (loss_axes, "training loss", "TLOSS")):
+        axes.set(title=title, xlabel="epoch", ylabel=unit)
+        axes.grid(alpha=0.3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if axes.get_lines():
+            axes.legend(fontsize="small")
+    return figure
+
+
+def save_plot(runs: list, path: str) -> None:
+    """:func:`plot_runs` written to ``path`` atomically, in the format its suffix names (PNG without one)."""
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from spknet.atomic import atomic_open
+
+    extension = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    with atomic_open(path, "wb") as handle:
+        plot_runs(runs).savefig(handle, format=extension, dpi=120)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir")
     parser.add_argument("names", nargs="*", help="run folders inside SWEEP_DIR (default: all)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a run failed")
+    parser.add_argument("--plot", action="store_true", help="also draw VEER and training loss per epoch")
+    parser.add_argument("--out", default=None, help="--plot: the picture (default SWEEP_DIR/summary.png)")
     args = parser.parse_args(argv)
+    if args.out is not None and not args.plot:
+        parser.error("--out names the --plot picture: add --plot")
     names = args.names
     if not names:
         if not os.path.isdir(args.sweep_dir):
@@ -161,6 +204,17 @@ def main(argv=None) -> int:
         names = sorted(n for n in os.listdir(args.sweep_dir) if os.path.isdir(os.path.join(args.sweep_dir, n)))
     runs = [summarise_run(os.path.join(args.sweep_dir, name), name) for name in names]
     print(format_table(runs))
+    if args.plot:
+        if not any(run.epochs for run in runs):
+            print("error: --plot: no run has an epoch in its result/scores.txt", file=sys.stderr)
+            return 2
+        out = args.out or os.path.join(args.sweep_dir, "summary.png")
+        try:
+            save_plot(runs, out)
+        except (OSError, ValueError) as error:      # a missing folder, an unknown format
+            print(f"error: --out {out}: {error}", file=sys.stderr)
+            return 2
+        print(f"plot: {out}")
     return 1 if args.check and any(run.failed for run in runs) else 0
 
 

@@ -25,3 +25,18 @@ def non_negative(text) -> float:
 
 non_negative.__name__ = "float"
 non_negative.value_type = float
+
+
+def true_or_false(value) -> bool:
+    """An argparse type for switches that take a value (``--tensorboard false``): true/false, yes/no, on/off,
+    1/0; a YAML boolean as it is."""
+    if isinstance(value, bool):
+        return value
+    words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+    answer = words.get(str(value).strip().lower())
+    if answer is None:
+        raise argparse.ArgumentTypeError(f"expects true or false, got {value!r}")
+    return answer
+
+
+true_or_false.value_type = bool

@@ -159,6 +159,7 @@ class TrainingSpec:
     compile: bool = False
     device: str | None = None
     gpu_id: int = 0
+    tensorboard: bool = True                # TensorBoard event files in save_path/tensorboard/ (rank 0)
 
     def loss(self, classes: int) -> LossSpec:
         return LossSpec(classes, self.margin, self.scale, self.hard_prob, self.hard_rank)

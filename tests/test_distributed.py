@@ -111,6 +111,7 @@ def test_torchrun_two_process_training(tiny_corpus, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in (save_path / "result" / "scores.txt").read_text().splitlines() if line.startswith("IT")]
     assert len(lines) == 1 and "VEER" in lines[0]
+    assert len(list((save_path / "tensorboard").glob("events.out.tfevents.*"))) == 1     # rank 0's alone
     checkpoint = torch.load(save_path / "model" / "model000000001.model", weights_only=True)
     single = SpeakerNet.build(model="ResNetSE34L", trainfunc="mp", nSpeakers=40).state_dict()
     assert {k: v.shape for k, v in checkpoint["model_state_dict"].items()} == {k: v.shape for k, v in single.items()}

@@ -377,7 +377,7 @@ def test_training_with_a_validation_list(tiny_corpus, tmp_path):
     veer = SCORE.match(it_lines[0]).group(1)
     info = [line for line in log if line.startswith("INFO epoch 1")]
     main_info = re.match(r"^INFO epoch 1: EER (\d+\.\d{4}), minDCF\(p=0\.05\) \d\.\d{4}, minDCF\(p=0\.01\) \d\.\d{4}, "
-                         r"val EER (\d+\.\d{4}), train .* s, eval .* s$", info[0])
+                         r"val EER (\d+\.\d{4}), train .* s, eval .* s, data wait \d+%$", info[0])
     assert main_info and main_info.group(1) == veer, info
     val_eer = main_info.group(2)
     assert any(line.startswith(f"INFO epoch 1 list {test_b}: EER ") for line in info[1:])

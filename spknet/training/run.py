@@ -36,6 +36,7 @@ from spknet.logs import log
 from spknet.loss._common import IMBALANCED
 from spknet.model import SpeakerNet
 from spknet.specs import SCHEMA, DataSpec, ModelSpec, RunSpec
+from spknet.training.board import TrainingBoard, open_board
 from spknet.training.trainer import INITIAL_EER, EpochProgress, ModelTrainer, is_per_iteration
 
 SCORE_LINE = "IT %d, LR %f, TEER/T1 %2.2f, TLOSS %f, VEER %2.4f"
@@ -211,6 +212,7 @@ class TrainingRun:
         self.completed = 0                       # last completed epoch
         self.progress: EpochProgress | None = None
         self.last_eer = INITIAL_EER
+        self.board = TrainingBoard()             # TensorBoard: open_board's, while the run folder is held
 
     def resume(self) -> bool:
         """Continue from the furthest good saved state of the run folder, if any, and only the same run."""
@@ -267,9 +269,11 @@ class TrainingRun:
         lr = progress.start_lr if progress is not None and progress.start_lr is not None else self.trainer.lr
         log.info(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {epoch} Training {self.spec.model.model} with LR {lr:f}...")
         started = time.time()
-        self.progress = self.trainer.train_network(self.loader, epoch, progress, stop.requested)
+        self.progress = self.trainer.train_network(self.loader, epoch, progress, stop.requested,
+                                                   monitor=self.board if self.board.enabled else None)
         if not self.progress.finished:
             return False
+        trained = self.progress
         loss, accuracy = self.progress.mean_loss, self.progress.mean_accuracy
         train_seconds = time.time() - started
         self.completed, self.progress = epoch, None
@@ -283,6 +287,8 @@ class TrainingRun:
             extra = f"INFO epoch {epoch}: train {train_seconds:.1f} s"
             self.trainer.step_schedule(self.last_eer)
             self.save()
+        extra = with_data_wait(extra, trained.data_wait)
+        self.board.log_epoch(epoch, trained, lr, self.trainer.margin)
         log.info(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}")
         log.info(extra)
         scores.info(line + "\n" + extra)
@@ -292,6 +298,7 @@ class TrainingRun:
         """The evaluated epoch's score line, its INFO lines and the EER that steers (the validation list's if
         there is one)."""
         outcome = evaluation_of(self.trainer.net, self.spec.evaluation, self.plan, self.trainer.device)
+        self.board.log_evaluation(epoch, outcome)
         first = outcome.tests[0]
         steering = outcome.val if outcome.val is not None else first
         several = len(outcome.tests) > 1
@@ -311,6 +318,13 @@ class TrainingRun:
                 f"{len(result.trial_list.trials)} unlabelled trials scored"
             extra += f"\nINFO epoch {epoch} {role} {result.trial_list.describe()}: {summary}"
         return line, extra, steering.metrics.eer
+
+
+def with_data_wait(extra: str, data_wait: float) -> str:
+    """The epoch's INFO lines with the share of its training loop spent waiting for data at the end of the
+    first (``, data wait 12%``)."""
+    first, newline, rest = extra.partition("\n")
+    return f"{first}, data wait {data_wait:.0%}{newline}{rest}"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -368,7 +382,8 @@ def _train(run: TrainingRun, config_text: str, header: str) -> int:
         checkpoints.remove_stale_temporaries(run.model_dir)
         atomic.write_text(os.path.join(run.save_path, CONFIG_FILE), config_text)
     scores_path = os.path.join(run.result_dir, "scores.txt") if main_process else None
-    with logs.scores_file(scores_path) as scores, StopRequest() as stop:
+    with logs.scores_file(scores_path) as scores, StopRequest() as stop, \
+            open_board(run.save_path, run.spec.training.tensorboard) as run.board:
         scores.info(header)
         return run.run(stop, scores)
 

@@ -5,7 +5,7 @@ module knows no file path."""
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
@@ -25,7 +25,11 @@ AUTOCAST_DTYPES = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}   
 class EpochProgress:
     """Where an epoch stands: batches consumed (including skipped ones), the running sums of what is logged, and
     the LR the epoch started with (what its log lines print, also after a resume inside it under a per-iteration
-    schedule; None when a saved state does not hold it, and the log lines print the current LR)."""
+    schedule; None when a saved state does not hold it, and the log lines print the current LR).
+
+    The timing of this process's part of the epoch (not kept in checkpoints): ``wait_seconds`` blocked waiting
+    for the loader's next batch, ``loop_seconds`` in the whole loop (waiting and stepping), ``utterances`` in the
+    steps made; the last step's loss and accuracy."""
     epoch: int
     batches: int = 0
     steps: int = 0
@@ -33,6 +37,13 @@ class EpochProgress:
     accuracy_sum: float = 0.0
     start_lr: float | None = None
     finished: bool = False
+    wait_seconds: float = field(default=0.0, repr=False)
+    loop_seconds: float = field(default=0.0, repr=False)
+    utterances: int = field(default=0, repr=False)
+    last_loss: float = field(default=math.nan, repr=False)
+    last_accuracy: float = field(default=math.nan, repr=False)
+
+    SESSION_FIELDS = ("finished", "wait_seconds", "loop_seconds", "utterances", "last_loss", "last_accuracy")
 
     def count_batch(self) -> None:
         self.batches += 1
@@ -41,6 +52,7 @@ class EpochProgress:
         self.steps += 1
         self.loss_sum += loss
         self.accuracy_sum += accuracy
+        self.last_loss, self.last_accuracy = loss, accuracy
 
     def finish(self) -> None:
         self.finished = True
@@ -53,10 +65,20 @@ class EpochProgress:
     def mean_accuracy(self) -> float:
         return self.accuracy_sum / max(self.steps, 1)
 
+    @property
+    def data_wait(self) -> float:
+        """The share of the loop's time spent waiting for data, in [0, 1] (0 before any batch)."""
+        return min(self.wait_seconds / self.loop_seconds, 1.0) if self.loop_seconds > 0 else 0.0
+
+    @property
+    def utterances_per_second(self) -> float:
+        return self.utterances / self.loop_seconds if self.loop_seconds > 0 else 0.0
+
     def state(self) -> dict:
-        """What a checkpoint keeps of an unfinished epoch (the ``progress`` entry)."""
+        """What a checkpoint keeps of an unfinished epoch (the ``progress`` entry): no session timing."""
         state = asdict(self)
-        del state["finished"]
+        for name in self.SESSION_FIELDS:
+            del state[name]
         return state
 
 
@@ -98,6 +120,7 @@ class ModelTrainer:
         self.scheduler = plugins.load("scheduler", training.scheduler)(self.optimizer,
                                                                        **training.scheduler_options(steps_per_epoch))
         self.per_iteration = is_per_iteration(self.scheduler)
+        self.steps_per_epoch = steps_per_epoch
         if _is_plateau(self.scheduler):
             self.scheduler.step(INITIAL_EER)     # as the original, whose plateau step precedes every epoch
         self.margin_schedule = self._margin_schedule(training.margin_start_epoch, training.margin_rampup_epochs,
@@ -188,36 +211,65 @@ class ModelTrainer:
         progress.add(loss_value, accuracy_value)
         return True
 
+    def step_position(self, epoch: int, batches: int, epoch_batches: int) -> int:
+        """A global step for batch count ``batches`` of epoch ``epoch`` (of ``epoch_batches``), in units of the
+        first epoch's length (``steps_per_epoch``): epoch ``e`` spans ``(e - 1) * S`` to ``e * S`` even when its
+        length differs, so the step axis of a monitor rises through epochs, and a resumed run continues it."""
+        per_epoch = self.steps_per_epoch or epoch_batches
+        return (epoch - 1) * per_epoch + round(batches * per_epoch / max(epoch_batches, 1))
+
     def train_network(self, loader, epoch: int, progress: EpochProgress | None = None,
-                      should_stop: Callable[[], bool] = lambda: False, show_progress: bool = True) -> EpochProgress:
+                      should_stop: Callable[[], bool] = lambda: False, show_progress: bool = True,
+                      monitor=None) -> EpochProgress:
         """Train epoch ``epoch`` from ``progress`` (None: its start) until its end or until ``should_stop()``.
 
-        Returns the epoch's progress: ``finished`` when the loader was exhausted, else where it stopped. The
-        loader starts where ``progress`` stands (the caller positions its sampler).
+        Returns the epoch's progress: ``finished`` when the loader was exhausted, else where it stopped; its
+        timing says how long the loop waited for the loader. The loader starts where ``progress`` stands (the
+        caller positions its sampler). ``monitor`` (or None) gets ``monitor.log_step(step, values)`` after every
+        ``monitor.step_interval``-th batch that made a step, ``values`` the step's loss, accuracy, LR and margin:
+        host numbers the step has already, so monitoring adds no device synchronisation.
         """
         self.net.train()
         progress = progress if progress is not None else EpochProgress(epoch, start_lr=self.lr)
-        bad_in_a_row, utterances, started = 0, 0, time.time()
-        bar = progress_bar(loader, enabled=show_progress and distributed.is_main(), desc=f"epoch {epoch}",
-                           unit="batch", initial=progress.batches, total=progress.batches + len(loader))
-        for waves, labels, sizes in bar:
+        epoch_batches = progress.batches + len(loader)
+        bad_in_a_row = 0
+        bar = progress_bar(enabled=show_progress and distributed.is_main(), desc=f"epoch {epoch}", unit="batch",
+                           initial=progress.batches, total=epoch_batches)
+        # The time blocked for the next batch (from the first epoch's worker start on) is the loader's lag:
+        # perf_counter only, no device synchronisation. On a GPU the previous step's backward may still run
+        # meanwhile (a step syncs on its loss alone), so it bounds the GPU's wait for data from above.
+        fetching = time.perf_counter()
+        batches = iter(loader)
+        while True:
+            try:
+                waves, labels, sizes = next(batches)
+            except StopIteration:
+                break
+            progress.wait_seconds += time.perf_counter() - fetching
             waves = waves.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             self.apply_margin(epoch, progress.batches)
             stepped = self._step(waves, labels, len(sizes), progress)
+            if stepped and monitor is not None and progress.batches % monitor.step_interval == 0:
+                position = self.step_position(epoch, progress.batches, epoch_batches)
+                monitor.log_step(position, self._step_values(progress))
             if self.per_iteration:
                 self.scheduler.step()       # after every batch, a skipped one too: the LR follows the position
             if stepped:
                 bad_in_a_row = 0
-                utterances += waves.shape[0]
-                bar.set_postfix(loss=f"{progress.mean_loss:.4f}", acc=f"{progress.mean_accuracy:.2f}%",
-                                utt_s=f"{utterances / (time.time() - started):.1f}", refresh=False)
+                progress.utterances += waves.shape[0]
             else:
                 bad_in_a_row += 1
                 if bad_in_a_row >= self.max_bad_steps:
                     raise SpeakerNetError(f"epoch {epoch}: {bad_in_a_row} non-finite losses in a row (last at batch "
                                           f"{progress.batches - 1}); stopping. The last good checkpoint is kept; "
                                           f"try a lower --lr")
+            now = time.perf_counter()
+            progress.loop_seconds += now - fetching
+            fetching = now
+            bar.set_postfix(loss=f"{progress.mean_loss:.4f}", acc=f"{progress.mean_accuracy:.2f}%",
+                            utt_s=f"{progress.utterances_per_second:.1f}", refresh=False)
+            bar.update(1)
             if should_stop():
                 bar.close()
                 return progress
@@ -226,3 +278,11 @@ class ModelTrainer:
             raise SpeakerNetError(f"epoch {epoch}: no training step was made (empty loader or only bad batches)")
         progress.finish()
         return progress
+
+    def _step_values(self, progress: EpochProgress) -> dict:
+        """What a monitor logs of the step just made (the LR it was made with: before a per-iteration schedule
+        moves it)."""
+        values = {"loss": progress.last_loss, "accuracy": progress.last_accuracy, "lr": self.lr}
+        if self.margin is not None:
+            values["margin"] = self.margin
+        return values
