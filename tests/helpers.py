@@ -1,6 +1,5 @@
 """Shared test fixtures: where the shared fixtures are, a tiny synthetic corpus, and running the CLI."""
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -22,15 +21,6 @@ def shared_file(*parts) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not present (the shared fixtures live beside the repository)")
     return path
-
-
-def load_module(relative_path: str):
-    """Import a script of the repository that is not in a package (``benchmarks/...``, ``scripts/...``) by path."""
-    path = REPO / relative_path
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_cli(*args, cwd=None, timeout=600, env=None):
