@@ -23,7 +23,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from spknet import SAMPLE_RATE
+from spknet.constants import SAMPLE_RATE
 from spknet.data import read_train_list
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import Trial, compute_metrics, read_trial_list

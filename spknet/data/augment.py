@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import fftconvolve
 
-from spknet.errors import SpeakerNetError
 from spknet.data import max_audio_samples, open_audio
+from spknet.errors import SpeakerNetError
 
 AUGMENT_TYPES = ("none", "reverb", "music", "speech", "noise")
 NOISE_CATEGORIES = ("noise", "speech", "music")

@@ -42,7 +42,7 @@ from multiprocessing import get_context
 import numpy as np
 import soundfile as sf
 
-from spknet import SAMPLE_RATE
+from spknet.constants import SAMPLE_RATE
 from spknet.errors import SpeakerNetError
 
 SEGMENT_SECONDS, HOP_SECONDS = 5, 3
