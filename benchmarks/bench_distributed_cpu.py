@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Training throughput on the CPU: ``--nproc`` gloo processes under torchrun next to one process, same run.
 
 Both train the same command (``--trainfunc``, ``--batch_size`` speaker groups in the *global* batch, ``--max_frames``)
@@ -7,7 +6,7 @@ for ``--epochs`` epoch(s) on a synthetic corpus (``--corpus``, built when absent
 cores. The table gives the training time of the last epoch (from the ``INFO epoch N: ... train X s`` line of
 ``scores.txt``), utterances per second and the ratio.
 
-    python benchmarks/bench_distributed_cpu.py --corpus data/synthetic
+    python -m benchmarks.bench_distributed_cpu --corpus data/synthetic
 """
 
 import argparse
@@ -18,12 +17,11 @@ import subprocess
 import sys
 import tempfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from spknet.data import read_train_list
+from spknet.data.synthetic import make_corpus
+from tests.helpers import free_port
 
-from spknet.data import read_train_list  # noqa: E402
-from spknet.data.synthetic import make_corpus  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TRAIN_SECONDS = re.compile(r"^INFO epoch (\d+):.*train ([\d.]+) s", re.M)
 

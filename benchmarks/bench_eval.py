@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Evaluation at VoxCeleb scale: trial scoring and embedding extraction, ours against the original's loops.
 
 (a) **Scoring.** ``--trials`` random trials (default 581,480, the size of VoxCeleb1-E) between ``--files`` files
@@ -17,14 +16,13 @@ the original loads a file, runs its crops through the network, and goes on to th
 times, alternating, in this process; the table gives the best round of each (the least disturbed on a shared
 machine), the ratio of the medians, and how far each is from the original's embeddings.
 
-    python benchmarks/bench_eval.py                         # both, full size
-    python benchmarks/bench_eval.py --files 20000 --trials 80000 --skip_extraction
+    python -m benchmarks.bench_eval                         # both, full size
+    python -m benchmarks.bench_eval --files 20000 --trials 80000 --skip_extraction
 """
 
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
@@ -32,11 +30,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.reference_scoring import reference_crop_scores  # noqa: E402
-from spknet.data import load_wav  # noqa: E402
-from spknet.evaluation import (  # noqa: E402
+from benchmarks.reference_scoring import reference_crop_scores
+from spknet.data import load_wav
+from spknet.evaluation import (
     available_cores,
     cosine_scores,
     cpu_has_native_bf16,

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Embedding files outside the trainer: files/s of ``inference.py embed`` next to ``--eval``'s extraction and
 onnxruntime, on the same synthetic files, in one process.
 
@@ -18,13 +17,12 @@ Every arm runs ``--rounds`` times, alternating; the table gives each arm's best 
 shared machine) in files/s, its ratio to ``inference.py embed``, and the largest cosine distance of its
 embeddings to that arm's.
 
-    python benchmarks/bench_inference.py                     # 48 files of 2, 3 and 4 s
-    python benchmarks/bench_inference.py --files 200 --lengths 1.5,2,2.5,3,6 --rounds 5
+    python -m benchmarks.bench_inference                     # 48 files of 2, 3 and 4 s
+    python -m benchmarks.bench_inference --files 200 --lengths 1.5,2,2.5,3,6 --rounds 5
 """
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
@@ -32,14 +30,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from spknet import SAMPLE_RATE  # noqa: E402
-from spknet.data import NUM_EVAL, max_audio_samples  # noqa: E402
-from spknet.evaluation import embed_files, equal_length_batches  # noqa: E402
-from spknet.export import export_model  # noqa: E402
-from spknet.inference import load_embedder  # noqa: E402
-from spknet.model import SpeakerNet  # noqa: E402
+from spknet import SAMPLE_RATE
+from spknet.data import NUM_EVAL, max_audio_samples
+from spknet.evaluation import embed_files, equal_length_batches
+from spknet.export import export_model
+from spknet.inference import load_embedder
+from spknet.model import SpeakerNet
 
 
 def parse_args(argv=None):

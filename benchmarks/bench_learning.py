@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Learning, not speed: the EER our trainer reaches next to a loop written the way voxceleb_trainer's
 ``train_network`` and ``evaluateFromList`` are, same network, loss, batch shape and budget, over several seeds
 (issue "Results at least as good as voxceleb_trainer's", item 3).
@@ -14,8 +13,8 @@
 The corpus is synthetic (``tools/synthetic_corpus.py``, made in a temporary folder) unless ``--corpus DIR`` names
 one written by ``dataprep.py --synthetic`` (train_list.txt, veri_test.txt, wav/).
 
-    python benchmarks/bench_learning.py                              # 3 seeds, 5 epochs, both arms
-    python benchmarks/bench_learning.py --ours_args "--audio_scale float --pad wrap --window hamming"
+    python -m benchmarks.bench_learning                              # 3 seeds, 5 epochs, both arms
+    python -m benchmarks.bench_learning --ours_args "--audio_scale float --pad wrap --window hamming"
 """
 
 import argparse
@@ -25,20 +24,17 @@ import random
 import re
 import shlex
 import statistics
-import sys
 import tempfile
 
 import numpy as np
 import soundfile as sf
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import trainSpeakerNet  # noqa: E402
-from spknet import plugins  # noqa: E402
-from spknet.evaluation import compute_metrics  # noqa: E402
-from spknet.loss._common import IMBALANCED  # noqa: E402
-from spknet.model import SpeakerNet  # noqa: E402
+import trainSpeakerNet
+from spknet import plugins
+from spknet.evaluation import compute_metrics
+from spknet.loss._common import IMBALANCED
+from spknet.model import SpeakerNet
 
 MODEL = "ResNetSE34L"
 PER_SPEAKER = 2

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Training-loader throughput (issue 6), in one run on data it makes in a temporary folder:
 
 (a) bytes read per training crop by our partial reads (seek + read of the crop) next to a whole-file reader (the
@@ -10,11 +9,13 @@
     ``--augment`` (MUSAN-like noise and RIR folders it writes);
 (c) those loader rates against what a CPU training step consumes (``bench_train.measure``: ResNetSE34L +
     angleproto) - the loader must keep ahead of the step (target >= 3x).
+
+    python -m benchmarks.bench_loader
+    python -m benchmarks.bench_loader --no_cold --no_step
 """
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -23,13 +24,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from spknet.data import ORIGINAL, TrainDataset, load_wav, max_audio_samples, read_train_list  # noqa: E402
-from spknet.data.synthetic import make_corpus  # noqa: E402
-from spknet.specs import DataSpec  # noqa: E402
-from spknet.training.run import build_loader  # noqa: E402
+from spknet.data import ORIGINAL, TrainDataset, load_wav, max_audio_samples, read_train_list
+from spknet.data.synthetic import make_corpus
+from spknet.specs import DataSpec
+from spknet.training.run import build_loader
 
 _RealSoundFile = sf.SoundFile
 
@@ -331,7 +329,7 @@ def main(argv=None):
 
         if args.no_step:
             return
-        from bench_train import measure
+        from benchmarks.bench_train import measure
         step = measure("angleproto", groups=args.step_groups, per_group=2, frames=args.frames, steps=args.steps,
                        repeats=1, device="cpu", reference=False)["ours"]
         print(f"\n(c) loader ({args.workers} workers) vs a CPU training step (ResNetSE34L + angleproto, "

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Forward+backward time of the masked-proxy losses against a reference that works the way the original code does.
 
 The reference (``reference_loss`` of ``benchmarks/reference_losses.py``) computes the same value as
@@ -12,11 +11,10 @@ the ratios reference/ours, and the largest absolute differences of the loss valu
 our loss is also run once under ``torch.cuda.set_sync_debug_mode("error")``: any host synchronisation inside the
 loss (forward or backward) raises, and the ``sync`` column reports it.
 
-    python benchmarks/bench_losses.py --device cpu --repeats 20
+    python -m benchmarks.bench_losses --device cpu --repeats 20
 """
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -25,11 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from reference_losses import reference_loss
-
+from benchmarks.reference_losses import reference_loss
 from spknet import plugins
 from spknet.loss._common import IMBALANCED
 

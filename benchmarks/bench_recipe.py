@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The training recipe's parts, measured: LR warm-up, the margin schedule and checkpoint averaging, each against
 the same run without it (issue "The backbones and training recipe", item 6).
 
@@ -18,8 +17,8 @@ Every epoch is evaluated and saved (``--test_interval 1``), so each run gives it
 (``spknet.checkpoints.average_checkpoints``, scored by ``trainSpeakerNet.evaluate_checkpoint`` with the same lists
 and options). The corpus is synthetic unless ``--corpus DIR`` names one (``dataprep.py --synthetic`` layout).
 
-    python benchmarks/bench_recipe.py --trainfunc aamsoftmax --epochs 30 --lr 0.05 --seeds 1,2,3
-    python benchmarks/bench_recipe.py --trainfunc mp_balance --arms plain,warmup --ours_args "--model ECAPA_TDNN"
+    python -m benchmarks.bench_recipe --trainfunc aamsoftmax --epochs 30 --lr 0.05 --seeds 1,2,3
+    python -m benchmarks.bench_recipe --trainfunc mp_balance --arms plain,warmup --ours_args "--model ECAPA_TDNN"
 """
 
 import argparse
@@ -32,14 +31,10 @@ import tempfile
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from bench_learning import add_corpus_and_seeds, comma_list, corpus_for, final_veer  # noqa: E402
-
-import trainSpeakerNet  # noqa: E402
-from spknet import checkpoints, plugins  # noqa: E402
-from spknet.margin import has_margin  # noqa: E402
+import trainSpeakerNet
+from benchmarks.bench_learning import add_corpus_and_seeds, comma_list, corpus_for, final_veer
+from spknet import checkpoints, plugins
+from spknet.margin import has_margin
 
 ARMS = ("constant", "plain", "warmup", "warmup_margin")
 DEFAULT_ARMS = ARMS[1:]

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Training-step throughput: our trainer's step next to one written the way voxceleb_trainer's ``train_network``
 does it, on the same network, loss, weights and batches, in the same run.
 
@@ -6,22 +5,21 @@ Default shape: ResNetSE34L + angleproto, 64 speakers x 2 utterances x 200 frames
 ``--networks ResNetSE34L,ResNetSE34V2,ECAPA_TDNN,ResNet34`` (or ``all``) adds our step's utterances/s for each
 network at its own defaults (ECAPA_TDNN with C = 512), same shape and loss, and its ratio to ResNetSE34L's.
 ``benchmarks/bench_train_gpu.py`` runs the original README's mp_balance shape on a GPU.
+
+    python -m benchmarks.bench_train                          # the default shape
+    python -m benchmarks.bench_train --networks all
 """
 
 import argparse
 import copy
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from spknet.data import max_audio_samples  # noqa: E402
-from spknet.model import SpeakerNet  # noqa: E402
+from spknet.data import max_audio_samples
+from spknet.model import SpeakerNet
 from spknet.specs import TrainingSpec
-from spknet.training.trainer import ModelTrainer  # noqa: E402
+from spknet.training.trainer import ModelTrainer
 
 
 class Batches(list):

@@ -1,18 +1,17 @@
-#!/usr/bin/env python3
 """GPU training throughput of the original README's mp_balance command shape (200 speakers x 2 utterances x
 350 frames, ResNetSE34L + SAP, 5994 classes), in float32 and in mixed precision (fp16 with a gradient scaler,
 and bf16), next to the voxceleb_trainer-style step in float32. Runs on the CPU too with ``--groups``/``--frames``
-scaled down (for checking the script, not for numbers)."""
+scaled down (for checking the script, not for numbers).
+
+    python -m benchmarks.bench_train_gpu
+    python -m benchmarks.bench_train_gpu --device cpu --groups 4 --frames 50 --classes 100
+"""
 
 import argparse
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from bench_train import measure  # noqa: E402
+from benchmarks.bench_train import measure
 
 
 def main(argv=None):

@@ -11,15 +11,11 @@ against it.
   comprehensions over the batch; a class with a single utterance in the batch is dropped.
 """
 
-import os
-import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.preprocessing import label_binarize
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from spknet.loss._common import IMBALANCED
 

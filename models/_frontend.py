@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-from spknet import SAMPLE_RATE
+from spknet.constants import SAMPLE_RATE
 from spknet.errors import SpeakerNetError, check_choice
 
 WINDOWS = {"hann": torch.hann_window, "hamming": torch.hamming_window}

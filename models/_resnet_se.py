@@ -5,7 +5,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-from spknet import SAMPLE_RATE
+from spknet.constants import SAMPLE_RATE
 from spknet.errors import SpeakerNetError
 
 from ._frontend import window_function

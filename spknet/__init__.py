@@ -10,7 +10,8 @@ import importlib.util
 import os
 import sys
 
-SAMPLE_RATE = 16000      # Hz: every audio file, the front end and the tools
+from spknet.constants import SAMPLE_RATE
+
 PLUGIN_PACKAGES = ("models", "loss", "optimizer", "scheduler")
 
 __all__ = ["SAMPLE_RATE", "PLUGIN_PACKAGES", "load_embedder"]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from spknet import SAMPLE_RATE
+from spknet.constants import SAMPLE_RATE
 from spknet.data import FLOAT, read_audio, read_train_list
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import Trial, compute_metrics, read_trial_list

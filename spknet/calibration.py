@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from spknet import SAMPLE_RATE, atomic
+from spknet import atomic
+from spknet.constants import SAMPLE_RATE
 from spknet.data.audio import open_audio
 from spknet.errors import SpeakerNetError
 from spknet.evaluation.metrics import act_dcf, bayes_threshold, cllr, min_cllr

@@ -44,7 +44,8 @@ from contextlib import contextmanager
 
 import torch
 
-from spknet import SAMPLE_RATE, atomic
+from spknet import atomic
+from spknet.constants import SAMPLE_RATE
 from spknet.data import INT16_SCALE
 from spknet.errors import SpeakerNetError
 from spknet.specs import MODEL_FIELDS

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torchaudio
 
-from spknet import SAMPLE_RATE
 from spknet.calibration import (
     Calibration,
     Verification,
@@ -25,6 +24,7 @@ from spknet.calibration import (
     weights_sha256,
 )
 from spknet.checkpoints import load_network
+from spknet.constants import SAMPLE_RATE
 from spknet.data import (
     FLOAT,
     INT16_SCALE,

@@ -1,6 +1,5 @@
 """Shared test helpers: the repository's fixture files, importing scripts by path, and running the CLI."""
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -22,15 +21,6 @@ def fixture_file(*parts) -> Path:
     if not path.exists():
         pytest.fail(f"{path}: fixture missing from the repository")
     return path
-
-
-def load_module(relative_path: str):
-    """Import a script of the repository that is not in a package (``benchmarks/...``, ``scripts/...``) by path."""
-    path = REPO / relative_path
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_cli(*args, cwd=None, timeout=600, env=None):

@@ -1,7 +1,6 @@
 """--augment: MUSAN noise at the drawn SNR, babble, reverberation, determinism, partial reads, folder errors,
 the loader wiring and one training run through the command line."""
 
-import importlib.util
 import os
 import re
 
@@ -10,20 +9,14 @@ import pytest
 import soundfile as sf
 import torch
 
+from benchmarks import bench_loader as bench
 from spknet.data import augment, load_wav, max_audio_samples, read_train_list
 from spknet.data.augment import AUGMENT_TYPES, Augmenter, NoiseDraw, power_db
 from spknet.errors import SpeakerNetError
-from tests.helpers import REPO, run_cli
+from tests.helpers import run_cli
 
 FRAMES = 50
 LENGTH = max_audio_samples(FRAMES)          # 8240 samples
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_loader", REPO / "benchmarks" / "bench_loader.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write(path, samples, subtype="PCM_16", rate=16000):
@@ -131,7 +124,6 @@ def test_types_are_drawn_uniformly_and_runs_are_deterministic(augmenter):
 
 
 def test_noise_and_training_crops_read_only_their_bytes(tmp_path, augmenter):
-    bench = _load_bench()
     long_file = write(tmp_path / "long.wav", np.random.default_rng(0).standard_normal(16000 * 30) * 1000)
     with bench.counting_reads() as counter:
         augment.read_noise_crop(long_file, LENGTH, np.random.default_rng(0))
@@ -143,7 +135,6 @@ def test_noise_and_training_crops_read_only_their_bytes(tmp_path, augmenter):
 
 
 def test_bench_loader_counts_bytes(tmp_path):
-    bench = _load_bench()
     files = [write(tmp_path / f"{i}.wav", np.ones(16000 * (5 + i))) for i in range(3)]
     got = bench.bytes_per_crop(files, FRAMES)
     assert got["partial"]["max"] <= 1.2 and got["whole"]["mean"] > 5

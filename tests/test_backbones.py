@@ -15,7 +15,7 @@ from spknet import plugins
 from spknet.checkpoints import infer_model_config
 from spknet.errors import SpeakerNetError
 from spknet.folding import fold_batch_norms, inference_copy
-from tests.helpers import load_module, run_cli, saved_run_checkpoint
+from tests.helpers import run_cli, saved_run_checkpoint
 from trainSpeakerNet import spec_from_argv
 
 # Small but real configurations of each network (the widths the tests can afford on 2 cores)
@@ -364,7 +364,8 @@ def test_ecapa_trains_from_the_command_line(tiny_corpus, tmp_path):
 
 @pytest.mark.slow
 def test_bench_train_measures_every_network():
-    bench = load_module("benchmarks/bench_train.py")
+    from benchmarks import bench_train as bench
+
     rates = bench.measure_networks(list(bench.NETWORKS), groups=2, per_group=2, frames=20, steps=1, repeats=1)
     assert list(rates) == ["ResNetSE34L", "ResNetSE34V2", "ECAPA_TDNN", "ResNet34"]
     assert all(rate > 0 for rate in rates.values())

@@ -5,14 +5,12 @@ import math
 
 import pytest
 
-from tests.helpers import load_module
-
 pytest.importorskip("onnxruntime")
 
 
 @pytest.mark.slow
 def test_every_path_gives_a_rate_and_the_same_embeddings():
-    bench = load_module("benchmarks/bench_inference.py")
+    from benchmarks import bench_inference as bench  # after the importorskip: it exports to ONNX
     result = bench.main(["--files", "5", "--lengths", "0.6,0.9", "--rounds", "1", "--nOut", "16", "--threads", "1"])
     assert set(result["arms"]) == {"inference.py embed", "per-file embed", "--eval extraction", "onnxruntime"}
     for name, arm in result["arms"].items():

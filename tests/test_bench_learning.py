@@ -5,8 +5,8 @@ import math
 
 import pytest
 
+from benchmarks import bench_learning as bench
 from spknet.data.synthetic import make_corpus
-from tests.helpers import load_module
 
 TINY_CORPUS = {"speakers": 16, "utterances": 4, "test_speakers": 4, "test_utterances": 4, "trials": 40,
                "min_duration": 1.0, "max_duration": 1.5, "seed": 0}
@@ -15,7 +15,6 @@ TINY_RUN = ["--epochs", "1", "--batch_size", "8", "--max_frames", "20", "--eval_
 
 @pytest.mark.slow
 def test_both_arms_give_a_veer_per_seed_and_the_reference_repeats(tmp_path):
-    bench = load_module("benchmarks/bench_learning.py")
     make_corpus(str(tmp_path / "corpus"), **TINY_CORPUS)
     corpus = ["--corpus", str(tmp_path / "corpus")]
     result = bench.main([*corpus, *TINY_RUN, "--seeds", "1,2"])

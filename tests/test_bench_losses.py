@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from tests.helpers import load_module
+from benchmarks import bench_losses as bench
 
-bench = load_module("benchmarks/bench_losses.py")
 TINY = {"batch": 8, "classes": 50, "dim": 16}
 
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from benchmarks import bench_recipe as bench
 from spknet.data.synthetic import make_corpus
-from tests.helpers import load_module
 
 TINY_CORPUS = {"speakers": 16, "utterances": 4, "test_speakers": 4, "test_utterances": 4, "trials": 40,
                "min_duration": 1.0, "max_duration": 1.5, "seed": 0}
@@ -24,7 +24,6 @@ def corpus(tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_arm_gives_both_veers_and_one_checkpoint_averages_to_itself(corpus):
-    bench = load_module("benchmarks/bench_recipe.py")
     arms = ["constant", "warmup_margin"]          # a per-epoch and a per-iteration schedule; the flags test has all
     result = bench.main([*corpus, *TINY_RUN, "--seeds", "1", "--average_last", "1", "--arms", ",".join(arms)])
     assert result["seeds"] == [1]
@@ -38,7 +37,6 @@ def test_every_arm_gives_both_veers_and_one_checkpoint_averages_to_itself(corpus
 
 @pytest.mark.slow
 def test_a_loss_without_margin_leaves_out_the_margin_arm(corpus, capsys):
-    bench = load_module("benchmarks/bench_recipe.py")
     result = bench.main([*corpus, *TINY_RUN, "--seeds", "1", "--trainfunc", "angleproto", "--average_last", "2",
                          "--arms", "plain,warmup_margin"])
     assert set(result) == {"seeds", "plain"}
@@ -46,7 +44,6 @@ def test_a_loss_without_margin_leaves_out_the_margin_arm(corpus, capsys):
 
 
 def test_arm_flags_add_only_the_arm_s_parts():
-    bench = load_module("benchmarks/bench_recipe.py")
     options = bench.build_parser().parse_args(["--warmup_epochs", "2", "--margin_start_epoch", "5",
                                                "--margin_rampup_epochs", "3"])
     decay = ["--scheduler", "warmup_cosine", "--final_lr", "0.0005"]

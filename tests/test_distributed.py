@@ -179,8 +179,7 @@ def test_failure_on_one_rank_ends_all_ranks(tiny_corpus, tmp_path):
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
                     reason="torchrun not installed beside this interpreter")
 def test_distributed_throughput_benchmark_runs(tiny_corpus, capsys):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import bench_distributed_cpu
+    from benchmarks import bench_distributed_cpu
 
     result = bench_distributed_cpu.main(["--corpus", os.path.dirname(tiny_corpus["train_list"]), "--max_frames", "20",
                                          "--batch_size", "8"])

@@ -415,12 +415,8 @@ def test_bad_evaluation_flags_fail_before_work(tiny_corpus, tmp_path):
 
 
 def test_benchmark_runs_at_a_tiny_size():
-    import importlib.util
+    from benchmarks import bench_eval as bench
 
-    from tests.helpers import REPO
-    spec = importlib.util.spec_from_file_location("bench_eval", REPO / "benchmarks" / "bench_eval.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     results = bench.main(["--files", "300", "--trials", "600", "--loop_trials", "60", "--repeats", "1",
                           "--extract_files", "3", "--extract_seconds", "1", "--eval_frames", "20", "--rounds", "1",
                           "--workers", "0", "--eval_batch_size", "2"])

@@ -7,12 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks import reference_losses as reference
 from spknet import plugins
 from spknet.errors import SpeakerNetError
 from spknet.loss._common import IMBALANCED
-from tests.helpers import load_module
 
-reference = load_module("benchmarks/reference_losses.py")
 NAMES = ["mp", "mmp", "mp_balance", "mmp_balance", "mmp_balance2"]
 
 

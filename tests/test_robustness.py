@@ -29,7 +29,6 @@ FAST = ["--max_frames", "50", "--batch_size", "8", "--nDataLoaderThread", "0", "
 # and before it replaces the checkpoint: the worst moment for a crash.
 KILL_DURING_SAVE = """
 import os, signal, sys
-sys.path.insert(0, {repo!r})
 from spknet import atomic
 real_replace = os.replace
 def replace(source, target):
@@ -50,9 +49,9 @@ def corpus_flags(corpus):
 def test_sigkill_during_a_save_then_resume(tiny_corpus, tmp_path):
     save_path = tmp_path / "run"
     argv = [*FAST, *corpus_flags(tiny_corpus), "--save_path", str(save_path), "--max_epoch", "2"]
-    script = KILL_DURING_SAVE.format(repo=str(REPO), suffix="model000000002.model")
+    script = KILL_DURING_SAVE.format(suffix="model000000002.model")
     killed = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, **SUBPROCESS_ENV})
+                            cwd=REPO, env={**os.environ, **SUBPROCESS_ENV})
     assert killed.returncode == -signal.SIGKILL
     model_dir = save_path / "model"
     assert (model_dir / "model000000001.model").is_file()                 # the last complete epoch

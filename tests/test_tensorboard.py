@@ -13,7 +13,6 @@ from spknet.model import SpeakerNet
 from spknet.specs import TrainingSpec
 from spknet.training import board
 from spknet.training.trainer import ModelTrainer
-from tests.helpers import load_module
 
 FAST = ["--max_frames", "50", "--batch_size", "8", "--nDataLoaderThread", "2"]
 SCORE = re.compile(r"^IT (\d+), LR ([\d.]+), TEER/T1 ([\d.]+), TLOSS ([-\d.]+), VEER ([\d.]+)$")
@@ -21,7 +20,7 @@ INFO = re.compile(r"^INFO epoch (\d+): EER ([\d.]+), minDCF\(p=0\.05\) ([\d.]+),
                   r"train [\d.]+ s, eval [\d.]+ s, data wait (\d+)%$")
 BAR_END = re.compile(r"epoch (\d+): 100%.*?\| (\d+)/\2 \[")
 
-summarise = load_module("scripts/summarise_runs.py")
+from scripts import summarise_runs as summarise  # noqa: E402
 
 
 @pytest.fixture

@@ -196,7 +196,6 @@ def test_a_resume_refuses_another_run_and_accepts_session_options(tiny_corpus, t
 
 FAIL_IN_A_STEP = """
 import sys
-sys.path.insert(0, {repo!r})
 from spknet.training import trainer as training
 real_step, calls = training.ModelTrainer._step, []
 def step(self, *args):
@@ -215,8 +214,8 @@ def test_an_exception_with_loader_workers_running_ends_the_process(tiny_corpus, 
     argv = [*FAST[:-2], "--nDataLoaderThread", "2", *corpus_flags(tiny_corpus), "--save_path", str(tmp_path / "r"),
             "--max_epoch", "1"]
     started = time.time()
-    result = subprocess.run([sys.executable, "-c", FAIL_IN_A_STEP.format(repo=str(REPO)), *argv],
-                            capture_output=True, text=True, timeout=120, env={**os.environ, **SUBPROCESS_ENV})
+    result = subprocess.run([sys.executable, "-c", FAIL_IN_A_STEP, *argv], capture_output=True, text=True, timeout=120,
+                            cwd=REPO, env={**os.environ, **SUBPROCESS_ENV})
     assert result.returncode == 1 and "RuntimeError: injected failure in a step" in result.stderr
     assert time.time() - started < 90
 

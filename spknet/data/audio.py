@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from spknet import SAMPLE_RATE
+from spknet.constants import SAMPLE_RATE
 from spknet.errors import SpeakerNetError
 
 NUM_EVAL = 10

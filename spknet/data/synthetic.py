@@ -60,7 +60,7 @@ import soundfile as sf
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import fftconvolve
 
-from spknet import SAMPLE_RATE as SR
+from spknet.constants import SAMPLE_RATE as SR
 
 N_FFT = 512
 HOP = 128

@@ -44,7 +44,7 @@ from multiprocessing import get_context
 import numpy as np
 import soundfile as sf
 
-from spknet import SAMPLE_RATE
+from spknet.constants import SAMPLE_RATE
 from spknet.data import download
 from spknet.errors import SpeakerNetError
 
