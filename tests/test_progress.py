@@ -37,6 +37,9 @@ def test_the_training_bar_in_a_log_file_writes_no_line_per_step(capsys):
     """The trainer sets loss and accuracy on its bar after every step; redirected, that is no line per step."""
     from tests.test_robustness import nan_trainer
     trainer, loader = nan_trainer(bad_steps=set())
+    started = time.monotonic()
     trainer.train_network(loader, epoch=1, show_progress=True)
+    elapsed = time.monotonic() - started
     out = capsys.readouterr().out
-    assert "epoch 1" in out and out.count("\r") <= 2
+    # the start and the end, and one update per LOG_FILE_INTERVAL on a slow (shared) machine
+    assert "epoch 1" in out and out.count("\r") <= 2 + int(elapsed // LOG_FILE_INTERVAL)
