@@ -108,6 +108,9 @@ def test_eval_calibrate_verify_and_embed_files_give_one_score(setup, tmp_path, m
     from_verify = verify_scores(model, root, eval_frames, scoring, capsys)             # printed with 6 decimals
     from_embedder = embedder_scores(model, root, eval_frames, scoring)
     assert len(from_eval) == len(from_calibrate) == len(from_verify) == len(from_embedder) == len(TRIALS)
+    print(f"agreement with embed_files, eval_frames {eval_frames}, {scoring}: calibrate "
+          f"{np.abs(from_calibrate - from_embedder).max():.1e}, --eval {np.abs(from_eval - from_embedder).max():.1e}, "
+          f"verify {np.abs(from_verify - from_embedder).max():.1e}")
     assert np.abs(from_calibrate - from_embedder).max() <= 1e-6
     assert np.abs(from_eval - from_embedder).max() <= 1e-6
     assert np.abs(from_verify - from_embedder).max() <= 1e-6
