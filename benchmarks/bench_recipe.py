@@ -14,8 +14,8 @@ They differ only in
 
 Every epoch is evaluated and saved (``--test_interval 1``), so each run gives its last epoch's VEER (read from
 ``result/scores.txt``) and the VEER of the mean of its last ``--average_last`` checkpoints
-(``spknet.checkpoints.average_checkpoints``, scored by ``trainSpeakerNet.evaluate_checkpoint`` with the same lists
-and options). The corpus is synthetic unless ``--corpus DIR`` names one (``dataprep.py --synthetic`` layout).
+(``spknet.checkpoints.average_checkpoints``, scored by ``spknet.evaluation.runner.evaluate_checkpoint`` with the
+same lists and options). The corpus is synthetic unless ``--corpus DIR`` names one (``dataprep.py --synthetic`` layout).
 
     python -m benchmarks.bench_recipe --trainfunc aamsoftmax --epochs 30 --lr 0.05 --seeds 1,2,3
     python -m benchmarks.bench_recipe --trainfunc mp_balance --arms plain,warmup --ours_args "--model ECAPA_TDNN"
@@ -34,6 +34,7 @@ import torch
 import trainSpeakerNet
 from benchmarks.bench_learning import add_corpus_and_seeds, comma_list, corpus_for, final_veer
 from spknet import checkpoints, plugins
+from spknet.evaluation.runner import evaluate_checkpoint
 from spknet.margin import has_margin
 
 ARMS = ("constant", "plain", "warmup", "warmup_margin")
@@ -71,7 +72,8 @@ def averaged_veer(options, argv: list[str], save_path: str) -> float:
     found = checkpoints.epoch_checkpoints(model_dir)[-options.average_last:]
     averaged = os.path.join(model_dir, f"average_last{options.average_last}.model")
     checkpoints.save_averaged(averaged, checkpoints.average_checkpoints([path for _, path in found]))
-    outcome, _ = trainSpeakerNet.evaluate_checkpoint(trainSpeakerNet.parse_args(argv + ["--eval"]), averaged)
+    spec = trainSpeakerNet.spec_from_argv(argv + ["--eval"])
+    outcome, _, _ = evaluate_checkpoint(averaged, spec.evaluation, spec.data, torch.device("cpu"))
     return float(outcome.tests[0].metrics.eer)
 
 
