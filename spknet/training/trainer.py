@@ -202,7 +202,11 @@ class ModelTrainer:
             waves = waves.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             self.apply_margin(epoch, progress.batches)
-            stepped = self._step(waves, labels, len(sizes), progress)
+            if len(sizes):
+                stepped = self._step(waves, labels, len(sizes), progress)
+            else:       # every group of the batch unreadable and skipped (--max_bad_files): nothing to step on
+                progress.count_batch()
+                stepped = None
             if self.per_iteration:
                 self.scheduler.step()       # after every batch, a skipped one too: the LR follows the position
             if stepped:
@@ -210,7 +214,7 @@ class ModelTrainer:
                 utterances += waves.shape[0]
                 bar.set_postfix(loss=f"{progress.mean_loss:.4f}", acc=f"{progress.mean_accuracy:.2f}%",
                                 utt_s=f"{utterances / (time.time() - started):.1f}", refresh=False)
-            else:
+            elif stepped is False:
                 bad_in_a_row += 1
                 if bad_in_a_row >= self.max_bad_steps:
                     raise SpeakerNetError(f"epoch {epoch}: {bad_in_a_row} non-finite losses in a row (last at batch "
