@@ -208,9 +208,12 @@ class DecodedAudio:
 
     In an indexed container (mp4/m4a, Matroska/WebM) the length is the header's and a read seeks to
     :data:`PREROLL_FRAMES` codec frames before its window (the decoder's overlap state is rebuilt there, so the
-    window's samples equal those of a decode from the start) and decodes only up to the window's end. Any other
+    window's samples equal those of a decode from the start, to float rounding; FFmpeg decodes the file's last,
+    end-trimmed AAC frame slightly differently after a seek, within the codec's own error) and decodes only up to
+    the window's end. Any other
     stream is decoded whole once, when opened. Samples are float32; the encoder's priming samples are removed as
-    the container's edit list says (mp4), so sample 0 is the source's first sample.
+    the container's edit list says (mp4), so sample 0 is the source's first sample (a bare ADTS ``.aac`` stream
+    has no such list: its first ~1024 samples are the encoder's priming).
     """
 
     def __init__(self, container, stream, name: str):
@@ -253,7 +256,7 @@ class DecodedAudio:
         the position; fewer where the file ends."""
         stop = self.frames if frames < 0 else min(self.frames, self.position + frames)
         if self._whole is not None:
-            audio = self._whole[self.position:stop]
+            audio = self._whole[self.position:stop].copy()      # the reader scales what it gets in place
         else:
             audio = self._decode(self.position, stop)
         self.position += audio.shape[0]
