@@ -12,6 +12,8 @@ import torch
 
 import trainSpeakerNet
 from spknet.data.kaldi import KaldiAudio, KaldiSource, data_dir_digest, load_kaldi_dir
+from spknet.training.run import run_differences, run_identity
+from trainSpeakerNet import spec_from_argv
 
 FAST = ["--model", "ResNetSE34L", "--trainfunc", "softmaxproto", "--nPerSpeaker", "2", "--max_frames", "50",
         "--eval_frames", "50", "--batch_size", "8", "--nDataLoaderThread", "0", "--max_epoch", "1"]
@@ -85,6 +87,19 @@ def test_segments_read_exactly_their_utterances(kaldi_corpus):
     assert source.speakers == sorted(source.speakers) and len(source.speakers) == 40
 
 
+def test_the_run_identity_records_the_data_dir_by_content(kaldi_corpus, small_dir, tmp_path):
+    def identity(folder):
+        spec = spec_from_argv(["--train_data", str(folder), "--test_list", str(kaldi_corpus["trials"]), *FAST])
+        return run_identity(spec, spec.model)
+
+    saved = identity(kaldi_corpus["train"])
+    assert saved["lists"]["train_data"] == data_dir_digest(str(kaldi_corpus["train"]))
+    assert run_differences(saved, identity(small_dir)) == []       # the same files elsewhere: the same data
+    lines = (small_dir / "utt2spk").read_text().splitlines()
+    (small_dir / "utt2spk").write_text("\n".join(lines[:-1] + [lines[-1].split()[0] + " someone-else"]) + "\n")
+    assert run_differences(saved, identity(small_dir)) == [("train_data", None, None)]
+
+
 def run_main(capsys, *argv):
     code = trainSpeakerNet.main([str(item) for item in argv])
     return code, capsys.readouterr().err
@@ -105,7 +120,8 @@ def test_train_on_a_kaldi_dir_and_evaluate_kaldi_trials(kaldi_corpus, tmp_path, 
     code, err = run_main(capsys, "--eval", "--initial_model", save_path / "model" / "model000000001.model",
                          "--test_list", kaldi_corpus["trials"], "--test_data", kaldi_corpus["test"],
                          "--eval_frames", "50", "--nDataLoaderThread", "0", "--save_scores", scores,
-                         "--save_path", tmp_path / "eval")
+                         "--save_path", tmp_path / "eval", "--score_norm", "asnorm", "--cohort_size", "10",
+                         "--train_data", kaldi_corpus["train"])       # the AS-norm cohort: its utterances
     assert code == 0, err[-3000:]
     written = [line.split() for line in scores.read_text().splitlines()]
     trials = [line.split() for line in kaldi_corpus["trials"].read_text().splitlines()]

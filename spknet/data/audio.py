@@ -235,7 +235,8 @@ class DecodedAudio:
         try:
             container = av.open(source, "r")
         except (av.FFmpegError, OSError, ValueError) as error:
-            why = f"{soundfile_error}; FFmpeg: {error}" if soundfile_error else f"FFmpeg: {error}"
+            said = getattr(error, "strerror", None) or str(error)
+            why = f"{soundfile_error}; FFmpeg: {said}" if soundfile_error else f"FFmpeg: {said}"
             raise SpeakerNetError(f"{name}: cannot read audio ({' '.join(why.split())})") from None
         if not container.streams.audio:
             container.close()
@@ -282,7 +283,8 @@ class DecodedAudio:
                 if stop is not None and end >= stop:
                     break
         except av.FFmpegError as error:
-            raise SpeakerNetError(f"{self.name}: cannot decode audio ({' '.join(str(error).split())})") from None
+            said = getattr(error, "strerror", None) or str(error)
+            raise SpeakerNetError(f"{self.name}: cannot decode audio ({' '.join(said.split())})") from None
         audio = np.concatenate(parts) if parts else np.zeros((0, self.channels), np.float32)
         first = start if first is None else first
         audio = audio[max(0, start - first):]

@@ -52,7 +52,8 @@ class TrainDataset(Dataset):
             try:
                 crops.append(self.source.train_crop(i, self.max_frames, rng, self.pipeline))
             except SpeakerNetError as error:
-                return None, group.label, Unreadable(self.source.name(i), " ".join(str(error).split()))
+                name, reason = self.source.name(i), " ".join(str(error).split())
+                return None, group.label, Unreadable(name, reason.removeprefix(f"{name}: "))
         waves = np.concatenate(crops)
         if self.augmenter is not None:       # the augmenter mixes in the int16 range
             waves = np.stack([self.pipeline.from_int16_scale(self.augmenter(self.pipeline.to_int16_scale(wave), rng))
