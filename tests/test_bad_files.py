@@ -5,11 +5,14 @@ on the epoch's INFO line."""
 import os
 import shutil
 
+import numpy as np
 import pytest
+import torch
 
+import trainSpeakerNet
+from spknet.data import Group, TrainDataset, TrainList
+from spknet.errors import SpeakerNetError
 from tests.helpers import run_cli
-
-pytestmark = pytest.mark.slow      # subprocess training runs
 
 FAST = ["--model", "ResNetSE34L", "--trainfunc", "softmaxproto", "--nPerSpeaker", "2", "--max_frames", "50",
         "--eval_frames", "50", "--batch_size", "8", "--nDataLoaderThread", "2", "--max_epoch", "1",
@@ -40,6 +43,7 @@ def train(tiny_corpus, bad_list, save_path, *extra):
                    *FAST, *extra)
 
 
+@pytest.mark.slow
 def test_an_unreadable_file_ends_the_run_with_one_error_line(tiny_corpus, bad_list, tmp_path):
     result = train(tiny_corpus, bad_list, tmp_path / "run")
     assert result.returncode == 2, result.stderr[-3000:]
@@ -50,6 +54,7 @@ def test_an_unreadable_file_ends_the_run_with_one_error_line(tiny_corpus, bad_li
     assert "Traceback" not in result.stderr and "DataLoader worker" not in result.stderr
 
 
+@pytest.mark.slow
 def test_max_bad_files_skips_lists_and_counts_them(tiny_corpus, bad_list, tmp_path):
     save_path = tmp_path / "run"
     result = train(tiny_corpus, bad_list, save_path, "--max_bad_files", "2")
@@ -63,9 +68,36 @@ def test_max_bad_files_skips_lists_and_counts_them(tiny_corpus, bad_list, tmp_pa
     assert len(info) == 1 and info[0].endswith(", bad files 2"), info
 
 
+@pytest.mark.slow
 def test_one_more_than_max_bad_files_ends_the_run(tiny_corpus, bad_list, tmp_path):
     result = train(tiny_corpus, bad_list, tmp_path / "run", "--max_bad_files", "1")
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and "one more than --max_bad_files 1" in errors[0], result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+
+
+class Unreadable(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        raise SpeakerNetError("some.wav: cannot read audio (broken)")
+
+
+def test_an_error_in_a_loader_worker_reaches_the_user_as_its_own_line(monkeypatch, capsys):
+    def run(args):
+        next(iter(torch.utils.data.DataLoader(Unreadable(), num_workers=1)))
+
+    monkeypatch.setattr(trainSpeakerNet, "run", run)
+    assert trainSpeakerNet.main([]) == 2
+    assert capsys.readouterr().err == "error: some.wav: cannot read audio (broken)\n"
+
+
+def test_the_dataset_marks_a_group_it_cannot_read(tmp_path):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    dataset = TrainDataset(TrainList([str(empty)], np.array([0]), ["amy"]), 50)
+    waves, label, unreadable = dataset[Group(files=(0,), label=0, crop_seed=1)]
+    assert waves is None and label == 0 and unreadable.name == str(empty)
+    assert unreadable.reason.startswith("cannot read audio") and "\n" not in unreadable.reason

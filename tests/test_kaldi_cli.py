@@ -2,6 +2,7 @@
 and the errors of bad directories (one ``error:`` line naming file and line, exit 2, nothing written)."""
 
 import os
+import pickle
 import re
 from collections import defaultdict
 
@@ -16,7 +17,7 @@ from spknet.training.run import run_differences, run_identity
 from trainSpeakerNet import spec_from_argv
 
 FAST = ["--model", "ResNetSE34L", "--trainfunc", "softmaxproto", "--nPerSpeaker", "2", "--max_frames", "50",
-        "--eval_frames", "50", "--batch_size", "8", "--nDataLoaderThread", "0", "--max_epoch", "1"]
+        "--eval_frames", "50", "--batch_size", "8", "--nDataLoaderThread", "2", "--max_epoch", "1"]
 
 
 def utterance_id(path: str) -> str:
@@ -85,6 +86,10 @@ def test_segments_read_exactly_their_utterances(kaldi_corpus):
         with audio.open(data.keys[i]) as utterance:
             np.testing.assert_array_equal(utterance.read(), expected)
     assert source.speakers == sorted(source.speakers) and len(source.speakers) == 40
+    copy = pickle.loads(pickle.dumps(source))        # what a loader worker started by spawn receives
+    with copy.open(5) as utterance:
+        np.testing.assert_array_equal(utterance.read(), kaldi_corpus["train_samples"][data.keys[5]])
+    assert copy.data.index == data.index
 
 
 def test_the_run_identity_records_the_data_dir_by_content(kaldi_corpus, small_dir, tmp_path):

@@ -25,7 +25,7 @@ import os
 import shlex
 import subprocess
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from operator import itemgetter
 from types import MappingProxyType
 
@@ -80,6 +80,10 @@ class Utterance:
     line: int | None = None
 
 
+def _kaldi_data(values: dict) -> "KaldiData":
+    return KaldiData(**values)
+
+
 def _optional(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
@@ -128,6 +132,13 @@ class KaldiData:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def __reduce__(self):
+        """Pickled without its key indexes (read-only mappings, which do not pickle; rebuilt when loaded), so a
+        loader worker started by spawn or forkserver receives it."""
+        values = {item.name: getattr(self, item.name) for item in fields(self)
+                  if item.name not in ("index", "recording_index")}
+        return _kaldi_data, (values,)
 
     def display_name(self, i: int) -> str:
         """How utterance ``i`` is named in logs and score files: its key."""
