@@ -12,6 +12,7 @@ import soundfile as sf
 import torch
 
 import trainSpeakerNet
+from spknet.data import SpeedPerturbedSource
 from spknet.data.kaldi import KaldiAudio, KaldiSource, data_dir_digest, load_kaldi_dir
 from spknet.training.run import run_differences, run_identity
 from trainSpeakerNet import spec_from_argv
@@ -90,6 +91,16 @@ def test_segments_read_exactly_their_utterances(kaldi_corpus):
     with copy.open(5) as utterance:
         np.testing.assert_array_equal(utterance.read(), kaldi_corpus["train_samples"][data.keys[5]])
     assert copy.data.index == data.index
+
+
+def test_speed_perturbation_of_a_kaldi_source(kaldi_corpus):
+    data = load_kaldi_dir(str(kaldi_corpus["train"]))
+    perturbed = SpeedPerturbedSource(KaldiSource(data), (1.0, 0.9, 1.1))
+    assert len(perturbed) == 3 * len(data) and perturbed.copies == 3
+    assert perturbed.labels[len(data) + 4] == data.labels[4] + 40 and perturbed.speed(len(data) + 4) == 0.9
+    assert perturbed.speakers[40] == f"{data.speakers[0]}_speed0.9" and perturbed.name(len(data) + 4) == data.keys[4]
+    with perturbed.open(2 * len(data) + 1) as utterance:
+        np.testing.assert_array_equal(utterance.read(), kaldi_corpus["train_samples"][data.keys[1]])
 
 
 def test_the_run_identity_records_the_data_dir_by_content(kaldi_corpus, small_dir, tmp_path):
