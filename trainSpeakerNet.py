@@ -17,7 +17,7 @@ from spknet import distributed, logs, plugins
 from spknet.argtypes import at_least, non_negative, true_or_false
 from spknet.checkpoints import UnsafeCheckpoint
 from spknet.data import AUDIO_SCALES, PADS
-from spknet.errors import SpeakerNetError
+from spknet.errors import SpeakerNetError, worker_message
 from spknet.evaluation import EVAL_PRECISIONS, SCORE_NORMS, SCORINGS
 from spknet.evaluation.extraction import SHORT_FILES
 from spknet.evaluation.runner import checkpoint_to_evaluate, evaluate_checkpoint, report
@@ -115,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="trial list: '<label> <enroll.wav> <test.wav>' per line; several lists: a.txt,b.txt")
     add("--train_path", type=str, default="voxceleb2", help="root of the training list's paths")
     add("--test_path", type=str, default="voxceleb1", help="root of the trial list's paths")
+    add("--train_data", type=str, default="",
+        help="Kaldi data directory (wav.scp, utt2spk or spk2utt, optional segments) to train on, instead of "
+             "--train_list")
+    add("--test_data", type=str, default="",
+        help="Kaldi data directory of the test audio: the trial keys (a Kaldi trials file) are its utterance ids")
+    add("--allow_pipes", action="store_true",
+        help="run the shell commands of wav.scp entries ending in '|' (refused without it: they run as you)")
+    add("--max_bad_files", type=at_least(0), default=0,
+        help="training files that cannot be read (or are too short) skipped, each once with a warning and in "
+             "result/bad_files.txt, before the run stops on the next (default 0: the first stops it)")
 
     # Evaluation
     add("--eval", action="store_true", help="evaluate --initial_model (or the latest checkpoint) and exit")
@@ -278,7 +288,8 @@ def run_spec(args) -> RunSpec:
                     batch_size=args.batch_size, max_seg_per_spk=args.max_seg_per_spk,
                     loader_workers=args.nDataLoaderThread, per_speaker=args.nPerSpeaker, seed=args.seed,
                     augment=args.augment, musan_path=args.musan_path, rir_path=args.rir_path,
-                    speed_perturb=args.speed_perturb)
+                    speed_perturb=args.speed_perturb, train_data=args.train_data, allow_pipes=args.allow_pipes,
+                    max_bad_files=args.max_bad_files)
     training = TrainingSpec(
         optimizer=args.optimizer, scheduler=args.scheduler, lr=args.lr, lr_decay=args.lr_decay,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, final_lr=args.final_lr,
@@ -293,7 +304,7 @@ def run_spec(args) -> RunSpec:
         cohort_utterances=args.cohort_utterances, files_per_batch=args.eval_batch_size,
         precision=args.eval_precision, short_files=args.short_files, save_scores=args.save_scores,
         save_embeddings=args.save_embeddings, calibration=args.calibration, p_target=args.dcf_p_target,
-        c_miss=args.dcf_c_miss, c_fa=args.dcf_c_fa, loader_workers=args.nDataLoaderThread)
+        c_miss=args.dcf_c_miss, c_fa=args.dcf_c_fa, loader_workers=args.nDataLoaderThread, test_data=args.test_data)
     return RunSpec(model_spec(args), data, training, evaluation)
 
 
@@ -373,9 +384,12 @@ def run_train(args) -> int:
     check_plugins(args, ["loss", "models", "optimizer", "scheduler"])
     check_schedule_flags(args)
     warn_unused_loss_options(args)
-    for flag in ("train_list", "test_list"):
-        if not getattr(args, flag):
-            raise SpeakerNetError(f"--{flag} is required for training")
+    if not args.train_list and not args.train_data:
+        raise SpeakerNetError("--train_list (or --train_data, a Kaldi data directory) is required for training")
+    if args.train_list and args.train_data:
+        raise SpeakerNetError("--train_list and --train_data: give one of them")
+    if not args.test_list:
+        raise SpeakerNetError("--test_list is required for training")
     spec = run_spec(args)
     resolved = spec.model
 
@@ -442,7 +456,8 @@ def main(argv=None) -> int:
     except SpeakerNetError as error:
         hint = ("; if you trust the file, --trust_checkpoint loads it (and runs its code)"
                 if isinstance(error, UnsafeCheckpoint) else "")
-        print(f"error{f' (rank {distributed.rank()})' if distributed.is_active() else ''}: {error}{hint}",
+        print(f"error{f' (rank {distributed.rank()})' if distributed.is_active() else ''}: "
+              f"{worker_message(error)}{hint}",
               file=sys.stderr)
         return 2
 

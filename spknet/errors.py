@@ -12,6 +12,17 @@ def check_choice(name: str, value, choices):
     return value
 
 
+def worker_message(error: SpeakerNetError) -> str:
+    """The message of ``error`` for the user: torch re-raises an error of a DataLoader worker in the main process
+    as the same type with the worker's whole traceback as its message; that gives back the original's."""
+    text = str(error)
+    if not text.startswith(f"Caught {type(error).__name__} in DataLoader worker"):
+        return text
+    name = f"{type(error).__module__}.{type(error).__qualname__}: "
+    at = text.rfind(name)
+    return text[at + len(name):].strip() if at >= 0 else text
+
+
 def located(path, line_number: int | None, message: str) -> SpeakerNetError:
     """An error pointing at ``path:line`` (or just ``path``)."""
     where = f"{path}:{line_number}" if line_number is not None else f"{path}"

@@ -131,6 +131,9 @@ class DataSpec:
     musan_path: str = "data/musan_split"
     rir_path: str = "data/RIRS_NOISES/simulated_rirs"
     speed_perturb: bool = False
+    train_data: str = ""                    # a Kaldi data directory, instead of train_list
+    allow_pipes: bool = False               # run wav.scp commands ('cmd |') of the Kaldi data directories
+    max_bad_files: int = 0                  # unreadable training files skipped before the run stops
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ class EvalSpec:
     c_miss: float = 1.0
     c_fa: float = 1.0
     loader_workers: int = 5
+    test_data: str = ""                     # a Kaldi data directory whose utterance ids the trial keys are
 
     @property
     def p_targets(self) -> tuple[float, ...]:

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from benchmarks.reference_scoring import reference_crop_scores
 from spknet import evaluation
 from spknet.checkpoints import checkpoint_spec
-from spknet.data import datasets as DatasetLoader
-from spknet.data import load_wav
+from spknet.data import AudioFolder, load_wav
 from spknet.distributed import choose_device
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import EvalOptions, Trial, compute_metrics, extraction, read_trial_list
@@ -101,11 +100,11 @@ def test_each_file_embedded_once_in_batches(tiny_corpus, tiny_net, monkeypatch):
     trials = read_trial_list(tiny_corpus["test_list"])
     first, second = trials[:60], trials[40:100] + [Trial(None, trials[0].enroll, trials[99].test)]
     loads, forwards = [], []
-    real_load, real_forward = DatasetLoader.read_audio, tiny_net.__S__.forward
+    real_open, real_forward = AudioFolder.open, tiny_net.__S__.forward
     # count the passes of the network itself, not of the folded CPU copy (whose check forwards would count too)
     monkeypatch.setattr(extraction, "inference_copy", lambda model, example, channels_last: model)
-    monkeypatch.setattr(DatasetLoader, "read_audio",
-                        lambda path, *a, **k: loads.append(path) or real_load(path, *a, **k))
+    monkeypatch.setattr(AudioFolder, "open",
+                        lambda self, name, *a, **k: loads.append(name) or real_open(self, name, *a, **k))
     monkeypatch.setattr(tiny_net.__S__, "forward", lambda x: forwards.append(x.shape[0]) or real_forward(x))
     store, (scores1, scores2) = evaluation.score_lists(tiny_net.__S__, True, [first, second], tiny_corpus["test_path"],
                                                        EvalOptions(20, files_per_batch=4, show_progress=False), CPU)

@@ -1,9 +1,11 @@
 """Audio: the one reader of every file the library hears, the original's crops, and speed changes.
 
-:func:`open_audio` opens any file libsndfile reads (wav, flac, ogg, ...) as the pipeline hears it: mono (the
-channels averaged) at 16 kHz (another rate is resampled with ``torchaudio.functional.resample``), float32 in the
-:class:`AudioPipeline`'s scale. Reads are partial: a crop reads only its own samples (for another rate, the
-samples that map to it plus the resampling filter's reach). Training crops, evaluation, inference, augmentation
+:func:`open_audio` opens any file libsndfile reads (wav, flac, ogg/vorbis and opus, mp3) and, through FFmpeg's
+decoders (PyAV), what libsndfile cannot (m4a/aac as VoxCeleb2 ships, and any other format FFmpeg reads), as the
+pipeline hears it: mono (the channels averaged) at 16 kHz (another rate is resampled with
+``torchaudio.functional.resample``), float32 in the :class:`AudioPipeline`'s scale. Reads are partial: a crop
+reads only its own samples (for another rate, the samples that map to it plus the resampling filter's reach; an
+m4a is read by seeking in its index, see :class:`DecodedAudio`). Training crops, evaluation, inference, augmentation
 noise and impulse responses, and the MFCC baseline all read through it.
 """
 
@@ -11,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
+import av
 import numpy as np
 import soundfile as sf
 import torch
@@ -175,18 +178,133 @@ class AudioFile:
         return audio
 
 
-def open_audio(filename: str, min_frames: int = HOP_SAMPLES) -> AudioFile:
-    """Open any audio file as 16-kHz mono (:class:`AudioFile`), or raise an error naming it: unreadable, or
-    shorter than ``min_frames`` samples at 16 kHz."""
+def open_audio(filename, min_frames: int = HOP_SAMPLES, name: str | None = None) -> AudioFile:
+    """Open any audio file (a path, or a binary file object named ``name`` in errors) as 16-kHz mono
+    (:class:`AudioFile`), or raise an error naming it: unreadable, or shorter than ``min_frames`` samples at
+    16 kHz. libsndfile reads what it can; FFmpeg (:class:`DecodedAudio`) the rest."""
+    name = str(filename) if name is None else name
     try:
         handle = sf.SoundFile(filename)
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
-        raise SpeakerNetError(f"{filename}: cannot read audio ({error})") from None
-    audio = AudioFile(handle, str(filename))
+        if hasattr(filename, "seek"):
+            filename.seek(0)
+        handle = DecodedAudio.open(filename, name, str(error))
+    audio = AudioFile(handle, name)
     if audio.frames < min_frames:
         audio.close()
-        raise SpeakerNetError(f"{filename}: {_too_short(audio.frames, min_frames)}")
+        raise SpeakerNetError(f"{name}: {_too_short(audio.frames, min_frames)}")
     return audio
+
+
+# Containers with a sample-accurate index (presentation times of every packet): a window is read by seeking
+# there; other streams (ADTS .aac, raw streams) are decoded whole when opened.
+INDEXED_CONTAINERS = ("mov", "mp4", "matroska", "webm")
+PREROLL_FRAMES = 2          # codec frames decoded before a seek's window: the MDCT overlap of AAC and its kin
+
+
+class DecodedAudio:
+    """A file that libsndfile cannot open, decoded by FFmpeg (PyAV): the part of ``soundfile.SoundFile`` that
+    :class:`AudioFile` uses (``samplerate``, ``channels``, ``frames``, ``subtype``, ``seek``, ``read``, ``close``).
+
+    In an indexed container (mp4/m4a, Matroska/WebM) the length is the header's and a read seeks to
+    :data:`PREROLL_FRAMES` codec frames before its window (the decoder's overlap state is rebuilt there, so the
+    window's samples equal those of a decode from the start, to float rounding; FFmpeg decodes the file's last,
+    end-trimmed AAC frame slightly differently after a seek, within the codec's own error) and decodes only up to
+    the window's end. Any other
+    stream is decoded whole once, when opened. Samples are float32; the encoder's priming samples are removed as
+    the container's edit list says (mp4), so sample 0 is the source's first sample (a bare ADTS ``.aac`` stream
+    has no such list: its first ~1024 samples are the encoder's priming).
+    """
+
+    def __init__(self, container, stream, name: str):
+        self.container, self.stream, self.name = container, stream, name
+        context = stream.codec_context
+        self.samplerate, self.channels = context.sample_rate, context.channels
+        self.subtype = context.name.upper()
+        self.position, self._whole = 0, None
+        indexed = any(part in container.format.name.split(",") for part in INDEXED_CONTAINERS)
+        if indexed and stream.duration and stream.time_base:
+            self.frames = int(round(stream.duration * stream.time_base * self.samplerate))
+        else:
+            self._whole = self._decode(0, None)
+            self.frames = self._whole.shape[0]
+
+    @classmethod
+    def open(cls, source, name: str, soundfile_error: str = "") -> "DecodedAudio":
+        """The file's first audio stream, or an error naming the file (with libsndfile's word on it too)."""
+        try:
+            container = av.open(source, "r")
+        except (av.FFmpegError, OSError, ValueError) as error:
+            said = getattr(error, "strerror", None) or str(error)
+            why = f"{soundfile_error}; FFmpeg: {said}" if soundfile_error else f"FFmpeg: {said}"
+            raise SpeakerNetError(f"{name}: cannot read audio ({' '.join(why.split())})") from None
+        if not container.streams.audio:
+            container.close()
+            raise SpeakerNetError(f"{name}: cannot read audio (no audio stream in this {container.format.name} "
+                                  f"file)")
+        try:
+            return cls(container, container.streams.audio[0], name)
+        except SpeakerNetError:
+            container.close()
+            raise
+
+    def seek(self, frame: int) -> int:
+        self.position = frame
+        return frame
+
+    def read(self, frames: int = -1, dtype: str = "float32", always_2d: bool = False) -> np.ndarray:
+        """``frames`` samples (float32, ``(frames, channels)``; ``(frames,)`` for mono without ``always_2d``) from
+        the position; fewer where the file ends."""
+        stop = self.frames if frames < 0 else min(self.frames, self.position + frames)
+        if self._whole is not None:
+            audio = self._whole[self.position:stop].copy()      # the reader scales what it gets in place
+        else:
+            audio = self._decode(self.position, stop)
+        self.position += audio.shape[0]
+        return audio if always_2d or self.channels > 1 else audio[:, 0]
+
+    def _decode(self, start: int, stop: int | None) -> np.ndarray:
+        """Samples ``[start, stop)`` (None: to the end), ``(samples, channels)`` float32."""
+        stream, parts, first, end = self.stream, [], None, start
+        try:
+            if start > 0:
+                preroll = PREROLL_FRAMES * max(stream.codec_context.frame_size or 0, 1024)
+                seconds = max(0, start - preroll) / self.samplerate
+                self.container.seek(int(seconds / stream.time_base), stream=stream, backward=True)
+            for frame in self.container.decode(stream):
+                # where the frame starts: its presentation time, else right after the previous frame
+                at = end if frame.pts is None else int(round(frame.pts * stream.time_base * self.samplerate))
+                samples = _frame_samples(frame, self.channels)
+                end = at + samples.shape[0]
+                if end <= start:
+                    continue
+                first = at if first is None else first
+                parts.append(samples)
+                if stop is not None and end >= stop:
+                    break
+        except av.FFmpegError as error:
+            said = getattr(error, "strerror", None) or str(error)
+            raise SpeakerNetError(f"{self.name}: cannot decode audio ({' '.join(said.split())})") from None
+        audio = np.concatenate(parts) if parts else np.zeros((0, self.channels), np.float32)
+        first = start if first is None else first
+        audio = audio[max(0, start - first):]
+        if not np.isfinite(audio).all():
+            raise SpeakerNetError(f"{self.name}: non-finite (NaN/inf) samples")
+        return audio if stop is None else audio[:stop - start]
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _frame_samples(frame, channels: int) -> np.ndarray:
+    """A decoded frame as ``(samples, channels)`` float32 in [-1, 1] (planar or packed, integer or float)."""
+    array = frame.to_ndarray()
+    if not frame.format.is_planar:
+        array = array.reshape(-1, channels).T
+    if array.dtype.kind == "i" or array.dtype.kind == "u":
+        bits = array.dtype.itemsize * 8
+        array = (array.astype(np.float32) - (2 ** (bits - 1) if array.dtype.kind == "u" else 0)) / 2 ** (bits - 1)
+    return np.ascontiguousarray(array.T, dtype=np.float32)
 
 
 def read_audio(filename: str, pipeline: AudioPipeline = ORIGINAL, min_frames: int = HOP_SAMPLES) -> np.ndarray:

@@ -6,15 +6,16 @@ import multiprocessing
 import os
 import signal
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from spknet.data.audio import HOP_SAMPLES, NUM_EVAL, ORIGINAL, AudioPipeline, eval_crops, open_audio, read_audio
+from spknet.data.audio import HOP_SAMPLES, NUM_EVAL, ORIGINAL, AudioPipeline, eval_crops
 from spknet.data.lists import TrainList
 from spknet.data.sampler import Group
-from spknet.data.sources import UtteranceSource, as_source
+from spknet.data.sources import UtteranceSource, as_source, as_test_audio
 from spknet.errors import SpeakerNetError
 
 PR_SET_PDEATHSIG = 1        # <linux/prctl.h>
@@ -46,10 +47,22 @@ def ignore_stop_signals(worker_id: int) -> None:
     die_with_parent()
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A training utterance that could not be read: its name and why (one line)."""
+    name: str
+    reason: str
+
+
 class TrainDataset(Dataset):
     """Maps a :class:`Group` to ``(waves (len(group), samples), label)``: a random crop of each utterance of
     ``source`` (a :class:`~spknet.data.sources.UtteranceSource`, or a :class:`TrainList` read file by file), played
-    at its speed (:func:`speed_perturbed`) before it is cropped, and augmented after."""
+    at its speed (:func:`speed_perturbed`) before it is cropped, and augmented after.
+
+    A group with an utterance that cannot be read (or is too short) is ``(None, label, Unreadable)``: the worker
+    does not fail, and the main process decides (:func:`collate_readable`; training stops, or skips the group
+    under ``--max_bad_files``). The whole group goes: a loss over groups (the masked-proxy losses among them)
+    needs every group intact."""
 
     def __init__(self, source: UtteranceSource | TrainList, max_frames: int, augmenter=None,
                  pipeline: AudioPipeline = ORIGINAL):
@@ -60,7 +73,14 @@ class TrainDataset(Dataset):
 
     def __getitem__(self, group: Group):
         rng = np.random.default_rng(group.crop_seed)
-        waves = np.concatenate([self.source.train_crop(i, self.max_frames, rng, self.pipeline) for i in group.files])
+        crops = []
+        for i in group.files:
+            try:
+                crops.append(self.source.train_crop(i, self.max_frames, rng, self.pipeline))
+            except SpeakerNetError as error:
+                name, reason = self.source.name(i), " ".join(str(error).split())
+                return None, group.label, Unreadable(name, reason.removeprefix(f"{name}: "))
+        waves = np.concatenate(crops)
         if self.augmenter is not None:       # the augmenter mixes in the int16 range
             waves = np.stack([self.pipeline.from_int16_scale(self.augmenter(self.pipeline.to_int16_scale(wave), rng))
                               for wave in waves])
@@ -68,6 +88,16 @@ class TrainDataset(Dataset):
 
     def __len__(self):
         return len(self.source)
+
+
+def collate_readable(items):
+    """:func:`collate_groups` of the readable groups, and the :class:`Unreadable` utterances of the others (a
+    batch whose every group was unreadable has 0 utterances)."""
+    unreadable = [item[2] for item in items if item[0] is None]
+    readable = [item for item in items if item[0] is not None]
+    if not readable:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), unreadable
+    return (*collate_groups(readable), unreadable)
 
 
 def collate_groups(items):
@@ -81,29 +111,32 @@ def collate_groups(items):
 class TestDataset(Dataset):
     """Evaluation crops of each file: ``(num_eval, samples)``, or ``(1, whole file)`` with ``max_frames == 0``.
 
-    Each file is read whole through the one reader (any rate or channel count); one shorter than ``min_frames``
-    samples at 16 kHz is an error naming it, and so is one whose samples are all zero when ``reject_silence``.
+    ``files`` are names in ``test_path``: a folder (paths relative to it), or any evaluation audio of
+    :func:`~spknet.data.sources.as_test_audio` (say, a Kaldi data directory's utterance ids). Each is read whole
+    through the one reader (any rate or channel count); one shorter than ``min_frames`` samples at 16 kHz is an
+    error naming it, and so is one whose samples are all zero when ``reject_silence``.
     """
 
-    def __init__(self, files: list[str], test_path: str, max_frames: int, num_eval: int = NUM_EVAL,
+    def __init__(self, files: list[str], test_path, max_frames: int, num_eval: int = NUM_EVAL,
                  pipeline: AudioPipeline = ORIGINAL, min_frames: int = HOP_SAMPLES, reject_silence: bool = False):
         self.files = files
         self.test_path = test_path
+        self.audio = as_test_audio(test_path)
         self.max_frames = max_frames
         self.num_eval = num_eval
         self.pipeline = pipeline
         self.min_frames, self.reject_silence = min_frames, reject_silence
 
     def __getitem__(self, index):
-        path = os.path.join(self.test_path, self.files[index])
-        audio = read_audio(path, self.pipeline, self.min_frames)
+        with self.audio.open(self.files[index], self.min_frames) as audio:
+            samples = audio.read(pipeline=self.pipeline)
         if self.reject_silence:
-            check_not_silent(audio, path)
-        return torch.from_numpy(eval_crops(audio, self.max_frames, self.num_eval, self.pipeline)), index
+            check_not_silent(samples, self.audio.describe(self.files[index]))
+        return torch.from_numpy(eval_crops(samples, self.max_frames, self.num_eval, self.pipeline)), index
 
     def num_samples(self, index) -> int:
         """Samples of a file at 16 kHz from its header (whole-file evaluation batches files of equal length)."""
-        with open_audio(os.path.join(self.test_path, self.files[index]), self.min_frames) as audio:
+        with self.audio.open(self.files[index], self.min_frames) as audio:
             return audio.frames
 
     def __len__(self):

@@ -18,19 +18,23 @@ Only what soundfile can read in one piece is supported: no ``ark:offset`` entrie
 """
 
 import gc
+import hashlib
 import io
 import math
 import os
 import shlex
 import subprocess
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from operator import itemgetter
 from types import MappingProxyType
 
 import numpy as np
 import soundfile as sf
 
+from spknet import SAMPLE_RATE
+from spknet.data.audio import HOP_SAMPLES, ORIGINAL, AudioFile, AudioPipeline, open_audio
+from spknet.data.sources import UtteranceSource
 from spknet.errors import SpeakerNetError, located
 
 REQUIRED = "wav.scp and utt2spk (or spk2utt)"
@@ -74,6 +78,10 @@ class Utterance:
     duration: float | None = None   # seconds, from utt2dur, the segment or reco2dur; None when unknown
     file: str = ""              # the segments (or wav.scp) file and line that define it, for error messages
     line: int | None = None
+
+
+def _kaldi_data(values: dict) -> "KaldiData":
+    return KaldiData(**values)
 
 
 def _optional(value: float) -> float | None:
@@ -124,6 +132,13 @@ class KaldiData:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def __reduce__(self):
+        """Pickled without its key indexes (read-only mappings, which do not pickle; rebuilt when loaded), so a
+        loader worker started by spawn or forkserver receives it."""
+        values = {item.name: getattr(self, item.name) for item in fields(self)
+                  if item.name not in ("index", "recording_index")}
+        return _kaldi_data, (values,)
 
     def display_name(self, i: int) -> str:
         """How utterance ``i`` is named in logs and score files: its key."""
@@ -490,16 +505,14 @@ def check_segment_bounds(description: KaldiData, recording_lengths: Mapping[str,
 
 
 def probe_recording_lengths(description: KaldiData) -> dict[str, float]:
-    """Length in seconds of every file recording, from its header (pipe recordings are not run)."""
+    """Length in seconds of every file recording, from its header through the one reader (any format it reads;
+    pipe recordings are not run)."""
     lengths = {}
     for r, key in enumerate(description.recording_ids):
         if not description.pipes[r]:
             location = description.location(r)
-            try:
-                info = sf.info(location.path)
-            except (sf.LibsndfileError, RuntimeError, OSError) as error:
-                raise SpeakerNetError(f"{location}: cannot read audio ({error})") from None
-            lengths[key] = info.frames / info.samplerate
+            with open_audio(location.path, 0, name=str(location)) as audio:
+                lengths[key] = audio.frames / SAMPLE_RATE
     return lengths
 
 
@@ -653,3 +666,114 @@ def resolve_trial_keys(trials: Iterable, description: KaldiData, list_path: str 
         raise SpeakerNetError(f"{where}{len(unknown)} trial key(s) not in the Kaldi data directory "
                               f"{description.path}: {_names(unknown)}")
     return {key: description.index[key] for key in keys}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Through the one reader: training source, evaluation audio, the checks before a run
+# ----------------------------------------------------------------------------------------------------------------
+
+class SegmentAudio:
+    """Samples ``[first, stop)`` (16 kHz) of an open recording as a :class:`~spknet.data.audio.Readable`: a read
+    of a window reads only the recording's samples under it. Closing it closes the recording."""
+
+    def __init__(self, audio: AudioFile, first: int, stop: int):
+        self.audio, self.first, self.frames = audio, first, stop - first
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.audio.close()
+        return False
+
+    def read(self, start: int = 0, frames: int = -1, pipeline: AudioPipeline = ORIGINAL) -> np.ndarray:
+        frames = self.frames - start if frames < 0 else frames
+        return self.audio.read(self.first + start, frames, pipeline)
+
+
+def open_utterance(data: KaldiData, i: int, min_frames: int = HOP_SAMPLES) -> SegmentAudio:
+    """Utterance ``i`` of ``data`` through the one reader (any format, rate or channel count, as 16-kHz mono):
+    its recording opened (a pipe's output decoded from memory) and cut to its segment. An error names the
+    ``wav.scp`` entry, or the ``segments`` line of a segment that lies outside its recording."""
+    r = int(data.recording[i])
+    location = data.location(r)
+    where = f"{location} (utterance '{data.keys[i]}')"
+    source = io.BytesIO(run_pipe(location)) if location.is_pipe else location.path
+    audio = open_audio(source, 0, name=where)
+    start, end = data.starts[i], data.ends[i]
+    first = 0 if math.isnan(start) else round(start * SAMPLE_RATE)
+    stop = audio.frames if math.isnan(end) else round(end * SAMPLE_RATE)
+    if first or stop != audio.frames:
+        if first >= audio.frames or stop > audio.frames + round(data.max_overshoot * SAMPLE_RATE):
+            audio.close()
+            raise located(data.defined_in, int(data.lines[i]),
+                          f"segment '{data.keys[i]}' ({start:g} to {-1 if math.isnan(end) else end:g} s) lies "
+                          f"outside recording '{data.recording_ids[r]}' ({audio.frames / SAMPLE_RATE:g} s, "
+                          f"{location})")
+        stop = min(stop, audio.frames)
+    if stop - first < min_frames:
+        audio.close()
+        raise SpeakerNetError(f"{where}: {stop - first} samples at 16 kHz, shorter than {min_frames}")
+    return SegmentAudio(audio, first, stop)
+
+
+class KaldiSource(UtteranceSource):
+    """The utterances of a Kaldi data directory as training data: its speakers (sorted names) are the classes,
+    each utterance (a whole recording or a segment of one) is read by window through the one reader."""
+
+    def __init__(self, data: KaldiData):
+        self.data, self.labels, self.speakers = data, data.labels, list(data.speakers)
+
+    def name(self, index: int) -> str:
+        return self.data.keys[index]
+
+    def open(self, index: int) -> SegmentAudio:
+        return open_utterance(self.data, index)
+
+
+class KaldiAudio:
+    """The utterances of a Kaldi data directory as evaluation audio (see
+    :class:`~spknet.data.sources.AudioFolder`): Kaldi trial keys and cohort names are its utterance ids."""
+
+    def __init__(self, data: KaldiData):
+        self.data = data
+
+    def describe(self, name: str) -> str:
+        return f"utterance '{name}' of {self.data.path}"
+
+    def missing(self, names) -> list[str]:
+        return [name for name in names if name not in self.data.index]
+
+    def open(self, name: str, min_frames: int = HOP_SAMPLES) -> SegmentAudio:
+        return open_utterance(self.data, self.data.index[name], min_frames)
+
+
+def load_kaldi_dir(path: str, allow_pipes: bool = False) -> KaldiData:
+    """A data directory checked as a run needs it before anything is written: parsed (:func:`read_kaldi_dir`),
+    every file recording present, and every segment inside its recording (lengths from ``reco2dur``, else from
+    the recordings' headers). Relative ``wav.scp`` paths follow the current directory, as in Kaldi."""
+    data = read_kaldi_dir(path, allow_pipes)
+    wav_scp = os.path.join(data.path, "wav.scp")
+    for r, target in enumerate(data.targets):
+        if not data.pipes[r] and not os.path.isfile(target):
+            raise located(wav_scp, int(data.recording_lines[r]),
+                          f"recording '{data.recording_ids[r]}': no such audio file {target}")
+    if data.defined_in != wav_scp and not os.path.isfile(os.path.join(data.path, "reco2dur")):
+        check_segment_bounds(data, probe_recording_lengths(data), data.max_overshoot)
+    return data
+
+
+IDENTITY_FILES = ("wav.scp", "utt2spk", "spk2utt", "segments")
+
+
+def data_dir_digest(path: str) -> str:
+    """SHA-256 of what a data directory says (``wav.scp``, ``utt2spk``, ``spk2utt``, ``segments``, those it
+    has): a run's identity records its training data by content, as it records a list."""
+    digest = hashlib.sha256()
+    for name in IDENTITY_FILES:
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            digest.update(name.encode() + b"\0")
+            with open(file, "rb") as handle:
+                digest.update(handle.read())
+    return digest.hexdigest()

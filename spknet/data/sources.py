@@ -9,12 +9,13 @@ layout of the data (Kaldi folders with segments, tar shards) is another source, 
 checkpoints and resuming do not change.
 """
 
+import os
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 
 import numpy as np
 
-from spknet.data.audio import ORIGINAL, AudioPipeline, Readable, open_audio, random_crop
+from spknet.data.audio import HOP_SAMPLES, ORIGINAL, AudioPipeline, Readable, open_audio, random_crop
 from spknet.data.lists import TrainList
 
 
@@ -73,3 +74,53 @@ class FileListSource(UtteranceSource):
 def as_source(data: UtteranceSource | TrainList) -> UtteranceSource:
     """``data`` as a source: a training list is read file by file."""
     return FileListSource(data) if isinstance(data, TrainList) else data
+
+
+class SpeedPerturbedSource(UtteranceSource):
+    """A source whose every (speaker, speed) is a class of its own, as :func:`~spknet.data.lists.speed_perturbed`
+    makes of a training list: ``len(speeds)`` blocks of ``source``, block ``k`` played at ``speeds[k]``."""
+
+    def __init__(self, source: UtteranceSource, speeds: tuple[float, ...]):
+        if source.copies != 1:
+            raise ValueError("the source is already speed-perturbed")
+        self.source, self.speeds, self.copies, self.count = source, tuple(speeds), len(speeds), len(source)
+        classes = len(source.speakers)
+        self.labels = np.concatenate([source.labels + block * classes for block in range(len(speeds))])
+        self.speakers = [name if factor == 1.0 else f"{name}_speed{factor:g}" for factor in speeds
+                         for name in source.speakers]
+
+    def name(self, index: int) -> str:
+        return self.source.name(index % self.count)
+
+    def open(self, index: int):
+        return self.source.open(index % self.count)
+
+    def speed(self, index: int) -> float:
+        return self.speeds[index // self.count]
+
+
+class AudioFolder:
+    """Evaluation audio named as the original's trial lists name it: paths relative to a folder (``root``).
+
+    An evaluation's audio is any object with this interface: :meth:`missing` (names it cannot find, checked
+    before anything is embedded), :meth:`open` (a name's samples as a :class:`~spknet.data.audio.Readable`, in a
+    ``with`` block) and :meth:`describe` (what an error shows for a name). A Kaldi data directory's utterances
+    are another (:class:`~spknet.data.kaldi.KaldiAudio`).
+    """
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def describe(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def missing(self, names) -> list[str]:
+        return [name for name in names if not os.path.isfile(self.describe(name))]
+
+    def open(self, name: str, min_frames: int = HOP_SAMPLES):
+        return open_audio(self.describe(name), min_frames)
+
+
+def as_test_audio(audio) -> "AudioFolder":
+    """Evaluation audio: a folder path becomes an :class:`AudioFolder`; another audio object is kept."""
+    return AudioFolder(audio) if isinstance(audio, (str, os.PathLike)) else audio

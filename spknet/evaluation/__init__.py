@@ -126,7 +126,8 @@ def score_lists(network: torch.nn.Module, test_normalize: bool, trial_lists: lis
              for trials in trial_lists]
     results = [scorer(enroll, test) for enroll, test in pairs]
     if options.score_norm == "asnorm":
-        cohort_embeddings = embed_files(network, list(cohort.files), "", options.eval_frames, device,
+        cohort_audio = cohort.audio if cohort.audio is not None else ""
+        cohort_embeddings = embed_files(network, list(cohort.files), cohort_audio, options.eval_frames, device,
                                         **options.extraction())
         _, speakers = np.unique(np.asarray(cohort.speakers), return_inverse=True)
         means = speaker_means(cohort_embeddings, speakers, test_normalize)
@@ -140,7 +141,8 @@ def evaluate(network: torch.nn.Module, test_normalize: bool, plan: EvalPlan, roo
     """Scores and (for labelled lists) metrics of every list of ``plan``; files shared by lists are embedded once.
 
     ``network`` maps ``(batch, samples)`` waveforms to embeddings and is put in eval mode; ``root`` is the folder
-    the lists' paths are relative to.
+    the lists' paths are relative to, or the evaluation audio their keys name (``plan.audio``, say a Kaldi data
+    directory's utterances: :func:`~spknet.data.as_test_audio`).
     """
     started = time.time()
     lists = plan.lists

@@ -86,11 +86,12 @@ SHORT_FILES = ("pad", "whole")
 
 
 @torch.no_grad()
-def extract_embeddings(model: torch.nn.Module, files: list[str], root: str, eval_frames: int,
+def extract_embeddings(model: torch.nn.Module, files: list[str], root, eval_frames: int,
                        device: torch.device | str = "cpu", *, short_files: str = "pad",
                        pipeline: AudioPipeline = ORIGINAL, min_frames: int = HOP_SAMPLES, reject_silence: bool = False,
                        **options) -> torch.Tensor:
-    """``(files, crops, dim)`` float32 CPU embeddings of ``files`` (paths relative to ``root``), in that order.
+    """``(files, crops, dim)`` float32 CPU embeddings of ``files`` (paths relative to the folder ``root``, or names
+    in the evaluation audio ``root``: :func:`~spknet.data.as_test_audio`), in that order.
 
     ``crops`` is ``NUM_EVAL`` (fixed ``eval_frames`` crops) or 1 (whole files, ``eval_frames == 0``). A file no
     longer than one crop is padded (``short_files="pad"``, the original) or embedded whole (``"whole"``), its one
@@ -237,7 +238,7 @@ class EmbeddingStore:
 
 
 
-def embed_files(model: torch.nn.Module, files: list[str], root: str, eval_frames: int, device: torch.device,
+def embed_files(model: torch.nn.Module, files: list[str], root, eval_frames: int, device: torch.device,
                 **options) -> torch.Tensor:
     """:func:`extract_embeddings` sharded over the ranks of torch.distributed: every rank embeds every
     ``world_size``-th file and receives all the embeddings, in ``files`` order."""

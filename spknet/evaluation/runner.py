@@ -8,11 +8,12 @@ import torch
 from spknet import calibration as calibrations
 from spknet import distributed
 from spknet.checkpoints import latest_checkpoint, load_network
+from spknet.data.kaldi import KaldiAudio, KaldiData, load_kaldi_dir
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import EvalOptions, EvalOutcome, EvalPlan, evaluate
 from spknet.evaluation.metrics import calibration_metrics
 from spknet.evaluation.plots import write_plots
-from spknet.evaluation.trials import Cohort, per_list_path, read_cohort, read_plan, write_scores
+from spknet.evaluation.trials import Cohort, per_list_path, pick_cohort_files, read_cohort, read_plan, write_scores
 from spknet.logs import log
 from spknet.model import SpeakerNet
 from spknet.specs import DataSpec, EvalSpec, ModelSpec
@@ -23,10 +24,21 @@ def asnorm_cohort(evaluation: EvalSpec, data: DataSpec) -> Cohort | None:
     AS-normalised, else None; shared by ``--eval``, training and ``inference.py calibrate``."""
     if evaluation.score_norm != "asnorm":
         return None
+    if data.train_data:
+        return kaldi_cohort(load_kaldi_dir(data.train_data, data.allow_pipes), evaluation.cohort_utterances)
     if not data.train_list:
-        raise SpeakerNetError("--score_norm asnorm needs --train_list (and --train_path): its speakers are the "
-                              "cohort")
+        raise SpeakerNetError("--score_norm asnorm needs --train_list (and --train_path) or --train_data: its "
+                              "speakers are the cohort")
     return read_cohort(data.train_list, data.train_path, evaluation.cohort_utterances)
+
+
+def kaldi_cohort(data: KaldiData, per_speaker: int) -> Cohort:
+    """Up to ``per_speaker`` utterances of each speaker of a Kaldi data directory, as the AS-norm cohort."""
+    if len(data.speakers) < 2:
+        raise SpeakerNetError(f"{data.path}: AS-norm needs at least 2 cohort speakers, the data directory has "
+                              f"{len(data.speakers)}")
+    picked = pick_cohort_files(data.labels, per_speaker)
+    return Cohort([data.keys[i] for i in picked], data.labels[picked], KaldiAudio(data))
 
 
 def load_plan(evaluation: EvalSpec, data: DataSpec, training: bool) -> EvalPlan:
@@ -37,8 +49,9 @@ def load_plan(evaluation: EvalSpec, data: DataSpec, training: bool) -> EvalPlan:
     if evaluation.val_list and not training:
         log.info(f"note: the validation list {evaluation.val_list} is used in training only; an evaluation scores "
                  f"the test lists")
+    audio = KaldiAudio(load_kaldi_dir(evaluation.test_data, data.allow_pipes)) if evaluation.test_data else None
     return read_plan(evaluation.test_lists(), evaluation.test_path, "training (VEER)" if training else "", val_list,
-                     cohort)
+                     cohort, audio)
 
 
 def eval_options(evaluation: EvalSpec, model: ModelSpec) -> EvalOptions:
@@ -51,8 +64,8 @@ def eval_options(evaluation: EvalSpec, model: ModelSpec) -> EvalOptions:
 
 
 def evaluation_of(net: SpeakerNet, evaluation: EvalSpec, plan: EvalPlan, device: torch.device) -> EvalOutcome:
-    return evaluate(net.__S__, net.test_normalize, plan, evaluation.test_path, eval_options(evaluation, net.spec),
-                    device)
+    audio = plan.audio if plan.audio is not None else evaluation.test_path
+    return evaluate(net.__S__, net.test_normalize, plan, audio, eval_options(evaluation, net.spec), device)
 
 
 def checkpoint_to_evaluate(initial_model: str, save_path: str) -> str:
@@ -73,7 +86,7 @@ def resolve_calibration(net: SpeakerNet, source: str, evaluation: EvalSpec, data
     options = calibrations.scoring_options(evaluation.eval_frames, evaluation.scoring, evaluation.score_norm,
                                            net.test_normalize, net.spec.audio_scale, net.spec.pad,
                                            evaluation.short_files, evaluation.cohort_size,
-                                           evaluation.cohort_utterances, data.train_list)
+                                           evaluation.cohort_utterances, data.train_list or data.train_data)
     calibration.check(calibrations.weights_sha256(net.__S__), options)
     log.info(f"Calibration {calibration.source} loaded: {calibration.formula()}")
     return calibration

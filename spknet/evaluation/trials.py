@@ -192,9 +192,10 @@ def write_scores(path: str, scores, trials) -> None:
 
 @dataclass
 class Cohort:
-    """The AS-norm cohort: files (full paths) and their speaker indices."""
+    """The AS-norm cohort: files (full paths, or names in ``audio``) and their speaker indices."""
     files: list[str]
     speakers: np.ndarray
+    audio: object | None = None     # where the names are read (an evaluation audio; None: they are paths)
 
 
 @dataclass
@@ -203,16 +204,37 @@ class EvalPlan:
     tests: list[TrialList]
     val: TrialList | None = None
     cohort: Cohort | None = None
+    audio: object | None = None     # the trials' audio (a Kaldi data directory's utterances); None: test_path
 
     @property
     def lists(self) -> list[TrialList]:
         return self.tests + ([self.val] if self.val is not None else [])
 
 
-def read_trials(list_path: str, test_path: str, name: str, need_labels: str = "") -> TrialList:
-    """A trial list whose files exist; ``need_labels`` (what needs them) also asks for both kinds of trial."""
+def check_keys(list_path: str, trials: list[Trial], audio) -> None:
+    """Every trial key names an item of ``audio`` (see :class:`~spknet.data.AudioFolder`); the first line with
+    one that does not is an error naming it and how many keys are unknown."""
+    keys = list(dict.fromkeys(key for trial in trials for key in (trial.enroll, trial.test)))
+    unknown = audio.missing(keys)
+    if not unknown:
+        return
+    unknown_set = set(unknown)
+    more = f" ({len(unknown)} keys unknown in all)" if len(unknown) > 1 else ""
+    for number, line in enumerate(read_lines(list_path), start=1):
+        key = next((key for key in line.split() if key in unknown_set), None)
+        if key is not None:
+            raise located(list_path, number, f"trial key '{key}' not found: there is no {audio.describe(key)}{more}")
+
+
+def read_trials(list_path: str, test_path: str, name: str, need_labels: str = "", audio=None) -> TrialList:
+    """A trial list whose files exist (under ``test_path``, or every key an item of ``audio``, an evaluation
+    audio such as a Kaldi data directory's utterances); ``need_labels`` (what needs them) also asks for both
+    kinds of trial."""
     trials = read_trial_list(list_path)
-    check_files_exist([os.path.join(test_path, p) for t in trials for p in (t.enroll, t.test)], list_path)
+    if audio is not None:
+        check_keys(list_path, trials, audio)
+    else:
+        check_files_exist([os.path.join(test_path, p) for t in trials for p in (t.enroll, t.test)], list_path)
     published, warning = name_trial_list(trials)
     if warning:
         log.warning(f"{list_path}: {warning}")
@@ -249,15 +271,16 @@ def read_cohort(train_list_path: str, train_path: str, per_speaker: int) -> Coho
 
 
 def read_plan(test_lists: list[str], test_path: str, steering: str = "", val_list: str = "",
-              cohort: Cohort | None = None) -> EvalPlan:
+              cohort: Cohort | None = None, audio=None) -> EvalPlan:
     """The lists to evaluate, read and checked before anything is written.
 
     ``steering`` names what needs labels on the first list (say, training's VEER); ``val_list`` is a held-out
-    list whose EER steers training instead.
+    list whose EER steers training instead. ``audio`` (an evaluation audio, such as
+    :class:`~spknet.data.kaldi.KaldiAudio`) is where the trial keys are read instead of files under ``test_path``.
     """
     if len(set(test_lists)) < len(test_lists):
         raise SpeakerNetError(f"{','.join(test_lists)}: names a list twice")
-    tests = [read_trials(path, test_path, name, steering if i == 0 else "")
+    tests = [read_trials(path, test_path, name, steering if i == 0 else "", audio)
              for i, (path, name) in enumerate(zip(test_lists, list_names(test_lists)))]
-    val = read_trials(val_list, test_path, "val", "a validation list") if val_list else None
-    return EvalPlan(tests, val, cohort)
+    val = read_trials(val_list, test_path, "val", "a validation list", audio) if val_list else None
+    return EvalPlan(tests, val, cohort, audio)

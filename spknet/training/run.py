@@ -20,14 +20,17 @@ from spknet import atomic, checkpoints, distributed, logs, plugins
 from spknet.checkpoints import load_model_state, read_checkpoint
 from spknet.data import (
     GroupBatchSampler,
+    SpeedPerturbedSource,
     TrainDataset,
+    TrainList,
     check_files_exist,
-    collate_groups,
+    collate_readable,
     ignore_stop_signals,
     read_train_list,
     speed_perturbed,
 )
 from spknet.data.augment import Augmenter
+from spknet.data.kaldi import KaldiSource, data_dir_digest, load_kaldi_dir
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import EvalPlan, write_plots
 from spknet.evaluation.runner import evaluation_of, load_plan
@@ -36,6 +39,7 @@ from spknet.logs import log
 from spknet.loss._common import IMBALANCED
 from spknet.model import SpeakerNet
 from spknet.specs import SCHEMA, DataSpec, ModelSpec, RunSpec
+from spknet.training.bad_files import BadFiles
 from spknet.training.board import TrainingBoard, open_board
 from spknet.training.trainer import INITIAL_EER, EpochProgress, ModelTrainer, is_per_iteration
 
@@ -76,8 +80,10 @@ def run_identity(spec: RunSpec, model: ModelSpec) -> dict:
         options["max_epoch"] = spec.training.max_epoch
     lists = {"train_list": spec.data.train_list, "test_list": spec.evaluation.test_list,
              "val_list": spec.evaluation.val_list}
-    return {"schema": SCHEMA, "model": model.record(), "options": options,
-            "lists": {key: list_digest(path) if path else "" for key, path in lists.items()}}
+    digests = {key: list_digest(path) if path else "" for key, path in lists.items()}
+    if spec.data.train_data:        # recorded only when given: a list-trained run's entry stays as it was
+        digests["train_data"] = data_dir_digest(spec.data.train_data)
+    return {"schema": SCHEMA, "model": model.record(), "options": options, "lists": digests}
 
 
 def _flat_options(run: dict) -> dict:
@@ -103,7 +109,7 @@ class RunMismatch(SpeakerNetError):
                 f"another save path (starting a new run from {self.path}'s weights is also possible)")
 
 
-RUN_LISTS = ("train_list", "test_list", "val_list")
+RUN_LISTS = ("train_list", "test_list", "val_list", "train_data")
 CONFIG_FILE = "config.yaml"        # the resolved configuration of a training run, in its save path
 
 
@@ -150,11 +156,27 @@ def build_loader(data: DataSpec, pipeline, train_list, loss_needs, device: torch
     loader = torch.utils.data.DataLoader(
         TrainDataset(train_list, data.max_frames, augmenter=augmenter, pipeline=pipeline),
         batch_sampler=sampler,
-        collate_fn=collate_groups, num_workers=workers, pin_memory=device.type == "cuda",
+        collate_fn=collate_readable, num_workers=workers, pin_memory=device.type == "cuda",
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=ignore_stop_signals if workers > 0 else None,
         generator=torch.Generator().manual_seed(data.seed))  # its own generator: the global RNG stays untouched
     return loader, sampler
+
+
+def training_data(data: DataSpec):
+    """The training utterances and what names them in messages: the Kaldi data directory (``train_data``, a
+    :class:`~spknet.data.kaldi.KaldiSource`) or the training list, checked (files present, segments inside their
+    recordings) and speed-perturbed when asked; and the number of recorded speakers."""
+    if data.train_data:
+        source, name = KaldiSource(load_kaldi_dir(data.train_data, data.allow_pipes)), data.train_data
+    else:
+        source, name = read_train_list(data.train_list, data.train_path), data.train_list
+        check_files_exist(source.files, data.train_list)
+    recorded = len(source.speakers)
+    if data.speed_perturb:
+        source = speed_perturbed(source, SPEED_FACTORS) if isinstance(source, TrainList) else \
+            SpeedPerturbedSource(source, SPEED_FACTORS)
+    return source, name, recorded
 
 
 def training_classes(classes: int | None, found: int, speakers: int, train_list: str) -> int:
@@ -213,6 +235,7 @@ class TrainingRun:
         self.progress: EpochProgress | None = None
         self.last_eer = INITIAL_EER
         self.board = TrainingBoard()             # TensorBoard: open_board's, while the run folder is held
+        self.bad_files = BadFiles(spec.data.max_bad_files, self.result_dir)
 
     def resume(self) -> bool:
         """Continue from the furthest good saved state of the run folder, if any, and only the same run."""
@@ -234,6 +257,7 @@ class TrainingRun:
             raise SpeakerNetError(f"{path}: its optimizer or schedule state does not fit this run's "
                                   f"(optimizer, schedule or loss changed?): {error}") from None
         checkpoints.restore_random_state(checkpoint)
+        self.bad_files.load()
         where = f"epoch {self.progress.epoch}, batch {self.progress.batches}" if self.progress else \
             f"after epoch {self.completed}"
         log.info(f"Model {path} loaded from previous state! Resuming {where}")
@@ -269,8 +293,9 @@ class TrainingRun:
         lr = progress.start_lr if progress is not None and progress.start_lr is not None else self.trainer.lr
         log.info(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {epoch} Training {self.spec.model.model} with LR {lr:f}...")
         started = time.time()
-        self.progress = self.trainer.train_network(self.loader, epoch, progress, stop.requested,
-                                                   monitor=self.board if self.board.enabled else None)
+        self.bad_files.start_epoch()
+        self.progress = self.trainer.train_network(self.bad_files.batches(self.loader), epoch, progress,
+                                                   stop.requested, monitor=self.board if self.board.enabled else None)
         if not self.progress.finished:
             return False
         trained = self.progress
@@ -289,6 +314,9 @@ class TrainingRun:
             self.save()
         extra = with_data_wait(extra, trained.data_wait)
         self.board.log_epoch(epoch, trained, lr, self.trainer.margin)
+        if self.bad_files.this_epoch:      # on the epoch's own INFO line (the first; more lists follow it)
+            first, newline, rest = extra.partition("\n")
+            extra = f"{first}, bad files {len(self.bad_files.this_epoch)}{newline}{rest}"
         log.info(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}")
         log.info(extra)
         scores.info(line + "\n" + extra)
@@ -339,13 +367,9 @@ def train(spec: RunSpec, device: torch.device, describe) -> int:
     training classes are known.
     """
     data = spec.data
-    train_list = read_train_list(data.train_list, data.train_path)
-    check_files_exist(train_list.files, data.train_list)
+    train_list, train_name, recorded = training_data(data)
     plan = load_plan(spec.evaluation, data, training=True)
-    recorded = len(train_list.speakers)
-    if data.speed_perturb:
-        train_list = speed_perturbed(train_list, SPEED_FACTORS)
-    classes = training_classes(spec.training.classes, len(train_list.speakers), recorded, data.train_list)
+    classes = training_classes(spec.training.classes, len(train_list.speakers), recorded, train_name)
     spec = replace(spec, training=replace(spec.training, classes=classes))
     torch.manual_seed(data.seed)
     np.random.seed(data.seed)
@@ -404,4 +428,4 @@ def shutdown_workers(loader) -> None:
 
 __all__ = ["CONFIG_FILE", "SCORE_LINE", "SPEED_FACTORS", "TRAIN_LINE", "RunMismatch", "StopRequest", "TrainingRun",
            "build_loader", "group_sizes_for", "list_digest", "run_differences", "run_identity", "train",
-           "training_classes"]
+           "training_classes", "training_data"]

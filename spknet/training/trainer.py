@@ -249,7 +249,11 @@ class ModelTrainer:
             waves = waves.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             self.apply_margin(epoch, progress.batches)
-            stepped = self._step(waves, labels, len(sizes), progress)
+            if len(sizes):
+                stepped = self._step(waves, labels, len(sizes), progress)
+            else:       # every group of the batch unreadable and skipped (--max_bad_files): nothing to step on
+                progress.count_batch()
+                stepped = None
             if stepped and monitor is not None and progress.batches % monitor.step_interval == 0:
                 position = self.step_position(epoch, progress.batches, epoch_batches)
                 monitor.log_step(position, self._step_values(progress))
@@ -258,7 +262,7 @@ class ModelTrainer:
             if stepped:
                 bad_in_a_row = 0
                 progress.utterances += waves.shape[0]
-            else:
+            elif stepped is False:
                 bad_in_a_row += 1
                 if bad_in_a_row >= self.max_bad_steps:
                     raise SpeakerNetError(f"epoch {epoch}: {bad_in_a_row} non-finite losses in a row (last at batch "
