@@ -14,7 +14,7 @@ from tests.helpers import REPO, SUBPROCESS_ENV
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-c", f"import sys\n{code}"], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, **SUBPROCESS_ENV})
 
 
