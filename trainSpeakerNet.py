@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--test_list", type=str, default="",
         help="trial list: '<label> <enroll.wav> <test.wav>' per line; several lists: a.txt,b.txt")
     add("--train_path", type=str, default="voxceleb2", help="root of the training list's paths")
+    add("--train_shards", type=str, default="",
+        help="train from tar shards (dataprep.py --make_shards) instead of --train_list: a brace pattern "
+             "'dir/shard-{000000..000123}.tar' or the shards' manifest.json (local paths or URLs), streamed")
+    add("--allow_pipes", action="store_true", help="let 'pipe:COMMAND' sources run their shell commands")
     add("--test_path", type=str, default="voxceleb1", help="root of the trial list's paths")
 
     # Evaluation
@@ -298,7 +302,8 @@ def run_spec(args) -> RunSpec:
                     batch_size=args.batch_size, max_seg_per_spk=args.max_seg_per_spk,
                     loader_workers=args.nDataLoaderThread, per_speaker=args.nPerSpeaker, seed=args.seed,
                     augment=args.augment, musan_path=args.musan_path, rir_path=args.rir_path,
-                    speed_perturb=args.speed_perturb)
+                    speed_perturb=args.speed_perturb, train_shards=args.train_shards,
+                    allow_pipes=args.allow_pipes)
     training = TrainingSpec(
         optimizer=args.optimizer, scheduler=args.scheduler, lr=args.lr, lr_decay=args.lr_decay,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, final_lr=args.final_lr,
@@ -394,8 +399,9 @@ def run_train(args) -> int:
     check_schedule_flags(args)
     warn_unused_loss_options(args)
     for flag in ("train_list", "test_list"):
-        if not getattr(args, flag):
-            raise SpeakerNetError(f"--{flag} is required for training")
+        if not getattr(args, flag) and not (flag == "train_list" and args.train_shards):
+            raise SpeakerNetError(f"--{flag} is required for training" + (" (or --train_shards)" if flag ==
+                                                                          "train_list" else ""))
     spec = run_spec(args)
     resolved = spec.model
 

@@ -131,6 +131,8 @@ class DataSpec:
     musan_path: str = "data/musan_split"
     rir_path: str = "data/RIRS_NOISES/simulated_rirs"
     speed_perturb: bool = False
+    train_shards: str = ""                  # tar shards streamed instead of the list (spknet.data.shards)
+    allow_pipes: bool = False               # pipe: sources may run their shell commands
 
 
 @dataclass(frozen=True)

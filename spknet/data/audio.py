@@ -7,6 +7,7 @@ samples that map to it plus the resampling filter's reach). Training crops, eval
 noise and impulse responses, and the MFCC baseline all read through it.
 """
 
+import io
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -186,6 +187,20 @@ def open_audio(filename: str, min_frames: int = HOP_SAMPLES) -> AudioFile:
     if audio.frames < min_frames:
         audio.close()
         raise SpeakerNetError(f"{filename}: {_too_short(audio.frames, min_frames)}")
+    return audio
+
+
+def open_audio_bytes(data: bytes, name: str, min_frames: int = HOP_SAMPLES) -> AudioFile:
+    """An audio file held in memory (a tar shard's member) as :func:`open_audio` opens a file; ``name`` is what
+    errors show."""
+    try:
+        handle = sf.SoundFile(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        raise SpeakerNetError(f"{name}: cannot read audio ({error})") from None
+    audio = AudioFile(handle, name)
+    if audio.frames < min_frames:
+        audio.close()
+        raise SpeakerNetError(f"{name}: {_too_short(audio.frames, min_frames)}")
     return audio
 
 
