@@ -23,7 +23,6 @@ reaches its share stops, so ranks stop together.
 import hashlib
 import io
 import json
-import math
 import os
 import posixpath
 import re
@@ -378,15 +377,15 @@ class ShardStream(torch.utils.data.IterableDataset):
         self._check_fillable()
 
     def _batches_per_epoch(self) -> int:
-        """Batches per rank per epoch: the manifest's utterances (at most ``max_seg_per_spk`` per speaker) in
-        groups of the mean group size, in batches, shared by the ranks."""
+        """Batches per rank per epoch: the groups the manifest's speakers make (at most ``max_seg_per_spk``
+        utterances each, the group size's expectation over ``group_sizes``), in batches, shared by the ranks."""
         counts: dict[str, int] = {}
         for entry in self.shards.entries:
             for name, count in entry["speakers"].items():
                 counts[name] = counts.get(name, 0) + count
-        size = float(np.mean(self.group_sizes))
-        groups = sum(math.floor(min(count, self.max_seg_per_spk) / size) for count in counts.values())
-        return max(1, groups // (self.batch_size * self.world_size))
+        groups = sum(np.mean([min(count, self.max_seg_per_spk) // size for size in self.group_sizes])
+                     for count in counts.values())
+        return max(1, int(groups) // (self.batch_size * self.world_size))
 
     def _check_fillable(self) -> None:
         for rank in range(self.world_size):
@@ -450,11 +449,14 @@ class ShardStream(torch.utils.data.IterableDataset):
         skip = len(range(worker, self.first_batch, active))
         yield from self.worker_batches(shards, speakers, worker, self.quota(worker, active), skip)
 
-    def _samples(self, shards: list[int], rng: np.random.Generator):
-        """This worker's shards, read again (in another order) each time they run out."""
+    def _runs(self, shards: list[int], rng: np.random.Generator):
+        """This worker's speaker runs, its shards read again (in another order) each time they run out; None
+        marks the end of each pass."""
         while True:
             for index in rng.permutation(shards):
-                yield from read_shard(self.shards.urls[index], self.shards.entries[index], self.allow_pipes)
+                yield from _speaker_runs(read_shard(self.shards.urls[index], self.shards.entries[index],
+                                                    self.allow_pipes))
+            yield None
 
     def _groups_of(self, run: list[Sample], rng: np.random.Generator) -> list[tuple]:
         """A speaker's run cut as the file sampler cuts a speaker: shuffled, at most ``max_seg_per_spk``
@@ -466,20 +468,30 @@ class ShardStream(torch.utils.data.IterableDataset):
         return [(tuple(kept[start:start + size]), int(seeds[start // size])) for start in range(0, count, size)]
 
     def worker_batches(self, shards: list[int], speakers: int, worker: int, quota: int, skip: int = 0):
-        """``quota`` batches from ``shards`` (the first ``skip`` counted, not cropped)."""
+        """``quota`` batches from ``shards`` (the first ``skip`` counted, not cropped). A batch takes one group of
+        each of ``batch_size`` speakers drawn from the pool (in proportion to their groups left, so that the
+        pool empties evenly), which is refilled to ``pool_size`` speakers from the
+        stream, except at the end of a pass over the shards, where the pool is drawn down to ``batch_size``
+        speakers before the next pass starts."""
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
         pool_size = min(POOL_FACTOR * self.batch_size, speakers)
         pool: dict[str, list] = {}           # speaker -> its waiting groups (insertion order: determinism)
-        runs = _speaker_runs(self._samples(shards, rng))
-        made = 0
+        runs = self._runs(shards, rng)
+        made, needed = 0, pool_size
         while made < quota:
-            while len(pool) < pool_size:
+            while len(pool) < needed:
                 run = next(runs)
+                if run is None:     # a pass ends: its groups are used up (while batches fill) before the next
+                    needed = self.batch_size
+                    continue
+                needed = pool_size
                 pool.setdefault(run[0].speaker, []).extend(self._groups_of(run, rng))
                 if not pool[run[0].speaker]:
                     del pool[run[0].speaker]
             names = list(pool)
-            chosen = [names[i] for i in sorted(rng.choice(len(names), self.batch_size, replace=False))]
+            left = np.array([len(pool[name]) for name in names], dtype=np.float64)
+            drawn = rng.choice(len(names), self.batch_size, replace=False, p=left / left.sum())
+            chosen = [names[i] for i in sorted(drawn)]
             groups = [pool[name].pop(0) for name in chosen]
             for name in chosen:
                 if not pool[name]:
