@@ -8,7 +8,10 @@ the file sampler's, and whether training from shards learns as well.
 (2) **learning**: ``trainSpeakerNet.py`` from files and from the same utterances as shards, ``--seeds`` seeds
     each, same flags and budget, one run at a time (1 thread each); the final VEER of each run and mean +- sd.
 
-    python benchmarks/bench_shards.py [--speakers 40 --utterances 12 --epochs 3 --seeds 3]
+    python benchmarks/bench_shards.py [--speakers 60 --utterances 8 --epochs 12 --seeds 3 --batch_size 24]
+
+The learning arm is bench_learning.py's setting (its corpus, ResNetSE34L, mp_balance, SGD 0.2 constant, 24 groups
+of 2, 1-s crops, whole test files): about 70 s a run alone on 2 cores.
 """
 
 import argparse
@@ -69,9 +72,10 @@ def compare_batches(corpus: dict, shard_dir: str, batch_size: int, group_sizes: 
 def train(corpus: dict, save_path: str, seed: int, data_flags: list[str], epochs: int, batch_size: int) -> float:
     command = [sys.executable, os.path.join(ROOT, "trainSpeakerNet.py"), *data_flags,
                "--test_list", corpus["test_list"], "--test_path", corpus["test_path"], "--model", "ResNetSE34L",
-               "--trainfunc", "mp_balance", "--max_frames", "60", "--eval_frames", "60", "--batch_size",
+               "--trainfunc", "mp_balance", "--max_frames", "100", "--eval_frames", "0", "--batch_size",
                str(batch_size), "--max_epoch", str(epochs), "--test_interval", str(epochs), "--nDataLoaderThread", "0",
-               "--seed", str(seed), "--save_path", save_path, "--device", "cpu", "--lr", "0.002"]
+               "--seed", str(seed), "--save_path", save_path, "--device", "cpu", "--optimizer", "sgd", "--lr", "0.2",
+               "--scheduler", "steplr", "--lr_decay", "1.0"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     subprocess.run(command, check=True, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(os.path.join(save_path, "result", "scores.txt"), encoding="utf-8") as handle:
@@ -80,18 +84,17 @@ def train(corpus: dict, save_path: str, seed: int, data_flags: list[str], epochs
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--speakers", type=int, default=40)
-    parser.add_argument("--utterances", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--speakers", type=int, default=60)
+    parser.add_argument("--utterances", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--batch_size", type=int, default=10)
+    parser.add_argument("--batch_size", type=int, default=24)
     parser.add_argument("--shard_size", type=int, default=100)
     parser.add_argument("--skip_training", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         corpus = make_corpus(os.path.join(folder, "corpus"), speakers=args.speakers, utterances=args.utterances,
-                             test_speakers=12, test_utterances=8, trials=600, min_duration=2.0, max_duration=4.0,
-                             seed=0)
+                             test_speakers=12, test_utterances=8, trials=600, seed=0)
         shard_dir = os.path.join(folder, "shards")
         make_shards(corpus["train_list"], corpus["train_path"], shard_dir, args.shard_size)
         for sizes in ((2,), (2, 3)):
@@ -101,7 +104,8 @@ def main() -> int:
         arms = {"files": ["--train_list", corpus["train_list"], "--train_path", corpus["train_path"]],
                 "shards": ["--train_shards", os.path.join(shard_dir, "manifest.json")]}
         results = {arm: [] for arm in arms}
-        print(f"\n(2) learning: ResNetSE34L mp_balance, {args.epochs} epochs, batch {args.batch_size}, 60-frame crops")
+        print(f"\n(2) learning: ResNetSE34L mp_balance, SGD 0.2 constant, {args.epochs} epochs, batch "
+              f"{args.batch_size} groups of 2, 1-s crops, whole test files")
         for seed in range(1, args.seeds + 1):
             for arm, flags in arms.items():
                 eer = train(corpus, os.path.join(folder, f"{arm}{seed}"), seed, flags, args.epochs, args.batch_size)

@@ -358,7 +358,9 @@ class ShardStream(torch.utils.data.IterableDataset):
     Determinism and resuming: the batches of an epoch depend only on (seed, epoch, rank, ranks, loader workers)
     and the shards, so :meth:`start_at` ``k`` replays the epoch's stream and drops its first ``k`` batches without
     cropping them: a resumed epoch sees exactly the batches it had not yet seen (no utterance repeated or skipped)
-    when it runs with the same number of ranks and workers.
+    when it runs with the same number of ranks and workers. With another number of either, the shards are dealt
+    otherwise and the remaining batches come from another stream: in that epoch up to ``k`` batches' utterances
+    may be heard twice and as many not at all (the next epochs are whole again).
     """
 
     def __init__(self, shards: ShardSet, group_sizes: tuple[int, ...], batch_size: int, max_frames: int,
@@ -445,9 +447,12 @@ class ShardStream(torch.utils.data.IterableDataset):
         active = len(assignments)
         if worker >= active:
             return
-        shards, speakers = assignments[worker]
-        skip = len(range(worker, self.first_batch, active))
-        yield from self.worker_batches(shards, speakers, worker, self.quota(worker, active), skip)
+        # The loader takes the workers' batches in turn from worker 0: batch i of the epoch is made by role i % active,
+        # so a start at batch k gives worker w the role (w + k) % active.
+        role = (worker + self.first_batch) % active
+        shards, speakers = assignments[role]
+        skip = len(range(role, self.first_batch, active))
+        yield from self.worker_batches(shards, speakers, role, self.quota(role, active), skip)
 
     def _runs(self, shards: list[int], rng: np.random.Generator):
         """This worker's speaker runs, its shards read again (in another order) each time they run out; None
