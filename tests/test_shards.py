@@ -118,6 +118,12 @@ def test_a_brace_pattern_and_the_manifest_name_the_same_shards(shards):
     assert len(resolve_shards(str(shards["dir"] / "shard-{000001..000002}.tar")).urls) == 2
 
 
+def test_urls_are_opened_through_webdataset(shards):
+    shard_set = resolve_shards(f"file://{shards['dir']}/shard-{{000000..000001}}.tar")
+    assert shard_set.manifest == f"file://{shards['dir']}/manifest.json"
+    assert len(list(read_shard(shard_set.urls[1], shard_set.entries[1]))) == 48
+
+
 def test_pipe_shards_need_allow_pipes(shards):
     pattern = f"pipe:cat {shards['dir']}/shard-{{000000..000001}}.tar"
     with pytest.raises(SpeakerNetError, match="--allow_pipes"):
