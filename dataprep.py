@@ -15,6 +15,12 @@ writes ``SAVE_PATH/wav/idNNNNN/sessSS/UUUUU.wav`` (16 kHz mono PCM_16), ``SAVE_P
 speakers, ``speaker relative/path.wav``) and ``SAVE_PATH/veri_test.txt`` (held-out speakers,
 ``label enroll.wav test.wav``, about half target trials).  The same arguments (whatever ``--workers``) give
 byte-identical files.  See ``synthetic_corpus.py`` for the signal model.
+
+    python dataprep.py --make_shards --train_list L --train_path D --shard_dir OUT [--shard_size 1000]
+                       [--shard_audio original|flac] [--seed 0]
+
+writes the list's utterances as speaker-grouped tar shards ``OUT/shard-000000.tar ...`` and ``OUT/manifest.json``
+(see ``spknet/data/shards.py``; train on them with ``trainSpeakerNet.py --train_shards``).
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
 import typing
 
+from spknet.data import shards
 from spknet.data import voxceleb as prep_voxceleb
 from spknet.data.synthetic import CorpusConfig, make_corpus
+from spknet.errors import SpeakerNetError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,12 +49,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="worker processes; does not change the output (default: %(default)s)")
     prep_voxceleb.add_arguments(p)      # --download, --extract, --convert, --make_list, --augment, --musan, --rirs
+    group = p.add_argument_group("tar shards (spknet/data/shards.py)")
+    group.add_argument("--make_shards", action="store_true", help="write --train_list as tar shards in --shard_dir")
+    group.add_argument("--train_list", type=str, default="", help="--make_shards: '<speaker> <path>' per line")
+    group.add_argument("--train_path", type=str, default="", help="--make_shards: root of the list's paths")
+    group.add_argument("--shard_dir", type=str, default="", help="--make_shards: output folder")
+    group.add_argument("--shard_size", type=int, default=1000, help="--make_shards: utterances per shard, at most "
+                                                                     "(default: %(default)s)")
+    group.add_argument("--shard_audio", choices=shards.AUDIO_FORMATS, default="original",
+                       help="--make_shards: the files' own bytes, or re-encoded as 16-kHz mono FLAC "
+                            "(default: %(default)s)")
     return p
+
+
+def run_make_shards(args) -> int:
+    """``--make_shards``: one error line and status 2 on a bad input (nothing is written then)."""
+    if not args.shard_dir:
+        print("error: --make_shards needs --shard_dir", file=sys.stderr)
+        return 2
+    started = time.time()
+    try:
+        manifest = shards.make_shards(args.train_list, args.train_path, args.shard_dir, args.shard_size, args.seed,
+                                      args.shard_audio)
+    except SpeakerNetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(shards.describe_rate(manifest, time.time() - started) + f"\n  manifest: "
+          f"{os.path.join(args.shard_dir, shards.MANIFEST)}")
+    return 0
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.make_shards:
+        return run_make_shards(args)
     if prep_voxceleb.requested(args):   # VoxCeleb / MUSAN / RIR steps (prep_voxceleb.py), then --synthetic if given
         status = prep_voxceleb.run(args)
         if status or not args.synthetic:

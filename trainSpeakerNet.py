@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from spknet import distributed, logs, plugins
-from spknet.argtypes import at_least, non_negative, true_or_false
+from spknet.argtypes import at_least, non_negative, read_config, true_or_false
 from spknet.checkpoints import UnsafeCheckpoint
 from spknet.data import AUDIO_SCALES, PADS
 from spknet.errors import SpeakerNetError, worker_message
@@ -38,7 +38,8 @@ PRESETS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags, with each flag's action kept in ``parser.flag_actions`` (by destination) for the YAML reader."""
-    parser = argparse.ArgumentParser(description="SpeakerNet: train and evaluate speaker verification models")
+    parser = argparse.ArgumentParser(prog="trainSpeakerNet.py",
+                                     description="SpeakerNet: train and evaluate speaker verification models")
     parser.flag_actions = {}
 
     def add(*names, **options):
@@ -114,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--test_list", type=str, default="",
         help="trial list: '<label> <enroll.wav> <test.wav>' per line; several lists: a.txt,b.txt")
     add("--train_path", type=str, default="voxceleb2", help="root of the training list's paths")
+    add("--train_shards", type=str, default="",
+        help="train from tar shards (dataprep.py --make_shards) instead of --train_list: a brace pattern "
+             "'dir/shard-{000000..000123}.tar' or the shards' manifest.json (local paths or URLs), streamed")
     add("--test_path", type=str, default="voxceleb1", help="root of the trial list's paths")
     add("--train_data", type=str, default="",
         help="Kaldi data directory (wav.scp, utt2spk or spk2utt, optional segments) to train on, instead of "
@@ -121,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--test_data", type=str, default="",
         help="Kaldi data directory of the test audio: the trial keys (a Kaldi trials file) are its utterance ids")
     add("--allow_pipes", action="store_true",
-        help="run the shell commands of wav.scp entries ending in '|' (refused without it: they run as you)")
+        help="run the shell commands of wav.scp entries ending in '|' and of 'pipe:COMMAND' shards (refused "
+             "without it: they run as you)")
     add("--max_bad_files", type=at_least(0), default=0,
         help="training files that cannot be read (or are too short) skipped, each once with a warning and in "
              "result/bad_files.txt, before the run stops on the next (default 0: the first stops it)")
@@ -188,58 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
 # argv, YAML and presets -> one namespace
 # ----------------------------------------------------------------------------------------------------------------
 
-def _coerce(action: argparse.Action, key: str, value, source: str):
-    """A YAML value converted to the flag's type, or a clear error."""
-    if action.nargs == "?" and isinstance(value, bool):     # e.g. "mixedprec: true" -> its flag's value
-        return action.const if value else None
-    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):     # switches
-        if not isinstance(value, bool):
-            raise SpeakerNetError(f"{source}: key '{key}' expects true or false, got {value!r}")
-        return value
-    if value is None or action.type is None:
-        if value is not None and action.choices and value not in action.choices:
-            raise SpeakerNetError(f"{source}: key '{key}' must be one of {list(action.choices)}, got {value!r}")
-        return value
-    expected = getattr(action.type, "value_type", action.type)
-    if expected in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float, str))):
-        raise SpeakerNetError(f"{source}: key '{key}' expects {expected.__name__}, got {value!r}")
-    if expected is int and isinstance(value, float) and not value.is_integer():
-        raise SpeakerNetError(f"{source}: key '{key}' expects int, got {value!r}")
-    try:
-        converted = action.type(int(value) if expected is int and isinstance(value, float) else value)
-    except (TypeError, ValueError):
-        raise SpeakerNetError(f"{source}: key '{key}' expects {expected.__name__}, got {value!r}") from None
-    except argparse.ArgumentTypeError as error:
-        raise SpeakerNetError(f"{source}: key '{key}' {error}") from None
-    if action.choices and converted not in action.choices:
-        raise SpeakerNetError(f"{source}: key '{key}' must be one of {list(action.choices)}, got {value!r}")
-    return converted
-
-
-def read_config(path: str, parser: argparse.ArgumentParser) -> dict:
-    """YAML flag values; an unknown key or a wrong type is an error that names it."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle)
-    except FileNotFoundError:
-        raise SpeakerNetError(f"{path}: config file not found") from None
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as error:
-        raise SpeakerNetError(f"{path}: not a valid YAML file ({' '.join(str(error).split())})") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise SpeakerNetError(f"{path}: expected a mapping of flag names to values, got {type(values).__name__}")
-    actions = {dest: action for dest, action in parser.flag_actions.items() if dest != "config"}
-    aliases = {"nClasses": "nSpeakers", "encoder": "encoder_type"}
-    config = {}
-    for key, value in values.items():
-        dest = aliases.get(key, key)
-        if dest not in actions:
-            raise SpeakerNetError(f"{path}: unknown key '{key}' (not a flag of trainSpeakerNet.py)")
-        config[dest] = _coerce(actions[dest], str(key), value, path)
-    return config
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     """Flags > YAML (``--config``) > ``--preset`` > defaults, in one parse: the YAML values and the preset's
     become the parser's defaults. ``args.given`` holds the options set by a flag, the YAML or the preset."""
@@ -288,8 +241,8 @@ def run_spec(args) -> RunSpec:
                     batch_size=args.batch_size, max_seg_per_spk=args.max_seg_per_spk,
                     loader_workers=args.nDataLoaderThread, per_speaker=args.nPerSpeaker, seed=args.seed,
                     augment=args.augment, musan_path=args.musan_path, rir_path=args.rir_path,
-                    speed_perturb=args.speed_perturb, train_data=args.train_data, allow_pipes=args.allow_pipes,
-                    max_bad_files=args.max_bad_files)
+                    speed_perturb=args.speed_perturb, train_data=args.train_data, train_shards=args.train_shards,
+                    allow_pipes=args.allow_pipes, max_bad_files=args.max_bad_files)
     training = TrainingSpec(
         optimizer=args.optimizer, scheduler=args.scheduler, lr=args.lr, lr_decay=args.lr_decay,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, final_lr=args.final_lr,
@@ -384,10 +337,12 @@ def run_train(args) -> int:
     check_plugins(args, ["loss", "models", "optimizer", "scheduler"])
     check_schedule_flags(args)
     warn_unused_loss_options(args)
-    if not args.train_list and not args.train_data:
-        raise SpeakerNetError("--train_list (or --train_data, a Kaldi data directory) is required for training")
-    if args.train_list and args.train_data:
-        raise SpeakerNetError("--train_list and --train_data: give one of them")
+    sources = [flag for flag in ("train_list", "train_data", "train_shards") if getattr(args, flag)]
+    if not sources:
+        raise SpeakerNetError("--train_list (or --train_data, a Kaldi data directory, or --train_shards) is required "
+                              "for training")
+    if len(sources) > 1:
+        raise SpeakerNetError(f"{' and '.join('--' + flag for flag in sources)}: give one of them")
     if not args.test_list:
         raise SpeakerNetError("--test_list is required for training")
     spec = run_spec(args)

@@ -132,7 +132,8 @@ class DataSpec:
     rir_path: str = "data/RIRS_NOISES/simulated_rirs"
     speed_perturb: bool = False
     train_data: str = ""                    # a Kaldi data directory, instead of train_list
-    allow_pipes: bool = False               # run wav.scp commands ('cmd |') of the Kaldi data directories
+    train_shards: str = ""                  # tar shards streamed instead of the list (spknet.data.shards)
+    allow_pipes: bool = False               # run the shell commands of wav.scp 'cmd |' entries and 'pipe:' shards
     max_bad_files: int = 0                  # unreadable training files skipped before the run stops
 
 

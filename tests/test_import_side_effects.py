@@ -14,8 +14,8 @@ from tests.helpers import REPO, SUBPROCESS_ENV
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", f"import sys\n{code}"], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **SUBPROCESS_ENV})
+    return subprocess.run([sys.executable, "-c", f"import sys\n{code}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **SUBPROCESS_ENV})
 
 
 def test_importing_the_library_leaves_matplotlib_s_backend_and_the_warning_filters_alone():

@@ -9,6 +9,7 @@ m4a is read by seeking in its index, see :class:`DecodedAudio`). Training crops,
 noise and impulse responses, and the MFCC baseline all read through it.
 """
 
+import io
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -305,6 +306,12 @@ def _frame_samples(frame, channels: int) -> np.ndarray:
         bits = array.dtype.itemsize * 8
         array = (array.astype(np.float32) - (2 ** (bits - 1) if array.dtype.kind == "u" else 0)) / 2 ** (bits - 1)
     return np.ascontiguousarray(array.T, dtype=np.float32)
+
+
+def open_audio_bytes(data: bytes, name: str, min_frames: int = HOP_SAMPLES) -> AudioFile:
+    """An audio file held in memory (a tar shard's member) as :func:`open_audio` opens a file; ``name`` is what
+    errors show."""
+    return open_audio(io.BytesIO(data), min_frames, name=name)
 
 
 def read_audio(filename: str, pipeline: AudioPipeline = ORIGINAL, min_frames: int = HOP_SAMPLES) -> np.ndarray:

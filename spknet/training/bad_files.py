@@ -75,7 +75,7 @@ class CheckedBatches:
         return len(self.loader)
 
     def __iter__(self):
-        for waves, labels, sizes, unreadable in self.loader:
-            if unreadable:
-                self.bad_files.record(unreadable)
+        for waves, labels, sizes, *unreadable in self.loader:     # a shard stream's batches have no such list
+            if unreadable and unreadable[0]:
+                self.bad_files.record(unreadable[0])
             yield waves, labels, sizes

@@ -31,6 +31,7 @@ from spknet.data import (
 )
 from spknet.data.augment import Augmenter
 from spknet.data.kaldi import KaldiSource, data_dir_digest, load_kaldi_dir
+from spknet.data.shards import ShardSet, ShardStream, resolve_shards
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import EvalPlan, write_plots
 from spknet.evaluation.runner import evaluation_of, load_plan
@@ -49,7 +50,8 @@ TRAIN_LINE = "IT %d, LR %f, TEER %2.2f, TLOSS %f"
 SPEED_FACTORS = (1.0, 0.9, 1.1)
 # The fields a resumed run may not change, beside the model spec and the lists (compared by content). Everything
 # else (how long, how fast, where files are, how it is evaluated) is the session's to choose.
-DATA_IDENTITY = ("max_frames", "batch_size", "max_seg_per_spk", "per_speaker", "seed", "augment", "speed_perturb")
+DATA_IDENTITY = ("max_frames", "batch_size", "max_seg_per_spk", "per_speaker", "seed", "augment", "speed_perturb",
+                 "train_shards")
 TRAINING_IDENTITY = ("optimizer", "scheduler", "lr", "lr_decay", "weight_decay", "warmup_epochs", "final_lr",
                      "classes", "margin", "scale", "margin_start_epoch", "margin_rampup_epochs", "hard_prob",
                      "hard_rank", "mixedprec")
@@ -140,7 +142,11 @@ def group_sizes_for(loss_needs, per_speaker: int | None) -> tuple[int, ...]:
 
 
 def build_loader(data: DataSpec, pipeline, train_list, loss_needs, device: torch.device):
-    """The training DataLoader and its batch sampler (also what ``benchmarks/bench_loader`` measures)."""
+    """The training DataLoader and its batch sampler (also what ``benchmarks/bench_loader`` measures); for a
+    :class:`~spknet.data.shards.ShardSet` the loader of a :class:`~spknet.data.shards.ShardStream`, which is its
+    own sampler (``set_epoch``, ``start_at``)."""
+    if isinstance(train_list, ShardSet):
+        return build_shard_loader(data, pipeline, train_list, loss_needs, device)
     try:
         sampler = GroupBatchSampler(train_list.labels, group_sizes_for(loss_needs, data.per_speaker),
                                     data.batch_size, data.max_seg_per_spk, seed=data.seed, rank=distributed.rank(),
@@ -163,10 +169,34 @@ def build_loader(data: DataSpec, pipeline, train_list, loss_needs, device: torch
     return loader, sampler
 
 
+def build_shard_loader(data: DataSpec, pipeline, shards: ShardSet, loss_needs, device: torch.device):
+    """The loader of a shard stream: the stream makes whole batches; its workers are made anew each epoch (they
+    take the stream's epoch and start with them)."""
+    augmenter = Augmenter(data.musan_path, data.rir_path, data.max_frames) if data.augment else None
+    try:
+        stream = ShardStream(shards, group_sizes_for(loss_needs, data.per_speaker), data.batch_size, data.max_frames,
+                             data.max_seg_per_spk, seed=data.seed, rank=distributed.rank(),
+                             world_size=distributed.world_size(), workers=data.loader_workers, pipeline=pipeline,
+                             augmenter=augmenter, allow_pipes=data.allow_pipes)
+    except SpeakerNetError as error:
+        raise SpeakerNetError(f"--train_shards {data.train_shards} --batch_size {data.batch_size}: {error}") from None
+    workers = data.loader_workers
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers > 0 else None, worker_init_fn=ignore_stop_signals if workers > 0 else None)
+    return loader, stream
+
+
 def training_data(data: DataSpec):
-    """The training utterances and what names them in messages: the Kaldi data directory (``train_data``, a
-    :class:`~spknet.data.kaldi.KaldiSource`) or the training list, checked (files present, segments inside their
-    recordings) and speed-perturbed when asked; and the number of recorded speakers."""
+    """The training utterances and what names them in messages: the tar shards (``train_shards``), the Kaldi
+    data directory (``train_data``, a :class:`~spknet.data.kaldi.KaldiSource`) or the training list, checked
+    (files present, segments inside their recordings) and speed-perturbed when asked; and the number of recorded
+    speakers."""
+    if data.train_shards:
+        if data.speed_perturb:
+            raise SpeakerNetError("--speed_perturb is not available with --train_shards")
+        shards = resolve_shards(data.train_shards, data.allow_pipes)
+        return shards, data.train_shards, len(shards.speakers)
     if data.train_data:
         source, name = KaldiSource(load_kaldi_dir(data.train_data, data.allow_pipes)), data.train_data
     else:
