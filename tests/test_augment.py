@@ -187,7 +187,7 @@ def loader_batches(tiny_corpus, folders, workers):
     train_list = read_train_list(tiny_corpus["train_list"], tiny_corpus["train_path"])
     loader, sampler = build_loader(data, ORIGINAL, train_list, 2, torch.device("cpu"))
     sampler.set_epoch(1)
-    return [waves for waves, _, _ in loader][:4]
+    return [batch[0] for batch in loader][:4]
 
 
 def test_augmented_batches_do_not_depend_on_the_workers(tiny_corpus, folders):
