@@ -13,7 +13,7 @@ import pytest
 from spknet import recipe
 from spknet.data.synthetic import make_corpus
 from spknet.errors import SpeakerNetError
-from tests.helpers import REPO, SUBPROCESS_ENV
+from tests.helpers import REPO, SUBPROCESS_ENV, saved_run_checkpoint
 from trainSpeakerNet import spec_from_argv
 
 RUN_SH = REPO / "recipes" / "voxceleb" / "run.sh"
@@ -162,6 +162,22 @@ def test_stages_are_selected_and_done_ones_skipped(tmp_path):
     again = run_recipe(*args, "--stage", 9)
     assert again.returncode == 0 and "stage 9 (report): done" in again.stdout and "skipped" in again.stdout
     assert not (exp / "results.md").exists()
+
+
+def test_a_stage_that_runs_clears_the_later_stages_markers(tmp_path):
+    exp = tmp_path / "exp"
+    (tmp_path / "data").mkdir()
+    argv = ["--model", "ResNetSE34L", "--nOut", "8", "--trainfunc", "softmax", "--nSpeakers", "4"]
+    (exp / "train" / "model").mkdir(parents=True)
+    saved_run_checkpoint(argv, exp / "train" / "model" / "model000000001.model")
+    (exp / ".done").mkdir()
+    for stage in (2, 6, 9):
+        (exp / ".done" / f"stage_{stage}").write_text("earlier\n")
+    completed = run_recipe("--data", tmp_path / "data", "--exp", exp, "--stage", 4, "--stop_stage", 4,
+                           "--average", 1)
+    assert completed.returncode == 0, completed.stderr
+    assert (exp / "average.model").is_file()
+    assert sorted(path.name for path in (exp / ".done").iterdir()) == ["stage_2", "stage_4"]
 
 
 def test_voxceleb_layout(tmp_path):

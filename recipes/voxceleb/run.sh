@@ -23,8 +23,9 @@
 #                score the lists with it -> EXP/calibrate
 #   9 report     EXP/results.md
 #
-# A stage that ends writes EXP/.done/stage_N; a later run skips it (delete the file to run it again). A stage whose
-# inputs are missing stops with one "error:" line naming them and the stage that makes them (exit 2).
+# A stage that ends writes EXP/.done/stage_N; a later run skips it (delete the file to run it again). A stage that
+# runs clears the later stages' files (their inputs change). A stage whose inputs are missing stops with one
+# "error:" line naming them and the stage that makes them (exit 2).
 # Augmentation in training: add "-- --augment --musan_path DIR/musan_split --rir_path DIR/RIRS_NOISES/simulated_rirs".
 # PYTHON (default: python) is the interpreter.
 set -euo pipefail
@@ -221,6 +222,9 @@ for ((n = stage; n <= stop_stage && n <= last_stage; n++)); do
     continue
   fi
   "inputs_$n"
+  for ((later = n + 1; later <= last_stage; later++)); do   # their inputs are about to change
+    rm -f "$exp/.done/stage_$later"
+  done
   echo "== stage $n (${names[$n]}) $(date -u '+%H:%M:%S'), log: $exp/logs/stage_$n.log"
   "stage_$n" 2>&1 | tee "$exp/logs/stage_$n.log"
   mark_done "$n"
