@@ -1,7 +1,7 @@
 """The helpers of the VoxCeleb recipe (``recipes/voxceleb/run.sh``): the flags a stage derives from the training
 config, the calibration trials, the records the stages leave, and the report.
 
-    python -m spknet.recipe lm-flags --config C                 the LM fine-tuning config and the trained run's
+    python -m spknet.recipe lm-flags --config C -- EXTRA...     the LM fine-tuning config and the trained run's
                                                                 model options it must keep, one word a line
     python -m spknet.recipe eval-flags --config C --record F --model M --lists A,B [--score_norm asnorm]
                                        [--calibration J] -- EXTRA...
@@ -90,10 +90,11 @@ def as_flags(values: dict) -> list[str]:
     return words
 
 
-def lm_flags(config_path: str) -> list[str]:
-    """The LM fine-tuning config of the trained loss, then the trained run's options it must keep, as flags."""
+def lm_flags(config_path: str, extra_words: list[str] = ()) -> list[str]:
+    """The LM fine-tuning config of the trained loss (the extra flags' ``--trainfunc``, else the config's), then the
+    trained run's options it must keep, as flags (the extra flags follow them in the fine-tuning call)."""
     config = read_config(config_path)
-    loss = config.get("trainfunc", "")
+    loss = parse_extra(list(extra_words)).get("trainfunc") or config.get("trainfunc", "")
     if loss not in LM_CONFIGS:
         raise SpeakerNetError(f"{config_path}: no large-margin fine-tuning config for the loss {loss or '(none)'!r} "
                               f"(there are for {', '.join(sorted(LM_CONFIGS))}); stop before stage 5 "
@@ -111,7 +112,7 @@ def parse_extra(words: list[str]) -> dict:
             i += 1
             continue
         name, _, inline = word[2:].partition("=")
-        if inline or "=" in word or name in SWITCHES or i + 1 == len(words) or words[i + 1].startswith("--"):
+        if "=" in word or name in SWITCHES or i + 1 == len(words) or words[i + 1].startswith("--"):
             values[name] = inline if "=" in word else True
             i += 1
         else:
@@ -125,7 +126,10 @@ def eval_frames(config: dict, extra: dict) -> int:
     for source, key in ((extra, "eval_frames"), (config, "eval_frames"), (extra, "max_frames"),
                         (config, "max_frames")):
         if source.get(key) is not None:
-            return int(source[key])
+            try:
+                return int(source[key])
+            except (TypeError, ValueError):
+                raise SpeakerNetError(f"--{key} {source[key]!r}: expected a whole number of frames") from None
     return DEFAULT_MAX_FRAMES
 
 
@@ -352,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     lm = commands.add_parser("lm-flags", help="the LM fine-tuning config and the kept model options")
     lm.add_argument("--config", required=True)
+    lm.add_argument("extra", nargs=argparse.REMAINDER)
     ev = commands.add_parser("eval-flags", help="an evaluation's flags; records it")
     ev.add_argument("--config", required=True)
     ev.add_argument("--record", default="", help="settings.json to write")
@@ -382,7 +387,7 @@ def extra_words(words: list[str]) -> list[str]:
 
 def run(args) -> None:
     if args.command == "lm-flags":
-        print("\n".join(lm_flags(args.config)))
+        print("\n".join(lm_flags(args.config, extra_words(args.extra))))
     elif args.command == "eval-flags":
         frames, flags = eval_flags(args.config, extra_words(args.extra), args.calibrate)
         if not args.calibrate:

@@ -57,6 +57,7 @@ def test_a_loss_without_lm_config_is_an_error(tmp_path):
     config.write_text("model: ResNetSE34L\ntrainfunc: softmax\n")
     with pytest.raises(SpeakerNetError, match="softmax.*--stop_stage 4"):
         recipe.lm_flags(str(config))
+    assert os.path.basename(recipe.lm_flags(str(config), ["--trainfunc", "aamsoftmax"])[0]) == "lmft_aamsoftmax.yaml"
 
 
 def test_evaluation_crop_and_flags(tmp_path):
@@ -72,6 +73,8 @@ def test_evaluation_crop_and_flags(tmp_path):
     config.write_text("max_frames: 350\neval_frames: 400\n")
     assert recipe.eval_flags(str(config), ["--max_frames", "50"])[0] == 400
     assert recipe.crop_text(0) == "whole files" and "400 frames" in recipe.crop_text(400)
+    with pytest.raises(SpeakerNetError, match="--eval_frames 'x'"):
+        recipe.eval_flags(str(config), ["--eval_frames", "x"])
 
 
 # ----------------------------------------------------------------------------------------------------------------

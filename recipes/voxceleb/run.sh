@@ -112,7 +112,7 @@ inputs_3() { need 3 "$train_list" 2; need 3 "$train_path" 2; need 3 "$test_path"
 inputs_4() { need 4 "$exp/train/model" 3 "the training checkpoints"; }
 inputs_5() {
   need 5 "$exp/average.model" 4; need 5 "$train_list" 2; need 5 "$test_path" 2; need_lists 5
-  lm_words="$("$PYTHON" -m spknet.recipe lm-flags --config "$config")" || exit 2
+  lm_words="$("$PYTHON" -m spknet.recipe lm-flags --config "$config" -- "${extra[@]+"${extra[@]}"}")" || exit 2
 }
 inputs_6() { need 6 "$exp/average.model" 4; need 6 "$test_path" 2; need_lists 6; }
 inputs_7() { need 7 "$(final_model)" 4; need 7 "$train_list" 2; need 7 "$test_path" 2; need_lists 7; }
