@@ -7,13 +7,14 @@
 
 or the synthetic corpus:
 
-    python dataprep.py --synthetic --save_path data/synth [--speakers 300] [--utterances 12]
+    python dataprep.py --synthetic --save_path data/synth [--voxceleb_layout] [--speakers 300] [--utterances 12]
                        [--test_speakers 40] [--test_utterances 12] [--trials 3000]
                        [--min_duration 2.1] [--max_duration 4.0] [--seed 0] [--workers N]
 
 writes ``SAVE_PATH/wav/idNNNNN/sessSS/UUUUU.wav`` (16 kHz mono PCM_16), ``SAVE_PATH/train_list.txt`` (training
 speakers, ``speaker relative/path.wav``) and ``SAVE_PATH/veri_test.txt`` (held-out speakers,
-``label enroll.wav test.wav``, about half target trials).  The same arguments (whatever ``--workers``) give
+``label enroll.wav test.wav``, about half target trials); ``--voxceleb_layout`` writes VoxCeleb's layout instead
+(see ``make_corpus``).  The same arguments (whatever ``--workers``) give
 byte-identical files.  See ``synthetic_corpus.py`` for the signal model.
 
     python dataprep.py --make_shards --train_list L --train_path D --shard_dir OUT [--shard_size 1000]
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Prepare speaker-verification data (synthetic VoxCeleb-shaped corpus).")
     p.add_argument("--synthetic", action="store_true", help="generate the synthetic corpus")
     p.add_argument("--save_path", type=str, default="data/synthetic", help="output directory (default: %(default)s)")
+    p.add_argument("--voxceleb_layout", action="store_true",
+                   help="--synthetic in VoxCeleb's layout, as recipes/voxceleb/run.sh reads it: voxceleb2/ (training "
+                        "speakers), voxceleb1/ (test speakers), train_list.txt, veri_test2.txt, list_test_all2.txt")
     types = typing.get_type_hints(CorpusConfig)
     for option in dataclasses.fields(CorpusConfig):   # --speakers ... --seed: one flag per field, same name
         p.add_argument(f"--{option.name}", type=types[option.name], default=option.default,
@@ -98,12 +102,14 @@ def main(argv=None) -> int:
         config.validate()
     except ValueError as e:
         parser.error(str(e))
-    info = make_corpus(args.save_path, workers=args.workers, progress=True, **dataclasses.asdict(config))
+    info = make_corpus(args.save_path, workers=args.workers, progress=True, voxceleb_layout=args.voxceleb_layout,
+                       **dataclasses.asdict(config))
     print(
         f"wrote {info['files']} files ({info['seconds'] / 3600:.2f} h of audio, {info['bytes'] / 2**20:.1f} MiB) "
         f"in {info['elapsed']:.1f} s ({info['files'] / max(info['elapsed'], 1e-9):.1f} files/s, "
         f"{args.workers} worker{'s' if args.workers > 1 else ''})\n"
-        f"  train list: {info['train_list']}\n  trials:     {info['test_list']}\n  wav root:   {info['train_path']}"
+        f"  train list: {info['train_list']}\n  trials:     {', '.join(info['test_lists'])}\n"
+        f"  wav root:   {info['train_path']}" + (f" (test: {info['test_path']})" if args.voxceleb_layout else "")
     )
     return 0
 

@@ -579,7 +579,7 @@ def render_job(job: _Job) -> float:
     return len(y) / SR
 
 
-def _plan(cfg: CorpusConfig, wav_root: str):
+def _plan(cfg: CorpusConfig, train_root: str, test_root: str):
     train_ids, test_ids = _speaker_ids(cfg)
     jobs: list[_Job] = []
     train_lines: list[str] = []
@@ -592,18 +592,19 @@ def _plan(cfg: CorpusConfig, wav_root: str):
                 per_session[s] = per_session.get(s, 0) + 1
                 rel = f"{spk_id}/sess{s:02d}/{per_session[s]:05d}.wav"
                 jobs.append(_Job(cfg.seed, role, index, s, u, cfg.min_duration, cfg.max_duration,
-                                 os.path.join(wav_root, rel)))
+                                 os.path.join(train_root if role == TRAIN else test_root, rel)))
                 if role == TRAIN:
                     train_lines.append((spk_id, rel))
                 else:
                     test_files.append((index, s, rel))
     train_lines.sort()
-    return jobs, [f"{a} {b}" for a, b in train_lines], _trials(cfg, test_files)
+    return jobs, [f"{a} {b}" for a, b in train_lines], test_files
 
 
-def _trials(cfg: CorpusConfig, files: list[tuple[int, int, str]]) -> list[str]:
-    """About half target trials (cross-session pairs first), the rest random different-speaker pairs."""
-    r = _rng(cfg.seed, TEST, _S_TRIALS, cfg.test_speakers, cfg.test_utterances, cfg.trials)
+def _trials(cfg: CorpusConfig, files: list[tuple[int, int, str]], draw: int = 0) -> list[str]:
+    """About half target trials (cross-session pairs first), the rest random different-speaker pairs; ``draw``
+    1, 2, ... gives other lists of the same files (draw 0 is ``veri_test.txt``)."""
+    r = _rng(cfg.seed, TEST, _S_TRIALS, cfg.test_speakers, cfg.test_utterances, cfg.trials, *([draw] if draw else []))
     n_target = cfg.trials // 2
     n_non = cfg.trials - n_target
     cross, same = [], []
@@ -632,7 +633,8 @@ def _trials(cfg: CorpusConfig, files: list[tuple[int, int, str]]) -> list[str]:
     return lines
 
 
-def make_corpus(save_path: str, *, workers: int = 1, progress: bool = False, **config) -> dict:
+def make_corpus(save_path: str, *, workers: int = 1, progress: bool = False, voxceleb_layout: bool = False,
+                **config) -> dict:
     """Write a synthetic corpus under ``save_path`` and return its paths and statistics.
 
     ``config``: the :class:`CorpusConfig` fields by name (keywords only), each defaulting to the field's default;
@@ -643,7 +645,14 @@ def make_corpus(save_path: str, *, workers: int = 1, progress: bool = False, **c
     (``label enroll.wav test.wav`` over the held-out speakers; paths relative to ``save_path/wav``).
     The files are a pure function of the arguments other than ``workers`` / ``progress``.
 
-    Returns a dict with ``train_list``, ``test_list``, ``train_path`` (= wav root), ``test_path``,
+    ``voxceleb_layout``: VoxCeleb's layout instead, as the recipe (``recipes/voxceleb/run.sh``) expects it: the
+    training speakers under ``save_path/voxceleb2``, the test speakers under ``save_path/voxceleb1``,
+    ``train_list.txt`` relative to the first, and two trial lists relative to the second under the VoxCeleb site's
+    names: ``veri_test2.txt`` (the same trials as ``veri_test.txt``) and ``list_test_all2.txt`` (as many trials
+    again, another draw over the same files).
+
+    Returns a dict with ``train_list``, ``test_list`` (the first of ``test_lists``), ``train_path`` (the training
+    files' root), ``test_path``,
     ``save_path``, ``files``, ``seconds`` (audio), ``bytes`` (wav data on disk), ``elapsed`` and ``config``.
     A tiny corpus for unit tests (``speakers=40, utterances=6, test_speakers=8, test_utterances=6,
     trials=200, min_duration=max_duration=2.5``) renders in a few seconds.
@@ -655,9 +664,11 @@ def make_corpus(save_path: str, *, workers: int = 1, progress: bool = False, **c
     if not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be a positive integer (got {workers})")
     save_path = os.path.abspath(save_path)
-    wav_root = os.path.join(save_path, "wav")
-    os.makedirs(wav_root, exist_ok=True)
-    jobs, train_lines, trial_lines = _plan(cfg, wav_root)
+    train_root, test_root = (os.path.join(save_path, "voxceleb2"), os.path.join(save_path, "voxceleb1")) \
+        if voxceleb_layout else (os.path.join(save_path, "wav"),) * 2
+    jobs, train_lines, test_files = _plan(cfg, train_root, test_root)
+    trial_lists = {"veri_test2.txt": _trials(cfg, test_files), "list_test_all2.txt": _trials(cfg, test_files, 1)} \
+        if voxceleb_layout else {"veri_test.txt": _trials(cfg, test_files)}
 
     t0 = time.perf_counter()
     bar = None
@@ -683,18 +694,20 @@ def make_corpus(save_path: str, *, workers: int = 1, progress: bool = False, **c
     elapsed = time.perf_counter() - t0
 
     train_list = os.path.join(save_path, "train_list.txt")
-    test_list = os.path.join(save_path, "veri_test.txt")
     with open(train_list, "w") as f:
         f.write("\n".join(train_lines) + "\n")
-    with open(test_list, "w") as f:
-        f.write("\n".join(trial_lines) + "\n")
+    for name, trial_lines in trial_lists.items():
+        with open(os.path.join(save_path, name), "w") as f:
+            f.write("\n".join(trial_lines) + "\n")
+    test_list = os.path.join(save_path, next(iter(trial_lists)))
     n_bytes = sum(os.path.getsize(j.path) for j in jobs)
     return {
         "save_path": save_path,
         "train_list": train_list,
         "test_list": test_list,
-        "train_path": wav_root,
-        "test_path": wav_root,
+        "test_lists": [os.path.join(save_path, name) for name in trial_lists],
+        "train_path": train_root,
+        "test_path": test_root,
         "files": len(jobs),
         "seconds": seconds,
         "bytes": n_bytes,
