@@ -14,7 +14,7 @@
 # trainSpeakerNet.py resumes from the checkpoints already in a run folder: use a new SWEEP_DIR for a fresh sweep.
 #
 # Environment (defaults in brackets):
-#   LOSSES          losses to train, space separated [every name of core.plugins.choices("loss")]
+#   LOSSES          losses to train, space separated [every name of spknet.plugins.choices("loss")]
 #   SWEEP_DIR       where the run folders go [exps/sweep]
 #   PYTHON          interpreter [python]
 #   MODEL, ENCODER  network and pooling [ResNetSE34L, SAP]
@@ -63,7 +63,7 @@ done
 command -v "$PYTHON" >/dev/null 2>&1 || die "PYTHON=$PYTHON: not found"
 
 # Every loss the project knows, to check LOSSES against (and the default list).
-available=$("$PYTHON" -c 'import sys; sys.path.insert(0, sys.argv[1]); from core import plugins; print(" ".join(plugins.choices("loss")))' "$REPO") \
+available=$(cd "$REPO" && "$PYTHON" -c 'from spknet import plugins; print(" ".join(plugins.choices("loss")))') \
     || die "could not list the losses with $PYTHON"
 read -r -a losses <<< "${LOSSES:-$available}"
 (( ${#losses[@]} > 0 )) || die "LOSSES is empty"
