@@ -38,3 +38,16 @@ def console_log():
         logs.log.addHandler(handler)
     logs.log.propagate = propagate
     logs.log.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory):
+    """An untrained ResNetSE34L (nOut 16, mp_balance, 40 classes) saved as the original saves it: a flat state
+    dict."""
+    import torch
+
+    from spknet.model import SpeakerNet
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("model") / "random.model"
+    torch.save(SpeakerNet.build("ResNetSE34L", "mp_balance", nOut=16, nSpeakers=40).state_dict(), path)
+    return path

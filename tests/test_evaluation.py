@@ -309,14 +309,6 @@ def test_asnorm_through_the_trainer(tiny_corpus, tiny_net, tmp_path):
 
 # ---- the command line ----------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory):
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("model") / "random.model"
-    torch.save(SpeakerNet.build("ResNetSE34L", "mp_balance", nOut=16, nSpeakers=40).state_dict(), path)
-    return path
-
-
 @pytest.mark.slow
 def test_eval_of_several_lists_saves_aligned_scores_and_embeddings(tiny_corpus, random_checkpoint, tmp_path):
     lines = open(tiny_corpus["test_list"]).read().splitlines()

@@ -87,17 +87,6 @@ def test_reading_an_original_list_warns_and_names_the_cleaned_one(tmp_path):
     assert len(warnings) == 1 and str(listing) in warnings[0] and "veri_test2.txt" in warnings[0]
 
 
-@pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory):
-    import torch
-
-    from spknet.model import SpeakerNet
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("model") / "random.model"
-    torch.save(SpeakerNet.build("ResNetSE34L", "mp_balance", nOut=16, nSpeakers=40).state_dict(), path)
-    return path
-
-
 @pytest.mark.slow
 def test_eval_reports_the_list_name_and_warns_on_the_original(tmp_path, random_checkpoint):
     listing = write_vox1_test(tmp_path, 37_720)

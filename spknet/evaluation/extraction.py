@@ -140,15 +140,15 @@ def extract_dataset(model: torch.nn.Module, dataset: TestDataset | WaveformDatas
     same length (nothing is padded), ``files_per_batch * NUM_EVAL`` of them and at most ``max_samples`` samples
     (default: as many as ``files_per_batch`` items of ``NUM_EVAL`` 4-s crops).
 
-    On the CPU the forward passes run in ``threads`` Python threads (default ``torch.get_num_threads()``), each with
-    one intra-op thread: a network of small convolutions gains little from splitting each operation over cores,
-    and a machine shared with other work makes every split operation wait for its slowest thread (many times
-    slower); whole batches in parallel avoid both (:func:`~spknet.evaluation.threads.single_threaded_pool`; the
-    caller's thread count is unchanged afterwards). Loader workers run only on the cores those threads leave free
-    (:func:`cpu_loader_workers`; none when every core has a forward thread). The CPU forward uses a copy of the
-    model with its BatchNorms folded into the convolutions and, with ``channels_last``, in the channels-last
-    memory format (:func:`cpu_inference_model`; the model itself is left as it is; embeddings agree to float32
-    rounding); ``prepared`` says ``model`` is such a copy already.
+    On the CPU several forward passes run in ``threads`` Python threads (default ``torch.get_num_threads()``), each
+    with one intra-op thread (a single pass, as for one file, runs with the caller's threads): a network of small
+    convolutions gains little from splitting each operation over cores, and a machine shared with other work makes
+    every split operation wait for its slowest thread (many times slower); whole batches in parallel avoid both
+    (:func:`~spknet.evaluation.threads.single_threaded_pool`; the caller's thread count is unchanged afterwards).
+    Loader workers run only on the cores those threads leave free (:func:`cpu_loader_workers`; none when every core
+    has a forward thread). The CPU forward uses a copy of the model with its BatchNorms folded into the convolutions
+    and, with ``channels_last``, in the channels-last memory format (:func:`cpu_inference_model`; the model itself
+    is left as it is; embeddings agree to float32 rounding); ``prepared`` says ``model`` is such a copy already.
 
     ``precision`` ``bf16`` (or ``fp16``, GPU only) runs the network under autocast in that type, with the log-mel
     front end kept in float32: on a CPU with native bfloat16 (AVX512-BF16 or AMX) and on a GPU, a faster
@@ -191,7 +191,7 @@ def extract_dataset(model: torch.nn.Module, dataset: TestDataset | WaveformDatas
 
     if device.type == "cpu" and count and not prepared:
         model = cpu_inference_model(model, channels_last)
-    if threads <= 1:
+    if threads <= 1 or len(loader) <= 1:       # one forward pass (a single file): the caller's threads split it
         for crops, indices in loader:
             keep(forward(crops), indices)
     else:
