@@ -87,6 +87,7 @@ def parse_only(monkeypatch, kind: str, target: str, argv: list[str]) -> None:
     monkeypatch.chdir(REPO)
     try:
         if kind == "module":
+            monkeypatch.delitem(sys.modules, target, raising=False)     # run afresh as __main__, as python -m does
             runpy.run_module(target, run_name="__main__", alter_sys=True)
         else:
             runpy.run_path(str(REPO / target.lstrip("./")), run_name="__main__")
