@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -57,7 +58,11 @@ STAGES = (("plain", "extract/plain", "average of the last training epochs, cosin
           ("LM", "extract/lm", "average of the last large-margin fine-tuning epochs, cosine"),
           ("AS-norm", "score/asnorm", "final model, cosine, AS-norm against the training speakers"),
           ("calibrated", "calibrate", "final model, cosine, LLRs of the calibration fitted on training-speaker "
-                                      "trials"))
+                                      "trials"),
+          ("calibrated + QMF", "calibrate_quality", "the same, the calibration also using the enrolment and test "
+                                                    "durations (log seconds, WeSpeaker's quality-measure functions)"))
+# what --eval prints per calibrated list (spknet.evaluation.runner.calibration_line)
+CALIBRATED_LINE = re.compile(r"^Cllr (\S+), minCllr \S+, .*actDCF\(p=0\.01\) (\S+)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -289,31 +294,51 @@ def read_scores(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def stage_rows(label: str, folder: str, record: dict) -> list[dict]:
-    """One row per list of an evaluating stage: EER, minDCF(0.01), and Cllr when the stage is calibrated."""
-    from spknet.calibration import Calibration
-    from spknet.evaluation.metrics import cllr, compute_metrics
+    """One row per list of an evaluating stage: EER, minDCF(0.01), and Cllr and actDCF(0.01) when the stage is
+    calibrated."""
+    from spknet.evaluation.metrics import compute_metrics
 
-    calibration = Calibration.load(record["calibration"]) if record.get("calibration") else None
+    calibrated = calibrated_metrics(os.path.join(folder, "eval.log")) if record.get("calibration") else {}
     rows = []
     for trial_list, path in score_files(record, folder).items():
         scores, labels = read_scores(path)
         metrics = compute_metrics(scores, labels, (P_TARGET,))
+        llr_cllr, act_dcf = calibrated.get(trial_list, (None, None))
         rows.append({"list": os.path.basename(trial_list), "stage": label, "trials": len(scores),
-                     "eer": metrics.eer, "min_dcf": metrics.min_dcf[P_TARGET][0],
-                     "cllr": cllr(calibration.llr(scores), labels) if calibration else None,
+                     "eer": metrics.eer, "min_dcf": metrics.min_dcf[P_TARGET][0], "cllr": llr_cllr,
+                     "act_dcf": act_dcf,
                      "crop": crop_text(record["eval_frames"]), "model": record["model"]})
     return rows
 
 
+def calibrated_metrics(log_path: str) -> dict[str, tuple[float, float]]:
+    """List path -> (Cllr, actDCF(0.01)) of a calibrated ``--eval``, as its log (``EXP/<stage>/eval.log``) says:
+    the LLRs of a calibration with quality measures need the trials' durations, which ``--eval`` reads."""
+    found, current = {}, None
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("== ") and ": " in line:
+                    current = line[3:line.index(": ")]
+                match = CALIBRATED_LINE.match(line.strip())
+                if match and current is not None:
+                    found[current] = (float(match.group(1)), float(match.group(2)))
+    except FileNotFoundError:
+        raise SpeakerNetError(f"{log_path}: the calibrated evaluation's log is missing; run stage 8 (calibrate) "
+                              f"again") from None
+    return found
+
+
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| List | Stage | Trials | EER (%) | minDCF(0.01) | Cllr | Evaluation crop |",
-             "|---|---|---:|---:|---:|---:|---|"]
+    lines = ["| List | Stage | Trials | EER (%) | minDCF(0.01) | Cllr | actDCF(0.01) | Evaluation crop |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     order = {label: i for i, (label, _, _) in enumerate(STAGES)}
     lists = list(dict.fromkeys(row["list"] for row in rows))       # in the stages' list order
     for row in sorted(rows, key=lambda r: (lists.index(r["list"]), order[r["stage"]])):
         cllr_text = "-" if row["cllr"] is None else f"{row['cllr']:.4f}"
+        act_text = "-" if row["act_dcf"] is None else f"{row['act_dcf']:.4f}"
         lines.append(f"| {row['list']} | {row['stage']} | {row['trials']} | {row['eer']:.4f} | "
-                     f"{row['min_dcf']:.4f} | {cllr_text} | {row['crop']} |")
+                     f"{row['min_dcf']:.4f} | {cllr_text} | {act_text} | {row['crop']} |")
     return lines
 
 
@@ -333,8 +358,9 @@ def report(exp: str) -> str:
     lmft = read_json(os.path.join(exp, "lmft", "recipe.json"))
     run_machine = train.get("machine") or machine()
     lines = ["# Results", "", *table(rows), "", "EER and minDCF (p_target 0.01, C_miss = C_fa = 1) from the "
-             "stages' score files; Cllr of the calibrated LLRs (calibration fitted on trials among training "
-             "speakers: calibrate/dev_trials.txt).", "", "## Stages", "", *described, "",
+             "stages' score files; Cllr and actDCF(0.01) of the calibrated LLRs (calibrations fitted on trials "
+             "among training speakers: calibrate/dev_trials.txt; with and without the durations).", "",
+             "## Stages", "", *described, "",
              "## Run", "",
              f"- config: `{train.get('config', 'unknown')}` (sha256 {train.get('config_sha256', 'unknown')[:12]})",
              f"- fine-tuning config: `{lmft['config']}`" if lmft else "- fine-tuning: not run",

@@ -111,6 +111,23 @@ def fake_stage(exp: Path, folder: str, lists: list[str], scores: dict, frames: i
         (directory / (f"scores_{name}.txt" if len(lists) > 1 else "scores.txt")).write_text(text)
 
 
+def test_calibrated_rows_take_cllr_and_act_dcf_from_the_evaluation_log(tmp_path):
+    """A calibrated stage's Cllr and actDCF(0.01) are those its --eval printed per list (a calibration with the
+    durations needs the trials' audio to give LLRs, which --eval reads)."""
+    separated = ([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0])
+    for folder, cllr, act in (("calibrate", "0.4321", "0.9000"), ("calibrate_quality", "0.3210", "0.8000")):
+        fake_stage(tmp_path, folder, ["/d/veri_test2.txt"], {"veri_test2": separated}, calibration="c.json")
+        (tmp_path / folder / "eval.log").write_text(
+            "embedding: 100%\n== /d/veri_test2.txt: 4 trials (cosine scoring)\nEER 0.0000\n"
+            f"Cllr {cllr}, minCllr 0.1000, actDCF(p=0.05) 0.5000, actDCF(p=0.01) {act}\n")
+    rows = [line for line in recipe.report(str(tmp_path)).splitlines() if line.startswith("| veri")]
+    assert rows == ["| veri_test2.txt | calibrated | 4 | 0.0000 | 0.0000 | 0.4321 | 0.9000 | whole files |",
+                    "| veri_test2.txt | calibrated + QMF | 4 | 0.0000 | 0.0000 | 0.3210 | 0.8000 | whole files |"]
+    (tmp_path / "calibrate" / "eval.log").unlink()
+    with pytest.raises(SpeakerNetError, match="eval.log: the calibrated evaluation's log is missing; run stage 8"):
+        recipe.report(str(tmp_path))
+
+
 def test_report_rows_from_score_files(tmp_path):
     separated = ([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0])
     half = ([0.9, 0.1, 0.8, 0.2], [1, 1, 0, 0])
@@ -219,11 +236,12 @@ def test_stages_3_to_9_on_a_tiny_corpus(tmp_path):
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "Stage" not in line]
     cells = [[cell.strip() for cell in row] for row in rows]
     assert [(c[0], c[1]) for c in cells] == [(name, stage) for name in ("veri_test2.txt", "list_test_all2.txt")
-                                            for stage in ("plain", "LM", "AS-norm", "calibrated")]
+                                            for stage in ("plain", "LM", "AS-norm", "calibrated", "calibrated + QMF")]
     for c in cells:
-        assert c[2] == "40" and 0 <= float(c[3]) <= 100 and 0 <= float(c[4]) and c[6] == "whole files"
-        assert (c[5] == "-") == (c[1] != "calibrated")
-    assert float(cells[3][5]) > 0
+        assert c[2] == "40" and 0 <= float(c[3]) <= 100 and 0 <= float(c[4]) and c[7] == "whole files"
+        assert (c[5] == "-") == (c[6] == "-") == (not c[1].startswith("calibrated"))
+    assert float(cells[3][5]) > 0 and float(cells[4][5]) > 0 and float(cells[4][6]) >= 0
+    assert (exp / "calibrate" / "quality.calibration.json").is_file()
     assert "lmft_mp_balance.yaml" in text and "--max_epoch 2" in text and "machine: CPU" in text
     assert (exp / "calibrate" / "final.calibration.json").is_file()
     assert (exp / "extract" / "lm" / "embeddings.npz").is_file()

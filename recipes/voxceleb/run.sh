@@ -20,7 +20,8 @@
 #   7 score      the final model (the fine-tuned one when there is one) with AS-norm against the training speakers
 #                -> EXP/score/asnorm
 #   8 calibrate  fit score -> LLR on trials among --calib_speakers training speakers (none in a test list), then
-#                score the lists with it -> EXP/calibrate
+#                score the lists with it -> EXP/calibrate; the same with the trial durations (--quality duration)
+#                -> EXP/calibrate_quality
 #   9 report     EXP/results.md
 #
 # Options: --average N (10), --lm_average N (3): the epochs averaged; --calib_speakers N (200), --calib_trials N
@@ -201,6 +202,11 @@ stage_8() {
   "$PYTHON" "$repo/inference.py" calibrate --initial_model "$model" --test_list "$folder/dev_trials.txt" \
     --test_path "$train_path" --scoring cosine --out "$folder/final.calibration.json" "${flags[@]}"
   evaluate "$folder" "$model" none "$folder/final.calibration.json"
+  # the same fit with the trial durations as quality measures (WeSpeaker's QMF), scored beside it
+  "$PYTHON" "$repo/inference.py" calibrate --initial_model "$model" --test_list "$folder/dev_trials.txt" \
+    --test_path "$train_path" --scoring cosine --quality duration --out "$folder/quality.calibration.json" \
+    "${flags[@]}"
+  evaluate "$exp/calibrate_quality" "$model" none "$folder/quality.calibration.json"
 }
 
 stage_9() {
