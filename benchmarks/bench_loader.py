@@ -30,6 +30,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -278,7 +279,7 @@ def files_per_second(args, whole_file=False, min_seconds=3.0, max_epochs=30, col
         if cold:
             drop_page_cache(files)
         started = time.perf_counter()
-        for waves, _, _ in loader:
+        for waves, *_ in loader:
             utterances += waves.shape[0]
         seconds += time.perf_counter() - started
     del loader
@@ -336,10 +337,30 @@ def convert_list(list_path: str, train_root: str, out_root: str, extension: str)
     return converted
 
 
+def replicate_list(list_path: str, train_root: str, out_root: str, copies: int) -> tuple[str, str]:
+    """``copies`` copies of the list's files (new files, so each has its own pages in the cache) as the
+    utterances of ``copies`` times as many speakers; returns the new list and its root."""
+    lines = []
+    with open(list_path) as handle:
+        entries = [line.split() for line in handle if line.strip()]
+    for copy in range(copies):
+        for speaker, relative in entries:
+            target = os.path.join(f"copy{copy}", relative)
+            os.makedirs(os.path.dirname(os.path.join(out_root, target)), exist_ok=True)
+            shutil.copyfile(os.path.join(train_root, relative), os.path.join(out_root, target))
+            lines.append(f"copy{copy}-{speaker} {target}\n")
+    replicated = os.path.join(out_root, "train_list.txt")
+    with open(replicated, "w") as handle:
+        handle.writelines(lines)
+    return replicated, out_root
+
+
 def make_format_sources(root: str, speakers: int, utterances: int, durations: tuple[float, float],
-                        shard_size: int) -> dict:
+                        shard_size: int, copies: int = 1) -> dict:
     """VoxCeleb2-like synthetic utterances as each :data:`SOURCES` entry: ``name -> (kind, spec, files)``, kind
-    ``list`` (spec: list path, root) or ``shards`` (spec: manifest path); ``files`` are what a cold epoch drops."""
+    ``list`` (spec: list path, root) or ``shards`` (spec: manifest path); ``files`` are what a cold epoch drops.
+    The rendered corpus is encoded once per format and then copied ``copies`` times (as other speakers): an
+    epoch long enough that the shard loader's workers, started anew each epoch, are not timed mostly starting."""
     corpus = make_corpus(os.path.join(root, "wav"), speakers=speakers, utterances=utterances, test_speakers=2,
                          test_utterances=2, trials=2, min_duration=durations[0], max_duration=durations[1], seed=5,
                          workers=min(2, os.cpu_count() or 1))
@@ -347,6 +368,8 @@ def make_format_sources(root: str, speakers: int, utterances: int, durations: tu
     for extension in ("flac", "m4a"):
         out = os.path.join(root, extension)
         lists[extension] = (convert_list(*lists["wav"], out, extension), out)
+    lists = {name: replicate_list(*spec, os.path.join(root, f"{name}_copies"), copies)
+             for name, spec in lists.items()}
     sources = {f"{name} files": ("list", spec, read_train_list(*spec).files) for name, spec in lists.items()}
     for name, (listed, audio) in (("wav shards", ("wav", "original")), ("m4a shards", ("m4a", "original")),
                                   ("flac shards from m4a", ("m4a", "flac"))):
@@ -460,19 +483,20 @@ def profile_source(source: tuple, frames: int, batch_size: int, augment=None, to
 
 
 def gpu_cores(cpu_ms: float, crops_per_s: float) -> float:
-    """Loader cores that make ``crops_per_s`` crops/s at ``cpu_ms`` CPU-ms each."""
-    return crops_per_s / (1000.0 / cpu_ms)
+    """Loader cores that make ``crops_per_s`` crops/s at ``cpu_ms`` CPU-ms each: crops/s / (1000 / cpu_ms)."""
+    return crops_per_s * cpu_ms / 1000.0
 
 
 def run_formats(args, root: str, augment) -> dict:
     """Section (d): every source x cache x augmentation arm; returns ``(source, cold, augmented) -> result``."""
     started = time.perf_counter()
     sources = make_format_sources(os.path.join(root, "formats"), args.format_speakers, args.format_utterances,
-                                  tuple(args.durations), args.shard_size)
+                                  tuple(args.durations), args.shard_size, args.copies)
     wav_bytes = sum(os.path.getsize(path) for path in sources["wav files"][2])
     sizes = ", ".join(f"{name} {sum(os.path.getsize(p) for p in files) / wav_bytes:.2f}"
                       for name, (_, _, files) in sources.items() if name != "wav files")
-    print(f"\n(d) formats: {len(sources['wav files'][2])} utterances of {args.format_speakers} speakers, "
+    print(f"\n(d) formats: {len(sources['wav files'][2])} utterances of {args.copies} x {args.format_speakers} "
+          f"speakers (copies of {args.format_speakers} x {args.format_utterances} rendered ones), "
           f"{args.durations[0]:g}-{args.durations[1]:g} s, written in {time.perf_counter() - started:.1f} s; sizes "
           f"against wav: {sizes}\n    {args.format_workers} loader worker(s), batches of {args.format_batch} x 2 "
           f"crops of {args.format_frames} frames, shards of {args.shard_size} utterances; per worker: crops/s "
@@ -542,12 +566,13 @@ def main(argv=None):
     formats = parser.add_argument_group("(d) formats and (e) cores per GPU")
     formats.add_argument("--format_speakers", type=int, default=24)
     formats.add_argument("--format_utterances", type=int, default=4, help="utterances per speaker")
+    formats.add_argument("--copies", type=int, default=10, help="copies of the rendered corpus, as other speakers")
     formats.add_argument("--durations", type=float, nargs=2, default=(4.0, 12.0), metavar=("MIN", "MAX"),
                          help="utterance seconds (VoxCeleb2: 4 s and longer, about 8 s on average)")
     formats.add_argument("--format_frames", type=int, default=350, help="crop: the README's mp_balance 3.5 s")
     formats.add_argument("--format_batch", type=int, default=8, help="groups of 2 per batch")
     formats.add_argument("--format_workers", type=int, default=1, help="loader workers (rates are per worker)")
-    formats.add_argument("--shard_size", type=int, default=16, help="utterances per shard")
+    formats.add_argument("--shard_size", type=int, default=64, help="utterances per shard")
     formats.add_argument("--format_seconds", type=float, default=2.0, help="timed seconds per arm, at least")
     formats.add_argument("--profile", nargs="*", default=[], choices=SOURCES, metavar="SOURCE",
                          help=f"cProfile one epoch of these sources' crop path ({', '.join(SOURCES)})")

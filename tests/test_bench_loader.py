@@ -53,8 +53,8 @@ ROW = re.compile(r"^(?P<source>[a-z0-9 ]+?)\s+(?P<cache>warm|cold)\s+(?P<augment
 @pytest.mark.slow
 def test_bench_loader_prints_every_format_arm_and_the_cores_per_gpu(capsys):
     bench.main(["--sections", "de", "--format_speakers", "6", "--format_utterances", "2", "--durations", "4", "5",
-                "--format_frames", "100", "--format_batch", "3", "--shard_size", "4", "--format_seconds", "0",
-                "--gpu_steps_per_s", "2"])
+                "--format_frames", "100", "--format_batch", "3", "--shard_size", "4", "--format_seconds", "0.2",
+                "--copies", "2", "--gpu_steps_per_s", "2"])
     output = capsys.readouterr().out
     arms = {}
     for line in output.splitlines():
@@ -67,7 +67,8 @@ def test_bench_loader_prints_every_format_arm_and_the_cores_per_gpu(capsys):
     assert set(arms) == expected
     for source, cache, augment in expected:
         crops_per_s, cpu_ms, read_kib, _ = arms[source, cache, augment]
-        assert crops_per_s > 0 and cpu_ms > 0 and read_kib > 0
+        assert crops_per_s > 0 and cpu_ms >= 0 and read_kib > 0      # CPU time comes in 10-ms ticks
+    assert sum(numbers[1] for numbers in arms.values()) > 0
     # a shard is read whole; a wav crop of 100 frames reads about its 32 KiB
     assert arms["wav files", "warm", "no"][2] < arms["wav shards", "warm", "no"][2]
     assert "at 2 steps/s = 800 crops/s" in output
