@@ -8,7 +8,7 @@ the file sampler's, and whether training from shards learns as well.
 (2) **learning**: ``trainSpeakerNet.py`` from files and from the same utterances as shards, ``--seeds`` seeds
     each, same flags and budget, one run at a time (1 thread each); the final VEER of each run and mean +- sd.
 
-    python benchmarks/bench_shards.py [--speakers 60 --utterances 8 --epochs 12 --seeds 3 --batch_size 24]
+    python -m benchmarks.bench_shards [--speakers 60 --utterances 8 --epochs 12 --seeds 3 --batch_size 24]
 
 The learning arm is bench_learning.py's setting (its corpus, ResNetSE34L, mp_balance, SGD 0.2 constant, 24 groups
 of 2, 1-s crops, whole test files): about 70 s a run alone on 2 cores.
@@ -25,11 +25,9 @@ from collections import Counter
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from spknet.data import GroupBatchSampler, read_train_list  # noqa: E402
-from spknet.data.shards import ShardStream, make_shards, resolve_shards  # noqa: E402
-from spknet.data.synthetic import make_corpus  # noqa: E402
+from spknet.data import GroupBatchSampler, read_train_list
+from spknet.data.shards import ShardStream, make_shards, resolve_shards
+from spknet.data.synthetic import make_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VEER = re.compile(r"VEER (\d+\.\d+)")
