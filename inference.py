@@ -22,7 +22,7 @@ from spknet import calibration as calibrations
 from spknet import checkpoints
 from spknet.argtypes import at_least
 from spknet.data import read_lines
-from spknet.errors import SpeakerNetError
+from spknet.errors import SpeakerNetError, exit_status
 from spknet.evaluation import EmbeddingStore, EvalOptions, evaluate, read_plan
 from spknet.evaluation.runner import asnorm_cohort
 from spknet.export import FORMATS, export_model
@@ -251,14 +251,9 @@ def run_average(args) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        commands = {"embed": run_embed, "verify": run_verify, "calibrate": run_calibrate, "export": run_export,
-                    "average": run_average}
-        commands[args.command](args)
-    except SpeakerNetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    commands = {"embed": run_embed, "verify": run_verify, "calibrate": run_calibrate, "export": run_export,
+                "average": run_average}
+    return exit_status(commands[args.command], args)
 
 
 if __name__ == "__main__":

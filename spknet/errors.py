@@ -1,5 +1,7 @@
 """The project's own error type: everything a user can get wrong ends in one of these, never in a traceback."""
 
+import sys
+
 
 class SpeakerNetError(Exception):
     """A user-facing error: the message names the file, line or key and what was expected."""
@@ -27,3 +29,14 @@ def located(path, line_number: int | None, message: str) -> SpeakerNetError:
     """An error pointing at ``path:line`` (or just ``path``)."""
     where = f"{path}:{line_number}" if line_number is not None else f"{path}"
     return SpeakerNetError(f"{where}: {message}")
+
+
+def exit_status(command, *args) -> int:
+    """A command line's exit status: 0 when ``command(*args)`` returns, 2 with one ``error:`` line on stderr when
+    it raises a :class:`SpeakerNetError` (what the user can fix; anything else keeps its traceback)."""
+    try:
+        command(*args)
+    except SpeakerNetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

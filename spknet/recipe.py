@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from spknet import atomic
-from spknet.errors import SpeakerNetError
+from spknet.errors import SpeakerNetError, exit_status
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MAX_FRAMES = 200          # trainSpeakerNet.py's --max_frames default, and so its --eval_frames default
@@ -436,12 +436,7 @@ def run(args) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except SpeakerNetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(run, args)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from spknet.errors import SpeakerNetError, located
+from spknet.errors import SpeakerNetError, exit_status, located
 
 OPENSLR = "https://www.openslr.org/resources"
 CHUNK = 1 << 20
@@ -336,12 +336,7 @@ def main(argv=None) -> int:
         parser.add_argument(flag, action="store_true", help="fetch MUSAN and/or the RIRs")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        run(args)
-    except SpeakerNetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(run, args)
 
 
 if __name__ == "__main__":
