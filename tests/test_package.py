@@ -48,13 +48,24 @@ def pip(*args: str, cwd: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+def local_backend_builds_wheels() -> bool:
+    """Whether this interpreter's setuptools can build a wheel without a download: setuptools 70.1 and later
+    carry ``bdist_wheel``, older ones need the ``wheel`` package (a new venv of Python 3.11 has setuptools 65
+    and no ``wheel``)."""
+    if importlib.util.find_spec("setuptools") is None:
+        return False
+    from importlib.metadata import version
+    major, minor = (int(part) for part in version("setuptools").split(".")[:2])
+    return (major, minor) >= (70, 1) or importlib.util.find_spec("wheel") is not None
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """A wheel built from a copy of the checkout: with this interpreter's setuptools when it has one (no download),
-    else in pip's isolated build environment."""
+    """A wheel built from a copy of the checkout: with this interpreter's setuptools when it can (no download),
+    else in pip's isolated build environment (setuptools from the package index)."""
     root = tmp_path_factory.mktemp("wheel")
     source = copy_checkout(root / "source")
-    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation", "--no-index"]
+    isolation = ["--no-build-isolation", "--no-index"] if local_backend_builds_wheels() else []
     pip("wheel", "--no-deps", *isolation, "-w", str(root / "dist"), ".", cwd=source)
     (built,) = (root / "dist").glob("*.whl")
     return built
