@@ -358,9 +358,8 @@ def run_train(args) -> int:
     try:
         return training_run.train(spec, device, describe)
     except RunMismatch as mismatch:
-        raise SpeakerNetError(mismatch.describe({field: flag_name(field) for field, _, _ in mismatch.differences})
-                              .replace("another save path", "another --save_path")
-                              + f" (--initial_model {mismatch.path})") from None
+        fields = [field for field, _, _ in mismatch.differences] + ["save_path", "initial_model"]
+        raise SpeakerNetError(mismatch.describe({field: flag_name(field) for field in fields})) from None
 
 
 def run_eval(args) -> None:

@@ -97,18 +97,21 @@ def _flat_options(run: dict) -> dict:
 class RunMismatch(SpeakerNetError):
     """A resume into a folder that holds a run with other options; ``differences`` are (field, saved, given)."""
 
-    def __init__(self, folder: str, path: str, differences: list[tuple[str, object, object]], names=None):
+    def __init__(self, folder: str, path: str, differences: list[tuple[str, object, object]]):
         self.folder, self.path, self.differences = folder, path, differences
-        super().__init__(self.describe(names or {}))
+        super().__init__(self.describe({}))
 
     def describe(self, names: dict) -> str:
-        """The message, each field shown by ``names[field]`` (the command line's flag) when given."""
-        lines = [f"{names.get(key, key)}: " + (f"saved {saved}, given {given}" if key not in RUN_LISTS
-                                                 else "other contents than the saved run's list")
+        """The message, each field (the differing ones, ``save_path``, ``initial_model``) shown by ``names[field]``
+        (the command line's flag) when given."""
+        def name(key: str) -> str:
+            return names.get(key, key)
+        lines = [f"{name(key)}: " + (f"saved {saved}, given {given}" if key not in RUN_LISTS
+                                     else "other contents than the saved run's list")
                  for key, saved, given in self.differences]
         return (f"{self.folder} holds a run with other options; resuming it would mix two runs:\n  "
                 + "\n  ".join(lines) + f"\nGive the saved options ({os.path.join(self.folder, CONFIG_FILE)}) or "
-                f"another save path (starting a new run from {self.path}'s weights is also possible)")
+                f"another {name('save_path')} ({name('initial_model')} {self.path} starts a new run from its weights)")
 
 
 RUN_LISTS = ("train_list", "test_list", "val_list", "train_data")
