@@ -427,9 +427,8 @@ def infer_model_config(state: dict, source: str) -> dict:
 def checkpoint_spec(checkpoint: dict, source: str, overrides: dict | None = None) -> ModelSpec:
     """The model a checkpoint holds: the spec its ``run`` entry records (either schema) or, for the original's and
     voxceleb_trainer's state dicts, what its keys say; ``overrides`` (not None) on top."""
-    run = checkpoint.get("run") or {}
-    spec = ModelSpec.from_record(run) if run else None
-    if spec is None or not ((run.get("model") or {}).get("model") or (run.get("options") or {}).get("model")):
+    spec = ModelSpec.from_record(checkpoint.get("run") or {})
+    if spec is None:
         spec = ModelSpec(**infer_model_config(checkpoint["model_state_dict"], source))
     return spec.overridden(**(overrides or {}))
 

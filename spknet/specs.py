@@ -85,14 +85,16 @@ class ModelSpec:
         return asdict(self)
 
     @classmethod
-    def from_record(cls, record: dict) -> "ModelSpec":
+    def from_record(cls, record: dict) -> "ModelSpec | None":
         """The spec a checkpoint's ``run`` entry holds: schema 2's ``model``, or schema 1's flat ``options``
-        (the command line's names of the same options). A None value says nothing (the field's default)."""
+        (the command line's names of the same options); None when it names no model (the keys must tell). A None
+        value says nothing (the field's default)."""
         if record.get("schema", 1) > SCHEMA:
             raise SpeakerNetError(f"the checkpoint's run entry has schema {record['schema']}, newer than this "
                                   f"SpeakerNet's {SCHEMA}: update SpeakerNet to read it")
-        values = record.get("model") if record.get("schema", 1) >= 2 else record.get("options")
-        values = values or {}
+        values = (record.get("model") if record.get("schema", 1) >= 2 else record.get("options")) or {}
+        if not values.get("model"):
+            return None
         return cls(**{key: values[key] for key in MODEL_FIELDS if values.get(key) is not None})
 
 
