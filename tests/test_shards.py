@@ -232,6 +232,43 @@ def test_resume_at_batch_k_gives_the_remaining_batches(shards, workers):
     assert same_batches(loader_batches(source, workers), full[7:])
 
 
+def test_persistent_workers_follow_set_epoch_and_start_at(shards):
+    """The training loader keeps its shard workers across epochs: each epoch (and a resumed one) still gets the
+    batches that a fresh stream of that epoch makes."""
+    source = stream(shards["dir"], workers=2)
+    loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=2, persistent_workers=True)
+    expected = {}
+    for epoch in (1, 2):
+        fresh = stream(shards["dir"], workers=2)
+        fresh.set_epoch(epoch)
+        expected[epoch] = loader_batches(fresh, 2)
+    for epoch in (1, 2):
+        source.set_epoch(epoch)
+        assert same_batches(list(loader), expected[epoch])
+    source.set_epoch(2)
+    source.start_at(5)
+    assert same_batches(list(loader), expected[2][5:])
+    assert not same_batches(expected[1], expected[2])
+
+
+def test_a_process_checks_a_shards_checksum_on_its_first_pass_and_its_size_on_every_pass(shards, tmp_path):
+    copy = copy_shards(shards, tmp_path)
+    source = stream(copy)
+    first = list(source)
+    path = copy / "shard-000001.tar"
+    data = bytearray(path.read_bytes())
+    data[2000] ^= 0xFF          # same size, other bytes: caught by the next process to read it
+    path.write_bytes(bytes(data))
+    source.set_epoch(2)
+    assert len(list(source)) == len(first)
+    with pytest.raises(SpeakerNetError, match=r"shard-000001\.tar: SHA-256 differs"):
+        list(stream(copy))
+    path.write_bytes(bytes(data) + bytes(512))      # another size: caught on any pass
+    source.set_epoch(3)
+    with pytest.raises(SpeakerNetError, match=r"shard-000001\.tar: \d+ bytes, its manifest says"):
+        list(source)
+
+
 def test_too_few_speakers_for_a_batch_is_an_error(shards):
     with pytest.raises(SpeakerNetError, match="can never be filled"):
         stream(shards["dir"], batch_size=9, workers=5)      # 5 workers, one shard of 8 speakers each

@@ -267,6 +267,10 @@ class DecodedAudio:
     def _decode(self, start: int, stop: int | None) -> np.ndarray:
         """Samples ``[start, stop)`` (None: to the end), ``(samples, channels)`` float32."""
         stream, parts, first, end = self.stream, [], None, start
+        # a time stamp in samples: round(pts * time_base * rate) in integers (Fraction arithmetic on every frame
+        # cost about 15% of an m4a crop); divmod then round half to even, as round() of the Fraction does
+        base = stream.time_base
+        scaled, unit = (base.numerator * self.samplerate, base.denominator) if base else (0, 0)
         try:
             if start > 0:
                 preroll = PREROLL_FRAMES * max(stream.codec_context.frame_size or 0, 1024)
@@ -274,7 +278,7 @@ class DecodedAudio:
                 self.container.seek(int(seconds / stream.time_base), stream=stream, backward=True)
             for frame in self.container.decode(stream):
                 # where the frame starts: its presentation time, else right after the previous frame
-                at = end if frame.pts is None else int(round(frame.pts * stream.time_base * self.samplerate))
+                at = end if frame.pts is None or not unit else _rounded_ratio(frame.pts * scaled, unit)
                 samples = _frame_samples(frame, self.channels)
                 end = at + samples.shape[0]
                 if end <= start:
@@ -295,6 +299,13 @@ class DecodedAudio:
 
     def close(self) -> None:
         self.container.close()
+
+
+def _rounded_ratio(numerator: int, denominator: int) -> int:
+    """``round(numerator / denominator)`` exactly (half to even), in integers."""
+    quotient, remainder = divmod(numerator, denominator)
+    twice = 2 * remainder
+    return quotient + (twice > denominator or (twice == denominator and quotient % 2 == 1))
 
 
 def _frame_samples(frame, channels: int) -> np.ndarray:

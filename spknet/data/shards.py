@@ -33,7 +33,15 @@ import numpy as np
 import torch
 
 from spknet import atomic
-from spknet.data.audio import ORIGINAL, AudioPipeline, open_audio, open_audio_bytes, random_crop, read_audio
+from spknet.data.audio import (
+    ORIGINAL,
+    AudioPipeline,
+    max_audio_samples,
+    open_audio,
+    open_audio_bytes,
+    random_crop,
+    read_audio,
+)
 from spknet.data.lists import check_files_exist, read_train_list
 from spknet.errors import SpeakerNetError
 
@@ -254,26 +262,35 @@ def resolve_shards(spec: str, allow_pipes: bool = False) -> ShardSet:
 # Reading one shard
 # ----------------------------------------------------------------------------------------------------------------
 
-class _HashingReader(io.RawIOBase):
-    """A stream that hashes what is read through it (the shard's SHA-256 without a second read)."""
+class _ShardReader:
+    """A shard's byte stream as :mod:`tarfile`'s random-access mode reads it: front to back, seeking forward only
+    (by reading on), counting and (``hashing``) hashing every byte that passes, so the shard's size and SHA-256
+    come without a second read. A member's data is one read call, not tarfile's stream mode's 10-KiB blocks."""
 
-    def __init__(self, stream):
-        self.stream, self.digest, self.count = stream, hashlib.sha256(), 0
+    def __init__(self, stream, hashing: bool = True):
+        self.stream, self.digest, self.count = stream, hashlib.sha256() if hashing else None, 0
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.stream.read(len(buffer))
-        buffer[:len(data)] = data
-        self.digest.update(data)
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read() if size is None or size < 0 else self.stream.read(size)
+        if self.digest is not None:
+            self.digest.update(data)
         self.count += len(data)
-        return len(data)
+        return data
+
+    def tell(self) -> int:
+        return self.count
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset + (self.count if whence == io.SEEK_CUR else 0)
+        if whence == io.SEEK_END or target < self.count:
+            raise io.UnsupportedOperation("a shard is read front to back")
+        while self.count < target and self.read(min(target - self.count, 1 << 20)):
+            pass
+        return self.count
 
     def drain(self) -> None:
-        for block in iter(lambda: self.stream.read(1 << 16), b""):
-            self.digest.update(block)
-            self.count += len(block)
+        while self.read(1 << 20):
+            pass
 
 
 @dataclass
@@ -297,21 +314,29 @@ def _sample(url: str, key: str, members: dict[str, bytes]) -> Sample:
     return Sample(str(speaker), members[audio[0]], f"{url}:{key}.{audio[0]}")
 
 
-def read_shard(url: str, entry: dict | None = None, allow_pipes: bool = False):
+def _member_data(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    if member.sparse is not None:       # GNU sparse members: tarfile puts their holes back
+        return tar.extractfile(member).read()
+    tar.fileobj.seek(member.offset_data)
+    return tar.fileobj.read(member.size)
+
+
+def read_shard(url: str, entry: dict | None = None, allow_pipes: bool = False, check_hash: bool = True):
     """The samples of one shard, read front to back; a damaged tar, or (given its manifest ``entry``) another
-    count of utterances or another SHA-256 than the manifest's, is an error naming the shard (and the member)."""
+    count of utterances or bytes, or (``check_hash``) another SHA-256 than the manifest's, is an error naming the
+    shard (and the member)."""
     key, members, last, count = None, {}, "(start of the shard)", 0
     with _open_url(url, allow_pipes) as raw:
-        stream = _HashingReader(raw)
+        stream = _ShardReader(raw, check_hash and entry is not None)
         try:
-            with tarfile.open(fileobj=io.BufferedReader(stream, 1 << 16), mode="r|") as tar:
+            with tarfile.open(fileobj=stream, mode="r:") as tar:
                 for member in tar:
                     if not member.isfile():
                         continue
                     base = posixpath.basename(member.name)
                     name_key, _, extension = base.partition(".")
                     name_key = posixpath.join(posixpath.dirname(member.name), name_key)
-                    data = tar.extractfile(member).read()
+                    data = _member_data(tar, member)
                     if len(data) != member.size:
                         raise tarfile.ReadError(f"member {member.name} has {len(data)} of its {member.size} bytes")
                     if name_key != key and members:
@@ -330,7 +355,9 @@ def read_shard(url: str, entry: dict | None = None, allow_pipes: bool = False):
             stream.drain()
             if count != entry["utterances"]:
                 raise SpeakerNetError(f"{url}: {count} utterances, its manifest says {entry['utterances']}")
-            if stream.digest.hexdigest() != entry["sha256"]:
+            if stream.count != entry["bytes"]:
+                raise SpeakerNetError(f"{url}: {stream.count} bytes, its manifest says {entry['bytes']}")
+            if stream.digest is not None and stream.digest.hexdigest() != entry["sha256"]:
                 raise SpeakerNetError(f"{url}: SHA-256 differs from its manifest's: the shard was changed")
 
 
@@ -375,8 +402,19 @@ class ShardStream(torch.utils.data.IterableDataset):
         if len(shards.urls) < world_size:
             raise SpeakerNetError(f"{len(shards.urls)} shard(s) for {world_size} ranks: every rank needs a shard")
         self.per_epoch = self._batches_per_epoch()
-        self.epoch, self.first_batch = 1, 0
+        # (epoch, first batch) in shared memory: the loader's persistent workers hold copies of this object, and
+        # read the epoch and start that the training process sets here
+        self._position = torch.tensor([1, 0], dtype=torch.long).share_memory_()
+        self._hashed: set[int] = set()      # shards whose SHA-256 this process has checked
         self._check_fillable()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._position[0])
+
+    @property
+    def first_batch(self) -> int:
+        return int(self._position[1])
 
     def _batches_per_epoch(self) -> int:
         """Batches per rank per epoch: the groups the manifest's speakers make (at most ``max_seg_per_spk``
@@ -400,12 +438,12 @@ class ShardStream(torch.utils.data.IterableDataset):
                         f"--batch_size, or larger shards")
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.first_batch = epoch, 0
+        self._position[0], self._position[1] = epoch, 0
         self._check_fillable()
 
     def start_at(self, batch: int) -> None:
         """Skip this epoch's first ``batch`` batches (resuming an interrupted epoch)."""
-        self.first_batch = batch
+        self._position[1] = batch
 
     def __len__(self) -> int:
         return max(self.per_epoch - self.first_batch, 0)
@@ -459,8 +497,12 @@ class ShardStream(torch.utils.data.IterableDataset):
         marks the end of each pass."""
         while True:
             for index in rng.permutation(shards):
+                index = int(index)
+                # its SHA-256 the first time this process reads it (a changed shard is caught on the first pass of
+                # a run or a resume); its size and count of utterances on every pass
                 yield from _speaker_runs(read_shard(self.shards.urls[index], self.shards.entries[index],
-                                                    self.allow_pipes))
+                                                    self.allow_pipes, check_hash=index not in self._hashed))
+                self._hashed.add(index)
             yield None
 
     def _groups_of(self, run: list[Sample], rng: np.random.Generator) -> list[tuple]:
@@ -506,22 +548,22 @@ class ShardStream(torch.utils.data.IterableDataset):
             made += 1
 
     def _batch(self, groups) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        waves, labels, sizes = [], [], []
+        sizes = [len(utterances) for utterances, _ in groups]
+        waves = np.empty((sum(sizes), max_audio_samples(self.max_frames)), dtype=np.float32)
+        labels, row = [], 0
         for utterances, crop_seed in groups:
             rng = np.random.default_rng(crop_seed)
-            crops = []
-            for sample in utterances:
+            group = waves[row:row + len(utterances)]        # crops written in place: no concatenation
+            for index, sample in enumerate(utterances):
                 with open_audio_bytes(sample.audio, sample.name) as audio:
-                    crops.append(random_crop(audio, self.max_frames, rng, self.pipeline))
-            group = np.concatenate(crops)
+                    group[index] = random_crop(audio, self.max_frames, rng, self.pipeline)[0]
             if self.augmenter is not None:       # the augmenter mixes in the int16 range
-                group = np.stack([self.pipeline.from_int16_scale(
-                    self.augmenter(self.pipeline.to_int16_scale(wave), rng)) for wave in group])
-            waves.append(group)
+                for index, wave in enumerate(group):
+                    group[index] = self.pipeline.from_int16_scale(
+                        self.augmenter(self.pipeline.to_int16_scale(wave), rng))
             labels += [self.label_of[utterances[0].speaker]] * len(utterances)
-            sizes.append(len(utterances))
-        return (torch.from_numpy(np.concatenate(waves)), torch.tensor(labels, dtype=torch.long),
-                torch.tensor(sizes, dtype=torch.long))
+            row += len(utterances)
+        return torch.from_numpy(waves), torch.tensor(labels, dtype=torch.long), torch.tensor(sizes, dtype=torch.long)
 
 
 def describe_rate(manifest: dict, seconds: float) -> str:

@@ -173,8 +173,8 @@ def build_loader(data: DataSpec, pipeline, train_list, loss_needs, device: torch
 
 
 def build_shard_loader(data: DataSpec, pipeline, shards: ShardSet, loss_needs, device: torch.device):
-    """The loader of a shard stream: the stream makes whole batches; its workers are made anew each epoch (they
-    take the stream's epoch and start with them)."""
+    """The loader of a shard stream: the stream makes whole batches; its workers persist across epochs (they read
+    the epoch and start that ``set_epoch``/``start_at`` put in the stream's shared memory)."""
     augmenter = Augmenter(data.musan_path, data.rir_path, data.max_frames) if data.augment else None
     try:
         stream = ShardStream(shards, group_sizes_for(loss_needs, data.per_speaker), data.batch_size, data.max_frames,
@@ -186,7 +186,8 @@ def build_shard_loader(data: DataSpec, pipeline, shards: ShardSet, loss_needs, d
     workers = data.loader_workers
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers > 0 else None, worker_init_fn=ignore_stop_signals if workers > 0 else None)
+        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=ignore_stop_signals if workers > 0 else None)
     return loader, stream
 
 
