@@ -164,17 +164,20 @@ def test_make_list_writes_a_sorted_training_list(tmp_path, capsys):
         write_wav(root / f"{name}.wav", np.ones(400))
     write_wav(root / "stray.wav", np.ones(400))                          # not speaker/video/utt: ignored
     write_wav(root / "id00003" / "a" / "b" / "c.wav", np.ones(400))
-    (root / "id00002" / "vid" / "00002.m4a").write_bytes(b"m4a")
+    (root / "id00002" / "vid" / "00002.m4a").write_bytes(b"m4a")      # not converted: listed as it is
+    (root / "id00002" / "vid" / "00001.m4a").write_bytes(b"m4a")      # converted: its wav is listed
+    (root / "id00002" / "vid" / "notes.txt").write_text("not audio")
     assert dataprep.main(["--make_list", "--save_path", str(tmp_path)]) == 0
     lines = (tmp_path / "train_list.txt").read_text().splitlines()
     assert lines == ["id00001 id00001/vidA/00001.wav", "id00001 id00001/vidA/00002.wav",
-                     "id00001 id00001/vidB/00001.wav", "id00002 id00002/vid/00001.wav"]
-    assert "2 wav files not at speaker/video/utterance.wav depth ignored" in capsys.readouterr().out
+                     "id00001 id00001/vidB/00001.wav", "id00002 id00002/vid/00001.wav",
+                     "id00002 id00002/vid/00002.m4a"]
+    assert "2 audio files not at speaker/video/utterance depth ignored" in capsys.readouterr().out
     parsed = read_train_list(str(tmp_path / "train_list.txt"), str(root))
     assert parsed.speakers == ["id00001", "id00002"] and all(os.path.isfile(path) for path in parsed.files)
     out = tmp_path / "lists" / "mine.txt"
-    with pytest.raises(SpeakerNetError, match="no wav files of the form"):
-        prep_voxceleb.make_list(str(root / "id00002"), str(out))
+    with pytest.raises(SpeakerNetError, match="no audio files"):
+        prep_voxceleb.make_list(str(root / "id00001" / "vidA"), str(out))
     with pytest.raises(SpeakerNetError, match="folder not found"):
         prep_voxceleb.make_list(str(tmp_path / "missing"), str(out))
 

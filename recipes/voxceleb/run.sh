@@ -25,8 +25,8 @@
 #   9 report     EXP/results.md
 #
 # Options: --average N (10), --lm_average N (3): the epochs averaged; --calib_speakers N (200), --calib_trials N
-# (20000); --no_convert: stage 2 keeps the m4a files (reading them needs PyAV, and listing them a --make_list that
-# lists m4a); --no_augment: no MUSAN/RIRs in stages 1-2; --voxceleb_url, --voxceleb_list, --user, --password
+# (20000); --no_convert: stage 2 keeps the m4a files and lists them (the loader decodes them with PyAV);
+# --no_augment: no MUSAN/RIRs in stages 1-2; --voxceleb_url, --voxceleb_list, --user, --password
 # (stage 1; the password reaches dataprep.py through VOXCELEB_PASSWORD, not its command line).
 #
 # A stage that ends writes EXP/.done/stage_N; a later run skips it (delete the file to run it again). A stage that

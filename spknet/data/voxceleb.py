@@ -276,23 +276,33 @@ def convert(save_path: str, workers: int) -> tuple[int, int]:
 # --make_list
 # ----------------------------------------------------------------------------------------------------------------
 
+# What --make_list lists, in order of preference when an utterance has several (after --convert, its wav)
+LIST_EXTENSIONS = (".wav", ".flac", ".m4a", ".aac", ".ogg", ".opus", ".mp3")
+
+
 def make_list(root: str, list_file: str) -> int:
-    """``<speaker> <speaker>/<video>/<utt>.wav`` per wav of ``root`` at that depth, sorted. Returns the count."""
+    """``<speaker> <speaker>/<video>/<utt>.<ext>`` per utterance of ``root`` at that depth, sorted: its wav, else
+    its audio file of another :data:`LIST_EXTENSIONS` format (VoxCeleb2's m4a, unconverted). Returns the count."""
     if not os.path.isdir(root):
         raise SpeakerNetError(f"--make_list: {root}: folder not found (expected speaker/video/utterance.wav)")
-    entries, ignored = [], 0
+    chosen: dict[str, str] = {}         # utterance path without extension -> its listed file
+    ignored = 0
     for folder, _, names in os.walk(root):
         for name in names:
-            if not name.endswith(".wav"):
+            stem, extension = os.path.splitext(name)
+            if extension.lower() not in LIST_EXTENSIONS:
                 continue
             relative = os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
-            parts = relative.split("/")
-            if len(parts) == 3:
-                entries.append(relative)
-            else:
+            if len(relative.split("/")) != 3:
                 ignored += 1
+                continue
+            key = relative[:-len(extension)]
+            if key not in chosen or _preference(relative) < _preference(chosen[key]):
+                chosen[key] = relative
+    entries = list(chosen.values())
     if not entries:
-        raise SpeakerNetError(f"--make_list: no wav files of the form speaker/video/utterance.wav under {root}")
+        raise SpeakerNetError(f"--make_list: no audio files ({', '.join(LIST_EXTENSIONS)}) of the form "
+                              f"speaker/video/utterance under {root}")
     entries.sort()
     lines = "".join(f"{path.split('/')[0]} {path}\n" for path in entries)
     os.makedirs(os.path.dirname(os.path.abspath(list_file)), exist_ok=True)
@@ -302,8 +312,12 @@ def make_list(root: str, list_file: str) -> int:
     os.replace(temporary, list_file)
     speakers = len({path.split("/")[0] for path in entries})
     print(f"{list_file}: {len(entries)} utterances of {speakers} speakers (paths relative to {root})"
-          + (f"; {ignored} wav files not at speaker/video/utterance.wav depth ignored" if ignored else ""))
+          + (f"; {ignored} audio files not at speaker/video/utterance depth ignored" if ignored else ""))
     return len(entries)
+
+
+def _preference(path: str) -> int:
+    return LIST_EXTENSIONS.index(os.path.splitext(path)[1].lower())
 
 
 # ----------------------------------------------------------------------------------------------------------------
