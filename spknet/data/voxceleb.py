@@ -285,21 +285,20 @@ def make_list(root: str, list_file: str) -> int:
     its audio file of another :data:`LIST_EXTENSIONS` format (VoxCeleb2's m4a, unconverted). Returns the count."""
     if not os.path.isdir(root):
         raise SpeakerNetError(f"--make_list: {root}: folder not found (expected speaker/video/utterance.wav)")
-    chosen: dict[str, str] = {}         # utterance path without extension -> its listed file
+    chosen: dict[str, tuple[int, str]] = {}     # utterance path without extension -> (preference, listed file)
     ignored = 0
     for folder, _, names in os.walk(root):
         for name in names:
-            stem, extension = os.path.splitext(name)
-            if extension.lower() not in LIST_EXTENSIONS:
+            extension = os.path.splitext(name)[1].lower()
+            if extension not in LIST_EXTENSIONS:
                 continue
             relative = os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
             if len(relative.split("/")) != 3:
                 ignored += 1
                 continue
-            key = relative[:-len(extension)]
-            if key not in chosen or _preference(relative) < _preference(chosen[key]):
-                chosen[key] = relative
-    entries = list(chosen.values())
+            key, candidate = relative[:-len(extension)], (LIST_EXTENSIONS.index(extension), relative)
+            chosen[key] = min(chosen.get(key, candidate), candidate)
+    entries = [relative for _, relative in chosen.values()]
     if not entries:
         raise SpeakerNetError(f"--make_list: no audio files ({', '.join(LIST_EXTENSIONS)}) of the form "
                               f"speaker/video/utterance under {root}")
@@ -314,10 +313,6 @@ def make_list(root: str, list_file: str) -> int:
     print(f"{list_file}: {len(entries)} utterances of {speakers} speakers (paths relative to {root})"
           + (f"; {ignored} audio files not at speaker/video/utterance depth ignored" if ignored else ""))
     return len(entries)
-
-
-def _preference(path: str) -> int:
-    return LIST_EXTENSIONS.index(os.path.splitext(path)[1].lower())
 
 
 # ----------------------------------------------------------------------------------------------------------------
