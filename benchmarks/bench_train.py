@@ -8,6 +8,7 @@ network at its own defaults (ECAPA_TDNN with C = 512), same shape and loss, and 
 
     python -m benchmarks.bench_train                          # the default shape
     python -m benchmarks.bench_train --networks all
+    python -m benchmarks.bench_train --mixedprec bf16         # our step in bfloat16 against the float32 reference
 """
 
 import argparse
@@ -123,15 +124,18 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--mixedprec", choices=["fp16", "bf16"], default=None,
+                        help="our step under autocast (the reference step stays in float32)")
     parser.add_argument("--networks", default="",
                         help="comma-separated networks (or 'all') to measure as well: " + ", ".join(NETWORKS))
     args = parser.parse_args(argv)
     result = measure(args.trainfunc, args.groups, args.per_group, args.frames, args.steps, args.repeats,
-                     args.device, compile=args.compile)
+                     args.device, mixedprec=args.mixedprec, compile=args.compile)
     print(f"device {args.device}, threads {torch.get_num_threads()}, {args.trainfunc}, "
           f"{args.groups} x {args.per_group} x {args.frames} frames, {args.steps} steps, best of {args.repeats}")
     print(f"{'step':<28}{'utt/s':>10}")
-    print(f"{'ours':<28}{result['ours']:>10.1f}")
+    ours = f"ours ({args.mixedprec})" if args.mixedprec else "ours"
+    print(f"{ours:<28}{result['ours']:>10.1f}")
     print(f"{'voxceleb_trainer-style':<28}{result['reference']:>10.1f}")
     print(f"ratio ours / reference: {result['ours'] / result['reference']:.2f}x")
     if args.networks:

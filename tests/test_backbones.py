@@ -369,3 +369,12 @@ def test_bench_train_measures_every_network():
     rates = bench.measure_networks(list(bench.NETWORKS), groups=2, per_group=2, frames=20, steps=1, repeats=1)
     assert list(rates) == ["ResNetSE34L", "ResNetSE34V2", "ECAPA_TDNN", "ResNet34"]
     assert all(rate > 0 for rate in rates.values())
+
+
+def test_bench_train_runs_our_step_in_bfloat16_against_the_float32_reference(capsys):
+    from benchmarks import bench_train as bench
+
+    bench.main(["--device", "cpu", "--trainfunc", "mp_balance", "--groups", "2", "--frames", "20", "--steps", "1",
+                "--repeats", "1", "--mixedprec", "bf16"])
+    out = capsys.readouterr().out
+    assert "ours (bf16)" in out and "voxceleb_trainer-style" in out and "ratio ours / reference" in out
