@@ -104,8 +104,8 @@ class ModelTrainer:
 
     def __init__(self, net: nn.Module, device: torch.device, training: TrainingSpec,
                  steps_per_epoch: int | None = None):
-        # oneDNN's CPU convolutions run 2-D networks faster in the channels-last layout (ResNetSE34L: 12-15 % less
-        # time per step); parameters without four dimensions are unaffected.
+        # oneDNN's CPU convolutions run 2-D networks faster in the channels-last layout (the quickstart's ResNetSE34L
+        # step: 1.19x, benchmarks/bench_train.py); parameters without four dimensions are unaffected.
         self.net = net.to(device, memory_format=torch.channels_last if device.type == "cpu" else torch.preserve_format)
         self.device = device
         # What the training step calls: the network itself, or its DistributedDataParallel wrapper.
