@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Training details
     add("--test_interval", type=int, default=1, help="evaluate and save every N epochs")
+    add("--average_epochs", type=at_least(0), default=0,
+        help="after the last epoch, also score the mean weights of the last N epochs (each of them saved as an "
+             "epoch checkpoint; evaluated or not) and save them as model/average_lastN.model (default 0: none)")
     add("--lr_interval", type=int, default=10, help="kept for compatibility (unused, as in the original)")
     add("--max_epoch", type=int, default=500, help="last epoch")
     add("--trainfunc", type=str, default="", help="loss: " + ", ".join(plugins.choices("loss")))
@@ -250,7 +253,8 @@ def run_spec(args) -> RunSpec:
         scale=args.scale, margin_start_epoch=args.margin_start_epoch, margin_rampup_epochs=args.margin_rampup_epochs,
         hard_prob=args.hard_prob, hard_rank=args.hard_rank, initial_model=args.initial_model,
         save_path=args.save_path, trust_checkpoint=args.trust_checkpoint, mixedprec=args.mixedprec,
-        compile=args.compile, device=args.device, gpu_id=args.gpu_id, tensorboard=args.tensorboard)
+        compile=args.compile, device=args.device, gpu_id=args.gpu_id, tensorboard=args.tensorboard,
+        average_epochs=args.average_epochs)
     evaluation = EvalSpec(
         test_list=args.test_list, test_path=args.test_path, val_list=args.val_list, eval_frames=args.eval_frames,
         scoring=args.scoring, score_norm=args.score_norm, cohort_size=args.cohort_size,

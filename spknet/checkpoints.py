@@ -255,12 +255,16 @@ def retire_resume_state(model_dir: str) -> None:
         os.unlink(stale)
 
 
-def save_epoch(model_dir: str, trainer_state: dict, epoch: int, eer: float, run: dict | None = None) -> str:
-    """``model%09d.model`` and its ``.eer`` for an evaluated epoch; retires ``resume.state``."""
+def save_epoch(model_dir: str, trainer_state: dict, epoch: int, eer: float, run: dict | None = None,
+               evaluated: bool = True) -> str:
+    """``model%09d.model`` and, for an evaluated epoch (``eer`` its EER), its ``.eer``; retires ``resume.state``.
+    An epoch kept for the run's final weight average is not evaluated: no ``.eer``, and ``eer`` is the last
+    evaluation's (what a resume continues with)."""
     path = checkpoint_path(model_dir, epoch)
     save_checkpoint(path, trainer_state, epoch, eer, None, run)
-    with _saving(eer_path(path)):
-        atomic.write_text(eer_path(path), "%.4f" % eer)
+    if evaluated:
+        with _saving(eer_path(path)):
+            atomic.write_text(eer_path(path), "%.4f" % eer)
     retire_resume_state(model_dir)
     return path
 

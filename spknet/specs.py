@@ -166,6 +166,7 @@ class TrainingSpec:
     device: str | None = None
     gpu_id: int = 0
     tensorboard: bool = True                # TensorBoard event files in save_path/tensorboard/ (rank 0)
+    average_epochs: int = 0                 # the run's end also scores the mean weights of its last N epochs
 
     def loss(self, classes: int) -> LossSpec:
         return LossSpec(classes, self.margin, self.scale, self.hard_prob, self.hard_rank)

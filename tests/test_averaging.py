@@ -2,12 +2,14 @@
 output's contents and name, loading it for --eval and load_embedder, resume ignoring it, and the CLI's errors."""
 
 import os
+import re
 
 import pytest
 import torch
 
 import inference
 import SpeakerNet
+import trainSpeakerNet
 from spknet import checkpoints
 from spknet.errors import SpeakerNetError
 from spknet.specs import TrainingSpec
@@ -183,3 +185,66 @@ def test_the_average_loads_for_eval_through_the_command_line(trained_run, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert f"Model {out} loaded!" in output and "EER " in output and "WARNING" not in output
+
+
+# ---- the run's own final average (--average_epochs) -------------------------------------------------------------
+
+AVERAGE_LINE = re.compile(r"^INFO average of epochs 2-3 \((.+average_last2\.model)\): EER ([\d.]+), minDCF\(p=0\.05\) "
+                          r"[\d.]+, minDCF\(p=0\.01\) [\d.]+, eval [\d.]+ s$")
+
+
+def average_lines(save_path):
+    return [line for line in (save_path / "result" / "scores.txt").read_text().splitlines()
+            if line.startswith("INFO average")]
+
+
+@pytest.mark.slow
+def test_a_run_scores_and_saves_the_mean_weights_of_its_last_epochs(tiny_corpus, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    save_path = tmp_path / "run"
+    argv = ["--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--optimizer", "sgd", "--lr", "0.2",
+            "--test_interval", "2", "--max_epoch", "3", "--average_epochs", "2", "--eval_frames", "0",
+            "--max_frames", "50", "--batch_size", "8", "--nDataLoaderThread", "2", "--save_path", str(save_path),
+            *[f"--{key}={value}" for key, value in tiny_corpus.items()]]
+    assert trainSpeakerNet.main(argv) == 0
+    model = save_path / "model"
+    # epoch 2 was evaluated (its .eer), epoch 3 was not but is kept for the average; resume.state is retired
+    assert sorted(os.listdir(model)) == ["average_last2.model", "model000000002.eer", "model000000002.model",
+                                         "model000000003.model"]
+    expected = checkpoints.average_checkpoints([str(model / "model000000002.model"),
+                                                str(model / "model000000003.model")])
+    saved = torch.load(model / "average_last2.model", weights_only=True)
+    assert saved["averaged_epochs"] == [2, 3]
+    for key, value in expected["model_state_dict"].items():
+        assert torch.equal(saved["model_state_dict"][key], value), key
+    lines = (save_path / "result" / "scores.txt").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines if line.startswith("IT ")] == ["IT 1", "IT 2", "IT 3"]
+    [line] = average_lines(save_path)
+    path, eer = AVERAGE_LINE.match(line).groups()
+    assert path == str(model / "average_last2.model")
+    # the line's EER is the saved average's, as --eval scores it
+    capsys.readouterr()
+    assert trainSpeakerNet.main(["--eval", "--initial_model", path, "--eval_frames", "0", "--nDataLoaderThread", "0",
+                                 "--test_list", tiny_corpus["test_list"], "--test_path", tiny_corpus["test_path"],
+                                 "--save_path", str(tmp_path / "eval")]) == 0
+    assert f"EER {eer}" in capsys.readouterr().out
+    board = EventAccumulator(str(save_path / "tensorboard"))
+    board.Reload()
+    [(step, value)] = [(event.step, event.value) for event in board.Scalars(
+        next(tag for tag in board.Tags()["scalars"] if tag.startswith("average_VEER/")))]
+    assert step == 3 and value == pytest.approx(float(eer), abs=1e-4)
+    # another session of the finished run adds nothing; one stopped before the average was saved scores it again
+    assert trainSpeakerNet.main(argv) == 0
+    assert len(average_lines(save_path)) == 1
+    os.unlink(path)
+    assert trainSpeakerNet.main(argv) == 0
+    assert len(average_lines(save_path)) == 2 and os.path.isfile(path)
+
+
+def test_the_final_average_is_off_unless_asked_for(tmp_path):
+    """Off by default, so that only evaluated epochs have checkpoints (the original's layout)."""
+    spec = spec_from_argv(["--save_path", str(tmp_path), "--max_epoch", "4"])
+    assert spec.training.average_epochs == 0
+    assert spec_from_argv(["--average_epochs", "3"]).training.average_epochs == 3
+    with pytest.raises(SystemExit):
+        spec_from_argv(["--average_epochs", "-1"])

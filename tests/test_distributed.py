@@ -104,13 +104,18 @@ def test_torchrun_two_process_training(tiny_corpus, tmp_path):
     command = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2",
                "--master_port", str(free_port()), str(REPO / "trainSpeakerNet.py"), "--distributed",
                "--device", "cpu", "--model", "ResNetSE34L", "--trainfunc", "mp", "--max_frames", "50",
-               "--batch_size", "4", "--max_epoch", "1", "--nDataLoaderThread", "0", "--save_path", str(save_path),
+               "--batch_size", "4", "--max_epoch", "2", "--test_interval", "2", "--average_epochs", "2",
+               "--nDataLoaderThread", "0", "--save_path", str(save_path),
                *[f"--{key}={value}" for key, value in tiny_corpus.items()]]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ,
                                                                                        "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line for line in (save_path / "result" / "scores.txt").read_text().splitlines() if line.startswith("IT")]
-    assert len(lines) == 1 and "VEER" in lines[0]
+    lines = (save_path / "result" / "scores.txt").read_text().splitlines()
+    logged = [line for line in lines if line.startswith("IT")]
+    assert len(logged) == 2 and "VEER" not in logged[0] and "VEER" in logged[1]
+    # the final average of epochs 1-2 is scored on both ranks' shares of the files, written and logged once
+    assert len([line for line in lines if line.startswith("INFO average of epochs 1-2")]) == 1
+    assert (save_path / "model" / "average_last2.model").is_file()
     assert len(list((save_path / "tensorboard").glob("events.out.tfevents.*"))) == 1     # rank 0's alone
     checkpoint = torch.load(save_path / "model" / "model000000001.model", weights_only=True)
     single = SpeakerNet.build(model="ResNetSE34L", trainfunc="mp", nSpeakers=40).state_dict()

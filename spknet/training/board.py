@@ -54,8 +54,9 @@ class TrainingBoard:
                                         "data_wait": progress.data_wait})
         self.writer.flush()
 
-    def log_evaluation(self, epoch: int, outcome) -> None:
-        """The EER and minDCF of each labelled trial list of an evaluation (an ``EvalOutcome``)."""
+    def log_evaluation(self, epoch: int, outcome, prefix: str = "") -> None:
+        """The EER and minDCF of each labelled trial list of an evaluation (an ``EvalOutcome``); ``prefix`` on
+        the tags of another model than the epoch's own (``average_``: the run's final weight average)."""
         if not self.enabled:
             return
         results = [("VEER", "minDCF", result) for result in outcome.tests]
@@ -65,9 +66,10 @@ class TrainingBoard:
             if result.metrics is None:
                 continue
             name = result.trial_list.name
-            self.writer.add_scalar(f"{eer_tag}/{name}", result.metrics.eer, epoch)
+            self.writer.add_scalar(f"{prefix}{eer_tag}/{name}", result.metrics.eer, epoch)
             for p_target, (value, _) in result.metrics.min_dcf.items():
-                self.writer.add_scalar(f"{dcf_tag}_p{p_target:g}/{name}", value, epoch)
+                self.writer.add_scalar(f"{prefix}{dcf_tag}_p{p_target:g}/{name}", value, epoch)
+        self.writer.flush()
 
     def close(self) -> None:
         if self.enabled:

@@ -297,12 +297,19 @@ class TrainingRun:
         log.info(f"Model {path} loaded from previous state! Resuming {where}")
         return True
 
+    def averaged_epochs(self) -> range:
+        """The last epochs whose mean weights the run scores at its end (``average_epochs``; none below 2)."""
+        count, last = self.spec.training.average_epochs, self.spec.training.max_epoch
+        return range(max(last - count, 0) + 1, last + 1) if count > 1 else range(0)
+
     def save(self, eer: float | None = None) -> None:
-        """Rank 0 writes an epoch checkpoint (evaluated epochs) or ``resume.state``."""
+        """Rank 0 writes an epoch checkpoint (evaluated epochs and those the final average takes) or
+        ``resume.state``."""
         if distributed.is_main():
             state = self.trainer.state_dict()
-            if eer is not None:
-                checkpoints.save_epoch(self.model_dir, state, self.completed, eer, self.identity)
+            if eer is not None or self.completed in self.averaged_epochs():
+                checkpoints.save_epoch(self.model_dir, state, self.completed, self.last_eer, self.identity,
+                                       evaluated=eer is not None)
             else:
                 checkpoints.save_resume_state(self.model_dir, state, self.completed, self.last_eer,
                                               self.progress.state() if self.progress else None, self.identity)
@@ -316,6 +323,7 @@ class TrainingRun:
                 print(f"Stopped during epoch {epoch} after {self.progress.batches} batches; state saved to "
                       f"{state}. Run the same command again to resume.", file=sys.stderr)
                 return 128 + stop.signal_number
+        self.score_average(scores)
         return 0
 
     def epoch(self, epoch: int, stop: StopRequest, scores) -> bool:
@@ -380,6 +388,46 @@ class TrainingRun:
                 f"{len(result.trial_list.trials)} unlabelled trials scored"
             extra += f"\nINFO epoch {epoch} {role} {result.trial_list.describe()}: {summary}"
         return line, extra, steering.metrics.eer
+
+
+    def score_average(self, scores) -> None:
+        """After the last epoch, the mean weights of :meth:`averaged_epochs` (BatchNorm statistics included)
+        are scored on the test lists, logged on an ``INFO`` line (the ``IT`` lines stay the original's) and saved
+        as ``model/average_lastN.model``, last, so that a run stopped before then does it again when resumed."""
+        window = self.averaged_epochs()
+        out = os.path.join(self.model_dir, f"average_last{len(window)}.model")
+        if not window or os.path.isfile(out):
+            return
+        held = dict(checkpoints.epoch_checkpoints(self.model_dir))
+        epochs = [epoch for epoch in window if epoch in held]
+        if len(epochs) < len(window):       # saved by a session of this run with a smaller average
+            log.warning(f"{self.model_dir} holds no checkpoint of epoch(s) "
+                        f"{', '.join(str(epoch) for epoch in window if epoch not in held)}: the average takes "
+                        f"{len(epochs)} of the last {len(window)} epochs")
+        if len(epochs) < 2:
+            return
+        averaged = checkpoints.average_checkpoints([held[epoch] for epoch in epochs],
+                                                   self.spec.training.trust_checkpoint)
+        # training is over, so the trainer's network may hold the average
+        load_model_state(self.trainer.net, averaged["model_state_dict"], out, strict=True)
+        outcome = evaluation_of(self.trainer.net, self.spec.evaluation, self.plan, self.trainer.device)
+        self.board.log_evaluation(self.completed, outcome, prefix="average_")
+        if distributed.is_main():
+            checkpoints.save_averaged(out, averaged)
+        described = ", ".join(f"{result.trial_list.name if len(outcome.tests) > 1 else ''} "
+                              f"{result.metrics.summary()}".strip()
+                              for result in outcome.tests if result.metrics is not None)
+        line = (f"INFO average of epochs {_span(epochs)} ({out}): {described}, eval {outcome.seconds:.1f} s")
+        log.info(line)
+        scores.info(line)
+        distributed.barrier()
+
+
+def _span(epochs: list[int]) -> str:
+    """``21-25`` for consecutive epochs, else ``18, 20, 21``."""
+    if epochs == list(range(epochs[0], epochs[-1] + 1)):
+        return f"{epochs[0]}-{epochs[-1]}"
+    return ", ".join(map(str, epochs))
 
 
 def with_data_wait(extra: str, data_wait: float) -> str:
