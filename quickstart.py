@@ -2,7 +2,8 @@
 """One command from a fresh clone to a trained, evaluated speaker-verification model.
 
 Builds the synthetic corpus (if absent), reports the non-learned MFCC baseline on its trials, trains
-ResNetSE34L + SAP with mp_balance (``configs/quickstart.yaml``), and prints EER and minDCF; the DET curve and the
+ResNetSE34L + SAP with mp_balance (``configs/quickstart.yaml``), and prints EER and minDCF every 5 epochs and, at
+the end, of the mean weights of the last 5 (``model/average_last5.model``, the model to use); the DET curve and the
 score histogram are written to the run's ``result/`` folder. Any trainSpeakerNet.py flag may follow, e.g.
 ``--max_epoch 4`` or real VoxCeleb lists with ``--train_list ... --train_path ... --test_list ... --test_path ...``.
 """

@@ -239,6 +239,10 @@ def test_a_run_scores_and_saves_the_mean_weights_of_its_last_epochs(tiny_corpus,
     os.unlink(path)
     assert trainSpeakerNet.main(argv) == 0
     assert len(average_lines(save_path)) == 2 and os.path.isfile(path)
+    # a longer run in the same folder averages its own last epochs, replacing the earlier end's average
+    assert trainSpeakerNet.main([*argv, "--max_epoch", "4"]) == 0
+    assert average_lines(save_path)[-1].startswith(f"INFO average of epochs 3-4 ({path})")
+    assert torch.load(path, weights_only=True)["averaged_epochs"] == [3, 4]
 
 
 def test_the_final_average_is_off_unless_asked_for(tmp_path):

@@ -5,7 +5,8 @@ without the ``tensorboard`` package (said once, as a warning) get a board that w
 
 - ``epoch/...`` (loss, accuracy, LR, margin, utterances/s, data wait) and the evaluation tags (``VEER/LIST``,
   ``minDCF_pP/LIST``; the validation list's ``val_EER/LIST``, ``val_minDCF_pP/LIST``) are at the epoch number,
-  the ``IT`` of ``result/scores.txt``, with the same numbers;
+  the ``IT`` of ``result/scores.txt``, with the same numbers; the mean weights of the last epochs
+  (``--average_epochs``) as ``average_VEER/LIST`` and ``average_minDCF_pP/LIST`` at the last epoch;
 - ``step/...`` (loss, accuracy, LR, margin of one step) every :data:`STEP_INTERVAL` batches, at the batch position
   counted in first-epoch lengths (:meth:`~spknet.training.trainer.ModelTrainer.step_position`).
 

@@ -371,12 +371,7 @@ class TrainingRun:
         self.board.log_evaluation(epoch, outcome)
         first = outcome.tests[0]
         steering = outcome.val if outcome.val is not None else first
-        several = len(outcome.tests) > 1
-        if distributed.is_main():
-            for result in outcome.tests:
-                if result.metrics is not None:
-                    write_plots(result.scores, result.trial_list.labels, self.result_dir,
-                                f"_{result.trial_list.name}" if several else "", eer=result.metrics.eer)
+        self.plot(outcome)
         line = SCORE_LINE % (epoch, lr, accuracy, loss, first.metrics.eer)
         val = f", val EER {outcome.val.metrics.eer:2.4f}" if outcome.val is not None else ""
         extra = (f"INFO epoch {epoch}: {first.metrics.summary()}{val}, train {train_seconds:.1f} s, "
@@ -389,17 +384,28 @@ class TrainingRun:
             extra += f"\nINFO epoch {epoch} {role} {result.trial_list.describe()}: {summary}"
         return line, extra, steering.metrics.eer
 
+    def plot(self, outcome) -> None:
+        """The DET curve and score histogram of each labelled test list (rank 0): the last evaluation's."""
+        if distributed.is_main():
+            several = len(outcome.tests) > 1
+            for result in outcome.tests:
+                if result.metrics is not None:
+                    write_plots(result.scores, result.trial_list.labels, self.result_dir,
+                                f"_{result.trial_list.name}" if several else "", eer=result.metrics.eer)
 
     def score_average(self, scores) -> None:
         """After the last epoch, the mean weights of :meth:`averaged_epochs` (BatchNorm statistics included)
-        are scored on the test lists, logged on an ``INFO`` line (the ``IT`` lines stay the original's) and saved
-        as ``model/average_lastN.model``, last, so that a run stopped before then does it again when resumed."""
+        are scored on the test lists, plotted, logged on an ``INFO`` line (the ``IT`` lines stay the original's)
+        and saved as ``model/average_lastN.model``, last, so that a run stopped before then does it again when
+        resumed."""
         window = self.averaged_epochs()
-        out = os.path.join(self.model_dir, f"average_last{len(window)}.model")
-        if not window or os.path.isfile(out):
+        if not window:
             return
+        out = os.path.join(self.model_dir, f"average_last{len(window)}.model")
         held = dict(checkpoints.epoch_checkpoints(self.model_dir))
         epochs = [epoch for epoch in window if epoch in held]
+        if self._holds_average(out, epochs):       # a finished run run again
+            return
         if len(epochs) < len(window):       # saved by a session of this run with a smaller average
             log.warning(f"{self.model_dir} holds no checkpoint of epoch(s) "
                         f"{', '.join(str(epoch) for epoch in window if epoch not in held)}: the average takes "
@@ -412,15 +418,25 @@ class TrainingRun:
         load_model_state(self.trainer.net, averaged["model_state_dict"], out, strict=True)
         outcome = evaluation_of(self.trainer.net, self.spec.evaluation, self.plan, self.trainer.device)
         self.board.log_evaluation(self.completed, outcome, prefix="average_")
+        self.plot(outcome)
         if distributed.is_main():
             checkpoints.save_averaged(out, averaged)
         described = ", ".join(f"{result.trial_list.name if len(outcome.tests) > 1 else ''} "
                               f"{result.metrics.summary()}".strip()
                               for result in outcome.tests if result.metrics is not None)
-        line = (f"INFO average of epochs {_span(epochs)} ({out}): {described}, eval {outcome.seconds:.1f} s")
+        line = f"INFO average of epochs {_span(epochs)} ({out}): {described}, eval {outcome.seconds:.1f} s"
         log.info(line)
         scores.info(line)
         distributed.barrier()
+
+    def _holds_average(self, path: str, epochs: list[int]) -> bool:
+        """Whether ``path`` is the mean of ``epochs`` (not of an earlier end's, before ``--max_epoch`` grew)."""
+        if not os.path.isfile(path):
+            return False
+        try:
+            return read_checkpoint(path, self.spec.training.trust_checkpoint).get("averaged_epochs") == epochs
+        except SpeakerNetError:             # damaged: scored and written again
+            return False
 
 
 def _span(epochs: list[int]) -> str:
