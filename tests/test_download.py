@@ -119,12 +119,38 @@ def test_a_whole_download_has_the_published_md5(server, tmp_path, monkeypatch, c
     path = download.fetch(download.Entry(url, "data.bin", md5(PAYLOAD)), str(tmp_path / "out"))
     assert path == str(tmp_path / "out" / "data.bin")
     assert open(path, "rb").read() == PAYLOAD
-    assert os.listdir(tmp_path / "out") == ["data.bin"]
+    assert sorted(os.listdir(tmp_path / "out")) == [download.CHECKED, "data.bin"]
     assert capsys.readouterr().out.count("GiB this session") == 3
     # a second fetch keeps the checked file and asks nothing of the server
     requests = len(server.requests)
     download.fetch(download.Entry(url, "data.bin", md5(PAYLOAD)), str(tmp_path / "out"))
     assert len(server.requests) == requests
+
+
+def test_a_checked_file_is_not_read_again_until_it_changes(server, tmp_path, monkeypatch, capsys):
+    url = server.put("files/data.bin", PAYLOAD)
+    entry, out = download.Entry(url, "data.bin", md5(PAYLOAD)), tmp_path / "out"
+    download.fetch(entry, str(out))
+    hashed = []
+    real_md5_of = download.md5_of
+    monkeypatch.setattr(download, "md5_of", lambda path: hashed.append(path) or real_md5_of(path))
+    capsys.readouterr()
+    download.fetch(entry, str(out))
+    assert hashed == [] and "MD5 checked before" in capsys.readouterr().out
+    # a file touched since (another size or time) is hashed again; a damaged one is then set aside and fetched anew
+    target = out / "data.bin"
+    os.utime(target, ns=(0, 0))
+    download.fetch(entry, str(out))
+    assert hashed == [str(target)]
+    with open(target, "r+b") as handle:
+        handle.write(b"\0")
+    download.fetch(entry, str(out))
+    assert (out / "data.bin.corrupt").is_file() and open(target, "rb").read() == PAYLOAD
+    # a record line that does not parse only costs a hash
+    (out / download.CHECKED).write_text("data.bin not numbers\n")
+    hashed.clear()
+    download.fetch(entry, str(out))
+    assert hashed == [str(target)] and download.checked_before(str(target), md5(PAYLOAD))
 
 
 def test_a_dropped_transfer_is_resumed_with_range(server, tmp_path):
@@ -151,7 +177,7 @@ def test_an_interrupted_run_leaves_a_part_file_the_next_run_resumes(server, tmp_
     path = download.fetch(entry, str(out), retries=0)
     assert server.requests[-1][1] == f"bytes={len(PAYLOAD) // 2}-"
     assert open(path, "rb").read() == PAYLOAD
-    assert os.listdir(out) == ["data.bin"]
+    assert sorted(os.listdir(out)) == [download.CHECKED, "data.bin"]
 
 
 def test_a_corrupt_file_is_named_and_set_aside(server, tmp_path):

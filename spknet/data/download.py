@@ -5,7 +5,9 @@ Every file is fetched into ``NAME.part`` and becomes ``NAME`` only once it is co
 published one, so no later step (``--extract``, ``--augment``) ever takes a partial or damaged file for a whole
 one. A partial ``NAME.part`` (an interrupted run, a dropped connection) is resumed with an HTTP ``Range`` request;
 a server that ignores the range sends the whole file again. A file whose checksum fails is renamed
-``NAME.corrupt`` and named in the error. VoxCeleb's split archives (``vox1_dev_wav_parta*``,
+``NAME.corrupt`` and named in the error. Each file whose MD5 matched is recorded (name, size, modification time,
+MD5) in the folder's ``.md5_checked``, so a later ``--download`` keeps it without reading its tens of GiB again
+unless its size or time changed. VoxCeleb's split archives (``vox1_dev_wav_parta*``,
 ``vox2_dev_aac_parta*``) are joined into one zip whose checksum is checked too.
 
 Addresses: MUSAN and RIRs live under OpenSLR's ``resources/`` folder; ``--mirror URL`` replaces that base by
@@ -28,12 +30,14 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
+from spknet import atomic
 from spknet.errors import SpeakerNetError, exit_status, located
 
 OPENSLR = "https://www.openslr.org/resources"
 CHUNK = 1 << 20
 PART, CORRUPT = ".part", ".corrupt"
 PROGRESS = 1 << 30      # a progress line per GiB
+CHECKED = ".md5_checked"    # in a download folder: "NAME SIZE MTIME_NS MD5" per file whose MD5 matched
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,41 @@ def md5_of(path: str) -> str:
     return digest.hexdigest()
 
 
+def _checked(folder: str) -> dict[str, tuple[int, int, str]]:
+    """The folder's record of checked files, {name: (size, mtime_ns, md5)}; a line that does not parse is left
+    out (its file is hashed again)."""
+    try:
+        with open(os.path.join(folder, CHECKED), encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        return {}
+    records = {}
+    for line in lines:
+        fields = line.rsplit(" ", 3)
+        if len(fields) == 4 and fields[1].isdigit() and fields[2].isdigit():
+            records[fields[0]] = (int(fields[1]), int(fields[2]), fields[3])
+    return records
+
+
+def _stamp(path: str, md5: str) -> tuple[int, int, str]:
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns, md5
+
+
+def checked_before(path: str, md5: str) -> bool:
+    """Whether ``path`` had the MD5 ``md5`` when it was last checked and has kept its size and time since."""
+    folder, name = os.path.split(path)
+    return _checked(folder).get(name) == _stamp(path, md5)
+
+
+def record_checked(path: str, md5: str) -> None:
+    """Add ``path`` (whose MD5 was just found to be ``md5``) to its folder's record, atomically."""
+    folder, name = os.path.split(path)
+    records = {**_checked(folder), name: _stamp(path, md5)}
+    lines = [f"{key} {size} {mtime} {digest}\n" for key, (size, mtime, digest) in sorted(records.items())]
+    atomic.write_text(os.path.join(folder, CHECKED), "".join(lines))
+
+
 def opener_for(urls=(), user: str = "", password: str = "") -> urllib.request.OpenerDirector:
     """An opener that sends ``user``/``password`` as basic authentication with the first request to each of
     ``urls`` (and addresses below them), and to no other address."""
@@ -228,8 +267,13 @@ def fetch(entry: Entry, folder: str, opener=None, timeout: float = 60.0, retries
     target = os.path.join(folder, entry.name)
     part = target + PART
     if os.path.isfile(target):
+        if entry.md5 is not None and checked_before(target, entry.md5):
+            print(f"{target}: already downloaded (MD5 checked before; size and time unchanged)")
+            return target
         if entry.md5 is None or md5_of(target) == entry.md5:
-            print(f"{target}: already downloaded")
+            if entry.md5 is not None:
+                record_checked(target, entry.md5)
+            print(f"{target}: already downloaded" + (", MD5 checked" if entry.md5 else ""))
             return target
         os.replace(target, target + CORRUPT)
         print(f"{target}: checksum does not match, set aside as {target + CORRUPT}; downloading again")
@@ -260,6 +304,8 @@ def _accept(part: str, target: str, md5: str | None, source: str,
             raise SpeakerNetError(f"{target}: checksum failed (MD5 {found}, published {md5}; from {source}); the "
                                   f"file was set aside as {target + CORRUPT}; {hint}")
     os.replace(part, target)
+    if md5 is not None:
+        record_checked(target, md5)
     print(f"{target}: complete" + (", MD5 checked" if md5 else " (no published MD5 to check)"))
     return target
 
