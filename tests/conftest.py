@@ -3,6 +3,7 @@
 import logging
 
 import pytest
+import torch
 
 from spknet import logs
 from spknet.data.synthetic import make_corpus
@@ -16,6 +17,17 @@ def tiny_corpus(tmp_path_factory):
     """Paths of a tiny corpus: train_list, test_list, train_path, test_path."""
     corpus = make_corpus(str(tmp_path_factory.mktemp("tiny_corpus")), **TINY)
     return {key: corpus[key] for key in ("train_list", "test_list", "train_path", "test_path")}
+
+
+@pytest.fixture()
+def one_thread():
+    """One intra-op thread for the test: on a shared 2-core machine a second OpenMP thread mostly waits for a core
+    and slows small forward passes down many times, and in-process training leaves the other core to the loader
+    workers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture()

@@ -199,7 +199,7 @@ def average_lines(save_path):
 
 
 @pytest.mark.slow
-def test_a_run_scores_and_saves_the_mean_weights_of_its_last_epochs(tiny_corpus, tmp_path, capsys):
+def test_a_run_scores_and_saves_the_mean_weights_of_its_last_epochs(tiny_corpus, tmp_path, capsys, one_thread):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     save_path = tmp_path / "run"
     argv = ["--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--optimizer", "sgd", "--lr", "0.2",

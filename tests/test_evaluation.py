@@ -25,14 +25,7 @@ CPU = torch.device("cpu")
 SCORE = re.compile(r"^IT 1, LR \d+\.\d{6}, TEER/T1 \d+\.\d{2}, TLOSS -?\d+\.\d{6}, VEER (\d+\.\d{4})$")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread in this process: on a shared 2-core machine the second OpenMP thread mostly waits
-    for a core and slows the small forward passes down many times."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")        # conftest's: small forward passes on a shared box
 
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}      # the same for the command-line runs

@@ -12,14 +12,7 @@ from spknet import folding
 from spknet.models._resnet_se import SEBasicBlock
 from spknet.models.ResNetSE34L import MainModel
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine a second OpenMP thread mostly waits for a core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")        # conftest's: small forward passes on a shared box
 
 
 def randomise_batch_norms(model, seed=0):

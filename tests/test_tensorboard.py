@@ -23,15 +23,6 @@ BAR_END = re.compile(r"epoch (\d+): 100%.*?\| (\d+)/\2 \[")
 from scripts import summarise_runs as summarise  # noqa: E402
 
 
-@pytest.fixture
-def one_thread():
-    """In-process training on one compute thread (the loader workers need the other core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def corpus_flags(corpus):
     return [f"--{key}={value}" for key, value in corpus.items()]
 
