@@ -8,7 +8,9 @@ Each ``SWEEP_DIR/NAME`` is a ``trainSpeakerNet.py --save_path``. From its ``resu
 ``IT %d, LR %f, TEER/T1 %2.2f, TLOSS %f, VEER %2.4f`` lines and the ``INFO epoch N: EER x, minDCF(p=P) y, ...``
 lines) the table gives the VEER and minDCF of the last evaluated epoch and the best epoch: the one with the lowest
 validation EER when the run had ``--val_list`` (its ``, val EER x`` in the INFO lines, as trainSpeakerNet.py
-chooses its best checkpoint), else the one with the lowest VEER.
+chooses its best checkpoint), else the one with the lowest VEER. A run with ``--average_epochs`` adds an
+``average VEER`` column: the EER (of the first test list) on its last ``INFO average of epochs ...`` line, the mean
+weights of its last epochs.
 ``exit_code.txt`` and ``wall_seconds.txt`` beside it (written by ``scripts/sweep_losses.sh``) give the status and
 the wall time; a run with a non-zero exit code is shown as failed, with whatever epochs it logged. Without NAMEs,
 every sub-folder of SWEEP_DIR is listed; ``--check`` exits 1 when one failed. Lines of an appended (resumed) log
@@ -29,6 +31,7 @@ _NUMBER = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))"
 SCORE_RE = re.compile(rf"^IT (\d+), LR {_NUMBER}, TEER(?:/T1)? {_NUMBER}, TLOSS {_NUMBER}, VEER {_NUMBER}\s*$")
 TRAIN_RE = re.compile(rf"^IT (\d+), LR {_NUMBER}, TEER(?:/T1)? {_NUMBER}, TLOSS {_NUMBER}\s*$")
 INFO_RE = re.compile(r"^INFO epoch (\d+):(.*)$")
+AVERAGE_RE = re.compile(rf"^INFO average of epochs [^(]*\(.*\): (?:\S+ )?EER {_NUMBER}")
 DCF_RE = re.compile(rf"minDCF\(p=([^)]+)\) {_NUMBER}")
 VAL_RE = re.compile(rf", val EER {_NUMBER}")
 
@@ -50,6 +53,7 @@ class RunSummary:
     status: str = "not run"
     epochs: dict = field(default_factory=dict)       # epoch -> Epoch
     wall_seconds: float | None = None
+    average_veer: float | None = None                # --average_epochs: the mean weights' EER
 
     @property
     def last_epoch(self) -> int | None:
@@ -99,6 +103,13 @@ def parse_scores(text: str) -> dict:
     return epochs
 
 
+def parse_average(text: str) -> float | None:
+    """The EER of a ``scores.txt``'s last ``INFO average of epochs ...`` line (a longer run appends a newer one),
+    or None."""
+    found = [float(match.group(1)) for line in text.splitlines() if (match := AVERAGE_RE.match(line.strip()))]
+    return found[-1] if found else None
+
+
 def _read(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
@@ -112,6 +123,7 @@ def summarise_run(run_dir: str, name: str | None = None) -> RunSummary:
     scores = _read(os.path.join(run_dir, "result", "scores.txt"))
     if scores is not None:
         summary.epochs = parse_scores(scores)
+        summary.average_veer = parse_average(scores)
     wall = _read(os.path.join(run_dir, "wall_seconds.txt"))
     try:
         summary.wall_seconds = float(wall) if wall is not None else None
@@ -134,7 +146,9 @@ def _fmt(value, spec: str) -> str:
 def format_table(runs: list) -> str:
     p_targets = {next(iter(r.final.min_dcf), None) for r in runs if r.final is not None and r.final.min_dcf}
     dcf_header = f"minDCF(p={p_targets.pop()})" if len(p_targets) == 1 else "minDCF"
-    header = ["loss", "status", "epochs", "final VEER", dcf_header, "best epoch", "best VEER", "wall s"]
+    averaged = any(run.average_veer is not None for run in runs)    # the column only where a run has it
+    header = ["loss", "status", "epochs", "final VEER", dcf_header, "best epoch", "best VEER",
+              *(["average VEER"] if averaged else []), "wall s"]
     rows = []
     for run in runs:
         final, best = run.final, run.best
@@ -142,7 +156,7 @@ def format_table(runs: list) -> str:
         rows.append([run.name, run.status, _fmt(run.last_epoch, "d"),
                      _fmt(final.veer if final else None, ".4f"), _fmt(dcf, ".4f"),
                      _fmt(best.epoch if best else None, "d"), _fmt(best.veer if best else None, ".4f"),
-                     _fmt(run.wall_seconds, ".1f")])
+                     *([_fmt(run.average_veer, ".4f")] if averaged else []), _fmt(run.wall_seconds, ".1f")])
     widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     align = ["<", "<"] + [">"] * (len(header) - 2)
 

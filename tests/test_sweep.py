@@ -136,6 +136,23 @@ def test_table_and_main(tmp_path, capsys):
     assert list(table_rows(capsys.readouterr().out)[1]) == ["mp_balance", "proto", "triplet"]
 
 
+def test_a_run_with_a_final_average_gets_its_column(tmp_path, capsys):
+    averaged = SCORES + ("INFO average of epochs 2-3 (exps/x/model/average_last2.model): EER 21.2500, "
+                         "minDCF(p=0.05) 0.7700, minDCF(p=0.01) 0.9300, eval 1.0 s\n")
+    longer = averaged + RESUMED[len(SCORES):] + ("INFO average of epochs 4-5 (exps/x/model/average_last2.model): "
+                                                  "EER 24.0000, minDCF(p=0.05) 0.8300, eval 1.0 s\n")
+    several = SCORES + "INFO average of epochs 2-3 (p): veri_test EER 20.5000, minDCF(p=0.05) 0.7, eval 1.0 s\n"
+    for name, scores in (("averaged", averaged), ("longer", longer), ("several", several), ("plain", SCORES)):
+        write_run(tmp_path, name, scores, 0, 1)
+    assert summarise.main([str(tmp_path)]) == 0
+    header, rows = table_rows(capsys.readouterr().out)
+    assert header.split()[-4:] == ["average", "VEER", "wall", "s"]
+    assert rows["averaged"][-2:] == ["21.2500", "1.0"] and rows["longer"][-2:] == ["24.0000", "1.0"]
+    assert rows["several"][-2] == "20.5000" and rows["plain"][-2] == "-"
+    # the IT lines are read as before: the average is not an epoch
+    assert rows["averaged"][2:7] == ["3", "22.5000", "0.7900", "2", "22.5000"]
+
+
 # ---- the script ----------------------------------------------------------------------------------------------
 
 def run_sweep(*args, env=None, timeout=120):
