@@ -70,7 +70,6 @@ class TrainingBoard:
             self.writer.add_scalar(f"{prefix}{eer_tag}/{name}", result.metrics.eer, epoch)
             for p_target, (value, _) in result.metrics.min_dcf.items():
                 self.writer.add_scalar(f"{prefix}{dcf_tag}_p{p_target:g}/{name}", value, epoch)
-        self.writer.flush()
 
     def close(self) -> None:
         if self.enabled:

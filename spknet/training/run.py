@@ -421,8 +421,8 @@ class TrainingRun:
         self.plot(outcome)
         if distributed.is_main():
             checkpoints.save_averaged(out, averaged)
-        described = ", ".join(f"{result.trial_list.name if len(outcome.tests) > 1 else ''} "
-                              f"{result.metrics.summary()}".strip()
+        several = len(outcome.tests) > 1
+        described = ", ".join((f"{result.trial_list.name} " if several else "") + result.metrics.summary()
                               for result in outcome.tests if result.metrics is not None)
         line = f"INFO average of epochs {_span(epochs)} ({out}): {described}, eval {outcome.seconds:.1f} s"
         log.info(line)
