@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.make_shards:
         return run_make_shards(args)
-    if prep_voxceleb.requested(args):   # VoxCeleb / MUSAN / RIR steps (prep_voxceleb.py), then --synthetic if given
+    if prep_voxceleb.requested(args):   # VoxCeleb / MUSAN / RIR steps (spknet.data.voxceleb), then --synthetic if given
         status = prep_voxceleb.run(args)
         if status or not args.synthetic:
             return status

@@ -7,6 +7,13 @@
                                   --quality duration: the enrolment and test durations enter the calibration)
     python inference.py export --initial_model M --format onnx|torch_export --out model.onnx|model.pt2
     python inference.py average --save_path RUN --last 3           (or --epochs 8,9,10; --out FILE)
+    python inference.py enroll --initial_model M --db speakers.db --speaker NAME a.wav b.wav   (or --list FILE)
+    python inference.py speakers --db speakers.db                  (--remove NAME, --rename OLD NEW)
+    python inference.py identify --initial_model M --db speakers.db x.wav ...  (top speakers, or 'unknown' below
+                                  the threshold: --threshold T, or --far 0.01 --test_list TRIALS --test_path DIR)
+    python inference.py import --from wespeaker|pyannote FILE [--config THEIR_CONFIG] --out M.model
+    python inference.py import --from 3dspeaker FILE [--model-id MODEL_ID | --config CONF.yaml] --out M.model
+                                  (another toolkit's published checkpoint as a SpeakerNet one: docs/inference.md)
 
 The checkpoint says which model it is (SpeakerNet's own carry their options; for the original's state dicts the
 keys tell); model flags given here override it. Any sample rate is resampled to 16 kHz and stereo is mixed down.
@@ -19,14 +26,15 @@ import sys
 import torch
 
 from spknet import calibration as calibrations
-from spknet import checkpoints
+from spknet import checkpoints, importing
 from spknet.argtypes import at_least
-from spknet.data import read_lines
+from spknet.data import read_lines, read_train_list
 from spknet.errors import SpeakerNetError, exit_status
-from spknet.evaluation import EmbeddingStore, EvalOptions, evaluate, read_plan
+from spknet.evaluation import EmbeddingStore, EvalOptions, evaluate, read_plan, read_trial_list
 from spknet.evaluation.runner import asnorm_cohort
 from spknet.export import FORMATS, export_model
 from spknet.inference import AUTO, load_embedder
+from spknet.speakers import SpeakerDB, Threshold
 from spknet.specs import MODEL_FIELDS, DataSpec, EvalSpec, ModelSpec
 
 
@@ -59,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="onnx (onnxruntime) or torch_export (a .pt2 for torch.export.load)")
     export.add_argument("--out", required=True, help="the file to write (.onnx or .pt2)")
     add_average_parser(commands)
+    add_speaker_commands(commands)
+    add_import_command(commands)
     return parser
 
 
@@ -249,10 +259,187 @@ def run_average(args) -> None:
     print(f"{out}: the mean of {len(paths)} checkpoint(s): {', '.join(os.path.basename(path) for path in paths)}")
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# enroll, speakers, identify
+# ----------------------------------------------------------------------------------------------------------------
+
+def add_speaker_commands(commands) -> None:
+    enroll = commands.add_parser("enroll", help="add speakers' files to a speaker database (SQLite)")
+    add_model_arguments(enroll, scoring=False)
+    add_embedding_arguments(enroll)
+    enroll.add_argument("--db", required=True, help="the speaker database (made if absent)")
+    enroll.add_argument("--speaker", default="", help="the name the files are enrolled under")
+    enroll.add_argument("files", nargs="*", help="audio files of --speaker")
+    enroll.add_argument("--list", default="", help="a file of '<speaker> <file>' lines (paths relative to --root)")
+    enroll.add_argument("--root", default="", help="folder the --list paths are relative to")
+    enroll.add_argument("--cohort", action="store_true",
+                        help="store the --list speakers as the AS-norm cohort (replacing it), not as enrolled "
+                             "speakers")
+    listing = commands.add_parser("speakers", help="list, remove or rename the speakers of a database")
+    listing.add_argument("--db", required=True, help="the speaker database")
+    listing.add_argument("--remove", default="", help="remove this speaker and its files")
+    listing.add_argument("--rename", nargs=2, metavar=("OLD", "NEW"), help="rename a speaker")
+    identify = commands.add_parser("identify", help="who speaks in each file: the top enrolled speakers, or "
+                                                    "'unknown' below the threshold")
+    add_model_arguments(identify, scoring=False)
+    add_embedding_arguments(identify)
+    identify.add_argument("--db", required=True, help="the speaker database (inference.py enroll)")
+    identify.add_argument("files", nargs="*", help="audio files to identify")
+    identify.add_argument("--top_k", type=at_least(1), default=3, help="candidates printed per file")
+    identify.add_argument("--threshold", type=float, default=None,
+                          help="score at or below which the answer is 'unknown' (stored in the database)")
+    identify.add_argument("--far", type=float, default=None,
+                          help="set the threshold at this false-alarm rate on the non-target trials of "
+                               "--test_list (stored in the database), e.g. 0.01")
+    identify.add_argument("--test_list", default="", help="--far: labelled trials '<label> <enroll> <test>'")
+    identify.add_argument("--test_path", default="", help="--far: folder of the trial list's paths")
+    identify.add_argument("--score_norm", choices=["none", "asnorm"], default="none",
+                          help="asnorm: AS-norm against the database's cohort (enroll --cohort)")
+    identify.add_argument("--cohort_size", type=at_least(2), default=200, help="asnorm: top cohort scores used")
+    identify.add_argument("--eval", action="store_true",
+                          help="measure identification on --list '<speaker> <file>' lines: closed-set top-1 over "
+                               "enrolled speakers' files, open-set DIR at --far (default 0.01) false alarms with "
+                               "the other speakers' files as impostors")
+    identify.add_argument("--list", default="", help="--eval: the labelled files")
+    identify.add_argument("--root", default="", help="folder the --list paths are relative to")
+    identify.add_argument("--float16", action="store_true", help="search a float16 speaker matrix (half the memory)")
+
+
+def add_embedding_arguments(command: argparse.ArgumentParser) -> None:
+    """How files are embedded for a speaker database (identification scores by cosine, as --scoring cosine)."""
+    command.add_argument("--eval_frames", type=int, default=0,
+                         help="0: whole files (default); N: the original's 10 crops of N frames")
+    command.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+
+
+def speaker_db(args, create: bool = False, calibration=AUTO):
+    overrides = {key: getattr(args, key) for key in MODEL_FIELDS}
+    embedder = load_embedder(args.initial_model, device=args.device, trust=args.trust_checkpoint,
+                             eval_frames=args.eval_frames, scoring="cosine", calibration=None, **overrides)
+    if calibration == AUTO:     # LLRs only from a calibration made for these scores (checked where used)
+        beside = calibrations.default_path(args.initial_model)
+        embedder.calibration = calibrations.Calibration.load(beside) if os.path.exists(beside) else None
+    dtype = torch.float16 if getattr(args, "float16", False) else torch.float32
+    return SpeakerDB(args.db, embedder, create=create, dtype=dtype)
+
+
+def labelled_files(list_path: str, root: str) -> list[tuple[str, str]]:
+    """``(speaker, path)`` of every '<speaker> <file>' line (the training list's format and reader)."""
+    listed = read_train_list(list_path, root)
+    return [(listed.speakers[label], path) for path, label in zip(listed.files, listed.labels.tolist())]
+
+
+def grouped(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for speaker, path in pairs:
+        groups.setdefault(speaker, []).append(path)
+    return groups
+
+
+def run_enroll(args) -> None:
+    if args.list and (args.files or args.speaker):
+        raise SpeakerNetError("enroll: give --speaker NAME with files, or --list FILE, not both")
+    if args.list:
+        groups = grouped(labelled_files(args.list, args.root))
+    elif args.cohort:
+        raise SpeakerNetError("enroll --cohort: give the cohort as --list '<speaker> <file>' lines")
+    elif not args.speaker or not args.files:
+        raise SpeakerNetError("enroll: give --speaker NAME and its audio files (or --list FILE)")
+    else:
+        groups = {args.speaker: list(args.files)}
+    with speaker_db(args, create=True, calibration=None) as db:
+        if args.cohort:
+            print(f"{args.db}: cohort of {db.set_cohort(groups)} speakers stored")
+            return
+        counts = db.enroll_many(groups)
+        for speaker, count in counts.items():
+            print(f"{speaker}: {count} file(s) enrolled in {args.db}")
+
+
+def run_speakers(args) -> None:
+    with SpeakerDB(args.db) as db:
+        if args.remove:
+            db.remove(args.remove)
+            print(f"{args.remove}: removed from {args.db}")
+        if args.rename:
+            db.rename(*args.rename)
+            print(f"{args.rename[0]}: renamed {args.rename[1]} in {args.db}")
+        speakers = db.speakers()
+        for name, files in speakers:
+            print(f"{name}\t{files} file(s)")
+        threshold = db.threshold()
+        print(f"{len(speakers)} speaker(s); threshold {threshold.describe() if threshold else 'none'}")
+
+
+def run_identify(args) -> None:
+    if args.far is not None and not args.test_list and not args.eval:
+        raise SpeakerNetError("identify --far: give the labelled trials to set the threshold on (--test_list)")
+    if args.eval and not args.list:
+        raise SpeakerNetError("identify --eval: give the labelled files (--list '<speaker> <file>' lines)")
+    if not args.eval and not args.files and args.far is None and args.threshold is None:
+        raise SpeakerNetError("identify: no audio given")
+    with speaker_db(args) as db:
+        if args.eval:
+            print(db.evaluate(labelled_files(args.list, args.root), args.far or 0.01, args.score_norm,
+                              args.cohort_size).summary())
+            return
+        if args.far is not None:
+            trials = read_trial_list(args.test_list)
+            if any(trial.label is None for trial in trials):
+                raise SpeakerNetError(f"{args.test_list}: identify --far needs labelled trials")
+            root = args.test_path
+            threshold = db.threshold_from_trials([os.path.join(root, t.enroll) for t in trials],
+                                                 [os.path.join(root, t.test) for t in trials],
+                                                 [t.label for t in trials], args.far, args.test_list,
+                                                 args.score_norm, args.cohort_size)
+            print(f"threshold {threshold.describe()}, stored in {args.db}")
+        elif args.threshold is not None:
+            db.set_threshold(Threshold(args.threshold))
+            print(f"threshold {args.threshold:.4f}, stored in {args.db}")
+        if not args.files:
+            return
+        for answer in db.identify(list(args.files), args.top_k, score_norm=args.score_norm,
+                                  cohort_size=args.cohort_size):
+            limit = "no threshold" if answer.threshold is None else f"threshold {answer.threshold:.4f}"
+            print(f"{answer.file}: {answer.speaker} ({limit})")
+            for rank, candidate in enumerate(answer.candidates, start=1):
+                llr = "" if candidate.llr is None else f"  llr {candidate.llr:.4f}"
+                print(f"  {rank}. {candidate.speaker}  score {candidate.score:.6f}{llr}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# import
+# ----------------------------------------------------------------------------------------------------------------
+
+def add_import_command(commands) -> None:
+    imported = commands.add_parser("import", help="another toolkit's published checkpoint as a SpeakerNet checkpoint")
+    imported.add_argument("--from", dest="toolkit", required=True, choices=sorted(importing.TOOLKITS),
+                          help="the toolkit the checkpoint comes from")
+    imported.add_argument("file", help="its checkpoint (WeSpeaker: avg_model.pt; pyannote: pytorch_model.bin)")
+    imported.add_argument("--config", default=None,
+                          help="its config (WeSpeaker: config.yaml), read as data; checked against the weights")
+    imported.add_argument("--model-id", dest="model_id", default=None,
+                          help="3D-Speaker: the model id as published (iic/speech_campplus_sv_zh-cn_16k-common, ...) "
+                               "or the network's name; checked against the weights")
+    imported.add_argument("--out", required=True, help="the SpeakerNet checkpoint to write (e.g. M.model)")
+
+
+def run_import(args) -> None:
+    if args.model_id is not None and (args.toolkit != "3dspeaker" or args.config is not None):
+        raise SpeakerNetError("--model-id names a 3D-Speaker model (--from 3dspeaker), instead of --config"
+                              if args.toolkit == "3dspeaker" else
+                              f"--model-id: a {args.toolkit} checkpoint is described by --config, not a model id")
+    config = args.model_id if args.model_id is not None else args.config
+    report = importing.import_checkpoint(args.toolkit, args.file, args.out, config)
+    for line in report.lines(args.toolkit, args.file):
+        print(line)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"embed": run_embed, "verify": run_verify, "calibrate": run_calibrate, "export": run_export,
-                "average": run_average}
+                "average": run_average, "enroll": run_enroll, "speakers": run_speakers, "identify": run_identify,
+                "import": run_import}
     return exit_status(commands[args.command], args)
 
 

@@ -17,8 +17,16 @@ Every arm runs ``--rounds`` times, alternating; the table gives each arm's best 
 shared machine) in files/s, its ratio to ``inference.py embed``, and the largest cosine distance of its
 embeddings to that arm's.
 
+``--rtf all`` (or ``--rtf NAME,...``) measures instead the real-time factor of each network plugin at its own
+defaults (:func:`real_time_factors`): seconds of compute per second of audio for one 5-s waveform (WeSpeaker's
+``SamplesPerChunk`` 80000, on which it publishes its single-thread RTFs), front end included, through the copy of
+the network that ``--eval`` and ``inference.py`` run on a CPU (BatchNorms folded, channels-last), under
+``torch.inference_mode``, ``--threads`` (default 1) intra-op threads, the best of ``--rounds`` passes after one
+warm-up; WeSpeaker's published figures (:data:`WESPEAKER_RTF`) are printed beside ours.
+
     python -m benchmarks.bench_inference                     # 48 files of 2, 3 and 4 s
     python -m benchmarks.bench_inference --files 200 --lengths 1.5,2,2.5,3,6 --rounds 5
+    python -m benchmarks.bench_inference --rtf all           # one thread, every network
 """
 
 import argparse
@@ -32,10 +40,18 @@ import torch
 
 from spknet import SAMPLE_RATE
 from spknet.data import NUM_EVAL, max_audio_samples
+from spknet.errors import SpeakerNetError
 from spknet.evaluation import embed_files, equal_length_batches
+from spknet.evaluation.extraction import cpu_inference_model
 from spknet.export import export_model
 from spknet.inference import load_embedder
 from spknet.model import SpeakerNet
+
+# WeSpeaker's single-thread RTFs (runtime/onnxruntime/README.md: onnxruntime, num_threads 1, SamplesPerChunk 80000,
+# an Intel Xeon Platinum 8160 at 2.10 GHz), by our network names at the same configurations.
+WESPEAKER_RTF = {"ECAPA_TDNN": 0.018, "ResNet34": 0.061, "ResNet152": 0.179, "ResNet221": 0.268,
+                 "ResNet293": 0.364, "CAMPPlus": 0.023}
+RTF_SECONDS = 5.0
 
 
 def parse_args(argv=None):
@@ -47,7 +63,47 @@ def parse_args(argv=None):
     parser.add_argument("--encoder", choices=["SAP", "ASP"], default="SAP")
     parser.add_argument("--nOut", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    parser.add_argument("--rtf", default="",
+                        help="comma-separated networks, or 'all': their real-time factors instead of the file paths")
+    args = parser.parse_args(argv)
+    if args.rtf:
+        from benchmarks.bench_train import network_names
+        try:
+            args.rtf = network_names(args.rtf)
+        except SpeakerNetError as error:
+            parser.error(str(error))
+    return args
+
+
+def real_time_factors(names: list[str], seconds: float = RTF_SECONDS, rounds: int = 3, seed: int = 0) -> dict:
+    """Seconds of compute per second of audio of each network (its own defaults, random weights) on one waveform
+    of ``seconds``, through its CPU inference copy, with the caller's thread count; the best of ``rounds`` passes
+    after a warm-up."""
+    from benchmarks.bench_train import embedder
+
+    wave = torch.randn(1, int(seconds * SAMPLE_RATE), generator=torch.Generator().manual_seed(seed)) * 3000
+    factors = {}
+    for name in names:
+        torch.manual_seed(seed)
+        network = cpu_inference_model(embedder(name))
+        best = float("inf")
+        with torch.inference_mode():
+            network(wave)
+            for _ in range(rounds):
+                started = time.perf_counter()
+                network(wave)
+                best = min(best, time.perf_counter() - started)
+        factors[name] = best / seconds
+    return factors
+
+
+def print_real_time_factors(factors: dict, threads: int) -> None:
+    print(f"real-time factor: one {RTF_SECONDS:g}-s waveform, {threads} thread(s), front end included; "
+          "WeSpeaker's: onnxruntime, one thread, Xeon Platinum 8160")
+    print(f"{'network':<22}{'RTF':>9}{'WeSpeaker':>11}")
+    for name, factor in factors.items():
+        published = f"{WESPEAKER_RTF[name]:.3f}" if name in WESPEAKER_RTF else "-"
+        print(f"{name:<22}{factor:>9.4f}{published:>11}")
 
 
 def write_files(folder: str, count: int, lengths: list[float], seed: int) -> list[str]:
@@ -98,6 +154,11 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.rtf:
+        torch.set_num_threads(args.threads or 1)
+        factors = real_time_factors(args.rtf, rounds=args.rounds, seed=args.seed)
+        print_real_time_factors(factors, args.threads or 1)
+        return {"threads": args.threads or 1, "rtf": factors}
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     lengths = [float(value) for value in args.lengths.split(",")]

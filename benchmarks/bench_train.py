@@ -2,12 +2,15 @@
 does it, on the same network, loss, weights and batches, in the same run.
 
 Default shape: ResNetSE34L + angleproto, 64 speakers x 2 utterances x 200 frames (issue: "bench_train").
-``--networks ResNetSE34L,ResNetSE34V2,ECAPA_TDNN,ResNet34`` (or ``all``) adds our step's utterances/s for each
-network at its own defaults (ECAPA_TDNN with C = 512), same shape and loss, and its ratio to ResNetSE34L's.
-``benchmarks/bench_train_gpu.py`` runs the original README's mp_balance shape on a GPU.
+``--networks all`` (every network plugin, ``plugins.choices("models")``) or ``--networks NAME,...`` adds a row per
+network at its own defaults (front end, nOut, pooling, width), same shape and loss: its parameters, the GFLOPs of
+its forward pass on one 2-s waveform (:func:`gflops`: torch's ``FlopCounterMode``, 2 FLOPs per multiply-add, the
+FFTs of a front end not counted), our step's utterances/s (forward, loss, backward, optimizer) and its ratio to
+ResNetSE34L's, which is measured in the same process whether listed or not. ``benchmarks/bench_train_gpu.py`` runs
+the original README's mp_balance shape on a GPU; ``benchmarks/bench_inference.py --rtf`` the inference side.
 
     python -m benchmarks.bench_train                          # the default shape
-    python -m benchmarks.bench_train --networks all
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_train --networks all --groups 4 --frames 100 --steps 1
     python -m benchmarks.bench_train --mixedprec bf16         # our step in bfloat16 against the float32 reference
 """
 
@@ -16,10 +19,13 @@ import copy
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from spknet import SAMPLE_RATE, plugins
 from spknet.data import max_audio_samples
+from spknet.errors import SpeakerNetError
 from spknet.model import SpeakerNet
-from spknet.specs import TrainingSpec
+from spknet.specs import ModelSpec, TrainingSpec
 from spknet.training.trainer import ModelTrainer
 
 
@@ -96,22 +102,62 @@ def measure(trainfunc="angleproto", groups=64, per_group=2, frames=200, steps=3,
     return result
 
 
-NETWORKS = {"ResNetSE34L": {}, "ResNetSE34V2": {}, "ECAPA_TDNN": {"channels": 512}, "ResNet34": {}}
+BASELINE = "ResNetSE34L"      # the ratios' denominator: the original's network
+
+
+def network_names(choice: str) -> list[str]:
+    """``all``: every network plugin; else the comma-separated names, each checked against the plugins."""
+    available = plugins.choices("models")
+    if choice == "all":
+        return available
+    names = [name.strip() for name in choice.split(",") if name.strip()]
+    unknown = [name for name in names if name not in available]
+    if unknown or not names:
+        raise SpeakerNetError(f"unknown network(s) {', '.join(unknown) or repr(choice)}; choices: all, "
+                              f"{', '.join(available)}")
+    return names
+
+
+def embedder(name: str) -> torch.nn.Module:
+    """The network ``name`` at its own defaults, without a loss head, in eval mode."""
+    return SpeakerNet.build(model=name, with_loss=False).__S__.eval()
+
+
+def parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def gflops(module: torch.nn.Module, seconds: float = 2.0) -> float:
+    """GFLOPs of one forward pass on one waveform of ``seconds`` (eval mode), as torch's ``FlopCounterMode``
+    counts them: 2 FLOPs per multiply-add of the convolutions and matrix products; elementwise work, the
+    normalisations and the FFTs of a front end are not counted."""
+    wave = torch.randn(1, int(seconds * SAMPLE_RATE)) * 3000
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        module(wave)
+    return counter.get_total_flops() / 1e9
 
 
 def measure_networks(names, **shape) -> dict:
-    """Our step's utterances/s for each network at its own defaults (nOut, mels, pooling), same shape and loss."""
-    return {name: measure(model=name, nOut=None, reference=False, **NETWORKS.get(name, {}), **shape)["ours"]
-            for name in names}
+    """Per network: parameters, GFLOPs of 2 s, front end, and our step's utterances/s at its own defaults (same
+    shape and loss), with the ratio to ResNetSE34L's step, measured first in this process."""
+    rates = {name: measure(model=name, nOut=None, reference=False, **shape)["ours"]
+             for name in dict.fromkeys([BASELINE, *names])}
+    rows = {}
+    for name in names:
+        net = embedder(name)
+        rows[name] = {"frontend": ModelSpec(model=name).resolved().frontend or "logmel",
+                      "parameters": parameters(net), "gflops": gflops(net), "utt_per_s": rates[name],
+                      "ratio": rates[name] / rates[BASELINE]}
+    return rows
 
 
-def print_networks(rates: dict) -> None:
-    baseline = rates.get("ResNetSE34L")
-    print(f"{'network (our step)':<28}{'parameters':>12}{'utt/s':>10}{'x ResNetSE34L':>15}")
-    for name, rate in rates.items():
-        net = SpeakerNet.build(model=name, **NETWORKS.get(name, {})).__S__
-        ratio = f"{rate / baseline:.2f}x" if baseline else "-"
-        print(f"{name:<28}{sum(p.numel() for p in net.parameters()) / 1e6:>11.2f}M{rate:>10.1f}{ratio:>15}")
+def print_networks(rows: dict) -> None:
+    print(f"{'network (our step)':<22}{'front end':>18}{'parameters':>13}{'GFLOPs 2 s':>12}{'utt/s':>9}"
+          f"{'x ' + BASELINE:>15}")
+    for name, row in rows.items():
+        print(f"{name:<22}{row['frontend']:>18}{row['parameters']:>13,}{row['gflops']:>12.2f}{row['utt_per_s']:>9.2f}"
+              f"{row['ratio']:>14.3f}x")
 
 
 def main(argv=None):
@@ -127,8 +173,12 @@ def main(argv=None):
     parser.add_argument("--mixedprec", choices=["fp16", "bf16"], default=None,
                         help="our step under autocast (the reference step stays in float32)")
     parser.add_argument("--networks", default="",
-                        help="comma-separated networks (or 'all') to measure as well: " + ", ".join(NETWORKS))
+                        help="comma-separated networks, or 'all' (every network plugin), to measure as well")
     args = parser.parse_args(argv)
+    try:
+        names = network_names(args.networks) if args.networks else []
+    except SpeakerNetError as error:
+        parser.error(str(error))
     result = measure(args.trainfunc, args.groups, args.per_group, args.frames, args.steps, args.repeats,
                      args.device, mixedprec=args.mixedprec, compile=args.compile)
     print(f"device {args.device}, threads {torch.get_num_threads()}, {args.trainfunc}, "
@@ -138,8 +188,9 @@ def main(argv=None):
     print(f"{ours:<28}{result['ours']:>10.1f}")
     print(f"{'voxceleb_trainer-style':<28}{result['reference']:>10.1f}")
     print(f"ratio ours / reference: {result['ours'] / result['reference']:.2f}x")
-    if args.networks:
-        names = list(NETWORKS) if args.networks == "all" else args.networks.split(",")
+    if names:
+        print("GFLOPs: one forward pass on one 2-s waveform, eval mode, 2 FLOPs per multiply-add (torch's "
+              "FlopCounterMode; front-end FFTs not counted)")
         print_networks(measure_networks(names, trainfunc=args.trainfunc, groups=args.groups,
                                         per_group=args.per_group, frames=args.frames, steps=args.steps,
                                         repeats=args.repeats, device=args.device, compile=args.compile))

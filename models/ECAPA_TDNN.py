@@ -14,7 +14,8 @@ About 6.2 M parameters with C = 512 and 14.7 M with C = 1024 (the paper's Table 
 80 mel bands; here the front end is 80 log-mel bands (pre-emphasis 0.97, 25-ms Hamming windows every 10 ms), the
 utterance mean of each band subtracted, as the public implementations do: an 80-point DCT of the bands is an
 invertible linear map that the first layer's convolution can absorb. ``encoder_type`` ASP (default) pools the
-attention-weighted mean and standard deviation, SAP the weighted mean alone.
+attention-weighted mean and standard deviation, SAP the weighted mean alone. ``frontend``: another front end of
+:mod:`models._frontend` (``kaldi_fbank``, ``speechbrain_fbank``) replaces the log-mel, with any ``n_mels``.
 """
 
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 
 from spknet.errors import SpeakerNetError
 
-from ._frontend import check_choice, log_mel, pre_emphasised_filterbank
+from ._frontend import check_choice, check_feature_frontend, log_mel, make_frontend, pre_emphasised_filterbank
 
 RES2_SCALE = 8              # Res2Net scale of the SE-Res2Blocks (Section 3.1)
 SE_BOTTLENECK = 128         # squeeze-excitation bottleneck
@@ -118,14 +119,18 @@ class AttentiveStatistics(nn.Module):
 
 class ECAPA_TDNN(nn.Module):  # noqa: N801 (the paper's name)
     def __init__(self, nOut: int = 192, encoder_type: str = "ASP", n_mels: int = 80, log_input: bool = True,
-                 window: str = "hamming", channels: int = 512, **kwargs):
+                 window: str = "hamming", channels: int = 512, frontend: str = "logmel", **kwargs):
         super().__init__()
         if channels < RES2_SCALE or channels % RES2_SCALE:
             raise SpeakerNetError(f"ECAPA_TDNN needs --channels a multiple of {RES2_SCALE} (the Res2Net scale), "
                                   f"got {channels}")
         check_choice("encoder_type", encoder_type, ("SAP", "ASP"))
+        check_feature_frontend("ECAPA_TDNN", frontend)
         self.log_input = log_input
-        self.torchfb = pre_emphasised_filterbank(n_mels, window)
+        if frontend == "logmel":
+            self.torchfb = pre_emphasised_filterbank(n_mels, window)
+        else:
+            self.frontend = make_frontend(frontend, n_mels, window, log_input=log_input)
         self.layer1 = ConvReluBN(n_mels, channels, kernel_size=5)
         self.blocks = nn.ModuleList(SERes2Block(channels, 3, dilation) for dilation in DILATIONS)
         self.mfa = nn.Conv1d(len(DILATIONS) * channels, MFA_CHANNELS, kernel_size=1)
@@ -140,8 +145,14 @@ class ECAPA_TDNN(nn.Module):  # noqa: N801 (the paper's name)
         """None (spknet.folding): every BatchNorm here follows a ReLU, or a pooling, not a convolution."""
         return []
 
+    def features(self, waves: torch.Tensor) -> torch.Tensor:
+        """(batch, n_mels, frames): the mean-normalised log mel, or the front end's features."""
+        if hasattr(self, "torchfb"):
+            return log_mel(self.torchfb, waves, self.log_input, "mean")
+        return self.frontend(waves)
+
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
-        x = self.layer1(log_mel(self.torchfb, waves, self.log_input, "mean"))
+        x = self.layer1(self.features(waves))
         summed, outputs = x, []
         for block in self.blocks:
             outputs.append(block(summed))
@@ -151,6 +162,6 @@ class ECAPA_TDNN(nn.Module):  # noqa: N801 (the paper's name)
 
 
 def MainModel(nOut: int = 192, encoder_type: str = "ASP", n_mels: int = 80, log_input: bool = True,
-              window: str = "hamming", channels: int = 512, **kwargs):
+              window: str = "hamming", channels: int = 512, frontend: str = "logmel", **kwargs):
     return ECAPA_TDNN(nOut=nOut, encoder_type=encoder_type, n_mels=n_mels, log_input=log_input, window=window,
-                      channels=channels, **kwargs)
+                      channels=channels, frontend=frontend, **kwargs)

@@ -12,7 +12,7 @@ wrap`` here (``spknet.inference`` picks them for its state dicts).
 import torch
 from torch import nn
 
-from ._frontend import check_choice, log_mel, pre_emphasised_filterbank
+from ._frontend import check_choice, check_feature_frontend, log_mel, make_frontend, pre_emphasised_filterbank
 from ._resnet_se import block_pairs, init_resnet_weights, se_layer
 
 ATTENTION_BOTTLENECK = 128      # voxceleb_trainer's attention: Conv1d(C*F, 128) -> ReLU -> BN -> Conv1d(128, C*F)
@@ -20,14 +20,20 @@ ATTENTION_BOTTLENECK = 128      # voxceleb_trainer's attention: Conv1d(C*F, 128)
 
 class ResNetSE34V2(nn.Module):
     """Pre-emphasised log-mel, instance norm, SE ResNet, attentive (SAP) or attentive-statistics (ASP) pooling of
-    every (channel, frequency) row over time, linear embedding."""
+    every (channel, frequency) row over time, linear embedding. Another ``frontend`` than ``logmel`` replaces the
+    log-mel and its instance norm (``self.frontend`` instead of ``torchfb``)."""
 
     def __init__(self, nOut: int = 512, encoder_type: str = "ASP", n_mels: int = 64, log_input: bool = True,
-                 window: str = "hamming", layers=(3, 4, 6, 3), num_filters=(32, 64, 128, 256), **kwargs):
+                 window: str = "hamming", layers=(3, 4, 6, 3), num_filters=(32, 64, 128, 256),
+                 frontend: str = "logmel", **kwargs):
         super().__init__()
         self.encoder_type = check_choice("encoder_type", encoder_type, ("SAP", "ASP"))
+        check_feature_frontend("ResNetSE34V2", frontend)
         self.log_input = log_input
-        self.torchfb = pre_emphasised_filterbank(n_mels, window)
+        if frontend == "logmel":
+            self.torchfb = pre_emphasised_filterbank(n_mels, window)
+        else:
+            self.frontend = make_frontend(frontend, n_mels, window, log_input=log_input)
         # voxceleb_trainer's stem: a 3x3 conv with bias, then ReLU, then BN (so the BN cannot be folded into it)
         self.conv1 = nn.Conv2d(1, num_filters[0], kernel_size=3, stride=1, padding=1)
         self.relu = nn.ReLU(inplace=True)
@@ -59,14 +65,20 @@ class ResNetSE34V2(nn.Module):
         std = torch.sqrt((torch.sum(x * x * weights, dim=2) - mean * mean).clamp(min=1e-5))
         return torch.cat((mean, std), dim=1)
 
+    def features(self, waves: torch.Tensor) -> torch.Tensor:
+        """(batch, n_mels, frames): the instance-normalised log mel, or the front end's features."""
+        if hasattr(self, "torchfb"):
+            return log_mel(self.torchfb, waves, self.log_input, "instance")
+        return self.frontend(waves)
+
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
-        x = log_mel(self.torchfb, waves, self.log_input, "instance").unsqueeze(1)
+        x = self.features(waves).unsqueeze(1)
         x = self.bn1(self.relu(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(self.pooling(x.flatten(1, 2)))
 
 
 def MainModel(nOut: int = 512, encoder_type: str = "ASP", n_mels: int = 64, log_input: bool = True,
-              window: str = "hamming", **kwargs):
+              window: str = "hamming", frontend: str = "logmel", **kwargs):
     return ResNetSE34V2(nOut=nOut, encoder_type=encoder_type, n_mels=n_mels, log_input=log_input, window=window,
-                        **kwargs)
+                        frontend=frontend, **kwargs)

@@ -8,7 +8,7 @@ from torch import nn
 from spknet.constants import SAMPLE_RATE
 from spknet.errors import SpeakerNetError
 
-from ._frontend import window_function
+from ._frontend import check_feature_frontend, make_frontend, window_function
 
 
 class SELayer(nn.Module):
@@ -92,15 +92,23 @@ def init_resnet_weights(network: nn.Module) -> None:
 
 
 class ResNetSE(nn.Module):
-    """Log-mel front end, ResNet with SE blocks, frequency averaging, attentive pooling, linear embedding."""
+    """Log-mel front end, ResNet with SE blocks, frequency averaging, attentive pooling, linear embedding.
+
+    ``frontend`` ``logmel`` (default) is the original's: a mel spectrogram without pre-emphasis, log, instance
+    norm, as ``torchfb`` and ``instancenorm``; another front end (``kaldi_fbank``, ``speechbrain_fbank``) is
+    ``self.frontend`` and replaces both (its features are already mean-normalised)."""
 
     def __init__(self, layers, num_filters, nOut: int = 512, encoder_type: str = "SAP", n_mels: int = 40,
-                 log_input: bool = True, window: str = "hann", **kwargs):
+                 log_input: bool = True, window: str = "hann", frontend: str = "logmel", **kwargs):
         super().__init__()
-        # Attribute names are the original's, so that its checkpoints load unchanged.
-        # the window is a buffer of the front end: a loaded checkpoint keeps its own
-        self.torchfb = make_filterbank(n_mels, window)
-        self.instancenorm = nn.InstanceNorm1d(n_mels)
+        check_feature_frontend(type(self).__name__, frontend)
+        if frontend == "logmel":
+            # Attribute names are the original's, so that its checkpoints load unchanged.
+            # the window is a buffer of the front end: a loaded checkpoint keeps its own
+            self.torchfb = make_filterbank(n_mels, window)
+            self.instancenorm = nn.InstanceNorm1d(n_mels)
+        else:
+            self.frontend = make_frontend(frontend, n_mels, window, log_input=log_input)
         self.log_input = log_input
         self.inplanes = num_filters[0]
         self.conv1 = nn.Conv2d(1, num_filters[0], kernel_size=7, stride=(2, 1), padding=3, bias=False)
@@ -133,7 +141,10 @@ class ResNetSE(nn.Module):
         return [("conv1", "bn1")] + block_pairs(self)
 
     def log_mel(self, waves: torch.Tensor) -> torch.Tensor:
-        """Waveform -> instance-normalised log mel, in float32 and without gradient (it has no parameters)."""
+        """Waveform -> instance-normalised log mel (or the features of ``frontend``), ``(batch, 1, n_mels,
+        frames)``, in float32 and without gradient (it has no parameters)."""
+        if not hasattr(self, "torchfb"):
+            return self.frontend(waves).unsqueeze(1)
         with torch.no_grad(), torch.autocast(device_type=waves.device.type, enabled=False):
             x = self.torchfb(waves.to(self.torchfb.spectrogram.window.dtype)) + 1e-6   # float32 unless .double()
             if self.log_input:

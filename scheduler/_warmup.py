@@ -14,8 +14,6 @@ import torch
 
 from spknet.errors import SpeakerNetError
 
-DEFAULT_FINAL_LR_RATIO = 1e-3      # --final_lr unset: --lr / 1000
-
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
     """(step + 1) / warmup_steps: the first step already moves (an LR of exactly 0 would waste it), the last warm-up
@@ -37,6 +35,7 @@ class WarmupDecay(torch.optim.lr_scheduler.LRScheduler):
 
     per_iteration = True
     final_must_be_positive = False
+    default_final_ratio = 1e-3      # final_lr unset (--final_lr): lr / 1000
     _SHAPE = ("total_steps", "warmup_steps", "final_ratio")     # from the run's options, not from a checkpoint
 
     def __init__(self, optimizer, lr: float, max_epoch: int, steps_per_epoch: int | None = None,
@@ -44,7 +43,7 @@ class WarmupDecay(torch.optim.lr_scheduler.LRScheduler):
         if not steps_per_epoch or steps_per_epoch < 1:
             raise SpeakerNetError(f"{type(self).__module__}: a per-iteration schedule needs the number of steps per "
                                   f"epoch, got {steps_per_epoch}")
-        final_lr = lr * DEFAULT_FINAL_LR_RATIO if final_lr is None else final_lr
+        final_lr = lr * self.default_final_ratio if final_lr is None else final_lr
         self.total_steps = max_epoch * steps_per_epoch
         self.warmup_steps = round(warmup_epochs * steps_per_epoch)
         if self.warmup_steps >= self.total_steps:

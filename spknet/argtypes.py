@@ -89,11 +89,17 @@ def read_config(path: str, parser: argparse.ArgumentParser) -> dict:
     if not isinstance(values, dict):
         raise SpeakerNetError(f"{path}: expected a mapping of flag names to values, got {type(values).__name__}")
     actions = {dest: action for dest, action in parser.flag_actions.items() if dest != "config"}
-    aliases = {"nClasses": "nSpeakers", "encoder": "encoder_type"}
-    config = {}
+    config, names = {}, key_names(parser)
     for key, value in values.items():
-        dest = aliases.get(key, key)
+        dest = names.get(key)
         if dest not in actions:
             raise SpeakerNetError(f"{path}: unknown key '{key}' (not a flag of {parser.prog})")
         config[dest] = _coerce(actions[dest], str(key), value, path)
     return config
+
+
+def key_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """YAML key -> flag destination: every name of every flag without its dashes (``nClasses`` and ``nSpeakers``
+    both set ``nSpeakers``), the ``--no-`` forms of switches left out."""
+    return {option.lstrip("-"): dest for dest, action in parser.flag_actions.items()
+            for option in action.option_strings if not option.startswith("--no-")}

@@ -97,7 +97,7 @@ def score_trials(trials: list[Trial], wav_root: str, mean: np.ndarray, std: np.n
 @contextlib.contextmanager
 def _one_thread():
     """torch on one thread for the while: the per-file transforms are small, more intra-op threads only add
-    overhead (and spin when the cores are busy: 3-8x slower than one thread, measured on 2 cores)."""
+    overhead, and spin when the cores are busy (docs/results.md, "Why the code is as it is")."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -32,6 +32,7 @@ from spknet.constants import SAMPLE_RATE
 from spknet.data.audio import open_audio
 from spknet.errors import SpeakerNetError
 from spknet.evaluation.metrics import act_dcf, bayes_threshold, cllr, min_cllr
+from spknet.files import file_digest
 
 FORMAT = "speakernet-calibration"
 VERSION = 1             # the version of a calibration of the score alone
@@ -48,14 +49,6 @@ FIT_METHOD = "logistic regression of label on score, balanced class weights (pri
 def default_path(model_path: str) -> str:
     """Where the calibration of a checkpoint lives: beside it, ``M.calibration.json``."""
     return f"{model_path}{SUFFIX}"
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_sha256(network: torch.nn.Module) -> str:
@@ -83,7 +76,7 @@ def scoring_options(eval_frames: int, scoring: str, score_norm: str, test_normal
                "short_files": short_files if eval_frames else "pad"}   # whole files have no short-file policy
     if score_norm == "asnorm":
         options.update(cohort_size=int(cohort_size), cohort_utterances=int(cohort_utterances),
-                       cohort_list_sha256=file_sha256(cohort_list))
+                       cohort_list_sha256=file_digest(cohort_list))
     return options
 
 
@@ -296,7 +289,7 @@ def calibrate(scores, labels, weights: str, options: dict, list_path: str, model
     else:
         (scale, offset), quality_weights, quality = fit_affine(scores, labels), None, None
     calibration = Calibration(scale, offset, weights, dict(options),
-                              {"path": os.path.abspath(list_path), "sha256": file_sha256(list_path)},
+                              {"path": os.path.abspath(list_path), "sha256": file_digest(list_path)},
                               {"target": int(np.sum(labels == 1)), "non_target": int(np.sum(labels == 0))},
                               model=os.path.abspath(model) if model else "", quality=measures or None,
                               quality_weights=quality_weights)

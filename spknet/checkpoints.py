@@ -19,6 +19,7 @@ import torch
 
 from spknet import atomic
 from spknet.errors import SpeakerNetError
+from spknet.identity import Sides, run_differences
 from spknet.logs import log
 from spknet.model import SpeakerNet
 from spknet.specs import ModelSpec
@@ -39,22 +40,13 @@ def eer_path(checkpoint: str) -> str:
 
 def epoch_checkpoints(model_dir: str) -> list[tuple[int, str]]:
     """Every complete ``model%09d.model`` in ``model_dir`` as ``(epoch, path)``, oldest first (other files, such
-    as averaged checkpoints, ``resume.state`` or temporaries, are not epoch checkpoints)."""
+    as averaged checkpoints, ``resume.state`` or temporaries, are not epoch checkpoints): the one listing."""
     found = []
     for path in glob.glob(os.path.join(model_dir, "model*.model")):
         match = CHECKPOINT_NAME.fullmatch(os.path.basename(path))
         if match:
             found.append((int(match.group(1)), path))
     return sorted(found)
-
-
-def latest_checkpoint(model_dir: str) -> tuple[str, int] | None:
-    """The newest complete ``model%09d.model`` in ``model_dir`` and its epoch."""
-    found = epoch_checkpoints(model_dir)
-    if not found:
-        return None
-    epoch, path = found[-1]
-    return path, epoch
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -99,8 +91,8 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
                                 f"{_first_line(error)})") from None
     if isinstance(loaded, dict) and "model_state_dict" in loaded:
         checkpoint = dict(loaded)
-    elif isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        checkpoint = {"model_state_dict": loaded}          # the original's flat state dict
+    elif flat_model_state(loaded) is not None:
+        checkpoint = {"model_state_dict": flat_model_state(loaded)}
     else:
         raise SpeakerNetError(f"{path}: not a SpeakerNet checkpoint (expected a state dict of tensors or a dict "
                               f"with 'model_state_dict')")
@@ -108,6 +100,21 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
     checkpoint["model_state_dict"] = {key[len("module."):] if key.startswith("module.") else key: value
                                       for key, value in state.items()}
     return checkpoint
+
+
+def _tensors(value) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def flat_model_state(loaded) -> dict | None:
+    """The model state of a file without ``model_state_dict``: the original's flat state dict (``__S__.*`` and
+    ``__L__.*``), or voxceleb_trainer's ``{"model": network state}`` (its published RawNet3 ``model.pt``), whose keys
+    get the ``__S__.`` prefix as voxceleb_trainer's loader gives them; None for anything else."""
+    if _tensors(loaded):
+        return loaded
+    if isinstance(loaded, dict) and list(loaded) == ["model"] and _tensors(loaded["model"]):
+        return {f"__S__.{key}": value for key, value in loaded["model"].items()}
+    return None
 
 
 def _first_line(error: Exception) -> str:
@@ -236,10 +243,7 @@ def resume_point(model_dir: str, trust: bool = False) -> tuple[str, dict] | None
     if state is not None:
         batches = (state.get("progress") or {}).get("batches", 0)
         candidates.append(((int(state["epoch"]), batches), state_path, state))
-    for path in glob.glob(os.path.join(model_dir, "model*.model")):
-        match = CHECKPOINT_NAME.fullmatch(os.path.basename(path))
-        if match:
-            candidates.append(((int(match.group(1)), 0), path, None))
+    candidates += [((epoch, 0), path, None) for epoch, path in epoch_checkpoints(model_dir)]
     for (epoch, _), path, checkpoint in sorted(candidates, key=lambda candidate: candidate[0], reverse=True):
         checkpoint = checkpoint if checkpoint is not None else _readable(path, trust)
         if checkpoint is not None:
@@ -299,16 +303,15 @@ def _check_same_run(path: str, state: dict, run, reference_path: str, reference:
             raise SpeakerNetError(f"{path}: not the same model as {reference_path}: {key} is "
                                   f"{tuple(value.shape)} {value.dtype} there, {tuple(reference[key].shape)} "
                                   f"{reference[key].dtype} in {reference_path}")
-    if run != reference_run:
-        if run is None or reference_run is None:
-            reason = f"{path if run is None else reference_path} carries no run options"
-        else:
-            own, theirs = run.get("options", {}), reference_run.get("options", {})
-            options = [f"--{key} {own.get(key)}, not {theirs.get(key)}" for key in sorted({*own, *theirs})
-                       if own.get(key) != theirs.get(key)]
-            lists = [f"--{key}" for key in sorted({*run.get("lists", {}), *reference_run.get("lists", {})})
-                     if run.get("lists", {}).get(key) != reference_run.get("lists", {}).get(key)]
-            reason = "they differ in " + ", ".join(options + [f"{flag} (its contents)" for flag in lists])
+    if (run is None) != (reference_run is None):
+        reason = f"{path if run is None else reference_path} carries no run options"
+    else:
+        first, second = os.path.basename(reference_path), os.path.basename(path)
+        if first == second:
+            first, second = reference_path, path
+        reason = "; ".join(difference.words(Sides.files(first, second))
+                           for difference in run_differences(reference_run or {}, run or {}))
+    if reason:
         raise SpeakerNetError(f"{path}: not from the same run as {reference_path} ({reason}); only checkpoints of "
                               f"one run can be averaged")
 
@@ -319,7 +322,8 @@ def average_checkpoints(paths: list[str], trust: bool = False) -> dict:
     Every floating-point tensor is averaged, BatchNorm's running mean and variance included (in float64, then
     cast back); integer tensors (BatchNorm's ``num_batches_tracked``) are the newest's: the mean model has seen
     what the newest has. The files must hold the same keys, shapes and dtypes and, when they carry one, the same
-    ``run`` (the options a resume compares); otherwise an error names the file. Files are read one at a time
+    run (:func:`~spknet.identity.run_differences`, the comparison a resume makes: a run resumed across schemas is
+    one run); otherwise an error names the file and each difference. Files are read one at a time
     (``weights_only``, as :func:`read_checkpoint`), so memory holds two states, not ``len(paths)``.
 
     The result keeps the newest's ``run`` (so that inference knows the model), the sources' epochs
@@ -402,30 +406,57 @@ def _window(window: torch.Tensor) -> str | None:
     return None
 
 
-def infer_model_config(state: dict, source: str) -> dict:
-    """What the keys and shapes of an original ResNetSE or a voxceleb_trainer ResNetSE34V2 state dict say about
-    its model, with the input pipeline of the code that trained it."""
-    family = VOXCELEB_TRAINER if VOXCELEB_TRAINER.pooled_key in state else ORIGINAL
-    needed = ["__S__.fc.weight", family.pooled_key, "__S__.conv1.weight", family.fb, family.window]
-    missing = [key for key in needed if key not in state]
-    if missing:
-        raise SpeakerNetError(f"{source}: cannot tell the model from its keys (no {missing[0]}); give model=..., "
-                              f"encoder_type=..., nOut=... (--model, --encoder_type, --nOut)")
-    layout = (tuple(_blocks(state, layer) for layer in (1, 2, 3, 4)), state["__S__.conv1.weight"].shape[0])
-    width = state[family.pooled_key].shape[family.pooled_axis]
-    pooled = state["__S__.fc.weight"].shape[1]
-    config = {
-        "model": family.layouts.get(layout),
-        "encoder_type": {width: "SAP", 2 * width: "ASP"}.get(pooled),
-        "nOut": state["__S__.fc.weight"].shape[0],
-        "n_mels": state[family.fb].shape[1],
-        "window": _window(state[family.window]),
-    }
-    unknown = [key for key, value in config.items() if value is None]
+# voxceleb_trainer's networks without a ResNet body, by a key no other layout has: RawNet3's sinc filterbank and
+# VGGVox's convolution stack
+RAWNET3_KEYS = ("__S__.conv1.filterbank.low_hz_", "__S__.fc6.weight", "__S__.attention.3.weight",
+                "__S__.layer1.conv3.weight")
+VGGVOX_KEYS = ("__S__.netcnn.0.weight", "__S__.fc.weight")
+
+
+def _rawnet3_or_vggvox(state: dict) -> dict | None:
+    """The options of voxceleb_trainer's RawNet3 or VGGVox as their keys say them (None for one they cannot tell:
+    VGGVox's TAP and MAX have the same keys); None for another network."""
+    if all(key in state for key in RAWNET3_KEYS):
+        return {"model": "RawNet3", "nOut": state["__S__.fc6.weight"].shape[0],
+                "encoder_type": "ASP" if state["__S__.attention.3.weight"].shape[0] == 1 else "ECA",
+                "channels": state["__S__.layer1.conv3.weight"].shape[0]}
+    if all(key in state for key in VGGVOX_KEYS):
+        fb, window = state.get("__S__.torchfb.mel_scale.fb"), state.get("__S__.torchfb.spectrogram.window")
+        return {"model": "VGGVox", "nOut": state["__S__.fc.weight"].shape[0],
+                "encoder_type": "SAP" if "__S__.sap_linear.weight" in state else None,
+                "n_mels": fb.shape[1] if fb is not None else None,
+                "window": _window(window) if window is not None else None}
+    return None
+
+
+def infer_model_config(state: dict, source: str, given: dict | None = None) -> dict:
+    """What the keys and shapes of an original ResNetSE, or a voxceleb_trainer ResNetSE34V2, RawNet3 or VGGVox state
+    dict say about its model, with the input pipeline of the code that trained it. An option the keys cannot tell
+    is an error unless ``given`` (the caller's overrides) holds it."""
+    config, defaults = _rawnet3_or_vggvox(state), VOXCELEB_TRAINER_DEFAULTS
+    if config is None:
+        family = VOXCELEB_TRAINER if VOXCELEB_TRAINER.pooled_key in state else ORIGINAL
+        needed = ["__S__.fc.weight", family.pooled_key, "__S__.conv1.weight", family.fb, family.window]
+        missing = [key for key in needed if key not in state]
+        if missing:
+            raise SpeakerNetError(f"{source}: cannot tell the model from its keys (no {missing[0]}); give "
+                                  f"model=..., encoder_type=..., nOut=... (--model, --encoder_type, --nOut)")
+        layout = (tuple(_blocks(state, layer) for layer in (1, 2, 3, 4)), state["__S__.conv1.weight"].shape[0])
+        width = state[family.pooled_key].shape[family.pooled_axis]
+        pooled = state["__S__.fc.weight"].shape[1]
+        config = {
+            "model": family.layouts.get(layout),
+            "encoder_type": {width: "SAP", 2 * width: "ASP"}.get(pooled),
+            "nOut": state["__S__.fc.weight"].shape[0],
+            "n_mels": state[family.fb].shape[1],
+            "window": _window(state[family.window]),
+        }
+        defaults = family.defaults
+    unknown = [key for key, value in config.items() if value is None and (given or {}).get(key) is None]
     if unknown:
         raise SpeakerNetError(f"{source}: cannot tell {', '.join(unknown)} from its keys; give "
                               + ", ".join(f"{key}=... (--{key})" for key in unknown))
-    return {**family.defaults, **config}
+    return {**defaults, **config}
 
 
 def checkpoint_spec(checkpoint: dict, source: str, overrides: dict | None = None) -> ModelSpec:
@@ -433,7 +464,7 @@ def checkpoint_spec(checkpoint: dict, source: str, overrides: dict | None = None
     voxceleb_trainer's state dicts, what its keys say; ``overrides`` (not None) on top."""
     spec = ModelSpec.from_record(checkpoint.get("run") or {})
     if spec is None:
-        spec = ModelSpec(**infer_model_config(checkpoint["model_state_dict"], source))
+        spec = ModelSpec(**infer_model_config(checkpoint["model_state_dict"], source, overrides))
     return spec.overridden(**(overrides or {}))
 
 

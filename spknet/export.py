@@ -55,7 +55,7 @@ ONNX_OPSET = 18
 REQUIREMENTS = "requirements-export.txt"
 PT2_METADATA = "speakernet.json"          # the extra file of a .pt2 that holds the metadata
 EXAMPLE_SAMPLES = 2 * SAMPLE_RATE         # the example input traced: 2 s (any length works afterwards)
-SHORTEST_REQUIRED = SAMPLE_RATE // 2      # every export must accept 0.5 s
+SHORTEST_REQUIRED = SAMPLE_RATE // 2      # every export must accept 0.5 s, or the network's own minimum if longer
 # the model spec's options (those a network has: ResNetSE34L records no channels)
 METADATA_KEYS = ("sample_rate", "test_normalize", "embedding_dim", "min_samples", "input_scale", *MODEL_FIELDS)
 
@@ -90,8 +90,10 @@ def export_program(network: torch.nn.Module, config: dict, source: str = "model"
     except Exception as error:          # torch's export errors have no common base; all are a failed export
         raise SpeakerNetError(f"{source}: torch.export failed ({type(error).__name__}: {error})") from None
     shortest = min_samples(program, source)
-    if shortest > SHORTEST_REQUIRED:
-        raise SpeakerNetError(f"{source}: the exported program only accepts {shortest} samples or more, not 0.5 s")
+    required = max(SHORTEST_REQUIRED, int(getattr(network, "min_samples", 0)))
+    if shortest > required:
+        raise SpeakerNetError(f"{source}: the exported program only accepts {shortest} samples or more, not "
+                              f"{required} ({required / SAMPLE_RATE:g} s)")
     return program
 
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from spknet import distributed, plugins
 from spknet.loss._common import IMBALANCED
 from spknet.margin import has_margin
+from spknet.models._frontend import set_audio_scale
 from spknet.specs import MODEL_FIELDS, LossSpec, ModelSpec
 
 
@@ -22,6 +23,7 @@ class SpeakerNet(nn.Module):
         super().__init__()
         self.spec = spec.check().resolved()
         self.__S__ = plugins.load("models", self.spec.model)(**self.spec.network_options())
+        set_audio_scale(self.__S__, self.spec.audio_scale)      # a kaldi_fbank's training dither: one int16 step
         objective = plugins.load("loss", self.spec.trainfunc) if self.spec.trainfunc else None
         self.__L__ = objective(**loss.plugin_options(self.spec.nOut)) if objective and loss is not None else None
         self.train_normalize = getattr(objective, "train_normalize", True)

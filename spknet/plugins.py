@@ -59,3 +59,9 @@ def takes_option(package: str, name: str, option: str) -> bool:
     """Whether the plugin's class names ``option`` among its keyword parameters (``margin`` for ``loss/aamsoftmax``):
     the options a plugin only swallows through ``**kwargs`` are ones it does not use."""
     return option in inspect.signature(_export(package, name)).parameters
+
+
+def is_per_iteration(scheduler) -> bool:
+    """A schedule (plugin class or instance) that declares ``per_iteration``: stepped after every batch, not per
+    epoch."""
+    return bool(getattr(scheduler, "per_iteration", False))

@@ -1,24 +1,44 @@
 """Typed specs: what a run is, as the command line resolves it from argv, ``--config`` YAML and ``--preset``.
 
-The command line builds these once and checks them (:meth:`RunSpec.check`); the library and the plugins receive
-their fields, never the argparse namespace or a flag name. :class:`ModelSpec` is the one list of model options:
+The command line (:mod:`spknet.cli`) builds these once and checks a training run's (:meth:`RunSpec.check`: the
+combinations of options, worded with the flags that set them, :func:`flag_name`); the library and the plugins
+receive their fields, never the argparse namespace. :class:`ModelSpec` is the one list of model options:
 it builds the network, it is what a checkpoint records under ``run["model"]`` (versioned by :data:`SCHEMA`), and
 what :func:`spknet.inference.load_embedder` and ``--eval`` rebuild the network from.
 """
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+import torch
+
 from spknet import plugins
 from spknet.data.audio import AUDIO_SCALES, PADS, AudioPipeline
+from spknet.data.kaldi import MAX_OVERSHOOT
 from spknet.errors import SpeakerNetError
+from spknet.margin import has_margin
+from spknet.models._frontend import FRONTENDS
 
 # Version of the checkpoint's ``run`` entry. 1 (no ``schema`` key): ``{"options": {flag: value}, "lists": ...}``;
 # 2: ``{"schema": 2, "model": ModelSpec fields, "options": other identity fields, "lists": ...}``.
 SCHEMA = 2
-WINDOWS = ("hann", "hamming")
-ENCODERS = ("SAP", "ASP", "TSTP")
+WINDOWS = ("hann", "hamming", "povey")     # povey: Kaldi's, for the kaldi_fbank front end (3D-Speaker's)
+ENCODERS = ("SAP", "ASP", "TSTP", "ECA", "TAP", "MAX")      # ECA: RawNet3; TAP, MAX: VGGVox
 ORIGINAL_MODEL = "ResNetSE34L"      # the original's network: whose defaults an unset model shows
 SECOND_P_TARGET = 0.01             # the minDCF prior reported beside --dcf_p_target (the literature's other one)
+# The fields whose flag has another name (the original's flag names); every other field's flag is ``--field``.
+FLAG_NAMES = {"per_speaker": "nPerSpeaker", "classes": "nSpeakers", "loader_workers": "nDataLoaderThread",
+              "files_per_batch": "eval_batch_size", "precision": "eval_precision", "p_target": "dcf_p_target",
+              "c_miss": "dcf_c_miss", "c_fa": "dcf_c_fa"}
+
+
+def flag_name(field_name: str) -> str:
+    """The command line's flag of a spec field (``classes`` is ``--nSpeakers``)."""
+    return f"--{FLAG_NAMES.get(field_name, field_name)}"
+
+
+def field_default(spec_class, name: str):
+    """The default of a spec class's field."""
+    return spec_class.__dataclass_fields__[name].default
 
 
 @dataclass(frozen=True)
@@ -33,12 +53,13 @@ class ModelSpec:
     log_input: bool = True
     window: str | None = None
     channels: int | None = None
+    frontend: str | None = None            # models._frontend.FRONTENDS; None: the network's own (logmel)
     audio_scale: str = "int16"
     pad: str = "zero"
     trainfunc: str = ""
 
     # what the network plugin's MainModel receives (the original's keyword names)
-    NETWORK_OPTIONS = ("encoder_type", "nOut", "n_mels", "log_input", "window", "channels")
+    NETWORK_OPTIONS = ("encoder_type", "nOut", "n_mels", "log_input", "window", "channels", "frontend")
 
     def check(self) -> "ModelSpec":
         """The named plugins exist and every option is one of its choices; returns itself."""
@@ -48,6 +69,7 @@ class ModelSpec:
             raise SpeakerNetError(f"unknown loss {self.trainfunc!r}; choices: {', '.join(plugins.choices('loss'))}")
         for name, value, allowed in (("audio_scale", self.audio_scale, AUDIO_SCALES), ("pad", self.pad, PADS),
                                      ("window", self.window, (None, *WINDOWS)),
+                                     ("frontend", self.frontend, (None, *FRONTENDS)),
                                      ("encoder_type", self.encoder_type, (None, *ENCODERS))):
             if value not in allowed:
                 raise SpeakerNetError(f"model option {name} {value!r}: choose one of "
@@ -136,7 +158,18 @@ class DataSpec:
     train_data: str = ""                    # a Kaldi data directory, instead of train_list
     train_shards: str = ""                  # tar shards streamed instead of the list (spknet.data.shards)
     allow_pipes: bool = False               # run the shell commands of wav.scp 'cmd |' entries and 'pipe:' shards
+    max_overshoot: float = MAX_OVERSHOOT    # seconds a Kaldi segment may end past its recording (cut there)
     max_bad_files: int = 0                  # unreadable training files skipped before the run stops
+
+    def check(self) -> "DataSpec":
+        """One source of training data: a list, a Kaldi data directory or shards."""
+        sources = [name for name in ("train_list", "train_data", "train_shards") if getattr(self, name)]
+        if not sources:
+            raise SpeakerNetError("--train_list (or --train_data, a Kaldi data directory, or --train_shards) is "
+                                  "required for training")
+        if len(sources) > 1:
+            raise SpeakerNetError(f"{' and '.join(flag_name(name) for name in sources)}: give one of them")
+        return self
 
 
 @dataclass(frozen=True)
@@ -167,6 +200,68 @@ class TrainingSpec:
     gpu_id: int = 0
     tensorboard: bool = True                # TensorBoard event files in save_path/tensorboard/ (rank 0)
     average_epochs: int = 0                 # the run's end also scores the mean weights of its last N epochs
+    freeze_epochs: int = 0                  # epochs 1..N train the loss head alone (the network frozen)
+    network_lr_scale: float = 1.0           # the network's LR over the loss head's (--lr)
+
+    def check(self, trainfunc: str) -> "TrainingSpec":
+        """The warm-up and margin-schedule options fit the schedule and the loss ``trainfunc``."""
+        schedule = plugins.load("scheduler", self.scheduler)
+        if not plugins.is_per_iteration(schedule):
+            given = [name for name in ("warmup_epochs", "final_lr")
+                     if getattr(self, name) != field_default(TrainingSpec, name)]
+            if given:
+                raise SpeakerNetError(f"--{given[0]} applies to the per-iteration schedules ("
+                                      f"{', '.join(per_iteration_schedules())}), not to --scheduler {self.scheduler}")
+        else:
+            if self.warmup_epochs >= self.max_epoch:
+                raise SpeakerNetError(f"--warmup_epochs {self.warmup_epochs:g} must be shorter than --max_epoch "
+                                      f"{self.max_epoch}: the decay needs steps")
+            final_lr = self.lr * schedule.default_final_ratio if self.final_lr is None else self.final_lr
+            positive = schedule.final_must_be_positive   # exp: a log of the ratio
+            if final_lr > self.lr or (positive and final_lr <= 0):
+                raise SpeakerNetError(f"--final_lr {final_lr:g} must be {'above 0 and ' if positive else ''}at most "
+                                      f"--lr {self.lr:g} with --scheduler {self.scheduler}")
+        if self.margin_rampup_epochs is not None and self.margin_start_epoch is None:
+            raise SpeakerNetError("--margin_rampup_epochs needs --margin_start_epoch (the epoch the margin starts "
+                                  "rising)")
+        if self.margin_start_epoch is not None and not has_margin(plugins.load("loss", trainfunc)):
+            raise SpeakerNetError(f"--margin_start_epoch: --trainfunc {trainfunc} has no margin to schedule; the "
+                                  f"losses with a margin are {', '.join(losses_with_margin())}")
+        self.check_fine_tuning(trainfunc)
+        return self
+
+    def check_fine_tuning(self, trainfunc: str) -> None:
+        """``freeze_epochs`` needs a loss with per-class parameters (a classifier or proxies: what the frozen
+        epochs train), ``network_lr_scale`` other than 1 a loss with parameters of its own (the second group)."""
+        if self.freeze_epochs < 0:
+            raise SpeakerNetError(f"--freeze_epochs {self.freeze_epochs} must be at least 0")
+        if not 0 < self.network_lr_scale < float("inf"):
+            raise SpeakerNetError(f"--network_lr_scale {self.network_lr_scale:g} must be above 0")
+        if self.freeze_epochs > 0 and not loss_has_class_parameters(trainfunc):
+            raise SpeakerNetError(f"--freeze_epochs {self.freeze_epochs}: --trainfunc {trainfunc} has no class "
+                                  f"weights to train while the network is frozen (nothing to train); the losses "
+                                  f"with them are {', '.join(losses_with_class_parameters())}")
+        if self.network_lr_scale != 1.0 and not loss_parameter_counts(trainfunc)[0]:
+            raise SpeakerNetError(f"--network_lr_scale {self.network_lr_scale:g}: --trainfunc {trainfunc} has no "
+                                  f"parameters of its own, so the network's LR is --lr's; set --lr instead")
+
+    def unused_loss_options(self, trainfunc: str) -> list[str]:
+        """``--margin X``, ``--scale Y``: those given to a loss without such an option (ignored, as the original
+        ignored them)."""
+        return [f"--{name} {getattr(self, name):g}" for name in ("margin", "scale")
+                if getattr(self, name) is not None and not plugins.takes_option("loss", trainfunc, name)]
+
+    def averaged_epochs(self) -> range:
+        """The last epochs whose mean weights the run scores at its end (``average_epochs``; none below 2)."""
+        count, last = self.average_epochs, self.max_epoch
+        return range(max(last - count, 0) + 1, last + 1) if count > 1 else range(0)
+
+    def saved_epochs(self) -> list[int]:
+        """The epochs a run from epoch 1 leaves an epoch checkpoint of: the evaluated ones (every
+        ``test_interval``) and those the final average takes."""
+        averaged = self.averaged_epochs()
+        return [epoch for epoch in range(1, self.max_epoch + 1)
+                if epoch % self.test_interval == 0 or epoch in averaged]
 
     def loss(self, classes: int) -> LossSpec:
         return LossSpec(classes, self.margin, self.scale, self.hard_prob, self.hard_rank)
@@ -213,6 +308,18 @@ class EvalSpec:
         """The (comma-separated) test lists."""
         return [path.strip() for path in self.test_list.split(",") if path.strip()] or [self.test_list]
 
+    def check(self) -> "EvalSpec":
+        """What a training run's evaluations need: a test list."""
+        if not self.test_list:
+            raise SpeakerNetError("--test_list is required for training")
+        return self
+
+    def check_device(self, device_type: str) -> "EvalSpec":
+        """The embedding precision runs on the device (``cuda`` or ``cpu``) of the evaluation."""
+        if self.precision == "fp16" and device_type != "cuda":
+            raise SpeakerNetError("--eval_precision fp16 needs a GPU; on the CPU use bf16")
+        return self
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -221,3 +328,57 @@ class RunSpec:
     data: DataSpec = field(default_factory=DataSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     evaluation: EvalSpec = field(default_factory=EvalSpec)
+
+    # the plugins a training run names: (plugin package, the field that names one)
+    PLUGINS = (("loss", "trainfunc"), ("models", "model"), ("optimizer", "optimizer"), ("scheduler", "scheduler"))
+
+    def check(self, warn=None) -> "RunSpec":
+        """A training run's combinations of options, before any file is read: the plugins are named and exist,
+        the schedule options fit the schedule and the loss (:meth:`TrainingSpec.check`), the data has one source
+        (:meth:`DataSpec.check`), the evaluations a test list (:meth:`EvalSpec.check`), the model options are
+        valid (:meth:`ModelSpec.check`); returns itself. ``warn(message)``, when given, hears the loss options the
+        loss has not (they are ignored). The model spec may be unresolved (its network defaults still None)."""
+        for package, name in self.PLUGINS:
+            value = getattr(self.model if name in MODEL_FIELDS else self.training, name)
+            choices = ", ".join(plugins.choices(package))
+            if not value:
+                raise SpeakerNetError(f"--{name} is required; choices: {choices}")
+            if value not in plugins.choices(package):
+                raise SpeakerNetError(f"unknown --{name} {value!r}; choices: {choices}")
+        self.training.check(self.model.trainfunc)
+        unused = self.training.unused_loss_options(self.model.trainfunc)
+        if unused and warn is not None:
+            warn(f"{' and '.join(unused)}: --trainfunc {self.model.trainfunc} has no such option, ignored (the "
+                 f"losses with a margin: {', '.join(losses_with_margin())})")
+        self.data.check()
+        self.evaluation.check()
+        self.model.check()
+        return self
+
+
+def per_iteration_schedules() -> list[str]:
+    return [name for name in plugins.choices("scheduler") if plugins.is_per_iteration(plugins.load("scheduler", name))]
+
+
+def loss_parameter_counts(trainfunc: str) -> tuple[int, int]:
+    """How many parameters the loss ``trainfunc`` has for 2 and for 3 classes (of 8-dimensional embeddings)."""
+    loss = plugins.load("loss", trainfunc)
+    with torch.random.fork_rng(devices=[]):        # building them draws initial weights: the run's RNG is not touched
+        return tuple(sum(parameter.numel() for parameter in loss(**LossSpec(classes).plugin_options(8)).parameters())
+                     for classes in (2, 3))
+
+
+def loss_has_class_parameters(trainfunc: str) -> bool:
+    """Whether the loss has parameters per class (a classifier or proxies), beside a learned scale, if any."""
+    two, three = loss_parameter_counts(trainfunc)
+    return two != three
+
+
+def losses_with_class_parameters() -> list[str]:
+    """The losses whose head ``--freeze_epochs`` can train alone (named in its error)."""
+    return [name for name in plugins.choices("loss") if loss_has_class_parameters(name)]
+
+
+def losses_with_margin() -> list[str]:
+    """The loss plugins whose margin the schedule can drive (named in the errors and warnings about margins)."""
+    return [name for name in plugins.choices("loss") if has_margin(plugins.load("loss", name))]

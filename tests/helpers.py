@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,34 @@ def run_cli(*args, cwd=None, timeout=600, env=None):
     environment = {**os.environ, **SUBPROCESS_ENV, **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "trainSpeakerNet.py"), *map(str, args)], cwd=cwd or REPO,
                           check=False, capture_output=True, text=True, timeout=timeout, env=environment)
+
+
+def wait_until(condition, seconds: float) -> bool:
+    """Whether ``condition()`` holds within ``seconds`` (polled every 20 ms)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def start_held(argv, epoch: int, batch: int, marker: Path, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """Start ``trainSpeakerNet.py argv`` held by the run itself after its step on batch ``batch`` of epoch ``epoch``
+    (``SPKNET_TEST_HOLD``, spknet/training/run.py); returns once the run has written ``marker`` to say it is there.
+    The run waits there for a stop request (SIGINT/SIGTERM: it then saves and exits 128 + the signal) or a SIGKILL;
+    the caller ends it."""
+    from spknet.training.run import TEST_HOLD
+    environment = {**os.environ, **SUBPROCESS_ENV, TEST_HOLD: f"{epoch}:{batch}:{marker}"}
+    process = subprocess.Popen([sys.executable, str(REPO / "trainSpeakerNet.py"), *map(str, argv)],
+                               stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=environment)
+    if not wait_until(lambda: marker.exists() or process.poll() is not None, 600) or not marker.exists():
+        process.kill()
+        _, errors = process.communicate()
+        pytest.fail(f"the run never reached epoch {epoch}, batch {batch} (exit {process.returncode})"
+                    + (f": {errors[-2000:]}" if errors else ""))
+    assert int(marker.read_text()) == process.pid
+    return process
 
 
 def free_port() -> int:

@@ -15,7 +15,6 @@ import trainSpeakerNet
 from spknet.data import (
     FLOAT,
     ORIGINAL,
-    FileListSource,
     GroupBatchSampler,
     TrainDataset,
     UtteranceSource,
@@ -199,7 +198,7 @@ def test_a_source_in_memory_gives_the_crops_of_the_same_files(tmp_path):
         sf.write(paths[-1], wave.astype(np.int16), 16000, subtype="PCM_16")
     lines = "".join(f"spk{label} {os.path.basename(path)}\n" for label, path in zip(labels, paths))
     (tmp_path / "train.txt").write_text(lines)
-    files = FileListSource(read_train_list(str(tmp_path / "train.txt"), str(tmp_path)))
+    files = read_train_list(str(tmp_path / "train.txt"), str(tmp_path))      # a training list is a source
     memory = MemorySource(waves, labels)
     assert files.name(1) == paths[1] and len(files) == len(memory) == 4 and files.speakers == memory.speakers
     sampler = GroupBatchSampler(memory.labels, (2,), 2, 100, seed=3)      # the sampler needs only the labels

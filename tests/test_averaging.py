@@ -1,5 +1,6 @@
-"""Checkpoint averaging (``inference.py average``): the exact mean, BatchNorm buffers, refusing other runs, the
-output's contents and name, loading it for --eval and load_embedder, resume ignoring it, and the CLI's errors."""
+"""Checkpoint averaging (``inference.py average``): the exact mean, BatchNorm buffers, refusing other runs (each
+difference named, as a resume names it; one run across the schema change), the output's contents and name, loading
+it for --eval and load_embedder, resume ignoring it, and the CLI's errors."""
 
 import os
 import re
@@ -12,10 +13,11 @@ import SpeakerNet
 import trainSpeakerNet
 from spknet import checkpoints
 from spknet.errors import SpeakerNetError
+from spknet.identity import FLAGS, run_differences
 from spknet.specs import TrainingSpec
 from spknet.training.run import run_identity
 from spknet.training.trainer import ModelTrainer
-from tests.helpers import run_cli
+from tests.helpers import run_cli, saved_run_checkpoint
 from trainSpeakerNet import spec_from_argv
 
 RUN = {"options": {"model": "M", "nOut": 4, "lr": 0.1}, "lists": {"train_list": "abc"}}
@@ -72,11 +74,13 @@ def test_checkpoints_of_other_runs_or_models_are_refused(three, tmp_path):
     with pytest.raises(SpeakerNetError, match=rf"{odd}: not the same model .*lacks __L__.w"):
         checkpoints.average_checkpoints([paths[0], odd])
     odd = save_synthetic(other, 3, synthetic_state(4), run={**RUN, "options": {**RUN["options"], "lr": 0.2}})
-    refused = rf"{odd}: not from the same run as .*model000000004.model \(they differ in --lr 0.2, not 0.1\); only"
+    refused = (rf"{odd}: not from the same run as .*model000000004.model \(--lr: 0.1 in model000000004.model, 0.2 in "
+               rf"model000000003.model\); only")
     with pytest.raises(SpeakerNetError, match=refused):
         checkpoints.average_checkpoints([paths[0], odd])
     odd = save_synthetic(other, 4, synthetic_state(4), run={**RUN, "lists": {"train_list": "xyz"}})
-    with pytest.raises(SpeakerNetError, match=r"differ in --train_list \(its contents\)"):
+    same_name = rf"\(--train_list: other contents in {odd} than in {paths[0]}\)"       # full paths: one file name
+    with pytest.raises(SpeakerNetError, match=same_name):
         checkpoints.average_checkpoints([paths[0], odd])
     odd = save_synthetic(other, 5, synthetic_state(4), run=None)
     with pytest.raises(SpeakerNetError, match=rf"{odd} carries no run options"):
@@ -103,7 +107,7 @@ def test_resume_and_eval_ignore_the_averaged_file(three):
     run, paths, _ = three
     assert inference.main(["average", "--save_path", str(run), "--last", "3"]) == 0
     model_dir = str(run / "model")
-    assert checkpoints.latest_checkpoint(model_dir) == (paths[-1], 6)
+    assert checkpoints.epoch_checkpoints(model_dir)[-1] == (6, paths[-1])
     path, checkpoint = checkpoints.resume_point(model_dir)
     assert path == paths[-1] and "optimizer_state_dict" in checkpoint
     assert [epoch for epoch, _ in checkpoints.epoch_checkpoints(model_dir)] == [4, 5, 6]
@@ -135,6 +139,53 @@ def test_last_and_epochs_exclude_each_other(three):
     with pytest.raises(SystemExit) as raised:
         inference.main(["average", "--save_path", str(run), "--last", "2", "--epochs", "4,5"])
     assert raised.value.code == 2
+
+
+# ---- the run comparison is the resume's: every option worded, model options included; schema 1 reads as 2 -------
+
+SMALL = ["--model", "ResNetSE34L", "--trainfunc", "softmax", "--nOut", "8", "--nSpeakers", "4"]
+
+
+def test_runs_that_differ_in_one_model_option_are_refused_naming_it_and_both_values(tmp_path, capsys):
+    model_dir = tmp_path / "run" / "model"
+    model_dir.mkdir(parents=True)
+    for epoch, window in ((1, "hann"), (2, "hamming")):
+        saved_run_checkpoint([*SMALL, "--window", window], model_dir / f"model{epoch:09d}.model")
+    assert inference.main(["average", "--save_path", str(tmp_path / "run"), "--last", "2"]) == 2
+    first, second = model_dir / "model000000001.model", model_dir / "model000000002.model"
+    assert capsys.readouterr().err == (
+        f"error: {second}: not from the same run as {first} (--window: hann in model000000001.model, hamming in "
+        f"model000000002.model); only checkpoints of one run can be averaged\n")
+    assert not [name for name in os.listdir(model_dir) if name.startswith("average")]
+
+
+def schema_1(run: dict) -> dict:
+    """The entry that the code before the specs saved for the same run: the command line's flags, flat (a flag it
+    had and schema 2 does not record, ``--preset``; none for what it did not have, ``--train_shards``)."""
+    flags = {field: name.removeprefix("--") for field, name in FLAGS.items()}
+    options = {flags.get(key, key): value for key, value in run["options"].items() if key != "train_shards"}
+    return {"options": {**options, **run["model"], "preset": None}, "lists": run["lists"]}
+
+
+def test_a_run_resumed_across_the_schema_change_is_one_run(tmp_path, capsys):
+    model_dir = tmp_path / "run" / "model"
+    model_dir.mkdir(parents=True)
+    old, new = model_dir / "model000000001.model", model_dir / "model000000002.model"
+    saved_run_checkpoint(SMALL, old)
+    saved_run_checkpoint(SMALL, new)
+    checkpoint = torch.load(old, weights_only=True)
+    checkpoint["run"] = schema_1(checkpoint["run"])
+    assert "schema" not in checkpoint["run"] and checkpoint["run"]["options"]["nSpeakers"] == 4
+    torch.save(checkpoint, old)
+    saved, resumed = checkpoint["run"], torch.load(new, weights_only=True)["run"]
+    assert run_differences(saved, resumed) == [] and run_differences(resumed, saved) == []   # resume, both ways
+    assert inference.main(["average", "--save_path", str(tmp_path / "run"), "--last", "2"]) == 0
+    averaged = torch.load(model_dir / "average_last2.model", weights_only=True)
+    assert averaged["averaged_epochs"] == [1, 1] and averaged["run"] == resumed       # the newest's entry
+    # a schema-1 entry's model options are compared too, under their schema-2 names
+    other = {**resumed, "model": {**resumed["model"], "window": "hamming"},
+             "options": {**resumed["options"], "classes": 8}}
+    assert run_differences(saved, other) == [("classes", 4, 8), ("window", "hann", "hamming")]
 
 
 MODEL_FLAGS = ["--model", "ResNetSE34L", "--trainfunc", "aamsoftmax", "--nOut", "16", "--nSpeakers", "40"]

@@ -320,8 +320,10 @@ def test_unset_model_options_are_the_networks_own(argv, expected):
 
 def test_an_option_the_network_lacks_is_a_user_error():
     with pytest.raises(SpeakerNetError, match="model ResNetSE34L has no option --channels; models with it: "
-                                              "ECAPA_TDNN, ResNet34"):
+                                              "ECAPA_TDNN, ") as raised:
         spec_from_argv(["--model", "ResNetSE34L", "--channels", "64"])
+    named = str(raised.value).split("models with it: ")[1].split(", ")
+    assert {"ECAPA_TDNN", "ResNet34"} <= set(named) and "ResNetSE34L" not in named and "ResNetSE34V2" not in named
 
 
 @pytest.mark.parametrize("name", ["ECAPA_TDNN", "ResNet34"])
@@ -360,21 +362,3 @@ def test_ecapa_trains_from_the_command_line(tiny_corpus, tmp_path):
     embedder = SpeakerNet.load_embedder(str(checkpoint), device="cpu")
     assert sum(p.numel() for p in embedder.network.parameters()) == parameters("ECAPA_TDNN", channels=512)
     assert embedder.embed(waves(1, 16000)[0].numpy() * 0.1).shape == (1, 192)
-
-
-@pytest.mark.slow
-def test_bench_train_measures_every_network():
-    from benchmarks import bench_train as bench
-
-    rates = bench.measure_networks(list(bench.NETWORKS), groups=2, per_group=2, frames=20, steps=1, repeats=1)
-    assert list(rates) == ["ResNetSE34L", "ResNetSE34V2", "ECAPA_TDNN", "ResNet34"]
-    assert all(rate > 0 for rate in rates.values())
-
-
-def test_bench_train_runs_our_step_in_bfloat16_against_the_float32_reference(capsys):
-    from benchmarks import bench_train as bench
-
-    bench.main(["--device", "cpu", "--trainfunc", "mp_balance", "--groups", "2", "--frames", "20", "--steps", "1",
-                "--repeats", "1", "--mixedprec", "bf16"])
-    out = capsys.readouterr().out
-    assert "ours (bf16)" in out and "voxceleb_trainer-style" in out and "ratio ours / reference" in out

@@ -1,14 +1,18 @@
 """The command line: the original README's commands parse verbatim, YAML precedence and errors, names."""
 
+import json
 import re
 import shlex
+from dataclasses import fields, replace
 
 import pytest
 import torch
 import yaml
 
-from spknet import plugins
+import trainSpeakerNet
+from spknet import cli, plugins
 from spknet.errors import SpeakerNetError
+from spknet.specs import DataSpec, EvalSpec, ModelSpec, RunSpec, TrainingSpec, losses_with_margin
 from tests.helpers import REPO, fixture_file, run_cli
 from trainSpeakerNet import build_parser, parse_args, spec_from_argv
 
@@ -83,7 +87,7 @@ def test_precedence_flags_over_yaml_over_defaults(tmp_path):
     ("batch_size: many\n", "key 'batch_size' expects int"),
     ("batch_size: 2.5\n", "key 'batch_size' expects int"),
     ("eval: 1\n", "key 'eval' expects true or false"),
-    ("encoder_type: TAP\n", "key 'encoder_type' must be one of"),
+    ("encoder_type: GAP\n", "key 'encoder_type' must be one of"),
     ("- a\n- b\n", "expected a mapping"),
     ("lr: [0.1\n", "not a valid YAML file"),
 ])
@@ -127,7 +131,6 @@ def test_bounded_flags_in_yaml_name_the_key(tmp_path):
 
 
 def test_distributed_without_torchrun_or_a_gpu_says_how_to_launch(monkeypatch, capsys):
-    import trainSpeakerNet
     from spknet import distributed
     for name in distributed.ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
@@ -135,3 +138,121 @@ def test_distributed_without_torchrun_or_a_gpu_says_how_to_launch(monkeypatch, c
     assert trainSpeakerNet.main(["--distributed", "--model", "ResNetSE34L", "--trainfunc", "mp_balance"]) == 2
     error = capsys.readouterr().err
     assert "--distributed without torchrun: no GPU" in error and "torchrun --nproc_per_node N" in error
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Defaults written once (in the specs), and the checks of flag combinations (in the specs' own checks)
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_every_spec_field_has_a_flag_whose_default_is_the_field_s():
+    """A flag that sets a spec field takes the field's default; only the flags whose unset value means something
+    else (cli.OWN_DEFAULTS) differ, and the flags of no spec field (--config, --eval, ...) have their own."""
+    actions = build_parser().flag_actions
+    for spec_class in cli.SPECS:
+        for item in fields(spec_class):
+            dest = cli.spec_flags(spec_class)[item.name]
+            assert dest in actions, f"{spec_class.__name__}.{item.name} has no flag"
+            if dest in cli.OWN_DEFAULTS:
+                assert actions[dest].default == cli.OWN_DEFAULTS[dest] != item.default, dest
+            else:
+                assert actions[dest].default == item.default, f"--{dest} default differs from " \
+                                                              f"{spec_class.__name__}.{item.name}'s"
+    own = set(actions) - {dest for spec_class in cli.SPECS for dest in cli.spec_flags(spec_class).values()}
+    assert own == {"config", "preset", "lr_interval", "eval", "distributed", "port"}
+
+
+def test_the_spec_of_no_flags_is_the_specs_defaults():
+    spec = spec_from_argv([])
+    assert spec.data == DataSpec() and spec.training == TrainingSpec()
+    assert spec.evaluation == EvalSpec()        # --eval_frames unset: --max_frames, 200, EvalSpec's default too
+
+
+@pytest.mark.parametrize("argv,message", [
+    ([], "--trainfunc is required; choices: "),
+    (["--trainfunc", "mpp"], "unknown --trainfunc 'mpp'; choices: "),
+    (["--trainfunc", "softmax"], "--model is required; choices: "),
+    (["--trainfunc", "softmax", "--model", "ResNetSE34L", "--optimizer", "lbfgs"], "unknown --optimizer 'lbfgs'"),
+    (["--trainfunc", "softmax", "--model", "ResNetSE34L", "--scheduler", "x"], "unknown --scheduler 'x'"),
+    (["--trainfunc", "softmax", "--model", "ResNetSE34L"],
+     "--train_list (or --train_data, a Kaldi data directory, or --train_shards) is required for training"),
+    (["--trainfunc", "softmax", "--model", "ResNetSE34L", "--train_list", "a", "--train_data", "b"],
+     "--train_list and --train_data: give one of them"),
+    (["--trainfunc", "softmax", "--model", "ResNetSE34L", "--train_list", "a"], "--test_list is required for training"),
+    (["--trainfunc", "softmax", "--model", "ResNetSE34L", "--train_list", "a", "--test_list", "b", "--window", "hann",
+      "--channels", "64"], "channels"),
+    (["--trainfunc", "softmax", "--model", "ResNetSE34L", "--train_list", "a", "--test_list", "b", "--device", "cpu",
+      "--eval_precision", "fp16"], "--eval_precision fp16 needs a GPU; on the CPU use bf16"),
+    (["--eval", "--device", "cpu", "--eval_precision", "fp16"], "--eval_precision fp16 needs a GPU"),
+])
+def test_flag_combinations_are_refused_before_any_file_is_read(argv, message, capsys, tmp_path):
+    """The same errors as when they were checked in trainSpeakerNet.py (the schedule's: test_schedules.py), now
+    from RunSpec.check and its parts; nothing is read or written (the lists named do not exist)."""
+    assert trainSpeakerNet.main([*argv, "--save_path", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and "Traceback" not in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_spec_check_is_the_library_s_too():
+    """RunSpec.check holds the checks for a program that builds the specs itself; it returns the spec."""
+    spec = RunSpec(ModelSpec(trainfunc="aamsoftmax"), DataSpec(train_list="a"),
+                   TrainingSpec(scheduler="warmup_cosine", warmup_epochs=3, max_epoch=3), EvalSpec(test_list="b"))
+    with pytest.raises(SpeakerNetError, match="--warmup_epochs 3 must be shorter than --max_epoch 3"):
+        spec.check()
+    fine = replace(spec, training=replace(spec.training, max_epoch=4, margin=0.2))
+    warned = []
+    assert fine.check(warned.append) is fine and warned == []
+    softmax = replace(fine, model=ModelSpec(trainfunc="softmax"))
+    assert softmax.check(warned.append) is softmax
+    assert warned == ["--margin 0.2: --trainfunc softmax has no such option, ignored (the losses with a margin: "
+                      + ", ".join(losses_with_margin()) + ")"]
+
+
+def test_the_warm_up_default_final_lr_is_the_schedule_s():
+    """--final_lr unset: the schedule's own default ratio, read by the check from the plugin (public there)."""
+    schedule = plugins.load("scheduler", "warmup_exp")
+    assert schedule.default_final_ratio == 1e-3
+    TrainingSpec(scheduler="warmup_exp", lr=0.1, max_epoch=2).check("softmax")     # 1e-4: above 0, below lr
+
+
+def test_yaml_keys_are_the_flags_names_with_their_aliases(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("nClasses: 7\nencoder: ASP\nnDataLoaderThread: 1\n")
+    assert (parse_args(["--config", str(config)]).nSpeakers, parse_args(["--config", str(config)]).encoder_type) \
+        == (7, "ASP")
+    config.write_text("no-log_input: true\n")
+    with pytest.raises(SpeakerNetError, match="unknown key 'no-log_input'"):
+        parse_args(["--config", str(config)])
+
+
+def test_the_library_imports_no_script():
+    """spknet/ is a library: no module of it imports a top-level script (trainSpeakerNet, inference, ...)."""
+    scripts = {path.stem for path in REPO.glob("*.py")}
+    for path in (REPO / "spknet").rglob("*.py"):
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if words[:1] in (["import"], ["from"]) and len(words) > 1:
+                assert words[1].split(".")[0] not in scripts, f"{path.relative_to(REPO)}: {line.strip()}"
+
+
+def test_eval_writes_its_numbers_as_data(tiny_corpus, random_checkpoint, tmp_path, capsys, one_thread):
+    """--eval's result/metrics.json: what was evaluated and, per list, the numbers it prints (unrounded)."""
+    lines = open(tiny_corpus["test_list"]).read().splitlines()
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_text("\n".join(lines[:20]) + "\n")
+    second.write_text("\n".join(lines[20:30]) + "\n")
+    code = trainSpeakerNet.main(["--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--nOut", "16",
+                                 "--max_frames", "20", "--eval", "--initial_model", str(random_checkpoint),
+                                 "--test_list", f"{first},{second}", "--test_path", tiny_corpus["test_path"],
+                                 "--save_path", str(tmp_path / "run"), "--nDataLoaderThread", "0"])
+    printed = [float(value) for value in re.findall(r"^EER (\S+)$", capsys.readouterr().out, re.M)]
+    assert code == 0 and len(printed) == 2
+    metrics = json.loads((tmp_path / "run" / "result" / "metrics.json").read_text())
+    assert (metrics["model"], metrics["eval_frames"], metrics["scoring"], metrics["calibration"]) == \
+        (str(random_checkpoint), 20, "crops", None)
+    assert [(entry["path"], entry["name"], entry["trials"]) for entry in metrics["lists"]] == \
+        [(str(first), "first", 20), (str(second), "second", 10)]
+    assert [round(entry["eer"], 4) for entry in metrics["lists"]] == printed
+    for entry in metrics["lists"]:
+        assert set(entry["min_dcf"]) == {"0.05", "0.01"} and entry["cllr"] is None and entry["act_dcf"] is None
+        assert entry["min_cllr"] > 0

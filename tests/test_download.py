@@ -132,8 +132,13 @@ def test_a_checked_file_is_not_read_again_until_it_changes(server, tmp_path, mon
     entry, out = download.Entry(url, "data.bin", md5(PAYLOAD)), tmp_path / "out"
     download.fetch(entry, str(out))
     hashed = []
-    real_md5_of = download.md5_of
-    monkeypatch.setattr(download, "md5_of", lambda path: hashed.append(path) or real_md5_of(path))
+    real_digest = download.file_digest
+
+    def counted(path, algorithm):
+        hashed.append(path)
+        return real_digest(path, algorithm)
+
+    monkeypatch.setattr(download, "file_digest", counted)
     capsys.readouterr()
     download.fetch(entry, str(out))
     assert hashed == [] and "MD5 checked before" in capsys.readouterr().out
@@ -330,8 +335,22 @@ def test_split_archives_are_joined_once_every_part_is_there_and_checked(tmp_path
         download.join_parts(str(tmp_path), joined)
     assert not (tmp_path / "vox1_dev_wav.zip").exists()
     (tmp_path / "vox1_dev_wav_partab").write_bytes(whole[1000:])
+    (tmp_path / ".vox1_dev_wav.zip.k1ll3d_9.tmp").write_bytes(whole[:10])       # left by a join killed part-way
     assert download.join_parts(str(tmp_path), joined) == [str(tmp_path / "vox1_dev_wav.zip")]
     assert (tmp_path / "vox1_dev_wav.zip").read_bytes() == whole
+    assert download.checked_before(str(tmp_path / "vox1_dev_wav.zip"), md5(whole))   # recorded: not hashed again
+    assert sorted(os.listdir(tmp_path)) == [download.CHECKED, "vox1_dev_wav.zip", "vox1_dev_wav.zip.corrupt",
+                                            "vox1_dev_wav_partaa", "vox1_dev_wav_partab"]
+    assert download.join_parts(str(tmp_path), joined) == []                          # joined once
+
+
+def test_parts_of_an_unpublished_archive_are_joined_in_name_order_without_a_checksum(tmp_path, capsys):
+    for suffix, data in (("ab", b"world"), ("aa", b"hello ")):
+        (tmp_path / f"own_corpus_part{suffix}").write_bytes(data)
+    assert download.join_parts(str(tmp_path)) == [str(tmp_path / "own_corpus.zip")]
+    assert (tmp_path / "own_corpus.zip").read_bytes() == b"hello world"
+    assert "own_corpus.zip: complete (no published MD5 to check)" in capsys.readouterr().out
+    assert not (tmp_path / download.CHECKED).exists()
 
 
 def test_the_published_split_archives():

@@ -64,7 +64,7 @@ def test_own_checkpoints_carry_their_model_options(tmp_path):
     assert checkpoint["run"]["schema"] == SCHEMA
     assert checkpoint_spec(checkpoint, str(path)) == ModelSpec(
         model="ResNetSE34L", encoder_type="ASP", nOut=24, n_mels=40, log_input=True, window="hamming",
-        channels=None, audio_scale="float", pad="wrap", trainfunc="proto")
+        channels=None, frontend="logmel", audio_scale="float", pad="wrap", trainfunc="proto")
     embedder = SpeakerNet.load_embedder(str(path), device="cpu")
     assert embedder.test_normalize is False and embedder.pipeline.scale == "float"     # proto scores raw crops
     assert checkpoint_spec(checkpoint, str(path), {"nOut": 32, "pad": None}).nOut == 32   # explicit options win

@@ -1,5 +1,9 @@
 """Kaldi data directories on the command line: --train_data, --test_data with a Kaldi trials file, --allow_pipes,
-and the errors of bad directories (one ``error:`` line naming file and line, exit 2, nothing written)."""
+--max_overshoot, and the errors of bad directories (one ``error:`` line naming file and line, exit 2, nothing
+written).
+
+The directories are written as corpus tools write them: segment times with two decimals, so that a recording's
+last segment ends a fraction of a millisecond past it (Kaldi cuts it at the end, as these runs must)."""
 
 import os
 import pickle
@@ -14,9 +18,12 @@ import torch
 import trainSpeakerNet
 from spknet.data import SpeedPerturbedSource
 from spknet.data.kaldi import KaldiAudio, KaldiSource, data_dir_digest, load_kaldi_dir
-from spknet.training.run import run_differences, run_identity
+from spknet.identity import run_differences
+from spknet.training.run import run_identity
 from trainSpeakerNet import spec_from_argv
 
+TRIMMED = 7        # samples cut off the end of each two-segment recording: its last segment, written "5.00", ends
+                   # 0.44 ms past it, as two-decimal times end past recordings of real corpora
 FAST = ["--model", "ResNetSE34L", "--trainfunc", "softmaxproto", "--nPerSpeaker", "2", "--max_frames", "50",
         "--eval_frames", "50", "--batch_size", "8", "--nDataLoaderThread", "2", "--max_epoch", "1"]
 
@@ -27,18 +34,21 @@ def utterance_id(path: str) -> str:
 
 def write_kaldi_dir(folder, files: dict[str, list[str]], root: str) -> dict[str, np.ndarray]:
     """A Kaldi data directory of ``files`` (speaker -> paths under ``root``): each speaker's first two files
-    concatenated into one recording described by two segments, the others each a recording of its own (a
+    concatenated, less the last :data:`TRIMMED` samples, into one recording described by two segments with
+    times of two decimals (the second ends past the recording), the others each a recording of its own (a
     segment to its end, -1). Returns each utterance's samples."""
     os.makedirs(folder / "audio", exist_ok=True)
     wav_scp, utt2spk, segments, samples = [], [], [], {}
     for speaker, paths in sorted(files.items()):
         first, second = (sf.read(os.path.join(root, path), dtype="int16")[0] for path in paths[:2])
         recording = f"{speaker}-pair"
+        second = second[:-TRIMMED]
         sf.write(folder / "audio" / f"{recording}.wav", np.concatenate([first, second]), 16000, subtype="PCM_16")
         wav_scp.append(f"{recording} {folder / 'audio' / recording}.wav")
-        split = len(first) / 16000
-        for path, start, end in ((paths[0], 0, split), (paths[1], split, (len(first) + len(second)) / 16000)):
-            segments.append(f"{utterance_id(path)} {recording} {start:.4f} {end:.4f}")
+        split, end = len(first) / 16000, (len(first) + len(second) + TRIMMED) / 16000
+        assert split == round(split, 2) and end == round(end, 2)        # what two decimals write exactly
+        for path, start, stop in ((paths[0], 0, split), (paths[1], split, end)):
+            segments.append(f"{utterance_id(path)} {recording} {start:.2f} {stop:.2f}")
         for path, wave in zip(paths[:2], (first, second)):
             samples[utterance_id(path)] = wave
         for path in paths[2:]:
@@ -175,6 +185,11 @@ def spoil(folder, case: str) -> str:
         number = next(i for i, line in enumerate((folder / "segments").read_text().splitlines(), 1)
                       if line.split()[0] == key)
         return rf"{folder}/segments:{number}: utterance '{key}' has no speaker in utt2spk"
+    if case == "overshoot":
+        key, recording, start, end = (folder / "segments").read_text().splitlines()[1].split()
+        replace_line(folder / "segments", 2, f"{key} {recording} {start} {float(end) + 0.5:.2f}")
+        return (rf"{folder}/segments:2: segment '{key}' ends at 5.5 s, past the end of recording '{recording}' "
+                rf"\(4.99956 s\) by 0.5004 s, not less than --max_overshoot 0.5 s$")
     if case == "segment outside":
         key, recording, start, _ = (folder / "segments").read_text().splitlines()[1].split()
         replace_line(folder / "segments", 2, f"{key} {recording} {start} 99.5")
@@ -186,7 +201,7 @@ def spoil(folder, case: str) -> str:
     raise ValueError(case)
 
 
-@pytest.mark.parametrize("case", ["no wav.scp", "no utt2spk", "no speaker", "segment outside", "pipe"])
+@pytest.mark.parametrize("case", ["no wav.scp", "no utt2spk", "no speaker", "segment outside", "overshoot", "pipe"])
 def test_bad_train_data_is_one_error_line(small_dir, kaldi_corpus, tmp_path, capsys, case):
     expected = spoil(small_dir, case)
     save_path = tmp_path / "run"
@@ -198,7 +213,7 @@ def test_bad_train_data_is_one_error_line(small_dir, kaldi_corpus, tmp_path, cap
     assert "Traceback" not in err and not save_path.exists()
 
 
-@pytest.mark.parametrize("case", ["no speaker", "segment outside"])
+@pytest.mark.parametrize("case", ["no speaker", "segment outside", "overshoot"])
 def test_bad_test_data_is_one_error_line(small_dir, kaldi_corpus, tmp_path, capsys, case):
     expected = spoil(small_dir, case)
     save_path = tmp_path / "run"
@@ -206,6 +221,39 @@ def test_bad_test_data_is_one_error_line(small_dir, kaldi_corpus, tmp_path, caps
                          kaldi_corpus["trials"], "--test_data", small_dir, "--save_path", save_path)
     assert code == 2 and re.search(expected, err), err
     assert "Traceback" not in err and not save_path.exists()
+
+
+def test_max_overshoot_0_refuses_the_two_decimal_ends(small_dir, kaldi_corpus, tmp_path, capsys):
+    key, recording = (small_dir / "segments").read_text().splitlines()[1].split()[:2]
+    save_path = tmp_path / "run"
+    code, err = run_main(capsys, "--train_data", small_dir, "--test_list", kaldi_corpus["trials"], "--test_data",
+                         kaldi_corpus["test"], "--save_path", save_path, "--max_overshoot", "0", *FAST)
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {small_dir}/segments:2: segment '{key}' ends at 5 s, past the end of recording "
+                      f"'{recording}' (4.99956 s) by 0.0004375 s, not less than --max_overshoot 0 s"], err
+    assert not save_path.exists()
+
+
+def test_evaluating_two_decimal_segments(kaldi_corpus, random_checkpoint, tmp_path, capsys, one_thread):
+    """--eval on the test directory: one INFO line counts the segments cut at their recording's end, and trials
+    between those segments (each speaker's two segments, a target; the cut ones of two speakers, a nontarget)
+    are scored from them."""
+    split = [line.split() for line in (kaldi_corpus["test"] / "segments").read_text().splitlines()]
+    pairs = [(first[0], second[0]) for first, second in zip(split, split[1:]) if first[1] == second[1]]
+    trials = tmp_path / "trials"
+    trials.write_text("".join(f"{first} {second} target\n{second} {pairs[k - 1][1]} nontarget\n"
+                              for k, (first, second) in enumerate(pairs[:4])))
+    scores = tmp_path / "scores.txt"
+    code = trainSpeakerNet.main([str(item) for item in (
+        "--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--nOut", "16", "--eval", "--initial_model",
+        random_checkpoint, "--test_list", trials, "--test_data", kaldi_corpus["test"], "--eval_frames", "50",
+        "--nDataLoaderThread", "0", "--save_scores", scores, "--save_path", tmp_path / "run")])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    assert (f"{kaldi_corpus['test']}/segments: {len(pairs)} segment(s) end past their recording, by 0.0004375 s at "
+            f"most (less than --max_overshoot 0.5 s): cut at the recording's end") in out.splitlines()
+    assert len(scores.read_text().splitlines()) == 8
 
 
 def test_a_trial_key_not_in_the_test_data_names_its_line(kaldi_corpus, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""VoxCeleb / MUSAN / RIR preparation (prep_voxceleb.py through dataprep.py) on small trees the tests make."""
+"""VoxCeleb / MUSAN / RIR preparation (spknet.data.voxceleb through dataprep.py) on small trees the tests make."""
 
 import io
 import os
@@ -51,15 +51,15 @@ def test_extract_joins_parts_unpacks_and_arranges_voxceleb(tmp_path, capsys):
     make_zip(vox1_dev, {"wav/id10001/vidA/00001.wav": wav_bytes(np.ones(400)),
                         "wav/id10001/vidA/00002.wav": wav_bytes(np.ones(500))})
     data = vox1_dev.read_bytes()
-    (tmp_path / "vox1_dev_wav_partaa").write_bytes(data[:len(data) // 2])
-    (tmp_path / "vox1_dev_wav_partab").write_bytes(data[len(data) // 2:])
+    (tmp_path / "vox1_dev_own_partaa").write_bytes(data[:len(data) // 2])     # not a published split archive:
+    (tmp_path / "vox1_dev_own_partab").write_bytes(data[len(data) // 2:])     # joined with no MD5 to check
     vox1_dev.unlink()
     make_zip(tmp_path / "vox1_test_wav.zip", {"wav/id10270/vidB/00001.wav": wav_bytes(np.ones(300))})
     make_tar(tmp_path / "vox2_dev_aac.tar.gz", {"dev/aac/id00012/vidC/00001.m4a": b"m4a"})
     make_zip(tmp_path / "vox2_test_aac.zip", {"aac/id00500/vidD/00001.m4a": b"m4a"})
     make_tar(tmp_path / "musan.tar.gz", {"musan/noise/x/a.wav": wav_bytes(np.ones(100))})   # left to --musan
     assert dataprep.main(["--extract", "--save_path", str(tmp_path)]) == 0
-    assert (tmp_path / "vox1_dev_wav.zip").is_file()
+    assert (tmp_path / "vox1_dev_own.zip").read_bytes() == data
     assert (tmp_path / "voxceleb1" / "id10001" / "vidA" / "00002.wav").is_file()
     assert (tmp_path / "voxceleb1" / "id10270" / "vidB" / "00001.wav").is_file()
     assert (tmp_path / "voxceleb2" / "id00012" / "vidC" / "00001.m4a").is_file()
@@ -69,6 +69,19 @@ def test_extract_joins_parts_unpacks_and_arranges_voxceleb(tmp_path, capsys):
     capsys.readouterr()
     assert dataprep.main(["--extract", "--save_path", str(tmp_path)]) == 0          # again: nothing to redo
     assert "already unpacked" in capsys.readouterr().out
+
+
+def test_extract_checks_the_md5_of_a_published_split_archive(tmp_path, capsys):
+    (tmp_path / "vox1_dev_wav_partaa").write_bytes(b"not")
+    assert dataprep.main(["--extract", "--save_path", str(tmp_path)]) == 2          # parts missing: not joined
+    assert "vox1_dev_wav.zip: not joined, parts missing: vox1_dev_wav_partab, vox1_dev_wav_partac, " \
+           "vox1_dev_wav_partad" in capsys.readouterr().out
+    for suffix in "bcd":
+        (tmp_path / f"vox1_dev_wav_parta{suffix}").write_bytes(b"voxceleb")
+    assert dataprep.main(["--extract", "--save_path", str(tmp_path)]) == 2
+    assert "vox1_dev_wav.zip: checksum failed (MD5 " in capsys.readouterr().err
+    assert not (tmp_path / "vox1_dev_wav.zip").exists() and (tmp_path / "vox1_dev_wav.zip.corrupt").is_file()
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("kind", ["zip", "tar"])

@@ -1,6 +1,6 @@
 """The VoxCeleb recipe (recipes/voxceleb/run.sh) and its helpers (spknet.recipe): the flags the stages derive, the
-calibration trials, the report, stage selection and skipping, missing inputs, and (slow) stages 3-9 end to end on
-a tiny corpus in VoxCeleb's layout."""
+recipe's options refused before any stage runs, the calibration trials, the report, stage selection and skipping,
+missing inputs, and (slow) stages 3-9 end to end on a tiny corpus in VoxCeleb's layout."""
 
 import os
 import subprocess
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from spknet import recipe
+from spknet.cli import spec_from_argv
 from spknet.data.synthetic import make_corpus
 from spknet.errors import SpeakerNetError
 from tests.helpers import REPO, SUBPROCESS_ENV, saved_run_checkpoint
-from trainSpeakerNet import spec_from_argv
 
 RUN_SH = REPO / "recipes" / "voxceleb" / "run.sh"
 TRAIN_CONFIGS = ["mp_balance", "mmp_balance2", "recipe_resnet34_aamsoftmax", "recipe_ecapa_tdnn_aamsoftmax",
@@ -67,14 +67,21 @@ def test_evaluation_crop_and_flags(tmp_path):
     assert recipe.eval_flags(str(config), ["--max_frames", "50"])[0] == 50
     frames, flags = recipe.eval_flags(str(config), ["--max_epoch", "2", "--eval_frames=0", "--nDataLoaderThread",
                                                     "0", "--trust_checkpoint", "--eval_batch_size", "4"])
-    assert frames == 0 and flags == ["--eval_frames", "0", "--nDataLoaderThread", "0", "--trust_checkpoint",
-                                     "--eval_batch_size", "4"]
+    assert frames == 0 and flags == ["--eval_frames", "0", "--nDataLoaderThread", "0", "--eval_batch_size", "4",
+                                     "--trust_checkpoint"]
     assert "--eval_batch_size" not in recipe.eval_flags(str(config), ["--eval_batch_size", "4"], calibrate=True)[1]
-    config.write_text("max_frames: 350\neval_frames: 400\n")
-    assert recipe.eval_flags(str(config), ["--max_frames", "50"])[0] == 400
+    config.write_text("max_frames: 350\neval_frames: 400\nnDataLoaderThread: 2\n")
+    assert recipe.eval_flags(str(config), ["--max_frames", "50"]) == (400, ["--eval_frames", "400"])
     assert recipe.crop_text(0) == "whole files" and "400 frames" in recipe.crop_text(400)
-    with pytest.raises(SpeakerNetError, match="--eval_frames 'x'"):
+    # the trainer's own parser reads them: its errors, its aliases, its unknown flags
+    with pytest.raises(SpeakerNetError, match="the flags after --: trainSpeakerNet.py: argument --eval_frames: "
+                                              "invalid int value: 'x'"):
         recipe.eval_flags(str(config), ["--eval_frames", "x"])
+    with pytest.raises(SpeakerNetError, match="unrecognized arguments: --crop 3"):
+        recipe.eval_flags(str(config), ["--crop", "3"])
+    config.write_text("nClasses: 7\neval_frame: 3\n")
+    with pytest.raises(SpeakerNetError, match="unknown key 'eval_frame'"):
+        recipe.eval_flags(str(config), [])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -100,35 +107,41 @@ def test_calibration_trials_pair_training_speakers(tmp_path):
 # The report and the driver
 # ----------------------------------------------------------------------------------------------------------------
 
-def fake_stage(exp: Path, folder: str, lists: list[str], scores: dict, frames: int = 0, calibration: str = ""):
-    """A stage's records as run.sh leaves them: settings.json and one score file per list."""
-    directory = exp / folder
-    recipe.write_json(str(directory / "settings.json"), {"model": "m.model", "lists": lists, "eval_frames": frames,
-                                                         "scoring": "cosine", "score_norm": "none",
-                                                         "calibration": calibration})
-    for name, (values, labels) in scores.items():
-        text = "".join(f"{v} {label} a.wav b.wav\n" for v, label in zip(values, labels))
-        (directory / (f"scores_{name}.txt" if len(lists) > 1 else "scores.txt")).write_text(text)
+def fake_stage(exp: Path, folder: str, lists: list[str], scores: dict, frames: int = 0, calibrated: dict = None):
+    """A stage's record as its --eval leaves it: result/metrics.json, the metrics of each list's (score, label)
+    pairs; ``calibrated``: list stem -> (Cllr, actDCF(0.01))."""
+    from spknet.evaluation.metrics import compute_metrics
+
+    entries = []
+    for path, (name, (values, labels)) in zip(lists, scores.items()):
+        metrics = compute_metrics(values, labels)
+        cllr, act = (calibrated or {}).get(name, (None, None))
+        entries.append({"path": path, "name": name, "published": None, "trials": len(values), "eer": metrics.eer,
+                        "eer_threshold": metrics.eer_threshold,
+                        "min_dcf": {f"{p:g}": value for p, (value, _) in metrics.min_dcf.items()},
+                        "min_cllr": 0.1, "cllr": cllr, "act_dcf": None if act is None else {"0.05": 0.5, "0.01": act}})
+    recipe.write_json(str(exp / folder / "result" / "metrics.json"),
+                      {"model": "m.model", "eval_frames": frames, "scoring": "cosine", "score_norm": "none",
+                       "calibration": "c.json" if calibrated else None, "p_targets": [0.05, 0.01], "c_miss": 1.0,
+                       "c_fa": 1.0, "lists": entries})
 
 
-def test_calibrated_rows_take_cllr_and_act_dcf_from_the_evaluation_log(tmp_path):
-    """A calibrated stage's Cllr and actDCF(0.01) are those its --eval printed per list (a calibration with the
+def test_calibrated_rows_take_cllr_and_act_dcf_from_the_evaluation_record(tmp_path):
+    """A calibrated stage's Cllr and actDCF(0.01) are those its --eval wrote per list (a calibration with the
     durations needs the trials' audio to give LLRs, which --eval reads)."""
     separated = ([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0])
-    for folder, cllr, act in (("calibrate", "0.4321", "0.9000"), ("calibrate_quality", "0.3210", "0.8000")):
-        fake_stage(tmp_path, folder, ["/d/veri_test2.txt"], {"veri_test2": separated}, calibration="c.json")
-        (tmp_path / folder / "eval.log").write_text(
-            "embedding: 100%\n== /d/veri_test2.txt: 4 trials (cosine scoring)\nEER 0.0000\n"
-            f"Cllr {cllr}, minCllr 0.1000, actDCF(p=0.05) 0.5000, actDCF(p=0.01) {act}\n")
+    for folder, cllr, act in (("calibrate", 0.4321, 0.9), ("calibrate_quality", 0.321, 0.8)):
+        fake_stage(tmp_path, folder, ["/d/veri_test2.txt"], {"veri_test2": separated},
+                   calibrated={"veri_test2": (cllr, act)})
     rows = [line for line in recipe.report(str(tmp_path)).splitlines() if line.startswith("| veri")]
     assert rows == ["| veri_test2.txt | calibrated | 4 | 0.0000 | 0.0000 | 0.4321 | 0.9000 | whole files |",
                     "| veri_test2.txt | calibrated + QMF | 4 | 0.0000 | 0.0000 | 0.3210 | 0.8000 | whole files |"]
-    (tmp_path / "calibrate" / "eval.log").unlink()
-    with pytest.raises(SpeakerNetError, match="eval.log: the calibrated evaluation's log is missing; run stage 8"):
+    (tmp_path / "calibrate" / "result" / "metrics.json").write_text("{")
+    with pytest.raises(SpeakerNetError, match="metrics.json: unreadable record .*run its stage again"):
         recipe.report(str(tmp_path))
 
 
-def test_report_rows_from_score_files(tmp_path):
+def test_report_rows_from_the_evaluation_records(tmp_path):
     separated = ([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0])
     half = ([0.9, 0.1, 0.8, 0.2], [1, 1, 0, 0])
     fake_stage(tmp_path, "extract/plain", ["/d/veri_test2.txt", "/d/list_test_hard2.txt"],
@@ -151,7 +164,7 @@ def test_report_without_records_names_the_stage(tmp_path):
     (1, "--voxceleb_url", ""), (2, "data", "stage 1 (download)"), (3, "train_list.txt", "stage 2 (prepare)"),
     (4, "train/model", "stage 3 (train)"), (5, "average.model", "stage 4 (average)"),
     (6, "average.model", "stage 4 (average)"), (8, "average.model", "stage 4 (average)"),
-    (9, "settings.json", "stage 6 (extract)")])
+    (9, "metrics.json", "stage 6 (extract)")])
 def test_missing_inputs_name_the_stage_that_makes_them(tmp_path, stage, missing, maker, monkeypatch):
     monkeypatch.delenv("VOXCELEB_URL", raising=False)
     monkeypatch.delenv("VOXCELEB_LIST", raising=False)
@@ -163,6 +176,39 @@ def test_missing_inputs_name_the_stage_that_makes_them(tmp_path, stage, missing,
     errors = error_lines(completed)
     assert len(errors) == 1 and missing in errors[0] and maker in errors[0] and f"stage {stage}" in errors[0]
     assert not list((tmp_path / "exp" / ".done").glob("stage_*"))
+
+
+@pytest.mark.parametrize("options, named", [
+    # averaging 10 epochs of a 2-epoch run: refused at once, not after the training (the issue's new user)
+    ((), "--average 10: stage 4 (average) averages the last 10 epoch checkpoints, and stage 3 (train) saves 2 "
+         "(--max_epoch 2, --test_interval 1); give --average 2 or fewer"),
+    (("--average", 2), "--lm_average 3: stage 5 (lmft) averages the last 3 epoch checkpoints, and its fine-tuning "
+                       "(lmft_mp_balance.yaml and the flags after --) saves 2"),
+    (("--average", 0), "--average 0: stage 4 (average) averages at least 1"),
+    (("--average", 2, "--lm_average", 2, "--calib_speakers", 1), "--calib_speakers 1"),
+    (("--average", 2, "--", "--max_epoch", "two"), "the flags after --: trainSpeakerNet.py: argument --max_epoch: "
+                                                  "invalid int value: 'two'"),
+    (("--config", REPO / "configs" / "mp_balance.yaml", "--stop_stage", 5, "--average", 5, "--lm_average", 6, "--",
+      "--max_epoch", 12, "--test_interval", 4, "--average_epochs", 3),
+     "--lm_average 6: stage 5 (lmft) averages the last 6 epoch checkpoints, and its fine-tuning "
+     "(lmft_mp_balance.yaml and the flags after --) saves 5 (--max_epoch 12, --test_interval 4, --average_epochs 3)"),
+])
+def test_options_that_cannot_work_are_refused_before_stage_3(tmp_path, options, named):
+    """One ``error:`` line naming the recipe's option, before stage 3 starts: no data is needed to say it."""
+    words = list(options)
+    extra = words[words.index("--"):] if "--" in words else ["--", "--max_epoch", 2]
+    own = words[:words.index("--")] if "--" in words else words
+    completed = run_recipe("--data", tmp_path / "data", "--exp", tmp_path / "exp", "--stage", 3, *own, *extra)
+    assert completed.returncode == 2 and len(error_lines(completed)) == 1, completed.stderr
+    assert named in error_lines(completed)[0], completed.stderr
+    assert "== stage" not in completed.stdout and not (tmp_path / "exp").exists()
+
+
+def test_options_that_fit_pass_the_check(tmp_path):
+    """The same run with averages that fit goes on to stage 3 (and stops there: no data)."""
+    completed = run_recipe("--data", tmp_path / "data", "--exp", tmp_path / "exp", "--stage", 3, "--average", 2,
+                           "--lm_average", 2, "--", "--max_epoch", 2)
+    assert completed.returncode == 2 and "stage 3 (train) needs" in error_lines(completed)[0]
 
 
 def test_stages_are_selected_and_done_ones_skipped(tmp_path):
@@ -193,8 +239,13 @@ def test_a_stage_that_runs_clears_the_later_stages_markers(tmp_path):
     (exp / ".done").mkdir()
     for stage in (2, 6, 9):
         (exp / ".done" / f"stage_{stage}").write_text("earlier\n")
-    completed = run_recipe("--data", tmp_path / "data", "--exp", exp, "--stage", 4, "--stop_stage", 4,
-                           "--average", 1)
+    args = ("--data", tmp_path / "data", "--exp", exp, "--stage", 4, "--stop_stage", 4)
+    too_many = run_recipe(*args, "--average", 2)        # stage 3 does not run: its folder's checkpoints count
+    assert too_many.returncode == 2 and error_lines(too_many) == [
+        f"error: --average 2: stage 4 (average) averages the last 2 epoch checkpoints, and {exp / 'train' / 'model'} "
+        f"holds 1; give --average 1 or fewer, or train more epochs"]
+    assert "== stage" not in too_many.stdout
+    completed = run_recipe(*args, "--average", 1)
     assert completed.returncode == 0, completed.stderr
     assert (exp / "average.model").is_file()
     assert sorted(path.name for path in (exp / ".done").iterdir()) == ["stage_2", "stage_4"]

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from spknet.lock import RunLock
 from spknet.model import SpeakerNet
 from spknet.specs import TrainingSpec
 from spknet.training.trainer import ModelTrainer
-from tests.helpers import REPO, SUBPROCESS_ENV, run_cli
+from tests.helpers import REPO, SUBPROCESS_ENV, run_cli, start_held, wait_until
 from trainSpeakerNet import parse_args
 
 FAST = ["--max_frames", "50", "--batch_size", "8", "--nDataLoaderThread", "0", "--model", "ResNetSE34L",
@@ -70,16 +69,10 @@ def test_sigkill_during_a_save_then_resume(tiny_corpus, tmp_path):
 def test_sigkill_during_an_epoch_then_resume(tiny_corpus, tmp_path):
     save_path = tmp_path / "run"
     argv = [*FAST, *corpus_flags(tiny_corpus), "--save_path", str(save_path), "--max_epoch", "2"]
-    process = subprocess.Popen([sys.executable, str(REPO / "trainSpeakerNet.py"), *argv],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, **SUBPROCESS_ENV})
-    first = save_path / "model" / "model000000001.model"
-    deadline = time.time() + 300
-    while time.time() < deadline and not first.exists():
-        time.sleep(0.05)
-    time.sleep(1.0)                                                       # into epoch 2
+    process = start_held(argv, epoch=2, batch=1, marker=tmp_path / "held")      # epoch 2's first step made
     process.kill()
     process.wait()
+    first = save_path / "model" / "model000000001.model"
     assert first.is_file() and not (save_path / "model" / "model000000002.model").exists()
     resumed = run_cli(*argv)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -101,17 +94,9 @@ def children(pid: int) -> list[int]:
         return [int(child) for child in handle.read().split()]
 
 
-def wait_until(condition, seconds: float) -> bool:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
-# A DataLoader whose one worker (started with the loaders' worker_init_fn) writes its PID and then sleeps inside
-# __getitem__, where torch's own watchdog never looks at the parent.
+# A DataLoader whose one worker (started with the loaders' worker_init_fn) writes its PID and then sleeps for 10
+# minutes inside __getitem__, where torch's own watchdog never looks at the parent: it ends sooner only by dying with
+# its main process.
 SLEEPING_WORKER = """
 import os, sys, time
 sys.path.insert(0, {repo!r})
@@ -124,7 +109,7 @@ class Sleeper(torch.utils.data.Dataset):
         with open(sys.argv[1] + ".tmp", "w") as handle:
             handle.write(str(os.getpid()))
         os.replace(sys.argv[1] + ".tmp", sys.argv[1])
-        time.sleep(60)
+        time.sleep(600)
         return index
 next(iter(torch.utils.data.DataLoader(Sleeper(), num_workers=1, worker_init_fn=ignore_stop_signals)))
 """
@@ -141,7 +126,8 @@ def test_a_loader_worker_dies_with_its_sigkilled_main_process(tmp_path):
         assert alive(worker)
         main.kill()
         main.wait()
-        assert wait_until(lambda: not alive(worker), 1.0), "the worker outlived its killed main process"
+        # the parent-death signal ends it within milliseconds; 30 s leaves any loaded machine its time
+        assert wait_until(lambda: not alive(worker), 30), "the worker outlived its killed main process"
     finally:
         main.kill()
         if pid_file.exists() and alive(int(pid_file.read_text())):
@@ -153,21 +139,15 @@ def test_sigkill_with_loader_workers_then_the_same_command_resumes_at_once(tiny_
     save_path = tmp_path / "run"
     argv = [*FAST, *corpus_flags(tiny_corpus), "--save_path", str(save_path), "--max_epoch", "2",
             "--nDataLoaderThread", "2"]
-    process = subprocess.Popen([sys.executable, str(REPO / "trainSpeakerNet.py"), *argv],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, **SUBPROCESS_ENV})
-    first = save_path / "model" / "model000000001.model"
-    assert wait_until(first.exists, 300), "epoch 1 never ended"
-    assert wait_until(lambda: len(children(process.pid)) >= 2, 30), "no loader workers"
+    process = start_held(argv, epoch=2, batch=1, marker=tmp_path / "held")      # epoch 2's workers running
     workers = children(process.pid)
+    assert len(workers) >= 2, "no loader workers"
     process.kill()
     process.wait()
-    killed_at = time.time()
     assert not (save_path / "model" / "model000000002.model").exists()       # killed during epoch 2
-    with RunLock(str(save_path)):                                            # free at once: no retry
+    with RunLock(str(save_path)):          # free at once: RunLock never retries, a held folder fails at once
         pass
-    assert wait_until(lambda: not any(alive(worker) for worker in workers), 1.0), "workers outlived the run"
-    assert time.time() - killed_at < 1.0
+    assert wait_until(lambda: not any(alive(worker) for worker in workers), 30), "workers outlived the run"
     resumed = run_cli(*argv)
     assert "another training run" not in resumed.stderr
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -2,11 +2,8 @@
 resume, their flags, and the large-margin fine-tuning configs."""
 
 import math
-import os
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -14,14 +11,15 @@ import torch.nn.functional as F
 
 import trainSpeakerNet
 from spknet.errors import SpeakerNetError
+from spknet.identity import run_differences
 from spknet.loss import aamsoftmax, amsoftmax
 from spknet.loss._metric import cosine_matrix
 from spknet.margin import MarginSchedule, exponential_rise
 from spknet.model import SpeakerNet
 from spknet.specs import TrainingSpec
-from spknet.training.run import run_differences, run_identity
+from spknet.training.run import run_identity
 from spknet.training.trainer import EpochProgress, ModelTrainer
-from tests.helpers import REPO, SUBPROCESS_ENV, run_cli
+from tests.helpers import REPO, run_cli, start_held
 from trainSpeakerNet import parse_args, spec_from_argv
 
 LR, FINAL_LR = 0.1, 0.001
@@ -267,10 +265,11 @@ def test_no_margin_schedule_keeps_the_full_margin():
 
 
 def test_margin_schedule_needs_a_loss_with_a_margin():
-    net = SpeakerNet.build(model="ResNetSE34L", trainfunc="mp_balance", nOut=16, nSpeakers=4)
-    with pytest.raises(SpeakerNetError, match="needs a loss with a margin"):
-        ModelTrainer(net, torch.device("cpu"), TrainingSpec(optimizer="sgd", scheduler="steplr", lr=0.1,
-                                                            margin_start_epoch=1), steps_per_epoch=4)
+    """The spec's own check (the command line's too: test_schedule_flags_that_do_not_fit_are_errors)."""
+    training = TrainingSpec(optimizer="sgd", scheduler="steplr", lr=0.1, margin_start_epoch=1)
+    with pytest.raises(SpeakerNetError, match="--trainfunc mp_balance has no margin to schedule"):
+        training.check("mp_balance")
+    assert training.check("aamsoftmax") is training
 
 
 def weights(trainer):
@@ -452,20 +451,17 @@ def test_sigterm_mid_epoch_then_resume_matches_a_straight_run(tiny_corpus, tmp_p
             "1", "--max_epoch", "2", "--test_interval", "2", *corpus_flags(tiny_corpus)]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert run_cli(*argv, "--save_path", straight).returncode == 0
-    process = subprocess.Popen([sys.executable, str(REPO / "trainSpeakerNet.py"), *argv, "--save_path", str(stopped)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, **SUBPROCESS_ENV})
-    deadline = time.time() + 120
-    while time.time() < deadline and not (stopped / "result" / "scores.txt").exists():
-        time.sleep(0.1)
-    process.send_signal(signal.SIGTERM)            # lands in epoch 1's first steps
+    # the run holds after its step on batch 3 of epoch 1 (inside the warm-up) until the signal comes
+    process = start_held([*argv, "--save_path", stopped], epoch=1, batch=3, marker=tmp_path / "held",
+                         stderr=subprocess.PIPE)
+    process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     state = torch.load(stopped / "model" / "resume.state", weights_only=True)
-    assert state["progress"]["epoch"] == 1 and state["scheduler_state_dict"]["last_epoch"] == \
-        state["progress"]["batches"]
+    assert state["progress"]["epoch"] == 1 and state["progress"]["batches"] == 3
+    assert state["scheduler_state_dict"]["last_epoch"] == 3
     resumed = run_cli(*argv, "--save_path", stopped)
-    assert resumed.returncode == 0 and "Resuming epoch 1, batch" in resumed.stdout, resumed.stderr[-2000:]
+    assert resumed.returncode == 0 and "Resuming epoch 1, batch 3" in resumed.stdout, resumed.stderr[-2000:]
     assert log_lines(stopped) == log_lines(straight) and len(log_lines(straight)) == 2
     a = torch.load(straight / "model" / "model000000002.model", weights_only=True)
     b = torch.load(stopped / "model" / "model000000002.model", weights_only=True)
@@ -508,7 +504,8 @@ def test_fine_tuning_from_a_checkpoint(tiny_corpus, tmp_path, config, loss):
                      "0.5", "--max_frames", "100", "--eval_frames", "0", "--batch_size", "8",
                      "--nDataLoaderThread", "0")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Model {initial} loaded!" in result.stdout and "skipped" not in result.stdout + result.stderr
+    assert f"Initial model {initial} (sha256 " in result.stdout and "loss head: loaded" in result.stdout
+    assert "skipped" not in result.stdout + result.stderr
     lines = log_lines(save_path)
     assert len(lines) == 2 and (save_path / "model" / "model000000002.model").is_file()
     first_lr = float(lines[0].split(",")[1].split()[1])

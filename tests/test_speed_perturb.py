@@ -11,8 +11,10 @@ from spknet.data import (
     SPEED_MARGIN,
     AudioPipeline,
     GroupBatchSampler,
+    SpeedPerturbedSource,
     TrainDataset,
     TrainList,
+    UtteranceSource,
     change_speed,
     collate_groups,
     load_train_crop,
@@ -22,10 +24,11 @@ from spknet.data import (
     speed_perturbed,
 )
 from spknet.errors import SpeakerNetError
-from spknet.training.run import SPEED_FACTORS, training_classes
+from spknet.training.run import SPEED_FACTORS, training_classes, training_data
 from tests.helpers import run_cli
 from tests.test_augment import make_folders
 from tests.test_data import write_wav
+from trainSpeakerNet import spec_from_argv
 
 SPEEDS = SPEED_FACTORS
 FRAMES = 50
@@ -60,6 +63,30 @@ def test_each_speaker_and_speed_is_a_class_and_one_point_zero_keeps_its_label():
         assert speed == SPEEDS[block]
         assert label == base.labels[entry % 6] + 3 * block                  # speed block k shifts labels by k * 3
         assert perturbed.speakers[label].startswith(base.speakers[base.labels[entry % 6]])
+
+
+def test_a_perturbed_list_is_its_source_in_speed_blocks(tmp_path):
+    base = recorded_list([2, 1])
+    perturbed = speed_perturbed(base, SPEEDS)
+    assert isinstance(base, UtteranceSource) and isinstance(perturbed, SpeedPerturbedSource) and len(perturbed) == 9
+    assert [perturbed.name(i) for i in range(9)] == base.files * 3
+    assert [perturbed.speed(i) for i in range(9)] == perturbed.speeds.tolist() == [1.0] * 3 + [0.9] * 3 + [1.1] * 3
+    write_wav(tmp_path / "x.wav", tone(300.0, 0.2))
+    listed = TrainList([str(tmp_path / "x.wav")], np.array([0]), ["amy"])
+    with speed_perturbed(listed, SPEEDS).open(2) as audio:       # block 2 reads the recorded file
+        assert np.array_equal(audio.read(), load_wav(str(tmp_path / "x.wav"), 0)[0].astype(np.float32))
+
+
+def test_the_run_perturbs_a_training_list_as_it_perturbs_any_source(tiny_corpus):
+    spec = spec_from_argv(["--train_list", tiny_corpus["train_list"], "--train_path", tiny_corpus["train_path"],
+                           "--test_list", tiny_corpus["test_list"], "--test_path", tiny_corpus["test_path"],
+                           "--speed_perturb"])
+    source, name, recorded = training_data(spec.data)
+    listed = read_train_list(tiny_corpus["train_list"], tiny_corpus["train_path"])
+    assert name == tiny_corpus["train_list"] and recorded == len(listed.speakers) == 40
+    assert isinstance(source, SpeedPerturbedSource) and source.copies == 3 and len(source.speakers) == 120
+    assert source.speakers[40] == f"{listed.speakers[0]}_speed0.9" and source.files == listed.files * 3
+    assert np.array_equal(source.labels, np.concatenate([listed.labels + 40 * k for k in range(3)]))
 
 
 def test_speed_factors_must_be_distinct_and_positive():

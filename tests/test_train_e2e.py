@@ -7,7 +7,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -80,26 +79,45 @@ def test_interval_lines_and_exact_resume(tiny_corpus, tmp_path):
     assert not (resumed / "model" / "resume.state").exists()
 
 
-def test_sigterm_saves_and_resumes(tiny_corpus, tmp_path):
+# Runs the real CLI, and sends itself SIGTERM the instant the run makes its first file in its folder (the audit
+# event of that mkdir or open, before it runs): the stop handlers must already be in place, or the run dies (-15).
+SIGTERM_AT_FIRST_FILE = """
+import os, signal, sys
+folder = os.path.abspath(sys.argv[sys.argv.index("--save_path") + 1])
+sent = []
+def hook(event, args):
+    makes = event == "os.mkdir" or (event == "open" and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+    if sent or not makes or not isinstance(args[0], (str, os.PathLike)):
+        return
+    path = os.path.abspath(os.fspath(args[0]))
+    if path == folder or path.startswith(folder + os.sep):
+        sent.append(path)
+        os.kill(os.getpid(), signal.SIGTERM)
+sys.addaudithook(hook)
+import trainSpeakerNet
+code = trainSpeakerNet.main(sys.argv[1:])
+assert sent, "nothing made in the run folder"
+sys.exit(code)
+"""
+
+
+def test_sigterm_at_the_first_file_of_the_run_saves_and_resumes(tiny_corpus, tmp_path):
+    """The stop handlers are in place before the run makes any file: a SIGTERM at that instant stops it after its
+    first step, saved, with 143; the same command resumes from there."""
     save_path = tmp_path / "run"
     argv = ["--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--save_path", save_path, "--max_epoch", "3",
             *[f"--{k}={v}" for k, v in tiny_corpus.items()], *FAST[:-1], "0", "--batch_size", "4"]
-    process = subprocess.Popen([sys.executable, str(REPO / "trainSpeakerNet.py"), *map(str, argv)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, **SUBPROCESS_ENV})
-    deadline = time.time() + 120
-    while time.time() < deadline and not (save_path / "result" / "scores.txt").exists():
-        time.sleep(0.2)
-    # the log header is written just before the first batch: the signal lands during epoch 1's first step
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
-    assert "Run the same command again to resume" in stderr and "Traceback" not in stderr
+    stopped = subprocess.run([sys.executable, "-c", SIGTERM_AT_FIRST_FILE, *map(str, argv)], capture_output=True,
+                             text=True, timeout=600, cwd=REPO, env={**os.environ, **SUBPROCESS_ENV})
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    assert "SIGTERM received" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert "Stopped during epoch 1 after 1 batches" in stopped.stderr
+    assert "Run the same command again to resume" in stopped.stderr
     state = torch.load(save_path / "model" / "resume.state", weights_only=True)
-    assert state["progress"]["epoch"] == 1 and state["progress"]["batches"] >= 1
+    assert state["progress"]["epoch"] == 1 and state["progress"]["batches"] == 1
     result = run_cli(*argv, "--max_epoch", "1")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"Resuming epoch 1, batch {state['progress']['batches']}" in result.stdout
+    assert "Resuming epoch 1, batch 1" in result.stdout
     assert (save_path / "model" / "model000000001.model").is_file()
 
 

@@ -16,10 +16,11 @@ import trainSpeakerNet
 from spknet import atomic, checkpoints
 from spknet.checkpoints import DamagedCheckpoint, UnsafeCheckpoint, read_checkpoint, resume_point, save_checkpoint
 from spknet.errors import SpeakerNetError
+from spknet.identity import run_differences
 from spknet.lock import RunLock
 from spknet.model import SpeakerNet
 from spknet.specs import TrainingSpec
-from spknet.training.run import run_differences, run_identity
+from spknet.training.run import RunMismatch, run_identity
 from spknet.training.trainer import ModelTrainer
 from tests.helpers import REPO, SUBPROCESS_ENV, run_cli
 
@@ -175,8 +176,15 @@ def test_differences_list_the_options_that_change_the_run(tiny_corpus, tmp_path)
                      "--test_interval", "2"])
     assert run_differences(saved, same) == []
     moved.write_text(moved.read_text().splitlines()[0] + "\n")
-    other = identity([*argv, "--train_list", str(moved), "--nOut", "32", "--lr", "0.01"])
-    assert run_differences(saved, other) == [("lr", 0.001, 0.01), ("nOut", 16, 32), ("train_list", None, None)]
+    other = identity([*argv, "--train_list", str(moved), "--nOut", "32", "--lr", "0.01", "--window", "hamming",
+                      "--nPerSpeaker", "3"])
+    differences = run_differences(saved, other)
+    assert differences == [("per_speaker", None, 3), ("lr", 0.001, 0.01), ("nOut", 16, 32),
+                           ("window", "hann", "hamming"), ("train_list", None, None)]
+    message = str(RunMismatch(str(tmp_path / "run"), "model000000001.model", differences))
+    assert message.splitlines()[1:6] == ["  --nPerSpeaker: saved None, given 3", "  --lr: saved 0.001, given 0.01",
+                                         "  --nOut: saved 16, given 32", "  --window: saved hann, given hamming",
+                                         "  --train_list: other contents than the saved run's list"]
 
 
 @pytest.mark.slow

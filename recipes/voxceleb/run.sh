@@ -31,7 +31,10 @@
 #
 # A stage that ends writes EXP/.done/stage_N; a later run skips it (delete the file to run it again). A stage that
 # runs clears the later stages' files (their inputs change). A stage whose inputs are missing stops with one
-# "error:" line naming them and the stage that makes them (exit 2).
+# "error:" line naming them and the stage that makes them (exit 2). Before the first stage runs, the options are
+# checked against what the stages will do (e.g. --average against the epochs the training saves, read from the
+# config and the flags after --, parsed as trainSpeakerNet.py parses them): one that cannot work stops the run at
+# once with an "error:" line naming it (exit 2).
 # Augmentation in training: add "-- --augment --musan_path DIR/musan_split --rir_path DIR/RIRS_NOISES/simulated_rirs".
 # PYTHON (default: python) is the interpreter.
 set -euo pipefail
@@ -118,25 +121,19 @@ inputs_5() {
 inputs_6() { need 6 "$exp/average.model" 4; need 6 "$test_path" 2; need_lists 6; }
 inputs_7() { need 7 "$(final_model)" 4; need 7 "$train_list" 2; need 7 "$test_path" 2; need_lists 7; }
 inputs_8() { need 8 "$(final_model)" 4; need 8 "$train_list" 2; need 8 "$test_path" 2; need_lists 8; }
-inputs_9() { need 9 "$exp/extract/plain/settings.json" 6 "the evaluation records"; }
+inputs_9() { need 9 "$exp/extract/plain/result/metrics.json" 6 "the evaluation records"; }
 
 # ---------------------------------------------------------------------------------------------------------------
 # Stages
 # ---------------------------------------------------------------------------------------------------------------
 trainer() { "$PYTHON" "$repo/trainSpeakerNet.py" "$@"; }
 
-evaluate() {  # evaluate FOLDER MODEL NORM CALIBRATION [flags]: every list at once, the record in FOLDER
-  local folder="$1" model="$2" norm="$3" calibration="$4" flags
-  shift 4
+evaluate() {  # evaluate FOLDER MODEL [flags]: every list at once; --eval writes FOLDER/result/metrics.json
+  local folder="$1" model="$2" flags
+  shift 2
   mkdir -p "$folder"
-  flags="$("$PYTHON" -m spknet.recipe eval-flags --config "$config" --record "$folder/settings.json" \
-    --model "$model" --lists "$lists_csv" --score_norm "$norm" --calibration "$calibration" \
-    -- "${extra[@]+"${extra[@]}"}")"
+  flags="$("$PYTHON" -m spknet.recipe eval-flags --config "$config" -- "${extra[@]+"${extra[@]}"}")"
   mapfile -t flags <<< "$flags"
-  if [[ "$norm" == asnorm ]]; then
-    flags+=(--score_norm asnorm --train_list "$train_list" --train_path "$train_path")
-  fi
-  if [[ -n "$calibration" ]]; then flags+=(--calibration "$calibration"); fi
   trainer --eval --initial_model "$model" --test_list "$lists_csv" --test_path "$test_path" --scoring cosine \
     --save_path "$folder" --save_scores "$folder/scores.txt" "${flags[@]}" "$@" 2>&1 | tee "$folder/eval.log"
 }
@@ -181,14 +178,15 @@ stage_5() {
 }
 
 stage_6() {
-  evaluate "$exp/extract/plain" "$exp/average.model" none "" --save_embeddings "$exp/extract/plain/embeddings.npz"
+  evaluate "$exp/extract/plain" "$exp/average.model" --save_embeddings "$exp/extract/plain/embeddings.npz"
   if [[ -f "$exp/lmft_average.model" ]]; then
-    evaluate "$exp/extract/lm" "$exp/lmft_average.model" none "" --save_embeddings "$exp/extract/lm/embeddings.npz"
+    evaluate "$exp/extract/lm" "$exp/lmft_average.model" --save_embeddings "$exp/extract/lm/embeddings.npz"
   fi
 }
 
 stage_7() {
-  evaluate "$exp/score/asnorm" "$(final_model)" asnorm ""
+  evaluate "$exp/score/asnorm" "$(final_model)" --score_norm asnorm --train_list "$train_list" \
+    --train_path "$train_path"
 }
 
 stage_8() {
@@ -201,12 +199,12 @@ stage_8() {
   mapfile -t flags <<< "$flags"
   "$PYTHON" "$repo/inference.py" calibrate --initial_model "$model" --test_list "$folder/dev_trials.txt" \
     --test_path "$train_path" --scoring cosine --out "$folder/final.calibration.json" "${flags[@]}"
-  evaluate "$folder" "$model" none "$folder/final.calibration.json"
+  evaluate "$folder" "$model" --calibration "$folder/final.calibration.json"
   # the same fit with the trial durations as quality measures (WeSpeaker's QMF), scored beside it
   "$PYTHON" "$repo/inference.py" calibrate --initial_model "$model" --test_list "$folder/dev_trials.txt" \
     --test_path "$train_path" --scoring cosine --quality duration --out "$folder/quality.calibration.json" \
     "${flags[@]}"
-  evaluate "$exp/calibrate_quality" "$model" none "$folder/quality.calibration.json"
+  evaluate "$exp/calibrate_quality" "$model" --calibration "$folder/quality.calibration.json"
 }
 
 stage_9() {
@@ -224,6 +222,20 @@ mark_done() {  # atomically: a crash leaves the marker or none
   chmod a+r "$temporary"
   mv -f "$temporary" "$exp/.done/stage_$1"
 }
+
+# The stages that will run: from the first one in range not done (a stage that runs clears the later markers).
+end=$(( stop_stage < last_stage ? stop_stage : last_stage )) first=$(( end + 1 ))
+for ((n = stage; n <= end; n++)); do
+  [[ -f "$exp/.done/stage_$n" ]] || { first=$n; break; }
+done
+for checked in 4 5 8; do   # the stages whose options depend on others' (epochs averaged, calibration trials)
+  if (( first <= checked && checked <= end )); then
+    "$PYTHON" -m spknet.recipe check --config "$config" --exp "$exp" --first "$first" --last "$end" \
+      --average "$average" --lm_average "$lm_average" --calib_speakers "$calib_speakers" \
+      --calib_trials "$calib_trials" -- "${extra[@]+"${extra[@]}"}" || exit 2
+    break
+  fi
+done
 
 mkdir -p "$exp/.done" "$exp/logs"
 for ((n = stage; n <= stop_stage && n <= last_stage; n++)); do

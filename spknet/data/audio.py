@@ -267,8 +267,8 @@ class DecodedAudio:
     def _decode(self, start: int, stop: int | None) -> np.ndarray:
         """Samples ``[start, stop)`` (None: to the end), ``(samples, channels)`` float32."""
         stream, parts, first, end = self.stream, [], None, start
-        # a time stamp in samples: round(pts * time_base * rate) in integers (Fraction arithmetic on every frame
-        # cost about 15% of an m4a crop); divmod then round half to even, as round() of the Fraction does
+        # a time stamp in samples: round(pts * time_base * rate) in integers, since Fraction arithmetic on every
+        # frame is a visible share of an m4a crop; divmod then round half to even, as round() of the Fraction does
         base = stream.time_base
         scaled, unit = (base.numerator * self.samplerate, base.denominator) if base else (0, 0)
         try:

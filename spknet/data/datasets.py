@@ -13,9 +13,8 @@ import torch
 from torch.utils.data import Dataset
 
 from spknet.data.audio import HOP_SAMPLES, NUM_EVAL, ORIGINAL, AudioPipeline, eval_crops
-from spknet.data.lists import TrainList
 from spknet.data.sampler import Group
-from spknet.data.sources import UtteranceSource, as_source, as_test_audio
+from spknet.data.sources import UtteranceSource, as_test_audio
 from spknet.errors import SpeakerNetError
 
 PR_SET_PDEATHSIG = 1        # <linux/prctl.h>
@@ -56,17 +55,17 @@ class Unreadable:
 
 class TrainDataset(Dataset):
     """Maps a :class:`Group` to ``(waves (len(group), samples), label)``: a random crop of each utterance of
-    ``source`` (a :class:`~spknet.data.sources.UtteranceSource`, or a :class:`TrainList` read file by file), played
-    at its speed (:func:`speed_perturbed`) before it is cropped, and augmented after.
+    ``source`` (a :class:`~spknet.data.sources.UtteranceSource`: a training list, a Kaldi data directory, either
+    speed-perturbed), played at its speed before it is cropped, and augmented after.
 
     A group with an utterance that cannot be read (or is too short) is ``(None, label, Unreadable)``: the worker
     does not fail, and the main process decides (:func:`collate_readable`; training stops, or skips the group
     under ``--max_bad_files``). The whole group goes: a loss over groups (the masked-proxy losses among them)
     needs every group intact."""
 
-    def __init__(self, source: UtteranceSource | TrainList, max_frames: int, augmenter=None,
+    def __init__(self, source: UtteranceSource, max_frames: int, augmenter=None,
                  pipeline: AudioPipeline = ORIGINAL):
-        self.source = as_source(source)
+        self.source = source
         self.max_frames = max_frames
         self.augmenter = augmenter
         self.pipeline = pipeline

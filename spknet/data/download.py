@@ -19,10 +19,9 @@ lines of a ``--voxceleb_list`` file; the cleaned VoxCeleb1 trial lists come from
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import os
-import shutil
+import re
 import sys
 import time
 import urllib.error
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 
 from spknet import atomic
 from spknet.errors import SpeakerNetError, exit_status, located
+from spknet.files import concatenate, file_digest
 
 OPENSLR = "https://www.openslr.org/resources"
 CHUNK = 1 << 20
@@ -162,14 +162,6 @@ def read_url_list(path: str) -> list[Entry]:
 # Fetching one file
 # ----------------------------------------------------------------------------------------------------------------
 
-def md5_of(path: str) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _checked(folder: str) -> dict[str, tuple[int, int, str]]:
     """The folder's record of checked files, {name: (size, mtime_ns, md5)}; a line that does not parse is left
     out (its file is hashed again)."""
@@ -270,7 +262,7 @@ def fetch(entry: Entry, folder: str, opener=None, timeout: float = 60.0, retries
         if entry.md5 is not None and checked_before(target, entry.md5):
             print(f"{target}: already downloaded (MD5 checked before; size and time unchanged)")
             return target
-        if entry.md5 is None or md5_of(target) == entry.md5:
+        if entry.md5 is None or file_digest(target, "md5") == entry.md5:
             if entry.md5 is not None:
                 record_checked(target, entry.md5)
             print(f"{target}: already downloaded" + (", MD5 checked" if entry.md5 else ""))
@@ -293,43 +285,70 @@ def fetch(entry: Entry, folder: str, opener=None, timeout: float = 60.0, retries
     return _accept(part, target, entry.md5, entry.url)
 
 
-def _accept(part: str, target: str, md5: str | None, source: str,
-            hint: str = "run --download again to fetch it anew") -> str:
+def _accept(part: str, target: str, md5: str | None, source: str) -> str:
     """``part`` becomes ``target`` when its MD5 is ``md5`` (or none is published); else it is set aside as
     ``target.corrupt`` and the error names it."""
     if md5 is not None:
-        found = md5_of(part)
+        found = file_digest(part, "md5")
         if found != md5:
-            os.replace(part, target + CORRUPT)
-            raise SpeakerNetError(f"{target}: checksum failed (MD5 {found}, published {md5}; from {source}); the "
-                                  f"file was set aside as {target + CORRUPT}; {hint}")
+            _set_aside(part, target, found, md5, source, "run --download again to fetch it anew")
     os.replace(part, target)
+    return _complete(target, md5)
+
+
+def _set_aside(path: str, target: str, found: str, md5: str, source: str, hint: str) -> None:
+    os.replace(path, target + CORRUPT)
+    raise SpeakerNetError(f"{target}: checksum failed (MD5 {found}, published {md5}; from {source}); the file was "
+                          f"set aside as {target + CORRUPT}; {hint}")
+
+
+def _complete(target: str, md5: str | None) -> str:
     if md5 is not None:
         record_checked(target, md5)
     print(f"{target}: complete" + (", MD5 checked" if md5 else " (no published MD5 to check)"))
     return target
 
 
+SPLIT = re.compile(r"^(?P<stem>.+)_part[a-z]{2}$")
+
+
+def split_archives(folder: str, joined: dict | None = None) -> dict[str, tuple[str | None, tuple[str, ...]]]:
+    """The split archives whose parts are in ``folder``, ``{archive: (md5, parts)}``: each published one
+    (:data:`JOINED`, or ``joined``) with its MD5 and all its parts, and any other ``STEM_partXX`` files as
+    ``STEM.zip`` of the parts there, in name order, with no MD5 to check."""
+    published = JOINED if joined is None else joined
+    present: dict[str, list[str]] = {}
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        match = SPLIT.match(name)
+        if match and os.path.isfile(os.path.join(folder, name)):
+            present.setdefault(match["stem"] + ".zip", []).append(name)
+    return {archive: published.get(archive, (None, tuple(names))) for archive, names in present.items()}
+
+
 def join_parts(folder: str, joined: dict | None = None) -> list[str]:
-    """Join VoxCeleb's split archives (``STEM_partaa`` ... ``STEM_partah`` -> ``STEM.zip``, :data:`JOINED`) once
-    all the parts are there, and check the whole's published MD5; returns the archives written."""
+    """Join the split archives of ``folder`` (:func:`split_archives`; ``STEM_partaa``, ``STEM_partab``, ... ->
+    ``STEM.zip``) that are not joined yet, once all their parts are there, checking a published archive's MD5 as
+    the parts are copied; returns the archives written. A joined archive whose MD5 fails is set aside as
+    ``.corrupt`` and the error names it."""
     written = []
-    for archive, (md5, parts) in (JOINED if joined is None else joined).items():
+    for archive, (md5, parts) in split_archives(folder, joined).items():
         target = os.path.join(folder, archive)
-        present = [name for name in parts if os.path.isfile(os.path.join(folder, name))]
-        if not present or os.path.exists(target):
+        if os.path.exists(target):
             continue
-        if len(present) < len(parts):
-            missing = ", ".join(name for name in parts if name not in present)
-            print(f"{archive}: not joined, parts missing: {missing}")
+        missing = [name for name in parts if not os.path.isfile(os.path.join(folder, name))]
+        if missing:
+            print(f"{archive}: not joined, parts missing: {', '.join(missing)}")
             continue
         print(f"joining {', '.join(parts)} -> {target}")
-        with open(target + PART, "wb") as out:
-            for name in parts:
-                with open(os.path.join(folder, name), "rb") as handle:
-                    shutil.copyfileobj(handle, out, 16 * CHUNK)
-        written.append(_accept(target + PART, target, md5, " + ".join(parts),
-                               "the parts passed their own checks: is one of another release?"))
+        atomic.remove_leftovers(target)             # a join killed part-way leaves a temporary as big as the parts
+        with atomic.atomic_path(target) as temporary:
+            with open(temporary, "wb") as out:
+                found = concatenate([os.path.join(folder, name) for name in parts], out, "md5")
+            if md5 is not None and found != md5:
+                _set_aside(temporary, target, found, md5, " + ".join(parts),
+                           f"check each part's MD5 (--download does): is one of another release? (To use the "
+                           f"joined file all the same, rename it {archive})")
+        written.append(_complete(target, md5))
     return written
 
 

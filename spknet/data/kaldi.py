@@ -1,5 +1,6 @@
 """Kaldi data directories: parse and check ``wav.scp``, ``utt2spk``/``spk2utt``, ``segments``, ``utt2dur`` and
-``reco2dur``, and read an utterance's samples (a whole file, a segment of it, or a pipe command's output).
+``reco2dur``, and open an utterance (a whole file, a segment of it, or a pipe command's output) through the one
+audio reader (:func:`~spknet.data.audio.open_audio`: any rate or channel count, as 16-kHz mono).
 
 A data directory is read once into a frozen :class:`KaldiData`: utterances in ``utt2spk`` order (``spk2utt``
 order when only that file exists), speakers numbered by sorted name as in a training list. Every inconsistency
@@ -14,31 +15,38 @@ whatever the file says with this process's rights, so it is refused unless ``all
 without shell syntax runs directly (no shell); Kaldi's usual pipelines (``sox ... | ...``, redirections,
 variables) need ``/bin/sh``. A pipe's audio is decoded whole from memory on every read.
 
-Only what soundfile can read in one piece is supported: no ``ark:offset`` entries or standard input (``-``).
+Segment ends. A segment may end past its recording by less than ``max_overshoot`` seconds (0.5 by default, as
+Kaldi's ``extract-segments --max-overshoot``): such an end is cut at the recording's end, since corpus tools write
+segment times with two or three decimals, which round past the last sample. One that ends further, or starts at
+or past the end, is an error naming its ``segments`` line. :func:`_check_bounds` is the one check: at parse time
+(``reco2dur``), before a run (the recordings' headers) and when a recording is opened (a pipe's output).
+
+Not supported: ``ark:offset`` entries and standard input (``-``).
 """
 
 import gc
-import hashlib
 import io
 import math
 import os
 import shlex
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from operator import itemgetter
 from types import MappingProxyType
 
 import numpy as np
-import soundfile as sf
 
-from spknet import SAMPLE_RATE
+from spknet.constants import SAMPLE_RATE
 from spknet.data.audio import HOP_SAMPLES, ORIGINAL, AudioFile, AudioPipeline, open_audio
 from spknet.data.sources import UtteranceSource
 from spknet.errors import SpeakerNetError, located
+from spknet.files import files_digest, shortened
+from spknet.logs import log
 
 REQUIRED = "wav.scp and utt2spk (or spk2utt)"
 SHOWN = 5           # unknown keys named in an error before "... and N more"
+MAX_OVERSHOOT = 0.5     # seconds: Kaldi's extract-segments --max-overshoot default
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -66,31 +74,13 @@ class Location:
         return f"{self.origin}: {what}" if self.origin else str(what)
 
 
-@dataclass(frozen=True)
-class Utterance:
-    """One utterance: a whole recording, or the ``[start, end)`` seconds of one (``end`` None: to its end)."""
-    key: str
-    speaker: str
-    recording: str              # recording id (the utterance's own key when there is no segments file)
-    location: Location
-    start: float | None = None  # seconds into the recording; None: the whole recording
-    end: float | None = None    # None: to the end of the recording (a whole recording, or a segment ending -1)
-    duration: float | None = None   # seconds, from utt2dur, the segment or reco2dur; None when unknown
-    file: str = ""              # the segments (or wav.scp) file and line that define it, for error messages
-    line: int | None = None
-
-
 def _kaldi_data(values: dict) -> "KaldiData":
     return KaldiData(**values)
 
 
-def _optional(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)
-
-
 @dataclass(frozen=True, eq=False)
 class KaldiData:
-    """A parsed Kaldi data directory, usable as an utterance source; :meth:`utterance` gives one utterance whole.
+    """A parsed Kaldi data directory (:func:`open_utterance` opens one of its utterances).
 
     It is held in columns (a million utterances parse in seconds and take little memory): per utterance ``i``
     its key, ``labels[i]`` (index in ``speakers``, the sorted speaker names), ``recording[i]`` (its row in the
@@ -98,8 +88,8 @@ class KaldiData:
     ``durations`` (NaN: unknown) and the line of ``defined_in`` (the segments file, or wav.scp without one) that
     defines it; per recording (``wav.scp`` order) its id, its target (a path, joined to ``root`` when that was
     given, or a pipe command), whether it is a pipe, its ``wav.scp`` line and its length in seconds from
-    ``reco2dur`` (or, without segments, ``utt2dur``; NaN: unknown). ``max_overshoot`` is how far (seconds) a
-    segment may end past its recording and be cut at the end, as Kaldi's ``extract-segments`` allows.
+    ``reco2dur`` (or, without segments, ``utt2dur``; NaN: unknown). A segment ending past its recording by less
+    than ``max_overshoot`` seconds is cut at the recording's end, as Kaldi's ``extract-segments`` does.
     """
     path: str
     keys: tuple[str, ...]
@@ -117,7 +107,7 @@ class KaldiData:
     recording_lines: np.ndarray
     recording_lengths: np.ndarray
     root: str | None = None
-    max_overshoot: float = 0.0
+    max_overshoot: float = MAX_OVERSHOOT
     index: Mapping[str, int] | None = field(default=None, repr=False)             # key -> utterance; built if None
     recording_index: Mapping[str, int] | None = field(default=None, repr=False)   # id -> recording row
 
@@ -140,28 +130,12 @@ class KaldiData:
                   if item.name not in ("index", "recording_index")}
         return _kaldi_data, (values,)
 
-    def display_name(self, i: int) -> str:
-        """How utterance ``i`` is named in logs and score files: its key."""
-        return self.keys[i]
-
     def location(self, r: int) -> Location:
         """Where recording row ``r`` is."""
         origin = f"{os.path.join(self.path, 'wav.scp')}:{self.recording_lines[r]}"
         if self.pipes[r]:
             return Location(command=self.targets[r], cwd=self.root, origin=origin)
         return Location(path=self.targets[r], origin=origin)
-
-    def utterance(self, i: int) -> Utterance:
-        """Everything known of utterance ``i``."""
-        r = int(self.recording[i])
-        return Utterance(self.keys[i], self.speakers[self.labels[i]], self.recording_ids[r], self.location(r),
-                         _optional(self.starts[i]), _optional(self.ends[i]), _optional(self.durations[i]),
-                         self.defined_in, int(self.lines[i]))
-
-    def read(self, i: int, offset: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
-        """Samples (float32, [-1, 1]) and sample rate of utterance ``i``: all of it, or ``frames`` samples from
-        ``offset`` samples into it (fewer where it ends first). A file is read only where the window falls."""
-        return read_utterance(self.utterance(i), offset, frames, self.max_overshoot)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -387,15 +361,10 @@ def _durations(file: str, keys: Mapping[str, int], what: str) -> np.ndarray:
                                   f"durations must be positive")
     if len(table.index) < len(keys):
         missing = [key for key in keys if key not in table.index]
-        raise located(file, None, f"lacks {len(missing)} {what}(s): {_names(missing)}")
+        raise located(file, None, f"lacks {len(missing)} {what}(s): {shortened(missing, SHOWN)}")
     column = np.empty(len(keys))
     column[np.array(list(map(keys.__getitem__, table.column(0))), dtype=np.int64)] = values
     return column
-
-
-def _names(keys: list[str]) -> str:
-    more = f" ... and {len(keys) - SHOWN} more" if len(keys) > SHOWN else ""
-    return ", ".join(keys[:SHOWN]) + more
 
 
 def _check_directory(directory: str) -> None:
@@ -412,13 +381,13 @@ def _check_directory(directory: str) -> None:
 
 
 def read_kaldi_dir(path: str, allow_pipes: bool = False, root: str | None = None,
-                   max_overshoot: float = 0.0) -> KaldiData:
+                   max_overshoot: float = MAX_OVERSHOOT) -> KaldiData:
     """Read and check the Kaldi data directory ``path``.
 
     ``allow_pipes`` lets ``wav.scp`` pipe entries through (see the module's note on the risk); ``root``, when
     given, is the directory relative ``wav.scp`` paths are resolved against and pipe commands run in (default:
-    the current directory, as Kaldi does); ``max_overshoot`` (seconds) is how far a segment may end past its
-    recording's known length.
+    the current directory, as Kaldi does); a segment may end past its recording's length (from ``reco2dur``)
+    by less than ``max_overshoot`` seconds (see the module's note on segment ends).
     """
     collecting = gc.isenabled()
     gc.disable()    # millions of small lists, none in a cycle: the collector's passes over them double the time
@@ -455,7 +424,7 @@ def _read_kaldi_dir(directory: str, allow_pipes: bool, root: str | None, max_ove
                      tuple(targets), pipes, np.asarray(wav.numbers, dtype=np.int64), lengths, root, max_overshoot,
                      assigned.index, recording_index)
     if sources is not wav:
-        _check_bounds(data, lengths, max_overshoot)
+        _check_segments(data, lengths)
     return data
 
 
@@ -478,46 +447,54 @@ def _lengths_and_durations(directory: str, wav: _Table, assigned: _Speakers, rec
     return lengths, durations
 
 
-def _check_bounds(description: KaldiData, lengths: np.ndarray, max_overshoot: float) -> None:
-    """Every segment lies inside its recording where ``lengths`` (per recording row; NaN unknown) knows it."""
-    length = lengths[description.recording]
-    for late, which in ((description.starts >= length, "starts"),
-                        (description.ends > length + max_overshoot, "ends")):
-        bad = np.flatnonzero(late)
-        if bad.size:
-            i = bad[0]
-            at = description.starts[i] if which == "starts" else description.ends[i]
-            raise located(description.defined_in, int(description.lines[i]),
-                          f"segment '{description.keys[i]}' {which} at {at:g} s, past the end of recording "
-                          f"'{description.recording_ids[description.recording[i]]}' ({length[i]:g} s)")
+def _check_bounds(data: KaldiData, rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The one check of segment bounds: utterances ``rows`` of ``data``, whose recordings are ``lengths`` seconds
+    long (NaN: unknown, unchecked), start inside their recording and end past it by less than
+    ``data.max_overshoot`` (Kaldi's rule: at ``max_overshoot`` or more the segment is refused). Returns which of
+    ``rows`` end past their recording (within the allowance): they are cut at its end. An error names the first
+    offending ``segments`` line."""
+    starts, ends = data.starts[rows], data.ends[rows]
+    with np.errstate(invalid="ignore"):
+        early = starts >= lengths
+        over = ends - lengths
+        late = (over > 0) & (over >= data.max_overshoot)
+    bad = np.flatnonzero(early | late)
+    if bad.size:
+        k = bad[np.argmin(data.lines[rows[bad]])]
+        i, length = int(rows[k]), lengths[k]
+        recording = f"recording '{data.recording_ids[data.recording[i]]}' ({length:g} s)"
+        if early[k]:
+            message = f"segment '{data.keys[i]}' starts at {starts[k]:g} s, past the end of {recording}"
+        else:
+            message = (f"segment '{data.keys[i]}' ends at {ends[k]:g} s, past the end of {recording} by "
+                       f"{over[k]:.4g} s, not less than --max_overshoot {data.max_overshoot:g} s")
+        raise located(data.defined_in, int(data.lines[i]), message)
+    return over > 0
 
 
-def check_segment_bounds(description: KaldiData, recording_lengths: Mapping[str, float],
-                         max_overshoot: float = 0.0) -> None:
-    """Every segment of a recording whose length (seconds) is in ``recording_lengths`` lies inside it.
-
-    A segment may end up to ``max_overshoot`` seconds past its recording (it is then cut at the end); one
-    that starts at or past the end is always an error. :func:`read_kaldi_dir` runs this with ``reco2dur``; a
-    reader can run it with lengths it measured (:func:`probe_recording_lengths`).
-    """
-    lengths = np.array([recording_lengths.get(key, np.nan) for key in description.recording_ids], dtype=np.float64)
-    _check_bounds(description, lengths, max_overshoot)
+def _check_segments(data: KaldiData, lengths: np.ndarray) -> None:
+    """Every segment of ``data`` against its recording's length (``lengths`` per recording row, NaN unknown),
+    with one INFO line counting the segments cut at their recording's end."""
+    cut = np.flatnonzero(_check_bounds(data, np.arange(len(data)), lengths[data.recording]))
+    if cut.size:
+        over = data.ends[cut] - lengths[data.recording[cut]]
+        log.info(f"{data.defined_in}: {cut.size} segment(s) end past their recording, by {over.max():.4g} s at "
+                 f"most (less than --max_overshoot {data.max_overshoot:g} s): cut at the recording's end")
 
 
-def probe_recording_lengths(description: KaldiData) -> dict[str, float]:
-    """Length in seconds of every file recording, from its header through the one reader (any format it reads;
-    pipe recordings are not run)."""
-    lengths = {}
-    for r, key in enumerate(description.recording_ids):
-        if not description.pipes[r]:
-            location = description.location(r)
-            with open_audio(location.path, 0, name=str(location)) as audio:
-                lengths[key] = audio.frames / SAMPLE_RATE
+def _probe_lengths(data: KaldiData) -> np.ndarray:
+    """Length in seconds of every file recording (per recording row), from its header through the one reader
+    (any format it reads); NaN for pipe recordings, which are not run."""
+    lengths = np.full(len(data.recording_ids), np.nan)
+    for r in np.flatnonzero(~data.pipes):
+        location = data.location(r)
+        with open_audio(location.path, 0, name=str(location)) as audio:
+            lengths[r] = audio.frames / SAMPLE_RATE
     return lengths
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Reading audio
+# Pipe recordings
 # ----------------------------------------------------------------------------------------------------------------
 
 SHELL_SYNTAX = set("|&;<>()$`*?[]{}~\n\\")
@@ -570,104 +547,6 @@ def _streamed_wav(data: bytes) -> bytes:
     return data
 
 
-def _checked(samples: np.ndarray, channels: int, where) -> np.ndarray:
-    if channels != 1:
-        raise SpeakerNetError(f"{where}: {channels} channels, expected mono")
-    if not np.isfinite(samples).all():
-        raise SpeakerNetError(f"{where}: non-finite (NaN/inf) samples")
-    return samples
-
-
-def _open(source, where) -> sf.SoundFile:
-    try:
-        return sf.SoundFile(source)
-    except (sf.LibsndfileError, RuntimeError, OSError) as error:
-        raise SpeakerNetError(f"{where}: cannot read audio ({error})") from None
-
-
-def read_recording(location: Location) -> tuple[np.ndarray, int]:
-    """A whole recording's samples (float32, mono, [-1, 1]) and sample rate, from its file or its command."""
-    source = io.BytesIO(run_pipe(location)) if location.is_pipe else location.path
-    with _open(source, location) as handle:
-        samples = handle.read(dtype="float32")
-        return _checked(samples, handle.channels, location), handle.samplerate
-
-
-def _frame_range(start_s: float | None, end_s: float | None, rate: int, total: int, max_overshoot: float,
-                 where) -> tuple[int, int]:
-    """First and end sample of ``[start_s, end_s)`` in a recording of ``total`` samples (rounded to samples)."""
-    if total == 0:
-        raise SpeakerNetError(f"{where}: empty audio (0 samples)")
-    first = round((start_s or 0.0) * rate)
-    stop = total if end_s is None or end_s == -1 else round(end_s * rate)
-    if first >= total or stop > total + round(max_overshoot * rate):
-        raise SpeakerNetError(f"{where}: segment {start_s or 0:g} to {-1 if end_s is None else end_s:g} s lies "
-                              f"outside the recording ({total / rate:g} s)")
-    return first, min(stop, total)
-
-
-def _window(first: int, stop: int, offset: int, frames: int, where) -> tuple[int, int]:
-    if offset < 0 or (offset > 0 and first + offset >= stop):
-        raise SpeakerNetError(f"{where}: offset {offset} is outside the utterance ({stop - first} samples)")
-    first += offset
-    return first, stop if frames < 0 else min(stop, first + frames)
-
-
-def _read_range(handle: sf.SoundFile, first: int, stop: int, where) -> np.ndarray:
-    """Seek to ``first`` and read only up to ``stop``."""
-    handle.seek(first)
-    samples = handle.read(stop - first, dtype="float32")
-    if samples.shape[0] < stop - first:
-        raise SpeakerNetError(f"{where}: truncated file: {samples.shape[0]} samples read where {stop - first} "
-                              f"were expected")
-    return _checked(samples, handle.channels, where)
-
-
-def read_segment(path: str, start_s: float, end_s: float | None, max_overshoot: float = 0.0
-                 ) -> tuple[np.ndarray, int]:
-    """The samples of ``[start_s, end_s)`` of a file (``end_s`` None or -1: to its end) and its sample rate.
-
-    Only those frames are read (soundfile seeks to the start). Times become samples by rounding (Kaldi's
-    ``extract-segments`` truncates, which turns 0.29 s at 16 kHz into sample 4639); an end up to
-    ``max_overshoot`` seconds past the file is cut at its end.
-    """
-    with _open(path, path) as handle:
-        first, stop = _frame_range(start_s, end_s, handle.samplerate, handle.frames, max_overshoot, path)
-        return _read_range(handle, first, stop, path), handle.samplerate
-
-
-def read_utterance(utterance: Utterance, offset: int = 0, frames: int = -1,
-                   max_overshoot: float = 0.0) -> tuple[np.ndarray, int]:
-    """An utterance's samples and sample rate: all, or ``frames`` samples from ``offset`` samples into it.
-
-    A file is read only where the window falls; a pipe's output is decoded whole, then cut.
-    """
-    location = utterance.location
-    where = f"{location} (utterance '{utterance.key}')"
-    source = io.BytesIO(run_pipe(location)) if location.is_pipe else location.path
-    with _open(source, where) as handle:
-        first, stop = _frame_range(utterance.start, utterance.end, handle.samplerate, handle.frames, max_overshoot,
-                                   where)
-        first, stop = _window(first, stop, offset, frames, where)
-        return _read_range(handle, first, stop, where), handle.samplerate
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Trials
-# ----------------------------------------------------------------------------------------------------------------
-
-def resolve_trial_keys(trials: Iterable, description: KaldiData, list_path: str = "") -> dict[str, int]:
-    """Index in ``description`` of every enroll/test key of ``trials`` (Kaldi trial keys are utterance ids);
-    keys the data directory lacks are counted and the first ones named."""
-    keys = list(dict.fromkeys(key for trial in trials for key in (trial.enroll, trial.test)))
-    unknown = [key for key in keys if key not in description.index]
-    if unknown:
-        where = f"{list_path}: " if list_path else ""
-        raise SpeakerNetError(f"{where}{len(unknown)} trial key(s) not in the Kaldi data directory "
-                              f"{description.path}: {_names(unknown)}")
-    return {key: description.index[key] for key in keys}
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Through the one reader: training source, evaluation audio, the checks before a run
 # ----------------------------------------------------------------------------------------------------------------
@@ -694,23 +573,21 @@ class SegmentAudio:
 def open_utterance(data: KaldiData, i: int, min_frames: int = HOP_SAMPLES) -> SegmentAudio:
     """Utterance ``i`` of ``data`` through the one reader (any format, rate or channel count, as 16-kHz mono):
     its recording opened (a pipe's output decoded from memory) and cut to its segment. An error names the
-    ``wav.scp`` entry, or the ``segments`` line of a segment that lies outside its recording."""
-    r = int(data.recording[i])
-    location = data.location(r)
+    ``wav.scp`` entry, or the ``segments`` line of a segment that lies outside its recording; a segment ending
+    past its recording by less than ``data.max_overshoot`` is cut at the recording's end."""
+    location = data.location(int(data.recording[i]))
     where = f"{location} (utterance '{data.keys[i]}')"
     source = io.BytesIO(run_pipe(location)) if location.is_pipe else location.path
     audio = open_audio(source, 0, name=where)
     start, end = data.starts[i], data.ends[i]
-    first = 0 if math.isnan(start) else round(start * SAMPLE_RATE)
-    stop = audio.frames if math.isnan(end) else round(end * SAMPLE_RATE)
-    if first or stop != audio.frames:
-        if first >= audio.frames or stop > audio.frames + round(data.max_overshoot * SAMPLE_RATE):
+    if not math.isnan(start):       # a segment: checked against the length opened (a pipe's is known only now)
+        try:
+            _check_bounds(data, np.array([i]), np.array([audio.frames / SAMPLE_RATE]))
+        except SpeakerNetError:
             audio.close()
-            raise located(data.defined_in, int(data.lines[i]),
-                          f"segment '{data.keys[i]}' ({start:g} to {-1 if math.isnan(end) else end:g} s) lies "
-                          f"outside recording '{data.recording_ids[r]}' ({audio.frames / SAMPLE_RATE:g} s, "
-                          f"{location})")
-        stop = min(stop, audio.frames)
+            raise
+    first = 0 if math.isnan(start) else round(start * SAMPLE_RATE)
+    stop = audio.frames if math.isnan(end) else min(round(end * SAMPLE_RATE), audio.frames)
     if stop - first < min_frames:
         audio.close()
         raise SpeakerNetError(f"{where}: {stop - first} samples at 16 kHz, shorter than {min_frames}")
@@ -748,18 +625,19 @@ class KaldiAudio:
         return open_utterance(self.data, self.data.index[name], min_frames)
 
 
-def load_kaldi_dir(path: str, allow_pipes: bool = False) -> KaldiData:
+def load_kaldi_dir(path: str, allow_pipes: bool = False, max_overshoot: float = MAX_OVERSHOOT) -> KaldiData:
     """A data directory checked as a run needs it before anything is written: parsed (:func:`read_kaldi_dir`),
     every file recording present, and every segment inside its recording (lengths from ``reco2dur``, else from
-    the recordings' headers). Relative ``wav.scp`` paths follow the current directory, as in Kaldi."""
-    data = read_kaldi_dir(path, allow_pipes)
+    the recordings' headers; ends past it by less than ``max_overshoot`` seconds are cut there). Relative
+    ``wav.scp`` paths follow the current directory, as in Kaldi."""
+    data = read_kaldi_dir(path, allow_pipes, max_overshoot=max_overshoot)
     wav_scp = os.path.join(data.path, "wav.scp")
     for r, target in enumerate(data.targets):
         if not data.pipes[r] and not os.path.isfile(target):
             raise located(wav_scp, int(data.recording_lines[r]),
                           f"recording '{data.recording_ids[r]}': no such audio file {target}")
     if data.defined_in != wav_scp and not os.path.isfile(os.path.join(data.path, "reco2dur")):
-        check_segment_bounds(data, probe_recording_lengths(data), data.max_overshoot)
+        _check_segments(data, _probe_lengths(data))
     return data
 
 
@@ -768,12 +646,6 @@ IDENTITY_FILES = ("wav.scp", "utt2spk", "spk2utt", "segments")
 
 def data_dir_digest(path: str) -> str:
     """SHA-256 of what a data directory says (``wav.scp``, ``utt2spk``, ``spk2utt``, ``segments``, those it
-    has): a run's identity records its training data by content, as it records a list."""
-    digest = hashlib.sha256()
-    for name in IDENTITY_FILES:
-        file = os.path.join(path, name)
-        if os.path.isfile(file):
-            digest.update(name.encode() + b"\0")
-            with open(file, "rb") as handle:
-                digest.update(handle.read())
-    return digest.hexdigest()
+    has, each behind its name): a run's identity records its training data by content, as it records a list."""
+    files = (os.path.join(path, name) for name in IDENTITY_FILES)
+    return files_digest([file for file in files if os.path.isfile(file)], named=True)

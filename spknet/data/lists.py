@@ -1,40 +1,29 @@
-"""Lists: the training list (who speaks which file), speed-perturbed classes, and the checks before a run."""
+"""Lists: the training list (who speaks which file) and the checks before a run."""
 
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from spknet.data.audio import open_audio
+from spknet.data.sources import UtteranceSource
 from spknet.errors import SpeakerNetError, located
+from spknet.files import shortened
 
 
 @dataclass
-class TrainList:
+class TrainList(UtteranceSource):
+    """A training list as a source: one audio file per utterance (any rate or channel count), each played as
+    recorded (:func:`~spknet.data.sources.speed_perturbed` makes the speed classes of one)."""
     files: list[str]        # full paths
     labels: np.ndarray      # class index per file (speakers numbered by sorted name)
-    speakers: list[str]     # class names in label order (sorted speaker names; see speed_perturbed)
-    speeds: np.ndarray | None = None    # speed factor per entry (speed_perturbed); None: every file as recorded
-    copies: int = 1         # entries per recorded file: the list is ``copies`` blocks of the recorded list
+    speakers: list[str]     # class names in label order (sorted speaker names)
 
+    def name(self, index: int) -> str:
+        return self.files[index]
 
-def speed_perturbed(train_list: TrainList, speeds: tuple[float, ...]) -> TrainList:
-    """Each (speaker, speed) as its own class, as WeSpeaker's speed perturbation does.
-
-    The list becomes ``len(speeds)`` blocks of the recorded list, block ``k`` at ``speeds[k]``; an entry of
-    speaker ``s`` in block ``k`` has label ``k * n_speakers + s`` and class name ``f"{name}_speed{factor}"``
-    (plain ``name`` for 1.0). With 1.0 first, the first ``n_speakers`` classes are the recorded speakers under
-    their usual labels. A class is a speaker to the sampler and the loss, so every utterance of a group shares
-    one speed.
-    """
-    if train_list.copies != 1:
-        raise SpeakerNetError("the training list is already speed-perturbed: perturb the recorded list once")
-    if len(set(speeds)) != len(speeds) or not all(factor > 0 for factor in speeds):
-        raise SpeakerNetError(f"speed factors must be distinct and positive, got {speeds}")
-    count, files = len(train_list.speakers), len(train_list.files)
-    labels = np.concatenate([train_list.labels + block * count for block in range(len(speeds))])
-    names = [name if factor == 1.0 else f"{name}_speed{factor:g}" for factor in speeds for name in train_list.speakers]
-    return TrainList(train_list.files * len(speeds), labels, names,
-                     np.repeat(np.asarray(speeds, dtype=np.float64), files), len(speeds))
+    def open(self, index: int):
+        return open_audio(self.files[index])
 
 
 def read_lines(list_path: str) -> list[str]:
@@ -71,6 +60,5 @@ def check_files_exist(paths: list[str], list_path: str, shown: int = 5) -> None:
     """Fail before any work starts if files of a list are missing: count them all, name the first ones."""
     missing = [path for path in dict.fromkeys(paths) if not os.path.isfile(path)]
     if missing:
-        names = "\n  ".join(missing[:shown])
-        more = f"\n  ... and {len(missing) - shown} more" if len(missing) > shown else ""
-        raise SpeakerNetError(f"{list_path}: {len(missing)} audio file(s) listed but not found:\n  {names}{more}")
+        named = shortened(missing, shown, "\n  ")
+        raise SpeakerNetError(f"{list_path}: {len(missing)} audio file(s) listed but not found:\n  {named}")

@@ -44,6 +44,7 @@ from spknet.data.audio import (
 )
 from spknet.data.lists import check_files_exist, read_train_list
 from spknet.errors import SpeakerNetError
+from spknet.files import file_digest
 
 MANIFEST = "manifest.json"
 FORMAT = "spknet-shards"
@@ -115,15 +116,11 @@ def _write_shard(path: str, utterances: list[_Utterance], first_key: int, audio_
                 meta = {"speaker": utterance.speaker, "duration": round(utterance.seconds, 4),
                         "path": utterance.relative}
                 _add_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     counts: dict[str, int] = {}
     for utterance in utterances:
         counts[utterance.speaker] = counts.get(utterance.speaker, 0) + 1
     return {"name": os.path.basename(path), "utterances": len(utterances), "bytes": os.path.getsize(path),
-            "sha256": digest.hexdigest(), "duration": round(sum(u.seconds for u in utterances), 3),
+            "sha256": file_digest(path), "duration": round(sum(u.seconds for u in utterances), 3),
             "speakers": counts}
 
 

@@ -2,11 +2,11 @@
 
 A source holds ``len(source)`` utterances: ``labels[i]`` is utterance i's class (classes numbered from 0),
 ``speakers`` the class names in label order, ``copies`` how many speed blocks the list holds (see
-:func:`~spknet.data.lists.speed_perturbed`), :meth:`~UtteranceSource.name` a name to show for an utterance and
+:class:`SpeedPerturbedSource`), :meth:`~UtteranceSource.name` a name to show for an utterance and
 :meth:`~UtteranceSource.open` its samples as a :class:`~spknet.data.audio.Readable` (16 kHz, mono, read by window
-through the one reader). The sampler needs only the labels, the dataset only ``open`` and ``speed``; so another
-layout of the data (Kaldi folders with segments, tar shards) is another source, and the sampler, the trainer, the
-checkpoints and resuming do not change.
+through the one reader). The sampler needs only the labels, the dataset only ``open`` and ``speed``; so a training
+list (:class:`~spknet.data.lists.TrainList`) is a source, another layout of the data (Kaldi folders with segments,
+tar shards) is another, and the sampler, the trainer, the checkpoints and resuming do not change.
 """
 
 import os
@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 import numpy as np
 
 from spknet.data.audio import HOP_SAMPLES, ORIGINAL, AudioPipeline, Readable, open_audio, random_crop
-from spknet.data.lists import TrainList
+from spknet.errors import SpeakerNetError
 
 
 class UtteranceSource(ABC):
@@ -52,42 +52,36 @@ class UtteranceSource(ABC):
             return audio.read(pipeline=pipeline)
 
 
-class FileListSource(UtteranceSource):
-    """A :class:`~spknet.data.lists.TrainList`: one audio file per utterance (any rate or channel count)."""
-
-    def __init__(self, train_list: TrainList):
-        self.train_list = train_list
-        self.files = train_list.files
-        self.labels, self.speakers, self.copies = train_list.labels, train_list.speakers, train_list.copies
-
-    def name(self, index: int) -> str:
-        return self.files[index]
-
-    def open(self, index: int):
-        return open_audio(self.files[index])
-
-    def speed(self, index: int) -> float:
-        speeds = self.train_list.speeds
-        return 1.0 if speeds is None else float(speeds[index])
-
-
-def as_source(data: UtteranceSource | TrainList) -> UtteranceSource:
-    """``data`` as a source: a training list is read file by file."""
-    return FileListSource(data) if isinstance(data, TrainList) else data
-
-
 class SpeedPerturbedSource(UtteranceSource):
-    """A source whose every (speaker, speed) is a class of its own, as :func:`~spknet.data.lists.speed_perturbed`
-    makes of a training list: ``len(speeds)`` blocks of ``source``, block ``k`` played at ``speeds[k]``."""
+    """Each (speaker, speed) of ``source`` as a class of its own, as WeSpeaker's speed perturbation does.
+
+    The source becomes ``len(speeds)`` blocks of the recorded ``source`` (any source: a training list, a Kaldi
+    data directory), block ``k`` played at ``speeds[k]``; an utterance of class ``s`` in block ``k`` has label
+    ``k * n_classes + s`` and class name ``f"{name}_speed{factor:g}"`` (plain ``name`` for 1.0). With 1.0 first,
+    the first ``n_classes`` classes are the recorded speakers under their usual labels. A class is a speaker to
+    the sampler and the loss, so every utterance of a group shares one speed.
+    """
 
     def __init__(self, source: UtteranceSource, speeds: tuple[float, ...]):
         if source.copies != 1:
-            raise ValueError("the source is already speed-perturbed")
-        self.source, self.speeds, self.copies, self.count = source, tuple(speeds), len(speeds), len(source)
+            raise SpeakerNetError("the source is already speed-perturbed: perturb the recorded utterances once")
+        if len(set(speeds)) != len(speeds) or not all(factor > 0 for factor in speeds):
+            raise SpeakerNetError(f"speed factors must be distinct and positive, got {speeds}")
+        self.source, self.factors, self.copies, self.count = source, tuple(speeds), len(speeds), len(source)
         classes = len(source.speakers)
         self.labels = np.concatenate([source.labels + block * classes for block in range(len(speeds))])
         self.speakers = [name if factor == 1.0 else f"{name}_speed{factor:g}" for factor in speeds
                          for name in source.speakers]
+
+    @property
+    def speeds(self) -> np.ndarray:
+        """The speed factor of each utterance."""
+        return np.repeat(np.asarray(self.factors, dtype=np.float64), self.count)
+
+    @property
+    def files(self) -> list[str]:
+        """Each utterance's file, for a source of files (a training list)."""
+        return list(self.source.files) * self.copies
 
     def name(self, index: int) -> str:
         return self.source.name(index % self.count)
@@ -96,7 +90,12 @@ class SpeedPerturbedSource(UtteranceSource):
         return self.source.open(index % self.count)
 
     def speed(self, index: int) -> float:
-        return self.speeds[index // self.count]
+        return self.factors[index // self.count]
+
+
+def speed_perturbed(source: UtteranceSource, speeds: tuple[float, ...]) -> SpeedPerturbedSource:
+    """``source`` with each (speaker, speed) a class of its own (:class:`SpeedPerturbedSource`)."""
+    return SpeedPerturbedSource(source, speeds)
 
 
 class AudioFolder:

@@ -32,13 +32,13 @@ log-mel bands sees pitch harmonics and per-frame formant patterns, which survive
 mostly removed by the per-band normalisation); the utterance-level MFCC statistics of ``baseline.py`` do not
 resolve harmonics and confound the long-term spectrum with channel and noise.
 
-The defaults (300 x 12 training utterances in 6-12 sessions per speaker, 40 x 12 test utterances in 3-4
-sessions, 3000 trials, 2.1-4 s, seed 0) give the MFCC baseline 26.9 % EER and the README's quickstart about 13 %.
+The defaults are 300 x 12 training utterances in 6-12 sessions per speaker, 40 x 12 test utterances in 3-4
+sessions, 3000 trials, 2.1-4 s, seed 0 (what the baseline and the quickstart score on them: docs/results.md).
 The training speakers get many short sessions (as a VoxCeleb speaker has many videos) so that a network learns
 what stays the same across sessions; the test speakers keep 3-4 sessions and cross-session target trials. The
 knobs that move a network most are the F0 spread and its steadiness across sessions and utterances (the network
 reads the harmonics, which 20 MFCCs of 40 mel bands barely see); the nuisance levels in :func:`session_params`
-(SNR distribution, reverberation rate) move both. Rendering costs about 15 ms of CPU per 3 s file.
+(SNR distribution, reverberation rate) move both.
 
 The public entry point is :func:`make_corpus`; ``dataprep.py --synthetic`` is its command-line front end.
 With ``workers > 1`` it uses a ``spawn`` process pool, so a script calling it needs the usual

@@ -9,9 +9,10 @@
     file's MD5 is checked against the published one.
 ``--extract``
     Joins split archives (``vox1_dev_wav_partaa..ad`` -> ``vox1_dev_wav.zip``, ``vox2_dev_aac_parta*`` ->
-    ``vox2_dev_aac.zip``), unpacks every ``.zip`` / ``.tar`` / ``.tar.gz`` / ``.tgz`` in ``--save_path`` into it
-    (except the augmentation archives, see ``--augment``), then moves ``wav/`` to ``voxceleb1/`` and ``dev/aac/``
-    and ``aac/`` into ``voxceleb2/``. An archive already unpacked is skipped.
+    ``vox2_dev_aac.zip``; a published archive once all its parts are there, its MD5 checked, as ``--download``
+    does), unpacks every ``.zip`` / ``.tar`` / ``.tar.gz`` / ``.tgz`` in ``--save_path`` into it (except the
+    augmentation archives, see ``--augment``), then moves ``wav/`` to ``voxceleb1/`` and ``dev/aac/`` and ``aac/``
+    into ``voxceleb2/``. An archive already unpacked is skipped.
 ``--convert``
     Converts every ``.m4a`` under ``--save_path/voxceleb2`` (or ``--save_path`` when that folder does not exist)
     into a 16 kHz mono 16-bit ``.wav`` beside it, with ``ffmpeg``, ``--workers`` files at a time; files already
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -44,16 +44,18 @@ from multiprocessing import get_context
 import numpy as np
 import soundfile as sf
 
+from spknet import atomic
 from spknet.constants import SAMPLE_RATE
 from spknet.data import download
 from spknet.errors import SpeakerNetError
+from spknet.files import shortened
 
 SEGMENT_SECONDS, HOP_SECONDS = 5, 3
 STEPS = ("download", "extract", "convert", "make_list", "musan", "rirs")
 AUGMENTATION_ARCHIVES = ("musan.tar.gz", "rirs_noises.zip")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The preparation flags (``--save_path`` and ``--workers`` come from the caller's parser)."""
-    group = parser.add_argument_group("VoxCeleb / MUSAN / RIR preparation (prep_voxceleb.py)")
+    group = parser.add_argument_group("VoxCeleb / MUSAN / RIR preparation")
     add = group.add_argument
     add("--download", action="store_true", help="fetch VoxCeleb (--voxceleb_url or --voxceleb_list) and, with "
                                                 "--augment/--musan/--rirs, MUSAN and the RIRs; MD5s checked")
@@ -100,35 +102,9 @@ def run(args) -> int:
 # --extract
 # ----------------------------------------------------------------------------------------------------------------
 
-PART = re.compile(r"^(?P<stem>.+)_part[a-z]{2}$")
-
-
 def _require_folder(save_path: str) -> None:
     if not os.path.isdir(save_path):
         raise SpeakerNetError(f"--save_path {save_path}: folder not found")
-
-
-def concatenate_parts(save_path: str) -> list[str]:
-    """``NAME_partaa``, ``NAME_partab``, ... -> ``NAME.zip`` (unless it exists). Returns the archives written."""
-    parts = {}
-    for name in sorted(os.listdir(save_path)):
-        match = PART.match(name)
-        if match and os.path.isfile(os.path.join(save_path, name)):
-            parts.setdefault(match["stem"], []).append(name)
-    written = []
-    for stem, names in parts.items():
-        target = os.path.join(save_path, stem + ".zip")
-        if os.path.exists(target):
-            continue
-        print(f"joining {', '.join(names)} -> {target}")
-        temporary = target + ".tmp"
-        with open(temporary, "wb") as out:
-            for name in names:
-                with open(os.path.join(save_path, name), "rb") as part:
-                    shutil.copyfileobj(part, out, 16 << 20)
-        os.replace(temporary, target)
-        written.append(target)
-    return written
 
 
 def _inside(root: str, name: str) -> bool:
@@ -186,7 +162,7 @@ def _merge_into(source: str, target: str) -> None:
 
 def extract(save_path: str) -> None:
     _require_folder(save_path)
-    concatenate_parts(save_path)
+    download.join_parts(save_path)
     archives = [name for name in sorted(os.listdir(save_path))
                 if name.endswith((".zip", ".tar", ".tar.gz", ".tgz")) and name not in AUGMENTATION_ARCHIVES
                 and os.path.isfile(os.path.join(save_path, name))]
@@ -223,19 +199,22 @@ def ffmpeg_command(ffmpeg: str, source: str, target: str) -> list[str]:
 
 def _convert_one(ffmpeg: str, source: str) -> str | None:
     """None on success, else the reason."""
-    target = os.path.splitext(source)[0] + ".wav"
-    temporary = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp")
     try:
-        result = subprocess.run(ffmpeg_command(ffmpeg, source, temporary), capture_output=True, text=True, check=False)
+        with atomic.atomic_path(os.path.splitext(source)[0] + ".wav", durable=False) as temporary:
+            result = subprocess.run(ffmpeg_command(ffmpeg, source, temporary), capture_output=True, text=True,
+                                    check=False)
+            if result.returncode != 0 or not os.path.getsize(temporary):
+                lines = (result.stderr or "").strip().splitlines()
+                raise _Failed(f"ffmpeg exit status {result.returncode}" + (f": {lines[-1]}" if lines else ""))
+    except _Failed as failure:
+        return str(failure)
     except OSError as error:
         return str(error)
-    if result.returncode != 0 or not os.path.isfile(temporary):
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        lines = (result.stderr or "").strip().splitlines()
-        return f"ffmpeg exit status {result.returncode}" + (f": {lines[-1]}" if lines else "")
-    os.replace(temporary, target)
     return None
+
+
+class _Failed(Exception):
+    """A conversion that ffmpeg did not complete (the temporary file goes, the target is not written)."""
 
 
 def convert(save_path: str, workers: int) -> tuple[int, int]:
@@ -265,9 +244,8 @@ def convert(save_path: str, workers: int) -> tuple[int, int]:
                 if number % 1000 == 0:
                     print(f"  {number}/{len(pending)}")
         if failures:
-            shown = "\n  ".join(failures[:5])
-            more = f"\n  ... and {len(failures) - 5} more" if len(failures) > 5 else ""
-            raise SpeakerNetError(f"--convert: {len(failures)} of {len(pending)} files failed:\n  {shown}{more}")
+            named = shortened(failures, separator="\n  ")
+            raise SpeakerNetError(f"--convert: {len(failures)} of {len(pending)} files failed:\n  {named}")
     print(f"converted {len(pending)}, skipped {skipped} already converted")
     return len(pending), skipped
 
@@ -305,10 +283,7 @@ def make_list(root: str, list_file: str) -> int:
     entries.sort()
     lines = "".join(f"{path.split('/')[0]} {path}\n" for path in entries)
     os.makedirs(os.path.dirname(os.path.abspath(list_file)), exist_ok=True)
-    temporary = list_file + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(lines)
-    os.replace(temporary, list_file)
+    atomic.write_text(list_file, lines, encoding="utf-8")
     speakers = len({path.split("/")[0] for path in entries})
     print(f"{list_file}: {len(entries)} utterances of {speakers} speakers (paths relative to {root})"
           + (f"; {ignored} audio files not at speaker/video/utterance depth ignored" if ignored else ""))
@@ -340,9 +315,8 @@ def _split_one(job: tuple[str, str]) -> int:
                 continue
             handle.seek(start)
             audio = handle.read(segment, dtype="int16", always_2d=True)[:, 0]
-            temporary = os.path.join(folder, f".{os.path.basename(target)}.tmp")
-            sf.write(temporary, np.ascontiguousarray(audio), SAMPLE_RATE, subtype="PCM_16", format="WAV")
-            os.replace(temporary, target)
+            with atomic.atomic_path(target, durable=False) as temporary:
+                sf.write(temporary, np.ascontiguousarray(audio), SAMPLE_RATE, subtype="PCM_16", format="WAV")
             written += 1
     return written
 

@@ -1,22 +1,26 @@
 """Evaluating a checkpoint or a training epoch from the specs: the plan (lists and AS-norm cohort), the network
 rebuilt from the checkpoint's recorded options, the calibration, and the report ``--eval`` prints."""
 
+import json
+import math
 import os
 
 import torch
 
+from spknet import atomic, distributed
 from spknet import calibration as calibrations
-from spknet import distributed
-from spknet.checkpoints import latest_checkpoint, load_network
+from spknet.checkpoints import epoch_checkpoints, load_network
 from spknet.data.kaldi import KaldiAudio, KaldiData, load_kaldi_dir
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import EvalOptions, EvalOutcome, EvalPlan, evaluate
-from spknet.evaluation.metrics import calibration_metrics
+from spknet.evaluation.metrics import CalibrationMetrics, calibration_metrics
 from spknet.evaluation.plots import write_plots
 from spknet.evaluation.trials import Cohort, per_list_path, pick_cohort_files, read_cohort, read_plan, write_scores
 from spknet.logs import log
 from spknet.model import SpeakerNet
 from spknet.specs import DataSpec, EvalSpec, ModelSpec
+
+METRICS_FILE = "metrics.json"       # what --eval writes in SAVE_PATH/result/ for programs: the numbers it prints
 
 
 def asnorm_cohort(evaluation: EvalSpec, data: DataSpec) -> Cohort | None:
@@ -25,7 +29,8 @@ def asnorm_cohort(evaluation: EvalSpec, data: DataSpec) -> Cohort | None:
     if evaluation.score_norm != "asnorm":
         return None
     if data.train_data:
-        return kaldi_cohort(load_kaldi_dir(data.train_data, data.allow_pipes), evaluation.cohort_utterances)
+        return kaldi_cohort(load_kaldi_dir(data.train_data, data.allow_pipes, data.max_overshoot),
+                            evaluation.cohort_utterances)
     if not data.train_list:
         raise SpeakerNetError("--score_norm asnorm needs --train_list (and --train_path) or --train_data: its "
                               "speakers are the cohort")
@@ -49,7 +54,8 @@ def load_plan(evaluation: EvalSpec, data: DataSpec, training: bool) -> EvalPlan:
     if evaluation.val_list and not training:
         log.info(f"note: the validation list {evaluation.val_list} is used in training only; an evaluation scores "
                  f"the test lists")
-    audio = KaldiAudio(load_kaldi_dir(evaluation.test_data, data.allow_pipes)) if evaluation.test_data else None
+    audio = KaldiAudio(load_kaldi_dir(evaluation.test_data, data.allow_pipes, data.max_overshoot)) \
+        if evaluation.test_data else None
     return read_plan(evaluation.test_lists(), evaluation.test_path, "training (VEER)" if training else "", val_list,
                      cohort, audio)
 
@@ -70,7 +76,8 @@ def evaluation_of(net: SpeakerNet, evaluation: EvalSpec, plan: EvalPlan, device:
 
 def checkpoint_to_evaluate(initial_model: str, save_path: str) -> str:
     """The checkpoint an evaluation scores: ``initial_model``, else the newest in ``save_path/model``."""
-    source = initial_model or (latest_checkpoint(os.path.join(save_path, "model")) or (None,))[0]
+    held = epoch_checkpoints(os.path.join(save_path, "model"))
+    source = initial_model or (held[-1][1] if held else None)
     if not source:
         raise SpeakerNetError("nothing to evaluate: give the checkpoint (--initial_model), or a run folder "
                               "(--save_path) with a checkpoint in its model/ folder")
@@ -104,7 +111,7 @@ def evaluate_checkpoint(source: str, evaluation: EvalSpec, data: DataSpec, devic
     return evaluation_of(net, evaluation, plan, device), calibration, net
 
 
-def calibration_line(evaluation: EvalSpec, scores, trial_list, calibration) -> str:
+def list_calibration_metrics(evaluation: EvalSpec, scores, trial_list, calibration) -> CalibrationMetrics:
     """minCllr always (it needs no calibration: it is what the best monotonic calibration would reach); Cllr
     and actDCF at each p_target of the calibrated LLRs when there is a calibration (with its quality measures,
     computed from the trials' audio files as ``inference.py calibrate`` computed them)."""
@@ -114,24 +121,53 @@ def calibration_line(evaluation: EvalSpec, scores, trial_list, calibration) -> s
             if calibration.quality else None
         llrs = calibration.llr(scores, quality)
     return calibration_metrics(scores, trial_list.labels, llrs, evaluation.p_targets, evaluation.c_miss,
-                               evaluation.c_fa).summary()
+                               evaluation.c_fa)
 
 
-def report(outcome: EvalOutcome, evaluation: EvalSpec, result_dir: str, calibration=None) -> None:
+def metrics_record(model: str, evaluation: EvalSpec, calibration) -> dict:
+    """The head of ``result/metrics.json``: what was evaluated, and how (its ``lists`` follow)."""
+    return {"model": model, "eval_frames": evaluation.eval_frames, "scoring": evaluation.scoring,
+            "score_norm": evaluation.score_norm, "calibration": calibration.source if calibration else None,
+            "p_targets": list(evaluation.p_targets), "c_miss": evaluation.c_miss, "c_fa": evaluation.c_fa,
+            "lists": []}
+
+
+def list_record(trial_list, metrics, calibrated: CalibrationMetrics | None) -> dict:
+    """One list's entry of ``result/metrics.json`` (minDCF and actDCF keyed by p_target as ``%g``; the metrics
+    None for a list without labels, Cllr and actDCF None without a calibration)."""
+    def number(value):          # JSON has no infinity (an EER threshold can be one): null
+        return float(value) if value is not None and math.isfinite(value) else None
+
+    def by_prior(values: dict) -> dict:
+        return {f"{p:g}": number(value) for p, value in values.items()}
+    return {"path": trial_list.path, "name": trial_list.name, "published": trial_list.published,
+            "trials": len(trial_list.trials), "eer": number(metrics.eer) if metrics else None,
+            "eer_threshold": number(metrics.eer_threshold) if metrics else None,
+            "min_dcf": by_prior({p: value for p, (value, _) in metrics.min_dcf.items()}) if metrics else None,
+            "min_cllr": number(calibrated.min_cllr) if calibrated else None,
+            "cllr": number(calibrated.cllr) if calibrated else None,
+            "act_dcf": by_prior(calibrated.act_dcf) if calibrated and calibrated.act_dcf else None}
+
+
+def report(outcome: EvalOutcome, evaluation: EvalSpec, result_dir: str, calibration=None, model: str = "") -> None:
     """The ``--eval`` report: per list its EER line (the original's ``EER %2.4f``), minDCF, calibration
-    metrics, plots, and the score and embedding files asked for."""
+    metrics, plots, and the score and embedding files asked for; the numbers also in ``result_dir/metrics.json``
+    (``model``: the checkpoint evaluated), for programs to read."""
     several = len(outcome.tests) > 1
     files = len(outcome.store.files)
+    record = metrics_record(model, evaluation, calibration)
     log.info(f"{files} files embedded once for {len(outcome.tests)} list(s); evaluation {outcome.seconds:.1f} s")
     for result in outcome.tests:
         trial_list = result.trial_list
         published = f"{trial_list.published}, " if trial_list.published else ""
         log.info(f"== {trial_list.path}: {len(trial_list.trials)} trials ({published}{evaluation.scoring} scoring"
                  f"{', AS-norm' if evaluation.score_norm == 'asnorm' else ''})")
+        calibrated = None
         if result.metrics is not None:
             log.info("EER %2.4f" % result.metrics.eer)
             log.info(result.metrics.report())
-            log.info(calibration_line(evaluation, result.scores, trial_list, calibration))
+            calibrated = list_calibration_metrics(evaluation, result.scores, trial_list, calibration)
+            log.info(calibrated.summary())
             if distributed.is_main():
                 plots = write_plots(result.scores, trial_list.labels, result_dir,
                                     "_eval" + (f"_{trial_list.name}" if several else ""), eer=result.metrics.eer)
@@ -142,6 +178,10 @@ def report(outcome: EvalOutcome, evaluation: EvalSpec, result_dir: str, calibrat
             path = per_list_path(evaluation.save_scores, trial_list.name) if several else evaluation.save_scores
             write_scores(path, result.scores, trial_list.trials)
             log.info(f"scores written to {path}")
+        record["lists"].append(list_record(trial_list, result.metrics, calibrated))
     if evaluation.save_embeddings and distributed.is_main():
         outcome.store.save_npz(evaluation.save_embeddings)
         log.info(f"{files} embeddings written to {evaluation.save_embeddings}")
+    if distributed.is_main():
+        os.makedirs(result_dir, exist_ok=True)
+        atomic.write_text(os.path.join(result_dir, METRICS_FILE), json.dumps(record, indent=2) + "\n")

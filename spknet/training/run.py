@@ -20,9 +20,7 @@ from spknet import atomic, checkpoints, distributed, logs, plugins
 from spknet.checkpoints import load_model_state, read_checkpoint
 from spknet.data import (
     GroupBatchSampler,
-    SpeedPerturbedSource,
     TrainDataset,
-    TrainList,
     check_files_exist,
     collate_readable,
     ignore_stop_signals,
@@ -35,6 +33,7 @@ from spknet.data.shards import ShardSet, ShardStream, resolve_shards
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import EvalPlan, write_plots
 from spknet.evaluation.runner import evaluation_of, load_plan
+from spknet.identity import RunDifference, flag, run_differences
 from spknet.lock import RunLock
 from spknet.logs import log
 from spknet.loss._common import IMBALANCED
@@ -42,7 +41,8 @@ from spknet.model import SpeakerNet
 from spknet.specs import SCHEMA, DataSpec, ModelSpec, RunSpec
 from spknet.training.bad_files import BadFiles
 from spknet.training.board import TrainingBoard, open_board
-from spknet.training.trainer import INITIAL_EER, EpochProgress, ModelTrainer, is_per_iteration
+from spknet.training.initial import load_initial_model
+from spknet.training.trainer import INITIAL_EER, EpochProgress, ModelTrainer
 
 SCORE_LINE = "IT %d, LR %f, TEER/T1 %2.2f, TLOSS %f, VEER %2.4f"
 TRAIN_LINE = "IT %d, LR %f, TEER %2.2f, TLOSS %f"
@@ -54,9 +54,7 @@ DATA_IDENTITY = ("max_frames", "batch_size", "max_seg_per_spk", "per_speaker", "
                  "train_shards")
 TRAINING_IDENTITY = ("optimizer", "scheduler", "lr", "lr_decay", "weight_decay", "warmup_epochs", "final_lr",
                      "classes", "margin", "scale", "margin_start_epoch", "margin_rampup_epochs", "hard_prob",
-                     "hard_rank", "mixedprec")
-# what schema 1 (the command line's names) called the fields that have other names now
-LEGACY_NAMES = {"nPerSpeaker": "per_speaker", "nSpeakers": "classes"}
+                     "hard_rank", "mixedprec", "freeze_epochs", "network_lr_scale")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -75,10 +73,11 @@ def list_digest(paths: str) -> str:
 def run_identity(spec: RunSpec, model: ModelSpec) -> dict:
     """The checkpoint's ``run`` entry (schema :data:`~spknet.specs.SCHEMA`): the built model's spec, the other
     options a resume may not change (``max_epoch`` too under a per-iteration schedule, whose decay ends at the last
-    epoch), and the lists by content."""
+    epoch), and the lists by content. A run started from ``--initial_model`` adds ``initial_model`` (its path and
+    SHA-256, :mod:`spknet.training.initial`) when it loads it, and keeps it through resumes; it is not compared."""
     options = {key: getattr(spec.data, key) for key in DATA_IDENTITY}
     options.update({key: getattr(spec.training, key) for key in TRAINING_IDENTITY})
-    if is_per_iteration(plugins.load("scheduler", spec.training.scheduler)):
+    if plugins.is_per_iteration(plugins.load("scheduler", spec.training.scheduler)):
         options["max_epoch"] = spec.training.max_epoch
     lists = {"train_list": spec.data.train_list, "test_list": spec.evaluation.test_list,
              "val_list": spec.evaluation.val_list}
@@ -88,44 +87,26 @@ def run_identity(spec: RunSpec, model: ModelSpec) -> dict:
     return {"schema": SCHEMA, "model": model.record(), "options": options, "lists": digests}
 
 
-def _flat_options(run: dict) -> dict:
-    """A ``run`` entry of either schema as one mapping of field names to values."""
-    options = {LEGACY_NAMES.get(key, key): value for key, value in (run.get("options") or {}).items()}
-    return {**options, **(run.get("model") or {})}
-
-
 class RunMismatch(SpeakerNetError):
-    """A resume into a folder that holds a run with other options; ``differences`` are (field, saved, given)."""
+    """A resume into a folder that holds a run with other options: ``differences``, the saved run's first
+    (:func:`~spknet.identity.run_differences`)."""
 
-    def __init__(self, folder: str, path: str, differences: list[tuple[str, object, object]]):
+    def __init__(self, folder: str, path: str, differences: list[RunDifference]):
         self.folder, self.path, self.differences = folder, path, differences
         super().__init__(self.describe({}))
 
     def describe(self, names: dict) -> str:
         """The message, each field (the differing ones, ``save_path``, ``initial_model``) shown by ``names[field]``
-        (the command line's flag) when given."""
+        when given, else by its flag."""
         def name(key: str) -> str:
-            return names.get(key, key)
-        lines = [f"{name(key)}: " + (f"saved {saved}, given {given}" if key not in RUN_LISTS
-                                     else "other contents than the saved run's list")
-                 for key, saved, given in self.differences]
+            return names.get(key) or flag(key)
+        lines = [difference.words(name=name(difference.field)) for difference in self.differences]
         return (f"{self.folder} holds a run with other options; resuming it would mix two runs:\n  "
                 + "\n  ".join(lines) + f"\nGive the saved options ({os.path.join(self.folder, CONFIG_FILE)}) or "
                 f"another {name('save_path')} ({name('initial_model')} {self.path} starts a new run from its weights)")
 
 
-RUN_LISTS = ("train_list", "test_list", "val_list", "train_data")
 CONFIG_FILE = "config.yaml"        # the resolved configuration of a training run, in its save path
-
-
-def run_differences(saved: dict, given: dict) -> list[tuple[str, object, object]]:
-    """(field, saved, given) for every option of ``given`` that differs from the saved run's."""
-    saved_options, given_options = _flat_options(saved), _flat_options(given)
-    differences = [(key, saved_options[key], value) for key, value in given_options.items()
-                   if key in saved_options and saved_options[key] != value]
-    differences += [(key, None, None) for key, digest in given["lists"].items()
-                    if key in saved.get("lists", {}) and saved["lists"][key] != digest]
-    return differences
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -202,14 +183,14 @@ def training_data(data: DataSpec):
         shards = resolve_shards(data.train_shards, data.allow_pipes)
         return shards, data.train_shards, len(shards.speakers)
     if data.train_data:
-        source, name = KaldiSource(load_kaldi_dir(data.train_data, data.allow_pipes)), data.train_data
+        source = KaldiSource(load_kaldi_dir(data.train_data, data.allow_pipes, data.max_overshoot))
+        name = data.train_data
     else:
         source, name = read_train_list(data.train_list, data.train_path), data.train_list
         check_files_exist(source.files, data.train_list)
     recorded = len(source.speakers)
     if data.speed_perturb:
-        source = speed_perturbed(source, SPEED_FACTORS) if isinstance(source, TrainList) else \
-            SpeedPerturbedSource(source, SPEED_FACTORS)
+        source = speed_perturbed(source, SPEED_FACTORS)
     return source, name, recorded
 
 
@@ -251,6 +232,37 @@ class StopRequest:
         return False
 
 
+# Test-only: SPKNET_TEST_HOLD="EPOCH:BATCH:PATH" holds the run after its step on batch BATCH (from 1) of epoch EPOCH:
+# it writes PATH (its process id) and waits there for a stop request (or a SIGKILL; at most HOLD_SECONDS), so a test
+# that stops or kills the run knows where it is however fast the machine (tests/helpers.py start_held). Unset, it
+# costs one environment lookup per epoch.
+TEST_HOLD = "SPKNET_TEST_HOLD"
+HOLD_SECONDS = 300.0
+
+
+def held(should_stop, epoch: int, batches: int):
+    """``should_stop``, or under :data:`TEST_HOLD` naming ``epoch`` one that holds at the named batch; ``batches``:
+    those of the epoch done before (a resume's). train_network asks ``should_stop`` once after every batch."""
+    where = os.environ.get(TEST_HOLD)
+    if not where:
+        return should_stop
+    at_epoch, at_batch, marker = where.split(":", 2)
+    if int(at_epoch) != epoch:
+        return should_stop
+    done = batches
+
+    def check() -> bool:
+        nonlocal done
+        done += 1
+        if done == int(at_batch):
+            atomic.write_text(marker, str(os.getpid()))
+            deadline = time.monotonic() + HOLD_SECONDS
+            while not should_stop() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return should_stop()
+    return check
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The epoch driver
 # ----------------------------------------------------------------------------------------------------------------
@@ -281,6 +293,8 @@ class TrainingRun:
             differences = run_differences(checkpoint["run"], self.identity)
             if differences:
                 raise RunMismatch(self.save_path, path, differences)
+            if checkpoint["run"].get("initial_model"):       # where the run started: kept by every later save
+                self.identity["initial_model"] = checkpoint["run"]["initial_model"]
         load_model_state(self.trainer.net, checkpoint["model_state_dict"], path, strict=True)
         self.completed = int(checkpoint["epoch"])
         self.last_eer = float(checkpoint.get("last_eer", self.last_eer))
@@ -299,8 +313,7 @@ class TrainingRun:
 
     def averaged_epochs(self) -> range:
         """The last epochs whose mean weights the run scores at its end (``average_epochs``; none below 2)."""
-        count, last = self.spec.training.average_epochs, self.spec.training.max_epoch
-        return range(max(last - count, 0) + 1, last + 1) if count > 1 else range(0)
+        return self.spec.training.averaged_epochs()
 
     def save(self, eer: float | None = None) -> None:
         """Rank 0 writes an epoch checkpoint (evaluated epochs and those the final average takes) or
@@ -336,8 +349,9 @@ class TrainingRun:
         log.info(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {epoch} Training {self.spec.model.model} with LR {lr:f}...")
         started = time.time()
         self.bad_files.start_epoch()
+        should_stop = held(stop.requested, epoch, progress.batches if progress is not None else 0)
         self.progress = self.trainer.train_network(self.bad_files.batches(self.loader), epoch, progress,
-                                                   stop.requested, monitor=self.board if self.board.enabled else None)
+                                                   should_stop, monitor=self.board if self.board.enabled else None)
         if not self.progress.finished:
             return False
         trained = self.progress
@@ -476,17 +490,21 @@ def train(spec: RunSpec, device: torch.device, describe) -> int:
     sampler.set_epoch(1)        # the first epoch's length stands for every epoch's in per-iteration schedules
     trainer = ModelTrainer(net, device, spec.training, steps_per_epoch=len(sampler))
     run = TrainingRun(spec, trainer, plan, loader, sampler)
-    if distributed.is_main():
-        os.makedirs(run.save_path, exist_ok=True)
-    # rank 0 holds the folder for the whole run; a second run on it stops here, having written nothing
     try:
-        with RunLock(run.save_path) if distributed.is_main() else nullcontext():
-            return _train(run, *describe(classes))
+        # The stop handlers are in place before the run makes its first file: a SIGINT/SIGTERM from then on, even
+        # during the start, stops the run after one step with its state saved (exit 128 + the signal), never with
+        # half a start on disk. Reading the lists and building the model write nothing: a signal there just ends it.
+        with StopRequest() as stop:
+            if distributed.is_main():
+                os.makedirs(run.save_path, exist_ok=True)
+            # rank 0 holds the folder for the whole run; a second run on it stops here, having written nothing
+            with RunLock(run.save_path) if distributed.is_main() else nullcontext():
+                return _train(run, stop, *describe(classes))
     finally:
         shutdown_workers(loader)
 
 
-def _train(run: TrainingRun, config_text: str, header: str) -> int:
+def _train(run: TrainingRun, stop: StopRequest, config_text: str, header: str) -> int:
     """Resume (or start from the initial model) and run the epochs."""
     main_process = distributed.is_main()
     # rank 0 first: it sets damaged files aside, and the other ranks then read what it read
@@ -495,17 +513,17 @@ def _train(run: TrainingRun, config_text: str, header: str) -> int:
     resumed = resumed if main_process else run.resume()
     initial = run.spec.training.initial_model
     if not resumed and initial:
-        checkpoint = read_checkpoint(initial, run.spec.training.trust_checkpoint)
-        load_model_state(run.trainer.net, checkpoint["model_state_dict"], initial)
-        log.info(f"Model {initial} loaded!")
+        loaded = load_initial_model(run.trainer.net, initial, run.spec.training.classes,
+                                    run.spec.training.trust_checkpoint)
+        run.identity["initial_model"] = loaded.record()
+        log.info(loaded.describe())
     if main_process:
         os.makedirs(run.model_dir, exist_ok=True)
         os.makedirs(run.result_dir, exist_ok=True)
         checkpoints.remove_stale_temporaries(run.model_dir)
         atomic.write_text(os.path.join(run.save_path, CONFIG_FILE), config_text)
     scores_path = os.path.join(run.result_dir, "scores.txt") if main_process else None
-    with logs.scores_file(scores_path) as scores, StopRequest() as stop, \
-            open_board(run.save_path, run.spec.training.tensorboard) as run.board:
+    with logs.scores_file(scores_path) as scores, open_board(run.save_path, run.spec.training.tensorboard) as run.board:
         scores.info(header)
         return run.run(stop, scores)
 
@@ -525,5 +543,5 @@ def shutdown_workers(loader) -> None:
 
 
 __all__ = ["CONFIG_FILE", "SCORE_LINE", "SPEED_FACTORS", "TRAIN_LINE", "RunMismatch", "StopRequest", "TrainingRun",
-           "build_loader", "group_sizes_for", "list_digest", "run_differences", "run_identity", "train",
-           "training_classes", "training_data"]
+           "build_loader", "group_sizes_for", "list_digest", "run_identity", "train", "training_classes",
+           "training_data"]

@@ -1,6 +1,6 @@
 """Training: the network (DDP, torch.compile, mixed precision), its optimizer, scheduler and gradient scaler, the
-step and the epoch. The epoch driver (``trainSpeakerNet.py``) says where an epoch starts and when to stop; this
-module knows no file path."""
+step and the epoch. The epoch driver (:mod:`spknet.training.run`) says where an epoch starts and when to stop;
+this module knows no file path."""
 
 import math
 import time
@@ -82,14 +82,18 @@ class EpochProgress:
         return state
 
 
+def parameter_groups(net: nn.Module, training: TrainingSpec):
+    """What the optimizer trains: the network at ``lr * network_lr_scale`` and the loss head at ``lr``, two groups;
+    one group of all parameters when the scale is 1 (the original's optimizer state, which runs saved before the
+    scale existed hold, so they resume)."""
+    if training.network_lr_scale == 1.0:
+        return net.parameters()
+    return [{"params": list(net.__S__.parameters()), "lr": training.lr * training.network_lr_scale},
+            {"params": list(net.__L__.parameters())}]
+
+
 def _is_plateau(scheduler) -> bool:
     return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-
-
-def is_per_iteration(scheduler) -> bool:
-    """A schedule (plugin class or instance) that declares ``per_iteration``: stepped after every batch, not per
-    epoch."""
-    return bool(getattr(scheduler, "per_iteration", False))
 
 
 class ModelTrainer:
@@ -104,24 +108,27 @@ class ModelTrainer:
 
     def __init__(self, net: nn.Module, device: torch.device, training: TrainingSpec,
                  steps_per_epoch: int | None = None):
-        # oneDNN's CPU convolutions run 2-D networks faster in the channels-last layout (the quickstart's ResNetSE34L
-        # step: 1.19x, benchmarks/bench_train.py); parameters without four dimensions are unaffected.
+        # oneDNN's CPU convolutions run 2-D networks faster in the channels-last layout (docs/results.md, "Why the
+        # code is as it is"); parameters without four dimensions are unaffected.
         self.net = net.to(device, memory_format=torch.channels_last if device.type == "cpu" else torch.preserve_format)
         self.device = device
         # What the training step calls: the network itself, or its DistributedDataParallel wrapper.
         self.model = self.net
+        self.freeze_epochs = training.freeze_epochs
         if distributed.is_active():
+            # a frozen network's parameters get no gradient: DDP must look for the parameters a step did not use
             self.model = nn.parallel.DistributedDataParallel(
-                self.net, device_ids=[device.index] if device.type == "cuda" else None)
+                self.net, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=self.freeze_epochs > 0)
         if training.compile:
             self.model = torch.compile(self.model)   # the step only: checkpoints keep the plain parameter names
         self.autocast_dtype = AUTOCAST_DTYPES[check_choice("mixed precision", training.mixedprec, AUTOCAST_DTYPES)]
         self.scaler = torch.amp.GradScaler(device.type, enabled=training.mixedprec == "fp16")
-        self.optimizer = plugins.load("optimizer", training.optimizer)(self.net.parameters(),
+        self.optimizer = plugins.load("optimizer", training.optimizer)(parameter_groups(self.net, training),
                                                                        **training.optimizer_options())
         self.scheduler = plugins.load("scheduler", training.scheduler)(self.optimizer,
                                                                        **training.scheduler_options(steps_per_epoch))
-        self.per_iteration = is_per_iteration(self.scheduler)
+        self.per_iteration = plugins.is_per_iteration(self.scheduler)
         self.steps_per_epoch = steps_per_epoch
         if _is_plateau(self.scheduler):
             self.scheduler.step(INITIAL_EER)     # as the original, whose plateau step precedes every epoch
@@ -131,11 +138,10 @@ class ModelTrainer:
                                if isinstance(module, nn.modules.batchnorm._BatchNorm) for buffer in module.buffers()]
 
     def _margin_schedule(self, start_epoch, rampup_epochs, steps_per_epoch) -> MarginSchedule | None:
-        """The loss's margin schedule, rising to the margin the loss was built with."""
+        """The loss's margin schedule, rising to the margin the loss was built with (a loss with a margin:
+        :meth:`spknet.specs.TrainingSpec.check`)."""
         if start_epoch is None:
             return None
-        if self.net.margin is None:
-            raise SpeakerNetError(f"a margin schedule needs a loss with a margin; {self.net.spec.trainfunc} has none")
         return MarginSchedule(final=self.net.margin, start_epoch=start_epoch, rampup_epochs=rampup_epochs or 0.0,
                               steps_per_epoch=steps_per_epoch or 0)
 
@@ -152,7 +158,21 @@ class ModelTrainer:
 
     @property
     def lr(self) -> float:
-        return max(group["lr"] for group in self.optimizer.param_groups)
+        """The LR of the loss head (the last group), the one ``--lr`` sets; the network's is
+        ``--network_lr_scale`` times it, and every schedule keeps that ratio (it scales each group alike)."""
+        return self.optimizer.param_groups[-1]["lr"]
+
+    def network_frozen(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` trains the loss head alone (``--freeze_epochs``)."""
+        return epoch <= self.freeze_epochs
+
+    def _freeze_network(self, frozen: bool) -> None:
+        """A frozen network gets no gradient (so the optimizer leaves it, weight decay included) and runs as in
+        evaluation: BatchNorm uses its running statistics and does not update them, no dropout."""
+        for parameter in self.net.__S__.parameters():
+            parameter.requires_grad_(not frozen)
+        if frozen:
+            self.net.__S__.eval()
 
     def step_schedule(self, eer: float) -> None:
         """The LR schedule after a completed epoch: the plateau schedule sees the latest EER, the others count; a
@@ -235,6 +255,7 @@ class ModelTrainer:
         host numbers the step has already, so monitoring adds no device synchronisation.
         """
         self.net.train()
+        self._freeze_network(self.network_frozen(epoch))
         progress = progress if progress is not None else EpochProgress(epoch, start_lr=self.lr)
         epoch_batches = progress.batches + len(loader)
         bad_in_a_row = 0

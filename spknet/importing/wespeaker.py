@@ -1,0 +1,211 @@
+"""The ``wespeaker`` and ``pyannote`` entries of :mod:`spknet.importing`: WeSpeaker's ResNets and CAM++, and
+pyannote's re-packaged WeSpeaker ResNets."""
+
+import os
+
+import torch
+
+from spknet.errors import SpeakerNetError
+from spknet.importing.base import Imported, Toolkit, count_blocks, register, tensor_state
+from spknet.specs import ModelSpec
+
+# ----------------------------------------------------------------------------------------------------------------
+# WeSpeaker
+# ----------------------------------------------------------------------------------------------------------------
+
+# WeSpeaker's ResNets by depth (wespeaker/models/resnet.py): bottleneck blocks or not, blocks per stage
+RESNET_DEPTHS = {18: (False, (2, 2, 2, 2)), 34: (False, (3, 4, 6, 3)), 50: (True, (3, 4, 6, 3)),
+                 101: (True, (3, 4, 23, 3)), 152: (True, (3, 8, 36, 3)), 221: (True, (6, 16, 48, 3)),
+                 293: (True, (10, 20, 64, 3))}
+WESPEAKER_MODELS = tuple(f"ResNet{depth}" for depth in RESNET_DEPTHS) + ("CAMPPlus",)
+# the model_args each supports, with the values SpeakerNet's network computes (None: any value, read as a spec field)
+WESPEAKER_ARGS = {
+    "resnet": {"feat_dim": None, "embed_dim": None, "pooling_func": "TSTP", "two_emb_layer": False},
+    "CAMPPlus": {"feat_dim": None, "embed_dim": None, "pooling_func": "TSTP", "growth_rate": 32, "bn_size": 4,
+                 "init_channels": 128, "config_str": "batchnorm-relu"},
+}
+# the fbank and CMVN WeSpeaker evaluates with (wespeaker/bin/extract.py: dither 0, cmvn with norm_mean only)
+WESPEAKER_FBANK = {"frame_length": 25, "frame_shift": 10}
+WESPEAKER_HEAD = "projection."
+AUDIO_SCALE = "int16"           # WeSpeaker scales float waveforms by 1 << 15 before its fbank: int16 samples
+
+
+def wespeaker_network(state: dict, path: str) -> dict:
+    """What the keys and shapes of a WeSpeaker state dict say: ``model``, ``nOut``, ``n_mels`` (and ``channels``
+    for a ResNet); an error for a network SpeakerNet does not have."""
+    if "conv1.weight" in state and "seg_1.weight" in state:
+        if "seg_2.weight" in state:
+            raise SpeakerNetError(f"{path}: key seg_2.weight: a ResNet with two_emb_layer True, which SpeakerNet "
+                                  f"does not carry (WeSpeaker's published ResNets have one embedding layer)")
+        bottleneck = "layer1.0.conv3.weight" in state
+        layout = (bottleneck, tuple(count_blocks(state, f"layer{stage}.") for stage in (1, 2, 3, 4)))
+        depth = next((depth for depth, known in RESNET_DEPTHS.items() if known == layout), None)
+        if depth is None:
+            raise SpeakerNetError(f"{path}: a WeSpeaker ResNet with {'bottleneck' if bottleneck else 'basic'} blocks "
+                                  f"{'-'.join(map(str, layout[1]))} per stage (keys layer1-4), which is none of "
+                                  f"ResNet{', ResNet'.join(map(str, RESNET_DEPTHS))}")
+        channels = state["conv1.weight"].shape[0]
+        rows = state["seg_1.weight"].shape[1] // 2 // (channels * 8 * (4 if bottleneck else 1))
+        return {"model": f"ResNet{depth}", "nOut": state["seg_1.weight"].shape[0], "n_mels": 8 * rows,
+                "channels": channels}
+    if "head.conv1.weight" in state and "xvector.tdnn.linear.weight" in state and \
+            "xvector.dense.linear.weight" in state:
+        return {"model": "CAMPPlus", "nOut": state["xvector.dense.linear.weight"].shape[0],
+                "n_mels": 8 * (state["xvector.tdnn.linear.weight"].shape[1] // state["head.conv1.weight"].shape[0])}
+    if "front.conv1.weight" in state:
+        raise SpeakerNetError(f"{path}: key front.conv1.weight: a WeSpeaker SimAM-ResNet, which SpeakerNet does not "
+                              f"import (it imports {', '.join(WESPEAKER_MODELS)})")
+    raise SpeakerNetError(f"{path}: not a WeSpeaker network SpeakerNet has ({', '.join(WESPEAKER_MODELS)}): no "
+                          f"conv1.weight + seg_1.weight (ResNet) or head.conv1.weight + xvector.* (CAM++); its keys "
+                          f"start {', '.join(sorted(state)[:3])}")
+
+
+def _config_value(config: dict, config_path: str, *keys, default=None):
+    value = config
+    for key in keys:
+        if not isinstance(value, dict):
+            raise SpeakerNetError(f"{config_path}: {'.'.join(keys[:-1])} is not a mapping")
+        value = value.get(key, default if key == keys[-1] else {})
+    return value
+
+
+def wespeaker_config(config: dict, config_path: str) -> dict:
+    """The network that WeSpeaker's ``config.yaml`` describes (``model``, ``model_args``), checked against what
+    SpeakerNet computes: WeSpeaker's fbank frontend, 25-ms frames every 10 ms, 16 kHz, mean-only CMVN."""
+    model = config.get("model")
+    if model not in WESPEAKER_MODELS:
+        raise SpeakerNetError(f"{config_path}: key model: {model!r} is not a WeSpeaker network SpeakerNet has "
+                              f"({', '.join(WESPEAKER_MODELS)})")
+    args = _config_value(config, config_path, "model_args") or {}
+    supported = WESPEAKER_ARGS["CAMPPlus" if model == "CAMPPlus" else "resnet"]
+    for key, value in args.items():
+        if key not in supported:
+            raise SpeakerNetError(f"{config_path}: key model_args.{key}: not an option of SpeakerNet's {model}")
+        if supported[key] is not None and value != supported[key]:
+            raise SpeakerNetError(f"{config_path}: key model_args.{key}: {value!r}; SpeakerNet's {model} computes "
+                                  f"{supported[key]!r} only")
+    frontend = _config_value(config, config_path, "dataset_args", "frontend", default="fbank")
+    if frontend != "fbank":
+        raise SpeakerNetError(f"{config_path}: key dataset_args.frontend: {frontend!r}; SpeakerNet imports "
+                              f"WeSpeaker's fbank models only")
+    for key, expected in WESPEAKER_FBANK.items():
+        value = _config_value(config, config_path, "dataset_args", "fbank_args", key, default=expected)
+        if value != expected:
+            raise SpeakerNetError(f"{config_path}: key dataset_args.fbank_args.{key}: {value}; SpeakerNet's "
+                                  f"kaldi_fbank has {expected}")
+    rate = _config_value(config, config_path, "dataset_args", "resample_rate", default=16000)
+    if rate != 16000:
+        raise SpeakerNetError(f"{config_path}: key dataset_args.resample_rate: {rate}; SpeakerNet's models take 16 kHz")
+    if _config_value(config, config_path, "dataset_args", "cmvn", default=True) is not True or \
+            _config_value(config, config_path, "dataset_args", "cmvn_args", "norm_var", default=False) or \
+            _config_value(config, config_path, "dataset_args", "cmvn_args", "norm_mean", default=True) is not True:
+        raise SpeakerNetError(f"{config_path}: key dataset_args.cmvn_args: SpeakerNet's kaldi_fbank subtracts the "
+                              f"utterance mean only (cmvn True, norm_mean True, norm_var False)")
+    bins = _config_value(config, config_path, "dataset_args", "fbank_args", "num_mel_bins")
+    n_mels = args.get("feat_dim", bins)
+    if bins is not None and n_mels != bins:
+        raise SpeakerNetError(f"{config_path}: key model_args.feat_dim: {n_mels}, but dataset_args.fbank_args."
+                              f"num_mel_bins is {bins}")
+    described = {"model": model, "nOut": args.get("embed_dim"), "n_mels": n_mels}
+    return {key: value for key, value in described.items() if value is not None}
+
+
+def wespeaker_spec(network: dict) -> ModelSpec:
+    """The spec of a WeSpeaker network: its Kaldi fbanks (Hamming window, as WeSpeaker's training and extraction
+    compute them) on int16-scale samples, TSTP."""
+    return ModelSpec(model=network["model"], nOut=network["nOut"], n_mels=network["n_mels"], encoder_type="TSTP",
+                     window="hamming", channels=network.get("channels"), audio_scale=AUDIO_SCALE,
+                     frontend="kaldi_fbank")
+
+
+def read_wespeaker(path: str, loaded, config: dict | None, config_path: str | None) -> Imported:
+    state = loaded
+    for key in ("state_dict", "model"):     # what load_checkpoint and average_model.py also accept
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    state = tensor_state(path, state, "WeSpeaker")
+    head = {key: value for key, value in state.items() if key.startswith(WESPEAKER_HEAD)}
+    body = {key: value for key, value in state.items() if not key.startswith(WESPEAKER_HEAD)}
+    if not body:
+        raise SpeakerNetError(f"{path}: only a classifier head ({', '.join(head)}), no network")
+    network = wespeaker_network(body, path)
+    notes = []
+    if config is not None:
+        described = wespeaker_config(config, config_path)
+        for key, value in described.items():
+            if network.get(key) != value:
+                hint = {"model": "key layer*/head.* (the network)", "nOut": "key seg_1.weight / xvector.dense.*",
+                        "n_mels": "its first layer's input"}[key]
+                raise SpeakerNetError(f"{path}: the config contradicts the weights: {config_path} says {key} "
+                                      f"{value}, the file's {hint} says {network[key]}")
+        notes.append(f"config {os.path.basename(config_path)}: model {described['model']}, as the keys say")
+    return Imported(wespeaker_spec(network), body, dropped=head, notes=notes)
+
+
+register(Toolkit("wespeaker", read_wespeaker, "avg_model.pt (a state dict) with its config.yaml"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pyannote: WeSpeaker's ResNets re-packaged
+# ----------------------------------------------------------------------------------------------------------------
+
+PYANNOTE_KEY = "pyannote.audio"
+PYANNOTE_MODULE = "pyannote.audio.models.embedding.wespeaker"
+PYANNOTE_CLASSES = {f"WeSpeakerResNet{depth}": f"ResNet{depth}" for depth in (34, 152, 221, 293)}
+PYANNOTE_PREFIX = "resnet."
+# pyannote's fbank options (BaseWeSpeakerResNet) and what SpeakerNet's kaldi_fbank computes
+PYANNOTE_FBANK = {"sample_rate": 16000, "num_channels": 1, "frame_length": 25, "frame_shift": 10,
+                  "round_to_power_of_two": True, "snip_edges": True, "use_energy": False, "fbank_centering_span": None}
+PYANNOTE_WINDOWS = {"hamming": "hamming", "povey": "povey", "hanning": "hann"}
+
+
+def read_pyannote(path: str, loaded, config: dict | None, config_path: str | None) -> Imported:
+    if not isinstance(loaded, dict) or PYANNOTE_KEY not in loaded or not isinstance(loaded.get("state_dict"), dict):
+        if isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+            raise SpeakerNetError(f"{path}: not a pyannote checkpoint (key {PYANNOTE_KEY} missing): a bare state "
+                                  f"dict; a WeSpeaker one? (--from wespeaker)")
+        missing = "state_dict" if isinstance(loaded, dict) and PYANNOTE_KEY in loaded else PYANNOTE_KEY
+        raise SpeakerNetError(f"{path}: not a pyannote checkpoint (key {missing} missing)")
+    architecture = loaded[PYANNOTE_KEY].get("architecture") or {} if isinstance(loaded[PYANNOTE_KEY], dict) else {}
+    module, name = architecture.get("module"), architecture.get("class")
+    if module != PYANNOTE_MODULE or name not in PYANNOTE_CLASSES:
+        raise SpeakerNetError(f"{path}: key {PYANNOTE_KEY}.architecture: {module}.{name} is not one of WeSpeaker's "
+                              f"ResNets ({PYANNOTE_MODULE}.{', '.join(PYANNOTE_CLASSES)}), the pyannote embedding "
+                              f"networks SpeakerNet imports")
+    hyper = loaded.get("hyper_parameters") or {}
+    for key, expected in PYANNOTE_FBANK.items():
+        if key in hyper and hyper[key] != expected:
+            raise SpeakerNetError(f"{path}: key hyper_parameters.{key}: {hyper[key]!r}; SpeakerNet's kaldi_fbank "
+                                  f"computes {expected!r}")
+    window = hyper.get("window_type", "hamming")
+    if window not in PYANNOTE_WINDOWS:
+        raise SpeakerNetError(f"{path}: key hyper_parameters.window_type: {window!r}; SpeakerNet's kaldi_fbank has "
+                              f"{', '.join(PYANNOTE_WINDOWS)}")
+    state = loaded["state_dict"]
+    foreign = [key for key in state if not key.startswith(PYANNOTE_PREFIX)]
+    if foreign:
+        raise SpeakerNetError(f"{path}: key state_dict.{foreign[0]} is not part of {name}'s ResNet (keys "
+                              f"{PYANNOTE_PREFIX}*)")
+    body = {key[len(PYANNOTE_PREFIX):]: value for key, value in state.items()}
+    network = wespeaker_network(body, path)
+    if network["model"] != PYANNOTE_CLASSES[name]:
+        raise SpeakerNetError(f"{path}: the architecture contradicts the weights: {PYANNOTE_KEY}.architecture says "
+                              f"{name}, the keys {PYANNOTE_PREFIX}layer* say {network['model']}")
+    if "num_mel_bins" in hyper and hyper["num_mel_bins"] != network["n_mels"]:
+        raise SpeakerNetError(f"{path}: key hyper_parameters.num_mel_bins: {hyper['num_mel_bins']}, but the weights "
+                              f"({PYANNOTE_PREFIX}seg_1.weight) take {network['n_mels']} bins")
+    spec = ModelSpec(model=network["model"], nOut=network["nOut"], n_mels=network["n_mels"], encoder_type="TSTP",
+                     window=PYANNOTE_WINDOWS[window], channels=network["channels"], audio_scale=AUDIO_SCALE,
+                     frontend="kaldi_fbank")
+    notes = [f"pyannote {name} (WeSpeaker's ResNet{network['model'][6:]}); its pooling's standard deviation has no "
+             f"1e-7 under the root, SpeakerNet's has WeSpeaker's"]
+    return Imported(spec, body, notes=notes, origin={key[len(PYANNOTE_PREFIX):]: key for key in state})
+
+
+register(Toolkit("pyannote", read_pyannote, "pytorch_model.bin (a Lightning checkpoint of WeSpeakerResNet34, ...)",
+                 records=("pyannote.audio.core.task.Specifications", "pyannote.audio.core.task.Problem",
+                          "pyannote.audio.core.task.Resolution", "torch.torch_version.TorchVersion"),
+                 mappings=("lightning.fabric.utilities.data.AttributeDict",
+                           "pytorch_lightning.utilities.parsing.AttributeDict"),
+                 takes_config=False))
