@@ -279,7 +279,7 @@ def test_stages_3_to_9_on_a_tiny_corpus(tmp_path):
     make_corpus(str(tmp_path / "data"), voxceleb_layout=True, **LAYOUT)
     exp = tmp_path / "exp"
     args = ("--data", tmp_path / "data", "--exp", exp, "--stage", 3, "--average", 2, "--lm_average", 2,
-            "--calib_speakers", 12, "--calib_trials", 100, "--", "--max_epoch", 2, "--batch_size", 6,
+            "--calib_speakers", 12, "--calib_trials", 100, "--identify", "--", "--max_epoch", 2, "--batch_size", 6,
             "--max_frames", 50, "--nDataLoaderThread", 0, "--eval_frames", 0, "--nOut", 16)
     completed = run_recipe(*args)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -296,5 +296,8 @@ def test_stages_3_to_9_on_a_tiny_corpus(tmp_path):
     assert "lmft_mp_balance.yaml" in text and "--max_epoch 2" in text and "machine: CPU" in text
     assert (exp / "calibrate" / "final.calibration.json").is_file()
     assert (exp / "extract" / "lm" / "embeddings.npz").is_file()
+    # stage 10: 2 of the 4 test speakers enrolled on their first session, the other 2 impostors
+    assert "closed-set top-1" in (exp / "identify" / "result.txt").read_text()
+    assert "2 speakers enrolled" in (exp / "logs" / "stage_10.log").read_text()
     again = run_recipe(*args)
-    assert again.returncode == 0 and again.stdout.count("skipped") == 7
+    assert again.returncode == 0 and again.stdout.count("skipped") == 8

@@ -22,7 +22,7 @@ from spknet.model import SpeakerNet
 from spknet.specs import TrainingSpec
 from spknet.training.run import RunMismatch, run_identity
 from spknet.training.trainer import ModelTrainer
-from tests.helpers import REPO, SUBPROCESS_ENV, run_cli
+from tests.helpers import REPO, SUBPROCESS_ENV, run_cli, start_held
 
 FAST = ["--model", "ResNetSE34L", "--trainfunc", "mp_balance", "--nOut", "16", "--max_frames", "20",
         "--batch_size", "8", "--nDataLoaderThread", "0"]
@@ -140,14 +140,10 @@ def test_a_killed_holder_s_lock_is_free_at_once_though_its_forked_child_lives(tm
 def test_a_second_run_on_the_same_folder_exits_at_once(tiny_corpus, tmp_path):
     save_path = tmp_path / "run"
     argv = [*FAST, *corpus_flags(tiny_corpus), "--save_path", str(save_path), "--max_epoch", "50"]
-    first = subprocess.Popen([sys.executable, str(REPO / "trainSpeakerNet.py"), *argv], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env={**os.environ, **SUBPROCESS_ENV})
+    # held by the run itself after the first step of epoch 2: everything it makes at its start (the TensorBoard
+    # folder comes with the first epoch) exists, however fast the machine
+    first = start_held(argv, 2, 1, tmp_path / "held")
     try:
-        deadline = time.time() + 120
-        # the first run has made everything it makes at its start (the TensorBoard folder comes with the first epoch)
-        while time.time() < deadline and not ((save_path / "result" / "scores.txt").exists()
-                                              and (save_path / "tensorboard").exists()):
-            time.sleep(0.1)
         before = sorted(os.listdir(save_path))
         second = run_cli(*argv, timeout=120)
         assert second.returncode == 2

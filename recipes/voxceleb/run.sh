@@ -23,10 +23,13 @@
 #                score the lists with it -> EXP/calibrate; the same with the trial durations (--quality duration)
 #                -> EXP/calibrate_quality
 #   9 report     EXP/results.md
+#  10 identify   only with --identify: open-set identification with the final model on the test audio of the
+#                lists (scripts/identification_lists.py: every second speaker an impostor, the others enrolled
+#                with their first session) -> EXP/identify/result.txt (closed-set top-1, DIR at 1 % false alarms)
 #
 # Options: --average N (10), --lm_average N (3): the epochs averaged; --calib_speakers N (200), --calib_trials N
 # (20000); --no_convert: stage 2 keeps the m4a files and lists them (the loader decodes them with PyAV);
-# --no_augment: no MUSAN/RIRs in stages 1-2; --voxceleb_url, --voxceleb_list, --user, --password
+# --no_augment: no MUSAN/RIRs in stages 1-2; --identify: also run stage 10; --voxceleb_url, --voxceleb_list, --user, --password
 # (stage 1; the password reaches dataprep.py through VOXCELEB_PASSWORD, not its command line).
 #
 # A stage that ends writes EXP/.done/stage_N; a later run skips it (delete the file to run it again). A stage that
@@ -44,12 +47,12 @@ repo="$(cd "$here/../.." && pwd)"
 PYTHON="${PYTHON:-python}"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 
-data="" exp="" config="$repo/configs/mp_balance.yaml" stage=1 stop_stage=9 average=10 lm_average=3 convert=1
+data="" exp="" config="$repo/configs/mp_balance.yaml" stage=1 stop_stage="" average=10 lm_average=3 convert=1
 augment=1 calib_speakers=200 calib_trials=20000
 voxceleb_url="${VOXCELEB_URL:-}" voxceleb_list="${VOXCELEB_LIST:-}" user="${VOXCELEB_USER:-}"
 extra=()
-names=("" download prepare train average lmft extract score calibrate report)
-last_stage=9
+names=("" download prepare train average lmft extract score calibrate report identify)
+last_stage=9     # 10 with --identify
 
 die() { echo "error: $*" >&2; exit 2; }
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
@@ -60,6 +63,7 @@ while [[ $# -gt 0 ]]; do
     -h|--help) usage; exit 0 ;;
     --no_convert) convert=0; shift ;;
     --no_augment) augment=0; shift ;;
+    --identify) last_stage=10; shift ;;
     --data|--exp|--config|--stage|--stop_stage|--average|--lm_average|--calib_speakers|--calib_trials|\
     --voxceleb_url|--voxceleb_list|--user|--password)
       [[ $# -ge 2 ]] || die "$1 needs a value"
@@ -75,6 +79,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
+stop_stage="${stop_stage:-$last_stage}"     # default: the last stage (10 with --identify)
 [[ -n "$data" ]] || die "--data DIR is required (the VoxCeleb folder)"
 [[ -n "$exp" ]] || die "--exp DIR is required (the experiment folder)"
 for value in "$stage" "$stop_stage" "$average" "$lm_average" "$calib_speakers" "$calib_trials"; do
@@ -122,6 +127,7 @@ inputs_6() { need 6 "$exp/average.model" 4; need 6 "$test_path" 2; need_lists 6;
 inputs_7() { need 7 "$(final_model)" 4; need 7 "$train_list" 2; need 7 "$test_path" 2; need_lists 7; }
 inputs_8() { need 8 "$(final_model)" 4; need 8 "$train_list" 2; need 8 "$test_path" 2; need_lists 8; }
 inputs_9() { need 9 "$exp/extract/plain/result/metrics.json" 6 "the evaluation records"; }
+inputs_10() { need 10 "$(final_model)" 4; need 10 "$test_path" 2; need_lists 10; }
 
 # ---------------------------------------------------------------------------------------------------------------
 # Stages
@@ -210,6 +216,17 @@ stage_8() {
 stage_9() {
   "$PYTHON" -m spknet.recipe report --exp "$exp"
   cat "$exp/results.md"
+}
+
+stage_10() {
+  local model folder="$exp/identify"
+  model="$(final_model)"
+  rm -rf "$folder"          # a database of another model would be refused: the stage starts from an empty one
+  "$PYTHON" "$repo/scripts/identification_lists.py" --test_list "$lists_csv" --out "$folder"
+  "$PYTHON" "$repo/inference.py" enroll --initial_model "$model" --db "$folder/speakers.db" \
+    --list "$folder/enrol.txt" --root "$test_path" > "$folder/enrol.log"
+  "$PYTHON" "$repo/inference.py" identify --eval --initial_model "$model" --db "$folder/speakers.db" \
+    --list "$folder/test.txt" --root "$test_path" --far 0.01 | tee "$folder/result.txt"
 }
 
 # ---------------------------------------------------------------------------------------------------------------
