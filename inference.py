@@ -11,7 +11,7 @@
     python inference.py speakers --db speakers.db                  (--remove NAME, --rename OLD NEW)
     python inference.py identify --initial_model M --db speakers.db x.wav ...  (top speakers, or 'unknown' below
                                   the threshold: --threshold T, or --far 0.01 --test_list TRIALS --test_path DIR)
-    python inference.py import --from wespeaker|pyannote FILE [--config THEIR_CONFIG] --out M.model
+    python inference.py import --from wespeaker|pyannote|speechbrain FILE [--config THEIR_CONFIG] --out M.model
     python inference.py import --from 3dspeaker FILE [--model-id MODEL_ID | --config CONF.yaml] --out M.model
                                   (another toolkit's published checkpoint as a SpeakerNet one: docs/inference.md)
 

@@ -12,10 +12,6 @@ fbanks, utterance mean subtracted): what ``python inference.py import --from wes
 WeSpeaker's and pyannote's published weights compute what they compute there.
 """
 
-from ._wespeaker_resnet import WeSpeakerResNet
+from ._wespeaker_resnet import resnet_plugin
 
-
-def MainModel(nOut: int = 256, encoder_type: str = "TSTP", n_mels: int = 80, log_input: bool = True,
-              window: str = "hamming", channels: int = 32, frontend: str = "logmel", **kwargs):
-    return WeSpeakerResNet(34, nOut=nOut, encoder_type=encoder_type, n_mels=n_mels, log_input=log_input,
-                           window=window, channels=channels, frontend=frontend)
+MainModel = resnet_plugin(34, frontend="logmel")

@@ -157,3 +157,16 @@ class WeSpeakerResNet(nn.Module):
 
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         return self.embed(self.features(waves))
+
+
+def resnet_plugin(depth: int, frontend: str = "kaldi_fbank"):
+    """The ``MainModel`` of ``models/ResNet<depth>.py``: its signature holds the network's own defaults (what
+    :func:`spknet.plugins.model_defaults` reads), WeSpeaker's 80 Kaldi fbanks unless ``frontend`` says otherwise."""
+
+    def MainModel(nOut: int = 256, encoder_type: str = "TSTP", n_mels: int = 80, log_input: bool = True,
+                  window: str = "hamming", channels: int = 32, frontend: str = frontend, **kwargs):
+        return WeSpeakerResNet(depth, nOut=nOut, encoder_type=encoder_type, n_mels=n_mels, log_input=log_input,
+                               window=window, channels=channels, frontend=frontend)
+
+    MainModel.__doc__ = f"WeSpeaker's ResNet{depth} ({DEPTHS[depth][0]} blocks {'-'.join(map(str, DEPTHS[depth][1]))})"
+    return MainModel

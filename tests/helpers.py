@@ -84,3 +84,36 @@ def saved_run_checkpoint(argv, path, classes: int = 4, randomise=None):
     trainer = ModelTrainer(net, torch.device("cpu"), spec.training)
     save_checkpoint(str(path), trainer.state_dict(), 1, 20.0, None, run_identity(spec, net.spec))
     return net
+
+
+def oracle_module(package: str, name: str):
+    """``package.name`` of an installed oracle package (requirements-oracles.txt) without running the package's own
+    ``__init__.py``, which imports dependencies the tests do not install (wespeaker's CLI: silero-vad, kaldiio, ...).
+    The package is registered as a namespace of its folder, with a spec, so later imports and ``find_spec`` of its
+    other modules work in the same process. Skips the test when the package is not installed."""
+    import importlib.machinery
+    import importlib.util
+    import types
+
+    if package not in sys.modules:
+        spec = importlib.util.find_spec(package)
+        if spec is None:
+            pytest.skip(f"{package} is not installed (pip install --no-deps -r requirements-oracles.txt)")
+        folder = list(spec.submodule_search_locations)
+        stand_in = types.ModuleType(package)
+        stand_in.__path__ = folder
+        stand_in.__spec__ = importlib.machinery.ModuleSpec(package, None, is_package=True)
+        stand_in.__spec__.submodule_search_locations = folder
+        sys.modules[package] = stand_in
+    return importlib.import_module(f"{package}.{name}")
+
+
+def forget_lazy_modules(prefix: str) -> None:
+    """Drop the lazy placeholders ``prefix`` registered in ``sys.modules`` (speechbrain registers modules that are
+    imported on first touch and fail without its optional dependencies, when hypothesis or inspect walks
+    ``sys.modules``), so a test module that imports it leaves none behind for the tests after it; the modules it
+    really imported stay."""
+    import types
+    for name, module in list(sys.modules.items()):
+        if (name == prefix or name.startswith(prefix + ".")) and type(module) is not types.ModuleType:
+            del sys.modules[name]

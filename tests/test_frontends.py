@@ -23,7 +23,7 @@ from spknet.models._frontend import (
     set_audio_scale,
 )
 from spknet.specs import ModelSpec
-from tests.helpers import saved_run_checkpoint
+from tests.helpers import forget_lazy_modules, saved_run_checkpoint
 
 KALDI_TOLERANCE = 1e-5              # the brief's; the implementation is bit-exact on CPU (max difference 0.0)
 SPEECHBRAIN_TOLERANCE = 1e-4
@@ -247,3 +247,9 @@ def test_the_export_takes_the_front_end(frontend, tmp_path):
             program = module(wave)
         for got in (torch.from_numpy(session.run(["embedding"], {"waveform": wave.numpy()})[0]), program):
             assert float(torch.nn.functional.cosine_similarity(got, reference).min()) >= 0.99999
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_speechbrain_left_behind():
+    yield
+    forget_lazy_modules("speechbrain")

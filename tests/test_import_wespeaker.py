@@ -38,6 +38,7 @@ from spknet.checkpoints import read_checkpoint
 from spknet.errors import SpeakerNetError
 from spknet.importing import TOOLKITS, import_checkpoint
 from spknet.inference import load_embedder
+from tests.helpers import oracle_module
 
 SECONDS = 1.5
 EVAL_FRAMES = 50            # ten crops of 0.5 s
@@ -60,12 +61,7 @@ def _namespace(name: str, folder: str) -> None:
 def wespeaker_module(name: str):
     """``wespeaker.<name>`` from wespeaker-unofficial (its ``wespeaker/__init__.py`` imports the CLI, which needs
     silero-vad, kaldiio, s3prl, ...: skipped); the test skips when the package is absent."""
-    if "wespeaker" not in sys.modules:
-        spec = importlib.util.find_spec("wespeaker")
-        if spec is None:
-            pytest.skip("wespeaker-unofficial is not installed (pip install --no-deps wespeaker-unofficial==0.0.2)")
-        _namespace("wespeaker", spec.submodule_search_locations[0])
-    return importlib.import_module(f"wespeaker.{name}")
+    return oracle_module("wespeaker", name)
 
 
 def wespeaker_features(wave: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,6 @@ on short inputs, built from WeSpeaker's own arguments for that configuration."""
 import copy
 import importlib
 import importlib.util
-import sys
-import types
 
 import pytest
 import torch
@@ -19,6 +17,7 @@ from torch import nn
 import SpeakerNet
 from spknet import plugins
 from spknet.errors import SpeakerNetError
+from tests.helpers import oracle_module
 from tests.test_networks_3dspeaker import count, layout, randomise
 
 CONFIGS = [f"B{index}" for index in range(7)]
@@ -36,12 +35,8 @@ needs_wespeaker = pytest.mark.skipif(not HAS_WESPEAKER, reason="wespeaker-unoffi
 
 def wespeaker_redimnet():
     """``wespeaker.models.redimnet`` without running ``wespeaker/__init__.py`` (which imports its command-line
-    tool and, through it, silero_vad and the rest of its dependencies, none of which the model code needs)."""
-    if "wespeaker" not in sys.modules:
-        package = types.ModuleType("wespeaker")
-        package.__path__ = list(importlib.util.find_spec("wespeaker").submodule_search_locations)
-        sys.modules["wespeaker"] = package
-    return importlib.import_module("wespeaker.models.redimnet")
+    dependencies)."""
+    return oracle_module("wespeaker", "models.redimnet")
 
 
 def oracle(config: str, channels: int | None = None, n_mels: int | None = None) -> nn.Module:

@@ -21,12 +21,13 @@ Every import then goes the same way (:func:`import_checkpoint`):
 Toolkits: ``wespeaker`` (``avg_model.pt``, a state dict as ``wespeaker/utils/checkpoint.py`` saves it, with its
 ``config.yaml``: ResNet18-293 and CAM++), ``pyannote`` (``pytorch_model.bin``: WeSpeaker's ResNets re-packaged as
 ``pyannote.audio.models.embedding.wespeaker.WeSpeakerResNet{34,152,221,293}``), ``3dspeaker`` (a bare state dict per
-model id: CAM++ and ERes2NetV2; ``--config`` is the model id, the network's name or its training config). Others
-add an entry with :func:`register`; each toolkit's entry is a module of this package (``wespeaker``,
-``threedspeaker``, ``voxceleb_trainer``) and the shared steps are :mod:`spknet.importing.base`.
+model id: CAM++ and ERes2NetV2; ``--config`` is the model id, the network's name or its training config),
+``speechbrain`` (``embedding_model.ckpt``, a state dict, with its ``hyperparams.yaml`` read as data: ECAPA-TDNN).
+Others add an entry with :func:`register`; each toolkit's entry is a module of this package (``wespeaker``,
+``threedspeaker``, ``voxceleb_trainer``, ``speechbrain``) and the shared steps are :mod:`spknet.importing.base`.
 """
 
-from spknet.importing import threedspeaker, voxceleb_trainer, wespeaker  # noqa: F401  (each registers its toolkit)
+from spknet.importing import speechbrain, threedspeaker, voxceleb_trainer, wespeaker  # noqa: F401 (they register)
 from spknet.importing.base import TOOLKITS, Imported, ImportReport, Toolkit, import_checkpoint, register, toolkit
 
 __all__ = ["TOOLKITS", "ImportReport", "Imported", "Toolkit", "import_checkpoint", "register", "toolkit"]
