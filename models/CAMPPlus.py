@@ -76,9 +76,15 @@ class CAMLayer(nn.Module):
     @staticmethod
     def seg_pooling(x: torch.Tensor, seg_len: int = 100) -> torch.Tensor:
         """The mean of each 100-frame segment (the last one shorter), repeated over its frames."""
-        seg = F.avg_pool1d(x, kernel_size=seg_len, stride=seg_len, ceil_mode=True)
-        shape = seg.shape
-        return seg.unsqueeze(-1).expand(*shape, seg_len).reshape(shape[0], shape[1], -1)[..., :x.shape[-1]]
+        # Each frame's segment sum as a difference of running sums (avg_pool1d with ceil_mode, repeated, computes the
+        # same means): no tensor has the segment count as a dimension, which torch.export would otherwise fix to
+        # the traced example's (one segment for 2 s) and refuse longer inputs.
+        frames = x.shape[-1]
+        sums = F.pad(torch.cumsum(x, dim=-1, dtype=torch.float64), (1, 0))     # float64: no drift over long inputs
+        start = torch.div(torch.arange(frames, device=x.device), seg_len, rounding_mode="floor") * seg_len
+        end = torch.clamp(start + seg_len, max=frames)
+        means = (sums.index_select(-1, end) - sums.index_select(-1, start)) / (end - start).to(torch.float64)
+        return means.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.linear_local(x)

@@ -70,6 +70,7 @@ class Threshold:
     far: float | None = None        # the false-alarm rate it was set for, on ``source``'s non-target trials
     source: str = ""
     miss: float | None = None       # the miss rate at it, on the same trials
+    score_norm: str = "none"        # the scores it is in: a threshold of AS-norm scores means nothing to cosine ones
 
     def describe(self) -> str:
         if self.far is None:
@@ -370,7 +371,7 @@ class SpeakerDB:
         if labels.all() or not labels.any():
             raise SpeakerNetError(f"{source}: a threshold needs both target and non-target trials")
         value = threshold_at_far(scores[~labels], far)
-        threshold = Threshold(value, far, source, float(np.mean(scores[labels] <= value)))
+        threshold = Threshold(value, far, source, float(np.mean(scores[labels] <= value)), score_norm)
         self.set_threshold(threshold)
         return threshold
 
@@ -386,8 +387,14 @@ class SpeakerDB:
         speakers, means = self.matrix()
         if not speakers:
             raise SpeakerNetError(f"{self.path}: no speaker is enrolled")
-        if threshold is None and self.threshold() is not None:
-            threshold = self.threshold().value
+        stored = self.threshold()
+        if threshold is None and stored is not None:
+            if stored.score_norm != score_norm:
+                words = {"none": "plain cosine", "asnorm": "AS-norm"}
+                raise SpeakerNetError(f"{self.path}: its threshold was set on {words[stored.score_norm]} scores, and "
+                                      f"these are {words[score_norm]} ones: identify with --score_norm "
+                                      f"{stored.score_norm}, or set a threshold for these (--far or --threshold)")
+            threshold = stored.value
         scores = self.scoring(score_norm, cohort_size).against(vectors, means)
         top = torch.topk(scores, min(top_k, len(speakers)), dim=1)
         calibration = self._calibration(score_norm, cohort_size)

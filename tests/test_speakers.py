@@ -110,6 +110,10 @@ def test_the_threshold_answers_unknown(embedder, speakers_of, tmp_path, capsys, 
     assert f": {enrolled} (threshold" in capsys.readouterr().out
     with SpeakerDB(db_path) as db:                              # the threshold is kept in the database
         assert db.threshold() == Threshold(threshold)
+    # it is a threshold of cosine scores: AS-norm scores are not compared with it
+    assert run("identify", "--initial_model", random_checkpoint, "--db", db_path, "--device", "cpu",
+               "--score_norm", "asnorm", speakers_of[enrolled][2]) == 2
+    assert "its threshold was set on plain cosine scores, and these are AS-norm ones" in capsys.readouterr().err
     if known > stranger:
         assert run("identify", "--initial_model", random_checkpoint, "--db", db_path, "--device", "cpu",
                    speakers_of[impostor][0]) == 0
