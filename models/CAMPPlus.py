@@ -27,6 +27,7 @@ from torch import nn
 from spknet.errors import SpeakerNetError
 
 from ._frontend import check_choice, check_feature_frontend, make_frontend
+from ._wespeaker_resnet import BasicBlock
 
 ENCODERS = ("TSTP",)
 
@@ -151,27 +152,10 @@ class StatsPool(nn.Module):
         return torch.cat((x.mean(dim=-1), torch.sqrt(x.var(dim=-1) + self.eps)), dim=1)
 
 
-class BasicResBlock(nn.Module):
-    """The FCM's 2-D basic block: its stride is along frequency only."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=(stride, 1), padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size=1, stride=(stride, 1), bias=False),
-                                          nn.BatchNorm2d(planes))
-
-    def fusable_conv_bn_pairs(self) -> list[tuple[str, str]]:
-        pairs = [("conv1", "bn1"), ("conv2", "bn2")]
-        return pairs + ([("shortcut.0", "shortcut.1")] if len(self.shortcut) else [])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + self.shortcut(x))
+def BasicResBlock(in_planes: int, planes: int, stride: int = 1) -> BasicBlock:
+    """The FCM's 2-D basic block: WeSpeaker's ResNet block (the same layers and names), striding along frequency
+    only."""
+    return BasicBlock(in_planes, planes, (stride, 1) if stride != 1 else 1)
 
 
 class FCM(nn.Module):
@@ -231,7 +215,7 @@ class CAMPPlus(nn.Module):
         pairs = [("head.conv1", "head.bn1"), ("head.conv2", "head.bn2"),
                  ("xvector.tdnn.linear", "xvector.tdnn.nonlinear.batchnorm")]
         for name, module in self.named_modules():
-            if isinstance(module, BasicResBlock):
+            if isinstance(module, BasicBlock):
                 pairs += [(f"{name}.{conv}", f"{name}.{norm}") for conv, norm in module.fusable_conv_bn_pairs()]
             elif isinstance(module, CAMDenseTDNNLayer):
                 pairs.append((f"{name}.linear1", f"{name}.nonlinear2.batchnorm"))

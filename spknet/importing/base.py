@@ -126,11 +126,12 @@ def read_file(path: str, kit: Toolkit):
         raise SpeakerNetError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {first})") from None
 
 
-def read_config(path: str) -> dict:
-    """A YAML config as data (``yaml.safe_load``: no tag constructs anything); a mapping, or an error."""
+def read_config(path: str, loader=yaml.SafeLoader, what: str = "config") -> dict:
+    """A YAML config as data (``loader``, a :class:`yaml.SafeLoader`: no tag constructs anything); a mapping, or
+    an error naming the file (``what`` it should have been)."""
     try:
         with open(path, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle)
+            config = yaml.load(handle, Loader=loader)      # noqa: S506 (a SafeLoader: data only)
     except OSError as error:
         reason = os.strerror(error.errno) if error.errno else str(error)
         raise SpeakerNetError(f"{path}: cannot read the config ({reason})") from None
@@ -138,7 +139,7 @@ def read_config(path: str) -> dict:
         raise SpeakerNetError(f"{path}: not a YAML config SpeakerNet can read as data ({str(error).splitlines()[0]})") \
             from None
     if not isinstance(config, dict):
-        raise SpeakerNetError(f"{path}: not a config (expected a YAML mapping, got {type(config).__name__})")
+        raise SpeakerNetError(f"{path}: not a {what} (expected a YAML mapping, got {type(config).__name__})")
     return config
 
 

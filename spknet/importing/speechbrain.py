@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import yaml
 
 from spknet.errors import SpeakerNetError
-from spknet.importing.base import Imported, Toolkit, register, tensor_state
+from spknet.importing.base import Imported, Toolkit, read_config, register, tensor_state
 from spknet.specs import ModelSpec
 
 NETWORK = "ECAPA_TDNN_SB"
@@ -79,19 +79,7 @@ HyperparamsLoader.add_multi_constructor("!", _tagged)
 
 def read_hyperparams(path: str) -> dict:
     """SpeechBrain's ``hyperparams.yaml`` as data: a mapping whose tagged values are :class:`Tagged`."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = yaml.load(handle, Loader=HyperparamsLoader)      # noqa: S506 (a SafeLoader: data only)
-    except OSError as error:
-        reason = os.strerror(error.errno) if error.errno else str(error)
-        raise SpeakerNetError(f"{path}: cannot read the config ({reason})") from None
-    except yaml.YAMLError as error:
-        raise SpeakerNetError(f"{path}: not a YAML config SpeakerNet can read as data ({str(error).splitlines()[0]})") \
-            from None
-    if not isinstance(config, dict):
-        raise SpeakerNetError(f"{path}: not a SpeechBrain hyperparams file (expected a YAML mapping, got "
-                              f"{type(config).__name__})")
-    return config
+    return read_config(path, HyperparamsLoader, "SpeechBrain hyperparams file")
 
 
 def _resolved(value, config: dict, config_path: str, key: str, seen: tuple = ()):
