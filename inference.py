@@ -312,15 +312,15 @@ def add_embedding_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
 
 
-def speaker_db(args, create: bool = False, calibration=AUTO):
+def speaker_db(args, create: bool = False, calibrated: bool = True):
+    """The database of ``--db`` with the model of ``--initial_model``; ``calibrated``: with the calibration beside
+    the model, whose LLRs identification prints when it was made for its scores (checked where used)."""
     overrides = {key: getattr(args, key) for key in MODEL_FIELDS}
     embedder = load_embedder(args.initial_model, device=args.device, trust=args.trust_checkpoint,
                              eval_frames=args.eval_frames, scoring="cosine", calibration=None, **overrides)
-    if calibration == AUTO:     # LLRs only from a calibration made for these scores (checked where used)
-        beside = calibrations.default_path(args.initial_model)
-        embedder.calibration = calibrations.Calibration.load(beside) if os.path.exists(beside) else None
+    calibration = calibrations.resolve(args.initial_model, None) if calibrated else None
     dtype = torch.float16 if getattr(args, "float16", False) else torch.float32
-    return SpeakerDB(args.db, embedder, create=create, dtype=dtype)
+    return SpeakerDB(args.db, embedder, create=create, dtype=dtype, calibration=calibration)
 
 
 def labelled_files(list_path: str, root: str) -> list[tuple[str, str]]:
@@ -347,7 +347,7 @@ def run_enroll(args) -> None:
         raise SpeakerNetError("enroll: give --speaker NAME and its audio files (or --list FILE)")
     else:
         groups = {args.speaker: list(args.files)}
-    with speaker_db(args, create=True, calibration=None) as db:
+    with speaker_db(args, create=True, calibrated=False) as db:
         if args.cohort:
             print(f"{args.db}: cohort of {db.set_cohort(groups)} speakers stored")
             return

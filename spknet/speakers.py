@@ -119,8 +119,9 @@ class SpeakerDB:
     renaming need none. ``create``: make the file when it does not exist (otherwise a missing file is an error).
     ``dtype``: the precision of the speaker matrix searched (float16 halves its memory)."""
 
-    def __init__(self, path: str, embedder=None, create: bool = False, dtype: torch.dtype = torch.float32):
-        self.path, self.embedder, self.dtype = str(path), embedder, dtype
+    def __init__(self, path: str, embedder=None, create: bool = False, dtype: torch.dtype = torch.float32,
+                 calibration=None):
+        self.path, self.embedder, self.dtype, self.calibration = str(path), embedder, dtype, calibration
         if not create and not os.path.isfile(self.path):
             raise SpeakerNetError(f"{self.path}: no such speaker database (enrol speakers into it first)")
         self._connection = self._connect(create)
@@ -377,8 +378,8 @@ class SpeakerDB:
 
     def identify(self, files: list[str], top_k: int = 5, threshold: float | None = None, score_norm: str = "none",
                  cohort_size: int = 200) -> list[Identification]:
-        """Each file's ``top_k`` enrolled speakers by score (LLRs too when the embedder carries a calibration for
-        this scoring), and the threshold (``threshold``, else the database's, else none)."""
+        """Each file's ``top_k`` enrolled speakers by score (LLRs too when the database was opened with a
+        calibration for this scoring), and the threshold (``threshold``, else the database's, else none)."""
         return self.identify_vectors(list(files), self.embed(list(files)), top_k, threshold, score_norm, cohort_size)
 
     def identify_vectors(self, names: list[str], vectors: torch.Tensor, top_k: int = 5,
@@ -406,17 +407,18 @@ class SpeakerDB:
         return answers
 
     def _calibration(self, score_norm: str, cohort_size: int):
-        """The embedder's calibration when it was made for the scores identification gives, else None."""
+        """``calibration`` when it was made for the scores identification gives (this model, cosine scoring, this
+        score normalisation), else None."""
         embedder = self.embedder
-        if embedder is None or embedder.calibration is None:
+        if embedder is None or self.calibration is None:
             return None
         options = scoring_options(embedder.eval_frames, "cosine", score_norm, embedder.test_normalize,
                                   embedder.pipeline.scale, embedder.pipeline.pad)
         try:
-            embedder.calibration.check(embedder.weights_sha256(), options)
+            self.calibration.check(embedder.weights_sha256(), options)
         except SpeakerNetError:
             return None
-        return embedder.calibration
+        return self.calibration
 
     def evaluate(self, labelled: list[tuple[str, str]], far: float = 0.01, score_norm: str = "none",
                  cohort_size: int = 200) -> IdentificationMetrics:

@@ -320,3 +320,28 @@ def test_session_split_makes_an_open_set_protocol(tmp_path, capsys):
     assert {speaker for speaker, _ in test} == {"id0", "id1", "id2", "id3"}
     assert ["id0", "id0/s2/00001.wav"] in test and ["id1", "id1/s1/00001.wav"] in test
     assert "2 speakers enrolled from 4 files; 12 test files (2 impostor speakers)" in capsys.readouterr().out
+
+
+def test_llrs_come_from_a_calibration_made_for_these_scores(embedder, speakers_of, tmp_path):
+    from spknet.calibration import calibrate, scoring_options
+    alice, bob = names(speakers_of, 2)
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 a b\n")
+    scores, labels = np.array([0.9, 0.8, 0.3, 0.2, 0.85, 0.1]), np.array([1, 1, 0, 0, 1, 0])
+
+    def fitted(scoring):
+        options = scoring_options(embedder.eval_frames, scoring, "none", embedder.test_normalize,
+                                  embedder.pipeline.scale, embedder.pipeline.pad)
+        return calibrate(scores, labels, embedder.weights_sha256(), options, str(trials))
+
+    cosine = fitted("cosine")
+    db_path = tmp_path / "s.db"
+    with SpeakerDB(db_path, embedder, create=True, calibration=cosine) as db:
+        db.enroll(alice, speakers_of[alice][:1])
+        db.enroll(bob, speakers_of[bob][:1])
+        (answer,) = db.identify(speakers_of[alice][1:2], top_k=2)
+    for candidate in answer.candidates:
+        assert candidate.llr == pytest.approx(float(cosine.llr(np.array([candidate.score]))[0]), abs=1e-6)
+    with SpeakerDB(db_path, embedder, calibration=fitted("crops")) as db:   # made for other scores: no LLRs
+        (answer,) = db.identify(speakers_of[alice][1:2], top_k=2)
+    assert all(candidate.llr is None for candidate in answer.candidates)
