@@ -159,6 +159,17 @@ def tensor_state(path: str, loaded, kit: str) -> dict:
     raise SpeakerNetError(f"{path}: not a {kit} checkpoint (expected a state dict of tensors, found {what})")
 
 
+def check_agrees(path: str, network: dict, described: dict, hints: dict, config_path: str,
+                 kind: str = "config") -> None:
+    """What a config (or model id: ``kind``) says of the network against what the weights say; the first option
+    they differ in is one error naming the file, the config, the option and where in the weights it is read
+    (``hints``)."""
+    for key, value in described.items():
+        if network.get(key) != value:
+            raise SpeakerNetError(f"{path}: the {kind} contradicts the weights: {config_path} says {key} {value}, "
+                                  f"the file's {hints[key]} says {network[key]}")
+
+
 def count_blocks(state: dict, prefix: str) -> int:
     """How many numbered blocks ``prefix0.``, ``prefix1.``, ... the state dict holds (a stage's depth)."""
     return 1 + max((int(key[len(prefix):].split(".")[0]) for key in state

@@ -4,7 +4,7 @@ model id."""
 import os
 
 from spknet.errors import SpeakerNetError
-from spknet.importing.base import Imported, Toolkit, count_blocks, read_config, register, tensor_state
+from spknet.importing.base import Imported, Toolkit, check_agrees, count_blocks, read_config, register, tensor_state
 from spknet.specs import ModelSpec
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -65,6 +65,9 @@ ERES2NETV2_DEFAULTS = {"feat_dim": 80, "embedding_size": 192, "m_channels": 64, 
 THREEDSPEAKER_CAMPPLUS_DEFAULTS = {"feat_dim": 80, "embedding_size": 512, "growth_rate": 32, "bn_size": 4,
                                    "init_channels": 128, "config_str": "batchnorm-relu", "memory_efficient": True}
 THREEDSPEAKER_AUDIO_SCALE = "float"           # infer_sv.py feeds torchaudio.load's float samples to its FBank
+# where in the weights each option a model id or config gives is read
+THREEDSPEAKER_HINTS = {"model": "keys (the network)", "nOut": "last layer (xvector.dense.* / seg_1.weight)",
+                       "n_mels": "first layers' shapes", "channels": "key conv1.weight"}
 THREEDSPEAKER_WINDOW = "povey"                # torchaudio.compliance.kaldi.fbank's default, which FBank leaves
 
 
@@ -205,12 +208,7 @@ def read_3dspeaker(path: str, loaded, selector: dict | None, config_path: str | 
     notes = []
     if selector is not None:
         described = threedspeaker_described(selector, config_path)
-        for key, value in described.items():
-            if network.get(key) != value:
-                hint = {"model": "keys (the network)", "nOut": "last layer (xvector.dense.* / seg_1.weight)",
-                        "n_mels": "first layers' shapes", "channels": "key conv1.weight"}[key]
-                raise SpeakerNetError(f"{path}: the {selector['kind']} contradicts the weights: {config_path} says "
-                                      f"{key} {value}, the file's {hint} says {network[key]}")
+        check_agrees(path, network, described, THREEDSPEAKER_HINTS, config_path, selector["kind"])
         notes.append(f"{selector['kind']} {config_path}: {network['model']}, as the keys say")
     if network["model"] == "CAMPPlus3D":
         notes.append("CAM++ with 3D-Speaker's statistics pooling (no 1e-7 under the standard deviation's root)")

@@ -6,7 +6,7 @@ import os
 import torch
 
 from spknet.errors import SpeakerNetError
-from spknet.importing.base import Imported, Toolkit, count_blocks, register, tensor_state
+from spknet.importing.base import Imported, Toolkit, check_agrees, count_blocks, register, tensor_state
 from spknet.specs import ModelSpec
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -27,6 +27,9 @@ WESPEAKER_ARGS = {
 # the fbank and CMVN WeSpeaker evaluates with (wespeaker/bin/extract.py: dither 0, cmvn with norm_mean only)
 WESPEAKER_FBANK = {"frame_length": 25, "frame_shift": 10}
 WESPEAKER_HEAD = "projection."
+# where in the weights each option a config gives is read
+WESPEAKER_HINTS = {"model": "key layer*/head.* (the network)", "nOut": "key seg_1.weight / xvector.dense.*",
+                   "n_mels": "its first layer's input"}
 AUDIO_SCALE = "int16"           # WeSpeaker scales float waveforms by 1 << 15 before its fbank: int16 samples
 
 
@@ -133,12 +136,7 @@ def read_wespeaker(path: str, loaded, config: dict | None, config_path: str | No
     notes = []
     if config is not None:
         described = wespeaker_config(config, config_path)
-        for key, value in described.items():
-            if network.get(key) != value:
-                hint = {"model": "key layer*/head.* (the network)", "nOut": "key seg_1.weight / xvector.dense.*",
-                        "n_mels": "its first layer's input"}[key]
-                raise SpeakerNetError(f"{path}: the config contradicts the weights: {config_path} says {key} "
-                                      f"{value}, the file's {hint} says {network[key]}")
+        check_agrees(path, network, described, WESPEAKER_HINTS, config_path)
         notes.append(f"config {os.path.basename(config_path)}: model {described['model']}, as the keys say")
     return Imported(wespeaker_spec(network), body, dropped=head, notes=notes)
 
