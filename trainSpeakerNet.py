@@ -18,9 +18,7 @@ from spknet.cli import build_parser, parse_args, spec_from_argv
 from spknet.errors import SpeakerNetError, worker_message
 from spknet.evaluation.runner import checkpoint_to_evaluate, evaluate_checkpoint, report
 from spknet.logs import log
-from spknet.specs import flag_name
 from spknet.training import run as training_run
-from spknet.training.run import RunMismatch
 
 __all__ = ["main", "run", "build_parser", "parse_args", "spec_from_argv"]
 
@@ -36,11 +34,7 @@ def choose_device(args, spec) -> torch.device:
 def run_train(args) -> int:
     spec = cli.training_spec(args, warn=log.warning if distributed.is_main() else None)
     device = choose_device(args, spec)
-    try:
-        return training_run.train(spec, device, lambda classes: cli.describe(args, spec.model, classes))
-    except RunMismatch as mismatch:
-        fields = [field for field, _, _ in mismatch.differences] + ["save_path", "initial_model"]
-        raise SpeakerNetError(mismatch.describe({field: flag_name(field) for field in fields})) from None
+    return training_run.train(spec, device, lambda classes: cli.describe(args, spec.model, classes))
 
 
 def run_eval(args) -> None:

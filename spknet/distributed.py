@@ -49,9 +49,10 @@ def local_device(requested: str | None) -> torch.device:
     return torch.device("cpu")
 
 
-def choose_device(requested: str | None, gpu_id: int = 0, precision: str = "fp32") -> torch.device:
+def choose_device(requested: str | None, gpu_id: int = 0) -> torch.device:
     """The device of this process: the rank's under torch.distributed, else ``requested`` (or CUDA ``gpu_id`` when
-    present, the CPU otherwise); checked against what this machine and the embedding ``precision`` allow."""
+    present, the CPU otherwise), one this machine has. What runs on it is the specs' to check
+    (:meth:`~spknet.specs.EvalSpec.check_device`)."""
     if is_active():
         device = local_device(requested)
     elif requested:
@@ -60,8 +61,6 @@ def choose_device(requested: str | None, gpu_id: int = 0, precision: str = "fp32
         device = torch.device(requested)
     else:
         device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() else "cpu")
-    if precision == "fp16" and device.type != "cuda":
-        raise SpeakerNetError("--eval_precision fp16 needs a GPU; on the CPU use bf16")
     return device
 
 

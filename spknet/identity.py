@@ -9,18 +9,12 @@ two entries: a resume (:class:`~spknet.training.run.RunMismatch`) and averaging
 
 from typing import NamedTuple
 
-from spknet.specs import MODEL_FIELDS, ModelSpec
+from spknet.specs import FLAG_NAMES, MODEL_FIELDS, ModelSpec, flag_name
 
-# what schema 1 (the command line's names) called the fields that have other names now
-LEGACY_NAMES = {"nPerSpeaker": "per_speaker", "nSpeakers": "classes"}
-FLAGS = {new: f"--{old}" for old, new in LEGACY_NAMES.items()}
+# schema 1 kept the command line's names: the field of each flag named otherwise
+LEGACY_NAMES = {flag: field for field, flag in FLAG_NAMES.items()}
 # compared by content: a list moved elsewhere with the same contents is the same list
 RUN_LISTS = ("train_list", "test_list", "val_list", "train_data")
-
-
-def flag(field: str) -> str:
-    """The command line's flag of a field (``classes`` is ``--nSpeakers``)."""
-    return FLAGS.get(field, f"--{field}")
 
 
 class Sides(NamedTuple):
@@ -46,11 +40,11 @@ class RunDifference(NamedTuple):
     first: object
     second: object
 
-    def words(self, sides: Sides = RESUMED, name: str | None = None) -> str:
-        """``--nOut: saved 16, given 32`` (``name`` instead of the field's flag when given)."""
+    def words(self, sides: Sides = RESUMED) -> str:
+        """``--nOut: saved 16, given 32``."""
         values = sides.lists if self.field in RUN_LISTS else \
             f"{sides.first.format(self.first)}, {sides.second.format(self.second)}"
-        return f"{name or flag(self.field)}: {values}"
+        return f"{flag_name(self.field)}: {values}"
 
 
 def identity_fields(run: dict) -> dict:

@@ -117,3 +117,58 @@ def forget_lazy_modules(prefix: str) -> None:
     for name, module in list(sys.modules.items()):
         if (name == prefix or name.startswith(prefix + ".")) and type(module) is not types.ModuleType:
             del sys.modules[name]
+
+
+def eval_output(model, corpus: dict, save_path, capsys, *flags) -> str:
+    """What ``trainSpeakerNet.py --eval`` prints (in this process) scoring checkpoint ``model`` on ``corpus``'s test
+    list, whole files (``--eval_frames 0``), with ``flags`` added; the run must succeed."""
+    import trainSpeakerNet
+
+    capsys.readouterr()
+    assert trainSpeakerNet.main(["--eval", "--initial_model", str(model), "--eval_frames", "0", "--nDataLoaderThread",
+                                 "0", "--test_list", corpus["test_list"], "--test_path", corpus["test_path"],
+                                 "--save_path", str(save_path), *flags]) == 0
+    return capsys.readouterr().out
+
+
+def relative(got, reference) -> float:
+    """The largest relative difference of rows: ``|got - reference| / |reference|``."""
+    return float(((got - reference).norm(dim=-1) / reference.norm(dim=-1)).max())
+
+
+def exported_runner(path: str, fmt: str):
+    """``(run, metadata)`` of an exported file (``onnx`` or ``torch_export``): ``run`` takes a (batch, samples)
+    float32 array and returns the (batch, dim) embeddings; ``metadata`` is what the file records."""
+    import torch
+
+    if fmt == "onnx":
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return (lambda waves: torch.from_numpy(session.run(["embedding"], {"waveform": waves})[0]),
+                session.get_modelmeta().custom_metadata_map)
+    from spknet.export import load_program
+
+    module, metadata = load_program(path)
+    return (lambda waves: module(torch.from_numpy(waves)).detach()), metadata
+
+
+def assert_export_agrees(run, reference, lengths=(8000, 16000, 37000), batch: int = 2, least_cosine: float = 0.99999,
+                         most_relative: float | None = None) -> None:
+    """An export (``run``) computes ``reference``'s embeddings: both take (batch, samples) float32 noise in [-1, 1] of
+    each length (seeded by it); every row's cosine is at least ``least_cosine`` (and its :func:`relative` difference
+    at most ``most_relative``)."""
+    import numpy as np
+    import torch
+
+    for samples in lengths:
+        waves = np.clip(np.random.default_rng(samples).standard_normal((batch, samples)) * 0.3, -1, 1)
+        waves = waves.astype(np.float32)
+        with torch.no_grad():
+            got, expected = torch.as_tensor(run(waves)), torch.as_tensor(reference(waves))
+        cosine = float(torch.nn.functional.cosine_similarity(got, expected, dim=-1).min())
+        assert cosine >= least_cosine, f"{samples} samples: cosine {cosine:.8f}"
+        if most_relative is not None:
+            assert relative(got, expected) <= most_relative, f"{samples} samples: {relative(got, expected):.2e}"

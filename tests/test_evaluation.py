@@ -169,10 +169,10 @@ def test_bf16_extraction_is_close_to_float32(tiny_corpus, tiny_net):
 
 def test_fp16_extraction_needs_a_gpu():
     with pytest.raises(SpeakerNetError, match="fp16 needs a GPU"):
-        choose_device("cpu", precision="fp16")
+        spec_from_argv(["--eval_precision", "fp16"]).evaluation.check_device(choose_device("cpu").type)
     with pytest.raises(SystemExit):
         parse_args(["--eval_precision", "int8"])
-    assert choose_device("cpu", precision="bf16") == CPU
+    assert spec_from_argv(["--eval_precision", "bf16"]).evaluation.check_device("cpu").precision == "bf16"
 
 
 @pytest.mark.slow

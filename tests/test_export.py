@@ -20,6 +20,7 @@ from spknet.errors import SpeakerNetError
 from spknet.export import METADATA_KEYS, ONNX_OPSET, export_model, export_program, load_program
 from spknet.inference import load_embedder
 from spknet.model import SpeakerNet
+from tests.helpers import exported_runner
 
 ort = pytest.importorskip("onnxruntime")
 DURATIONS = (0.5, 4.0, 13.7)            # seconds
@@ -75,21 +76,8 @@ def models(embedders, tmp_path_factory):
         program = export_program(embedder.network, embedder.config)      # one trace for both formats
         for fmt, path in files.items():
             export_model(embedder.network, embedder.config, path, fmt, embedder.test_normalize, program=program)
-        out[kind] = (checkpoint, embedder, files, {fmt: runner(path, fmt) for fmt, path in files.items()})
+        out[kind] = (checkpoint, embedder, files, {fmt: exported_runner(path, fmt) for fmt, path in files.items()})
     return out
-
-
-def runner(path: str, fmt: str):
-    """``(run, metadata)`` of an exported file: ``run`` takes a (batch, samples) float32 array and returns the
-    (batch, dim) embeddings; ``metadata`` is what the file records."""
-    if fmt == "onnx":
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        return (lambda waves: torch.from_numpy(session.run(["embedding"], {"waveform": waves})[0]),
-                session.get_modelmeta().custom_metadata_map)
-    module, metadata = load_program(path)
-    return (lambda waves: module(torch.from_numpy(waves)).detach()), metadata
 
 
 def waveform(seconds: float, seed: int) -> np.ndarray:
@@ -166,7 +154,7 @@ def test_the_command_line_exports_a_program_that_agrees(models, tmp_path, capsys
     assert f"written to {out}" in capsys.readouterr().out
     assert sorted(os.listdir(out.parent)) == ["model.pt2"]                     # no temporary left
     wave = waveform(2.3, 7)
-    assert_agrees(runner(str(out), "torch_export")[0](wave[None]), embedder.embed(wave), "command line")
+    assert_agrees(exported_runner(str(out), "torch_export")[0](wave[None]), embedder.embed(wave), "command line")
 
 
 def test_an_unknown_format_is_an_argparse_error(capsys):

@@ -23,8 +23,8 @@ from spknet import plugins
 from spknet.errors import SpeakerNetError
 from spknet.importing import TOOLKITS, import_checkpoint
 from spknet.inference import load_embedder
-from tests.helpers import forget_lazy_modules
-from tests.test_import_wespeaker import randomise, relative, speech_like
+from tests.helpers import assert_export_agrees, exported_runner, forget_lazy_modules, relative
+from tests.test_import_wespeaker import randomise, speech_like
 
 PUBLISHED_PARAMETERS = 20_767_552        # SpeechBrain's ECAPA_TDNN with spkrec-ecapa-voxceleb's hyperparams
 SMALL_CHANNELS = 32                      # [32, 32, 32, 32, 96]: the published layout, narrow
@@ -240,32 +240,16 @@ def test_the_command_line_imports_and_embeds(tmp_path, capsys):
 def test_the_imported_model_exports_with_its_front_end(tmp_path, fmt):
     """The export (front end inside) computes the embedder's whole-file embedding of three lengths."""
     if fmt == "onnx":
-        ort = pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxruntime")
         pytest.importorskip("onnxscript")
     path = saved(oracle(), tmp_path)
     out = str(tmp_path / "ecapa.model")
     import_checkpoint("speechbrain", path, out)
     exported = str(tmp_path / ("ecapa.onnx" if fmt == "onnx" else "ecapa.pt2"))
     assert inference.main(["export", "--initial_model", out, "--format", fmt, "--out", exported]) == 0
-    if fmt == "onnx":
-        session = ort.InferenceSession(exported, providers=["CPUExecutionProvider"])
-
-        def run(waves):
-            return torch.from_numpy(session.run(["embedding"], {"waveform": waves})[0])
-    else:
-        from spknet.export import load_program
-        module = load_program(exported)[0]
-
-        def run(waves):
-            return module(torch.from_numpy(waves)).detach()
     embedder = load_embedder(out, device="cpu")
-    rng = np.random.default_rng(5)
-    for seconds in (0.5, 1.3, 3.0):
-        wave = np.clip(rng.standard_normal(int(seconds * 16000)) * 0.3, -1, 1).astype(np.float32)
-        got, expected = run(wave[None]), torch.as_tensor(embedder.embed(wave))
-        cosine = float(torch.nn.functional.cosine_similarity(got, expected).min())
-        print(f"{fmt} {seconds} s: cosine {cosine:.8f}, relative difference {relative(got, expected):.2e}")
-        assert cosine >= 0.99999 and relative(got, expected) < 1e-4
+    assert_export_agrees(exported_runner(exported, fmt)[0], lambda waves: embedder.embed(waves[0]),
+                         (8000, 20800, 48000), batch=1, most_relative=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from torch import nn
 import SpeakerNet
 from spknet import plugins
 from spknet.errors import SpeakerNetError
+from tests.helpers import relative
 
 HAS_SPEAKERLAB = importlib.util.find_spec("speakerlab") is not None
 needs_speakerlab = pytest.mark.skipif(not HAS_SPEAKERLAB, reason="speakerlab (the oracles extra) is not installed")
@@ -210,10 +211,6 @@ def threedspeaker_embedding(oracle: nn.Module, samples: torch.Tensor) -> torch.T
         return oracle(FBank(80, sample_rate=16000, mean_nor=True)(samples.unsqueeze(0)).unsqueeze(0))[0]
 
 
-def relative(got, expected) -> float:
-    return ((torch.as_tensor(got) - expected).abs().max() / expected.abs().max()).item()
-
-
 def three_d_speaker_config(path, **args) -> str:
     """A 3D-Speaker training config (conf/eres2netv2.yaml's model part, its <references> kept)."""
     import yaml
@@ -274,7 +271,8 @@ def test_import_gives_3dspeakers_embedding(tmp_path, name, args, selector, expec
 @needs_speakerlab
 @pytest.mark.parametrize("selector,message", [
     ("iic/speech_eres2netv2_sv_zh-cn_16k-common", "contradicts the weights: iic/speech_eres2netv2_sv_zh-cn_16k-common "
-                                                  "says model ERes2NetV2, the file's keys"),
+                                                  r"says model ERes2NetV2, the file's network \(its keys\) says "
+                                                  "CAMPPlus3D"),
     ("iic/speech_campplus_sv_en_voxceleb_16k", "says nOut 512, the file's last layer"),
     ("iic/speech_eres2net_large_sv_zh-cn_3dspeaker_16k", "ERes2Net \\(large\\), which SpeakerNet does not carry"),
     ("ResNet34", "not a file, nor a 3D-Speaker model id")])

@@ -21,6 +21,7 @@ from spknet.folding import fold_batch_norms
 from spknet.importing import import_checkpoint
 from spknet.inference import load_embedder
 from spknet.models.RawNet3 import AnalyticSincFilterbank
+from tests.helpers import assert_export_agrees, eval_output, exported_runner
 from trainSpeakerNet import spec_from_argv
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -383,9 +384,11 @@ def test_load_embedder_reads_a_vggvox_checkpoint_by_its_keys(tmp_path, one_threa
 
 
 @pytest.mark.parametrize("changes,match", [
-    ({"nOut": 512}, "the config contradicts the weights: .* says nOut 512, the file's keys say 256"),
-    ({"encoder_type": "ASP"}, "says encoder_type ASP, the file's keys say ECA"),
-    ({"model": "ResNetSE34V2"}, "says model ResNetSE34V2, the keys say RawNet3"),
+    ({"nOut": 512}, r"r.model: the config contradicts the weights: .*\.yaml says nOut 512, the file's network "
+                    r"\(its __S__.\* keys\) says 256"),
+    ({"encoder_type": "ASP"}, "says encoder_type ASP, the file's network .* says ECA"),
+    ({"model": "ResNetSE34V2"}, "r.model: the config contradicts the weights: .* says model ResNetSE34V2, the "
+                                "file's network .* says RawNet3"),
     ({"sinc_stride": 5}, "key sinc_stride: 5; SpeakerNet's RawNet3 computes stride 10 only")])
 def test_a_config_that_contradicts_the_weights_is_an_error(tmp_path, changes, match):
     path = trainer_file(tmp_path / "r.model", small_state("RawNet3"))
@@ -419,28 +422,19 @@ def test_files_that_are_not_voxceleb_trainer_checkpoints_say_so(tmp_path, capsys
 def test_an_imported_rawnet3_is_scored_by_eval_and_exported(tmp_path, tiny_corpus, capsys, console_log, one_thread):
     import re
 
-    import trainSpeakerNet
-    from spknet.export import load_program
-
     path = str(tmp_path / "model.pt")
     torch.save({"model": small_state("RawNet3")}, path)
     model = str(tmp_path / "M.model")
     import_checkpoint("voxceleb_trainer", path, model)
     console_log()
-    assert trainSpeakerNet.main(["--eval", "--initial_model", model, "--eval_frames", "0", "--nDataLoaderThread", "0",
-                                 "--test_list", tiny_corpus["test_list"], "--test_path", tiny_corpus["test_path"],
-                                 "--save_path", str(tmp_path / "eval"), "--device", "cpu"]) == 0
-    assert re.search(r"^EER \d+\.\d{4}$", capsys.readouterr().out, re.MULTILINE)
+    out = eval_output(model, tiny_corpus, tmp_path / "eval", capsys, "--device", "cpu")
+    assert re.search(r"^EER \d+\.\d{4}$", out, re.MULTILINE)
     program_path = str(tmp_path / "M.pt2")
     assert inference.main(["export", "--initial_model", model, "--format", "torch_export", "--out", program_path]) == 0
-    program, info = load_program(program_path)
+    run, info = exported_runner(program_path, "torch_export")
     assert info["min_samples"] == "541" and info["model"] == "RawNet3"
     network = load_embedder(model, device="cpu", calibration=None).network
-    for samples in (8000, 16000, 37000):
-        audio = waves(2, samples, seed=samples) * 0.3
-        with torch.no_grad():
-            similarity = torch.nn.functional.cosine_similarity(program(audio), network(audio))
-        assert similarity.min().item() >= 0.99999
+    assert_export_agrees(run, lambda audio: network(torch.from_numpy(audio)))
 
 
 @pytest.mark.slow
@@ -453,11 +447,8 @@ def test_vggvox_exports_down_to_its_own_shortest_input(tmp_path, one_thread):
     program = export_program(network, {"audio_scale": "float"}, "VGGVox")
     assert min_samples(program) <= network.min_samples
     module = program.module()
-    for samples in (15040, 16000, 37000):
-        audio = waves(2, samples, seed=samples) * 0.3
-        with torch.no_grad():
-            similarity = torch.nn.functional.cosine_similarity(module(audio), network(audio))
-        assert similarity.min().item() >= 0.99999
+    assert_export_agrees(lambda audio: module(torch.from_numpy(audio)), lambda audio: network(torch.from_numpy(audio)),
+                         (15040, 16000, 37000))
 
 
 def import_small(tmp_path, name: str) -> str:

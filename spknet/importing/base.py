@@ -160,14 +160,15 @@ def tensor_state(path: str, loaded, kit: str) -> dict:
 
 
 def check_agrees(path: str, network: dict, described: dict, hints: dict, config_path: str,
-                 kind: str = "config") -> None:
+                 kind: str = "config", config_keys: dict | None = None) -> None:
     """What a config (or model id: ``kind``) says of the network against what the weights say; the first option
-    they differ in is one error naming the file, the config, the option and where in the weights it is read
-    (``hints``)."""
+    they differ in is one error naming the file, the config (and the key it is read from, ``config_keys``, where
+    it has keys), the option and where in the weights it is read (``hints``)."""
     for key, value in described.items():
         if network.get(key) != value:
-            raise SpeakerNetError(f"{path}: the {kind} contradicts the weights: {config_path} says {key} {value}, "
-                                  f"the file's {hints[key]} says {network[key]}")
+            where = f" key {config_keys[key]}" if config_keys and key in config_keys else ""
+            raise SpeakerNetError(f"{path}: the {kind} contradicts the weights: {config_path}{where} says {key} "
+                                  f"{value}, the file's {hints[key]} says {network[key]}")
 
 
 def count_blocks(state: dict, prefix: str) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import yaml
 
 from spknet.errors import SpeakerNetError
-from spknet.importing.base import Imported, Toolkit, read_config, register, tensor_state
+from spknet.importing.base import Imported, Toolkit, check_agrees, read_config, register, tensor_state
 from spknet.specs import ModelSpec
 
 NETWORK = "ECAPA_TDNN_SB"
@@ -46,6 +46,11 @@ NORMALISATION_ARGS = {"norm_type": "sentence", "std_norm": False, "mean_norm": T
                       "epsilon": IGNORED, "requires_grad": IGNORED, "device": IGNORED}
 NORMALISATION_REQUIRED = ("norm_type", "std_norm")     # their defaults (global, True) are not what is computed
 AUDIO_SCALE = "float"       # SpeechBrain's Fbank takes torchaudio's float samples in [-1, 1]
+# where hyperparams.yaml and the weights say each option the import reads
+HYPERPARAMS_KEYS = {"n_mels": "embedding_model.input_size", "nOut": "embedding_model.lin_neurons",
+                    "channels": "embedding_model.channels"}
+SPEECHBRAIN_HINTS = {"n_mels": "key blocks.0.conv.conv.weight", "nOut": "key fc.conv.weight",
+                     "channels": "key blocks.0.conv.conv.weight"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -197,15 +202,8 @@ def read_speechbrain(path: str, loaded, config: dict | None, config_path: str | 
     network = speechbrain_network(state, path)
     notes = []
     if config is not None:
-        described = hyperparams_network(config, config_path)
-        for key, value in described.items():
-            if network[key] != value:
-                where = {"n_mels": "embedding_model.input_size", "nOut": "embedding_model.lin_neurons",
-                         "channels": "embedding_model.channels"}[key]
-                weights = {"n_mels": "blocks.0.conv.conv.weight", "nOut": "fc.conv.weight",
-                           "channels": "blocks.0.conv.conv.weight"}[key]
-                raise SpeakerNetError(f"{path}: the config contradicts the weights: {config_path} key {where} says "
-                                      f"{key} {value}, the file's key {weights} says {network[key]}")
+        check_agrees(path, network, hyperparams_network(config, config_path), SPEECHBRAIN_HINTS, config_path,
+                     config_keys=HYPERPARAMS_KEYS)
         notes.append(f"config {os.path.basename(config_path)}: {ECAPA_CLASS} with channels "
                      f"[{', '.join(str(network['channels'] * k) for k in (1, 1, 1, 1, 3))}], as the weights say")
     spec = ModelSpec(model=NETWORK, nOut=network["nOut"], n_mels=network["n_mels"], encoder_type="ASP",

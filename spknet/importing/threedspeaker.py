@@ -66,7 +66,7 @@ THREEDSPEAKER_CAMPPLUS_DEFAULTS = {"feat_dim": 80, "embedding_size": 512, "growt
                                    "init_channels": 128, "config_str": "batchnorm-relu", "memory_efficient": True}
 THREEDSPEAKER_AUDIO_SCALE = "float"           # infer_sv.py feeds torchaudio.load's float samples to its FBank
 # where in the weights each option a model id or config gives is read
-THREEDSPEAKER_HINTS = {"model": "keys (the network)", "nOut": "last layer (xvector.dense.* / seg_1.weight)",
+THREEDSPEAKER_HINTS = {"model": "network (its keys)", "nOut": "last layer (xvector.dense.* / seg_1.weight)",
                        "n_mels": "first layers' shapes", "channels": "key conv1.weight"}
 THREEDSPEAKER_WINDOW = "povey"                # torchaudio.compliance.kaldi.fbank's default, which FBank leaves
 

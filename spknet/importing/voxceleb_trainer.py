@@ -22,7 +22,7 @@ import os
 
 from spknet.checkpoints import flat_model_state, infer_model_config
 from spknet.errors import SpeakerNetError
-from spknet.importing.base import Imported, Toolkit, register
+from spknet.importing.base import Imported, Toolkit, check_agrees, register
 from spknet.specs import ModelSpec
 
 NETWORK, LOSS = "__S__.", "__L__."
@@ -31,6 +31,7 @@ AUDIO = {"audio_scale": "float", "pad": "wrap"}     # voxceleb_trainer's Dataset
 CLI_DEFAULTS = {"nOut": 512, "encoder_type": "SAP", "n_mels": 40, "log_input": False, "sinc_stride": 10}
 SINC_STRIDE = 10
 MEL_NETWORKS = ("ResNetSE34L", "ResNetSE34V2", "VGGVox")
+HINTS = dict.fromkeys(("model", *CLI_DEFAULTS), "network (its __S__.* keys)")     # the keys tell each one
 
 
 def model_state(path: str, loaded) -> dict:
@@ -58,19 +59,17 @@ def model_state(path: str, loaded) -> dict:
 
 
 def config_options(config: dict, config_path: str, model: str) -> dict:
-    """The model options the config gives (voxceleb_trainer's defaults for those it leaves out) that ``model``
-    has."""
-    named = config.get("model")
-    if named is not None and named != model:
-        raise SpeakerNetError(f"the config contradicts the weights: {config_path} says model {named}, the keys say "
-                              f"{model}")
-    options = {key: config.get(key, default) for key, default in CLI_DEFAULTS.items()}
+    """The network the config names (``model``, the weights', where it names none) and the model options it gives
+    (voxceleb_trainer's defaults for those it leaves out) that ``model`` has."""
+    options = {"model": config.get("model") or model,
+               **{key: config.get(key, default) for key, default in CLI_DEFAULTS.items()}}
     if model == "RawNet3":
         if options["sinc_stride"] != SINC_STRIDE:
             raise SpeakerNetError(f"{config_path}: key sinc_stride: {options['sinc_stride']}; SpeakerNet's RawNet3 "
                                   f"computes stride {SINC_STRIDE} only")
-        return {key: options[key] for key in ("nOut", "encoder_type")}
-    return {key: options[key] for key in ("nOut", "encoder_type", "n_mels", "log_input") if model in MEL_NETWORKS}
+        return {key: options[key] for key in ("model", "nOut", "encoder_type")}
+    return {key: options[key] for key in ("model", "nOut", "encoder_type", "n_mels", "log_input")
+            if key == "model" or model in MEL_NETWORKS}
 
 
 def read_voxceleb_trainer(path: str, loaded, config: dict | None, config_path: str | None) -> Imported:
@@ -86,14 +85,13 @@ def read_voxceleb_trainer(path: str, loaded, config: dict | None, config_path: s
     described = infer_model_config(network, path, pooling)
     notes = []
     if config is not None:
-        for key, value in config_options(config, config_path, described["model"]).items():
-            if key == "log_input" and not isinstance(value, bool):
-                raise SpeakerNetError(f"{config_path}: key log_input: {value!r}, not True or False")
-            if key == "log_input" or described.get(key) is None:     # what the keys cannot tell
-                described[key] = value
-            elif described[key] != value:
-                raise SpeakerNetError(f"{path}: the config contradicts the weights: {config_path} says {key} "
-                                      f"{value}, the file's keys say {described[key]}")
+        options = config_options(config, config_path, described["model"])
+        if not isinstance(options.get("log_input", False), bool):
+            raise SpeakerNetError(f"{config_path}: key log_input: {options['log_input']!r}, not True or False")
+        # the keys tell the rest but log_input (and what infer_model_config leaves None): the config's must agree
+        told = {key: value for key, value in options.items() if key != "log_input" and described.get(key) is not None}
+        check_agrees(path, described, told, HINTS, config_path)
+        described.update({key: value for key, value in options.items() if key not in told})
         notes.append(f"config {os.path.basename(config_path)}: model {described['model']}, as the keys say")
     spec = ModelSpec(**{**described, **AUDIO})
     origin = {key[len(NETWORK):]: key for key in network}

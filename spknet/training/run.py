@@ -33,12 +33,12 @@ from spknet.data.shards import ShardSet, ShardStream, resolve_shards
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import EvalPlan, write_plots
 from spknet.evaluation.runner import evaluation_of, load_plan
-from spknet.identity import RunDifference, flag, run_differences
+from spknet.identity import RunDifference, run_differences
 from spknet.lock import RunLock
 from spknet.logs import log
 from spknet.loss._common import IMBALANCED
 from spknet.model import SpeakerNet
-from spknet.specs import SCHEMA, DataSpec, ModelSpec, RunSpec
+from spknet.specs import SCHEMA, DataSpec, ModelSpec, RunSpec, flag_name
 from spknet.training.bad_files import BadFiles
 from spknet.training.board import TrainingBoard, open_board
 from spknet.training.initial import load_initial_model
@@ -93,17 +93,11 @@ class RunMismatch(SpeakerNetError):
 
     def __init__(self, folder: str, path: str, differences: list[RunDifference]):
         self.folder, self.path, self.differences = folder, path, differences
-        super().__init__(self.describe({}))
-
-    def describe(self, names: dict) -> str:
-        """The message, each field (the differing ones, ``save_path``, ``initial_model``) shown by ``names[field]``
-        when given, else by its flag."""
-        def name(key: str) -> str:
-            return names.get(key) or flag(key)
-        lines = [difference.words(name=name(difference.field)) for difference in self.differences]
-        return (f"{self.folder} holds a run with other options; resuming it would mix two runs:\n  "
-                + "\n  ".join(lines) + f"\nGive the saved options ({os.path.join(self.folder, CONFIG_FILE)}) or "
-                f"another {name('save_path')} ({name('initial_model')} {self.path} starts a new run from its weights)")
+        lines = [difference.words() for difference in differences]
+        super().__init__(f"{folder} holds a run with other options; resuming it would mix two runs:\n  "
+                         + "\n  ".join(lines) + f"\nGive the saved options ({os.path.join(folder, CONFIG_FILE)}) or "
+                         f"another {flag_name('save_path')} ({flag_name('initial_model')} {path} starts a new run "
+                         f"from its weights)")
 
 
 CONFIG_FILE = "config.yaml"        # the resolved configuration of a training run, in its save path
