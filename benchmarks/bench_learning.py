@@ -10,28 +10,43 @@
     SGD (momentum 0.9, weight decay 5e-5) with StepLR stepped per epoch; evaluation from 10 evenly spaced crops
     per file (``--eval_frames 0``: the whole file), score = minus the mean distance over the 10 x 10 crop pairs.
 
+(c) **networks**: with ``--networks A,B`` (and ``--losses X,Y``, default ``--trainfunc``) only our trainer runs,
+    each network at its own defaults (only ``--model`` and ``--trainfunc`` change between runs), every (network,
+    loss, seed) once; printed as one markdown table (parameters of the embedding network, VEER per seed, mean +-
+    sample sd, seconds per run). Each run is added to ``--results`` (JSON, written atomically after every run), so
+    an interrupted sweep run again with the same settings trains only the runs it lacks. Every network and loss is
+    checked before the first run: a flag trainSpeakerNet refuses, or crops shorter than a network takes (VGGVox:
+    63 frames), stop the sweep with status 2 before anything trains.
+
 The corpus is synthetic (``tools/synthetic_corpus.py``, made in a temporary folder) unless ``--corpus DIR`` names
 one written by ``dataprep.py --synthetic`` (train_list.txt, veri_test.txt, wav/).
 
     python -m benchmarks.bench_learning                              # 3 seeds, 5 epochs, both arms
     python -m benchmarks.bench_learning --ours_args "--audio_scale float --pad wrap --window hamming"
+    python -m benchmarks.bench_learning --networks ResNetSE34L,CAMPPlus --losses mp_balance,aamsoftmax \
+        --max_frames 50 --results exps/bench_learning.json
 """
 
 import argparse
+import json
 import math
 import os
 import random
 import re
 import shlex
 import statistics
+import sys
 import tempfile
+import time
 
 import numpy as np
 import soundfile as sf
 import torch
 
 import trainSpeakerNet
-from spknet import plugins
+from spknet import atomic, cli, plugins
+from spknet.data.audio import max_audio_samples
+from spknet.errors import SpeakerNetError
 from spknet.evaluation import compute_metrics
 from spknet.loss._common import IMBALANCED
 from spknet.model import SpeakerNet
@@ -42,6 +57,17 @@ NUM_EVAL = 10
 SMALL_CORPUS = {"speakers": 60, "utterances": 8, "test_speakers": 12, "test_utterances": 8, "trials": 600,
                 "seed": 0}
 VEER = re.compile(r"VEER (\d+\.\d+)")
+RESULTS = os.path.join("exps", "bench_learning.json")
+# the options that decide what a sweep's run computes: a results file holds runs of one setting only
+SETTINGS = ("epochs", "batch_size", "max_frames", "eval_frames", "lr", "lr_decay", "test_interval", "ours_args",
+            "device")
+RUN_KEYS = {"network", "loss", "seed", "veer", "seconds", "params"}
+
+
+def fail(message: str):
+    """Bad input: one line on stderr and status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -54,7 +80,7 @@ def corpus_paths(folder: str) -> dict:
              "wav": os.path.join(folder, "wav")}
     for path in paths.values():
         if not os.path.exists(path):
-            raise SystemExit(f"{path} not found (expected train_list.txt, veri_test.txt and wav/ in {folder})")
+            fail(f"{path} not found (expected train_list.txt, veri_test.txt and wav/ in {folder})")
     return paths
 
 
@@ -199,15 +225,17 @@ def run_reference(options, paths: dict, seed: int) -> float:
 # ours
 # ------------------------------------------------------------------------------------------------------------
 
-def ours_argv(options, paths: dict, seed: int, save_path: str) -> list[str]:
-    argv = ["--model", MODEL, "--trainfunc", options.trainfunc, "--train_list", paths["train_list"],
+def ours_argv(options, paths: dict, seed: int, save_path: str, model: str = MODEL, trainfunc: str = "") -> list[str]:
+    """trainSpeakerNet's flags for one run of ``model`` with ``trainfunc`` (default ``--trainfunc``)."""
+    trainfunc = trainfunc or options.trainfunc
+    argv = ["--model", model, "--trainfunc", trainfunc, "--train_list", paths["train_list"],
             "--train_path", paths["wav"], "--test_list", paths["test_list"], "--test_path", paths["wav"],
             "--save_path", save_path, "--max_epoch", options.epochs, "--batch_size", options.batch_size,
             "--max_frames", options.max_frames, "--eval_frames", options.eval_frames, "--optimizer", "sgd",
             "--lr", options.lr, "--scheduler", "steplr", "--lr_decay", options.lr_decay,
             "--test_interval", options.test_interval, "--nDataLoaderThread", 0, "--seed", seed,
             "--device", options.device]
-    needs = plugins.load("loss", options.trainfunc).utterances_per_speaker
+    needs = plugins.load("loss", trainfunc).utterances_per_speaker
     if needs != IMBALANCED:         # the reference's group size (2-or-3 losses keep their own sampler)
         argv += ["--nPerSpeaker", max(PER_SPEAKER, needs)]
     return [str(arg) for arg in argv] + shlex.split(options.ours_args)
@@ -221,12 +249,131 @@ def final_veer(save_path: str) -> float:
     return float(VEER.search(lines[-1]).group(1))
 
 
+def train_ours(argv: list[str], save_path: str, run: str) -> float:
+    """``trainSpeakerNet.main(argv)`` in this process; the final VEER."""
+    code = trainSpeakerNet.main(argv)
+    if code:
+        raise RuntimeError(f"trainSpeakerNet exited with {code} ({run})")
+    return final_veer(save_path)
+
+
 def run_ours(options, paths: dict, seed: int, workdir: str) -> float:
     save_path = os.path.join(workdir, f"ours_seed{seed}")
-    code = trainSpeakerNet.main(ours_argv(options, paths, seed, save_path))
-    if code:
-        raise RuntimeError(f"trainSpeakerNet exited with {code} (seed {seed})")
-    return final_veer(save_path)
+    return train_ours(ours_argv(options, paths, seed, save_path), save_path, f"seed {seed}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# networks x losses: the sweep
+# ------------------------------------------------------------------------------------------------------------
+
+def sweep_settings(options, corpus_config: dict | None) -> dict:
+    """What a run's VEER depends on besides (network, loss, seed): the corpus and the budget."""
+    corpus = (os.path.abspath(options.corpus) if options.corpus
+              else {"synthetic": {**SMALL_CORPUS, **(corpus_config or {})}})
+    return {"corpus": corpus, **{name: getattr(options, name) for name in SETTINGS}}
+
+
+def load_runs(path: str, settings: dict) -> list[dict]:
+    """The runs already in the results file (none when there is none); a file of other settings is refused."""
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as error:
+        fail(f"{path}: not a bench_learning results file ({error})")
+    if not (isinstance(data, dict) and isinstance(data.get("settings"), dict) and isinstance(data.get("runs"), list)):
+        fail(f"{path}: not a bench_learning results file (no settings and runs)")
+    for number, run in enumerate(data["runs"], 1):
+        missing = sorted(RUN_KEYS - set(run)) if isinstance(run, dict) else sorted(RUN_KEYS)
+        if missing:
+            fail(f"{path}: run {number} lacks {', '.join(missing)}")
+    # through JSON, as the file holds them: a tuple and its list compare equal
+    settings = json.loads(json.dumps(settings))
+    differ = [f"{key} {data['settings'].get(key)!r} there, {settings.get(key)!r} here"
+              for key in sorted(settings.keys() | data["settings"].keys())
+              if data["settings"].get(key) != settings.get(key)]
+    if differ:
+        fail(f"{path} holds runs of other settings ({'; '.join(differ)}): give another --results, or the same "
+             f"settings to add to it")
+    return data["runs"]
+
+
+def save_runs(path: str, settings: dict, runs: list[dict]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic.write_text(path, json.dumps({"settings": settings, "runs": runs}, indent=1) + "\n", encoding="utf-8")
+
+
+def check_network(options, paths: dict, network: str) -> int:
+    """The parameters of ``network``'s embedding network as the sweep builds it; stops with status 2 where
+    trainSpeakerNet would refuse a run of it with one of the losses, or where a crop is shorter than it takes."""
+    for loss in options.losses:
+        try:
+            argv = ours_argv(options, paths, options.seeds[0], "unused", network, loss)
+            spec = cli.training_spec(cli.parse_args(argv, raise_errors=True))
+        except SpeakerNetError as error:
+            fail(f"--networks {network} --losses {loss}: {error}")
+    embedder = SpeakerNet(spec.model).__S__
+    shortest = int(getattr(embedder, "min_samples", 0))
+    crops = [("--max_frames", spec.data.max_frames)]
+    if spec.evaluation.eval_frames:
+        crops.append(("--eval_frames", spec.evaluation.eval_frames))
+    for flag, frames in crops:
+        if max_audio_samples(frames) < shortest:
+            fewest = -(-(shortest - max_audio_samples(0)) // 160)
+            fail(f"{network} takes crops of at least {shortest} samples; {flag} {frames} crops "
+                 f"{max_audio_samples(frames)} ({flag} {fewest} or more, or leave {network} out)")
+    return sum(parameter.numel() for parameter in embedder.parameters())
+
+
+def sweep_rows(options, runs: dict, params: dict) -> list[dict]:
+    rows = []
+    for network in options.networks:
+        for loss in options.losses:
+            done = [runs[(network, loss, seed)] for seed in options.seeds]
+            mean, spread = summary([run["veer"] for run in done])
+            rows.append({"network": network, "loss": loss, "params": params[network],
+                         "veer": [run["veer"] for run in done], "mean": mean, "spread": spread,
+                         "seconds": statistics.fmean(run["seconds"] for run in done)})
+    return rows
+
+
+def sweep_table(seeds: list[int], rows: list[dict]) -> str:
+    """One markdown table: a row per (network, loss)."""
+    header = ["network", "loss", "params", *(f"VEER seed {seed}" for seed in seeds), "mean +- sd", "s per run"]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    for row in rows:
+        spread = "-" if math.isnan(row["spread"]) else f"{row['spread']:.2f}"
+        cells = [row["network"], row["loss"], f"{row['params']:,}", *(f"{veer:.2f}" for veer in row["veer"]),
+                 f"{row['mean']:.2f} +- {spread}", f"{row['seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_sweep(options, settings: dict, corpus_config: dict | None) -> dict:
+    """Every (network, loss, seed) not yet in ``--results`` trained and added to it; the table of them all."""
+    runs = {(run["network"], run["loss"], run["seed"]): run for run in load_runs(options.results, settings)}
+    with tempfile.TemporaryDirectory(prefix="bench_learning_") as workdir:
+        paths = corpus_for(options.corpus, workdir, corpus_config)
+        params = {network: check_network(options, paths, network) for network in options.networks}
+        for network in options.networks:
+            for loss in options.losses:
+                for seed in options.seeds:
+                    if (network, loss, seed) in runs:
+                        continue
+                    save_path = os.path.join(workdir, f"{network}_{loss}_seed{seed}")
+                    start = time.perf_counter()
+                    veer = train_ours(ours_argv(options, paths, seed, save_path, network, loss), save_path,
+                                      f"{network} {loss} seed {seed}")
+                    seconds = time.perf_counter() - start
+                    runs[(network, loss, seed)] = {"network": network, "loss": loss, "seed": seed, "veer": veer,
+                                                   "seconds": round(seconds, 1), "params": params[network]}
+                    save_runs(options.results, settings, list(runs.values()))
+                    print(f"{network} {loss} seed {seed}: VEER {veer:.4f} in {seconds:.0f} s")
+    rows = sweep_rows(options, runs, params)
+    table = sweep_table(options.seeds, rows)
+    print("\n" + table)
+    return {"settings": settings, "rows": rows, "table": table}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -297,14 +444,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr_decay", type=float, default=0.95)
     parser.add_argument("--test_interval", type=int, default=1)
     parser.add_argument("--ours_args", default="", help="extra trainSpeakerNet flags for ours (one string)")
-    parser.add_argument("--only", choices=["ours", "reference", "both"], default="both")
+    parser.add_argument("--only", choices=["ours", "reference", "both"], default=None,
+                        help="the arms (default both); --networks implies ours, and refuses reference or both")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--networks", type=comma_list(str), default=[],
+                        help="sweep these networks (A,B,...), each at its own defaults, with our trainer only")
+    parser.add_argument("--losses", type=comma_list(str), default=[],
+                        help="the sweep's losses (X,Y,...; default --trainfunc); needs --networks")
+    parser.add_argument("--results", default=RESULTS,
+                        help="the sweep's JSON, added to after every run; its runs are not run again")
     return parser
 
 
+def check_options(parser: argparse.ArgumentParser, options) -> None:
+    """The combinations of flags; fills in the defaults that depend on others."""
+    if not options.networks:
+        if options.losses:
+            parser.error("--losses needs --networks")
+        options.only = options.only or "both"
+        return
+    if options.only not in (None, "ours"):
+        parser.error(f"--networks runs our trainer only (the reference arm is {MODEL}'s): not with --only "
+                     f"{options.only}")
+    options.only = "ours"
+    options.losses = options.losses or [options.trainfunc]
+    chosen = {"--model", "--trainfunc"} & {flag.split("=")[0] for flag in shlex.split(options.ours_args)}
+    if chosen:
+        parser.error(f"--ours_args {' '.join(sorted(chosen))}: with --networks the networks and losses are "
+                     f"--networks' and --losses'")
+
+
 def main(argv=None, corpus_config: dict | None = None) -> dict:
-    """Run the arms; ``corpus_config`` overrides fields of the small synthetic corpus (without ``--corpus``)."""
-    options = build_parser().parse_args(argv)
+    """Run the arms, or the sweep of ``--networks``; ``corpus_config`` overrides fields of the small synthetic
+    corpus (without ``--corpus``)."""
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    check_options(parser, options)
+    if options.networks:
+        return run_sweep(options, sweep_settings(options, corpus_config), corpus_config)
     with tempfile.TemporaryDirectory(prefix="bench_learning_") as workdir:
         return run_all(options, corpus_for(options.corpus, workdir, corpus_config), workdir)
 
