@@ -216,8 +216,12 @@ def test_a_fine_tuning_run_records_its_start_and_resumes_exactly(tiny_corpus, tm
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert (config["freeze_epochs"], config["network_lr_scale"]) == (2, 0.5)
     # resumed mid-freeze (a longer run in the same folder): epoch 2 is still frozen, epoch 3 trains everything
+    capsys.readouterr()
     assert trainSpeakerNet.main([*tune, "--max_epoch", "3"]) == 0
     assert network_unchanged(2) and not network_unchanged(3)
+    said = capsys.readouterr().out
+    assert "epoch 2: the network is frozen (BatchNorm statistics included); the loss head trains alone" in said
+    assert "epoch 3: the network's LR is 0.025000 (0.5 x the loss head's)" in said
     assert read_checkpoint(str(model / "model000000003.model"))["run"]["initial_model"]["sha256"] == \
         file_digest(initial)
     capsys.readouterr()

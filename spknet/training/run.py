@@ -333,6 +333,15 @@ class TrainingRun:
         self.score_average(scores)
         return 0
 
+    def log_network_lr(self, epoch: int, lr: float) -> None:
+        """The original's LR line gives the loss head's LR; a fine-tuning run also says what its network does."""
+        scale = self.spec.training.network_lr_scale
+        if self.trainer.network_frozen(epoch):
+            log.info(f"epoch {epoch}: the network is frozen (BatchNorm statistics included); the loss head trains "
+                     f"alone")
+        elif scale != 1.0:
+            log.info(f"epoch {epoch}: the network's LR is {lr * scale:f} ({scale:g} x the loss head's)")
+
     def epoch(self, epoch: int, stop: StopRequest, scores) -> bool:
         """Train, evaluate when due, step the schedule, save, log. False when a stop was requested."""
         self.sampler.set_epoch(epoch)
@@ -341,6 +350,7 @@ class TrainingRun:
         # the LR at the epoch's start, also when resuming inside it (a per-iteration schedule has moved since)
         lr = progress.start_lr if progress is not None and progress.start_lr is not None else self.trainer.lr
         log.info(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {epoch} Training {self.spec.model.model} with LR {lr:f}...")
+        self.log_network_lr(epoch, lr)
         started = time.time()
         self.bad_files.start_epoch()
         should_stop = held(stop.requested, epoch, progress.batches if progress is not None else 0)
