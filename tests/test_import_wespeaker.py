@@ -63,12 +63,12 @@ def wespeaker_module(name: str):
     return oracle_module("wespeaker", name)
 
 
-def wespeaker_features(wave: torch.Tensor) -> torch.Tensor:
-    """WeSpeaker's features of a float waveform in [-1, 1], ``(1, frames, 80)``: its ``processor.compute_fbank``
+def wespeaker_features(wave: torch.Tensor, bins: int = 80) -> torch.Tensor:
+    """WeSpeaker's features of a float waveform in [-1, 1], ``(1, frames, bins)``: its ``processor.compute_fbank``
     (``waveform * (1 << 15)``, ``kaldi.fbank`` with a Hamming window, no energy) with the ``dither 0`` that
     ``wespeaker/bin/extract.py`` sets, then its batch ``apply_cmvn`` (``dataset_utils.py``: the mean over frames
     subtracted). wespeaker-unofficial does not ship wespeaker/dataset/, so its two functions are these lines."""
-    mat = kaldi.fbank(wave.unsqueeze(0) * (1 << 15), num_mel_bins=80, frame_length=25, frame_shift=10, dither=0.0,
+    mat = kaldi.fbank(wave.unsqueeze(0) * (1 << 15), num_mel_bins=bins, frame_length=25, frame_shift=10, dither=0.0,
                       sample_frequency=16000, window_type="hamming", use_energy=False)
     feats = mat.unsqueeze(0)
     return feats - torch.mean(feats, dim=1, keepdim=True)
@@ -186,11 +186,11 @@ def compare(out: str, wav: str, original) -> tuple[float, float]:
     return relative(whole, reference_whole), relative(cropped.embed(wav), reference_crops)
 
 
-def wespeaker_embedding(model):
-    """WeSpeaker's embedding of a batch of waveforms: features per waveform, then ``outputs[-1]`` as
-    ``extract.py`` reads it."""
+def wespeaker_embedding(model, bins: int = 80):
+    """WeSpeaker's embedding of a batch of waveforms: features (``bins`` fbanks) per waveform, then
+    ``outputs[-1]`` as ``extract.py`` reads it."""
     def embed(waves: torch.Tensor) -> torch.Tensor:
-        outputs = model(torch.cat([wespeaker_features(wave) for wave in waves]))
+        outputs = model(torch.cat([wespeaker_features(wave, bins) for wave in waves]))
         return outputs[-1] if isinstance(outputs, tuple) else outputs
     return embed
 
@@ -198,18 +198,20 @@ def wespeaker_embedding(model):
 def wespeaker_file(folder, name: str = "ResNet18", classes: int = 7, seed: int = 1) -> tuple[str, torch.nn.Module]:
     """A WeSpeaker network with random weights, saved as ``wespeaker/utils/checkpoint.py``'s ``save_checkpoint``
     saves it (``torch.save(model.state_dict(), path)``) with an arc-margin classifier ``projection.weight`` (the
-    file WeSpeaker trains); ResNet18 and ResNet50 at a narrow (8-channel) width, ResNet34 and CAM++ as published."""
+    file WeSpeaker trains); ResNet18 and ResNet50 at a narrow (8-channel) width, ResNet34, CAM++ and ReDimNet-B0
+    (60 fbanks, 192-d) as published."""
     resnet = wespeaker_module("models.resnet")
     builders = {
         "ResNet18": lambda: resnet.ResNet(resnet.BasicBlock, [2, 2, 2, 2], m_channels=8, feat_dim=80, embed_dim=32),
         "ResNet50": lambda: resnet.ResNet(resnet.Bottleneck, [3, 4, 6, 3], m_channels=8, feat_dim=80, embed_dim=32),
         "ResNet34": lambda: resnet.ResNet34(feat_dim=80, embed_dim=256),         # as published: 32 channels
         "CAMPPlus": lambda: wespeaker_module("models.campplus").CAMPPlus(feat_dim=80, embed_dim=512),
+        "ReDimNetB0": lambda: wespeaker_module("models.redimnet").ReDimNetB0(feat_dim=60, embed_dim=192),
     }
     torch.manual_seed(seed)
     model = randomise(builders[name](), seed)
     state = model.state_dict()
-    embed_dim = {"CAMPPlus": 512, "ResNet34": 256}.get(name, 32)
+    embed_dim = {"CAMPPlus": 512, "ResNet34": 256, "ReDimNetB0": 192}.get(name, 32)
     state["projection.weight"] = torch.randn(classes, embed_dim)
     path = os.path.join(str(folder), f"{name}.pt")
     torch.save(state, path)
@@ -220,8 +222,9 @@ def wespeaker_config(folder, model: str = "ResNet18", **model_args) -> str:
     """A WeSpeaker ``config.yaml`` as its recipes write it (the parts SpeakerNet reads)."""
     args = {"feat_dim": 80, "embed_dim": 32, "pooling_func": "TSTP", "two_emb_layer": False, **model_args}
     config = {"model": model, "model_args": args, "model_init": None,
-              "dataset_args": {"resample_rate": 16000, "fbank_args": {"num_mel_bins": 80, "frame_shift": 10,
-                                                                    "frame_length": 25, "dither": 1.0}},
+              "dataset_args": {"resample_rate": 16000, "fbank_args": {"num_mel_bins": args["feat_dim"],
+                                                                    "frame_shift": 10, "frame_length": 25,
+                                                                    "dither": 1.0}},
               "projection_args": {"project_type": "arc_margin", "scale": 32.0}}
     path = os.path.join(str(folder), "config.yaml")
     with open(path, "w") as handle:
@@ -239,12 +242,12 @@ def layout_state(name: str = "ResNet18", seed: int = 1, **options) -> dict:
     return dict(randomise(network, seed).state_dict())
 
 
-def wespeaker_layout_file(folder, classes: int = 7) -> str:
-    """An ``avg_model.pt``-like file of an 8-channel ResNet18 (:func:`layout_state`) with ``projection.weight``:
-    for the tests of the import itself, which need no oracle."""
-    state = layout_state()
-    state["projection.weight"] = torch.randn(classes, 32)
-    path = os.path.join(str(folder), "ResNet18.pt")
+def wespeaker_layout_file(folder, classes: int = 7, name: str = "ResNet18") -> str:
+    """An ``avg_model.pt``-like file of an 8-channel ResNet18 (or ``name``: :func:`layout_state`) with
+    ``projection.weight``: for the tests of the import itself, which need no oracle."""
+    state = layout_state(name)
+    state["projection.weight"] = torch.randn(classes, state["seg_1.weight"].shape[0])
+    path = os.path.join(str(folder), f"{name}.pt")
     torch.save(state, path)
     return path
 
@@ -306,6 +309,23 @@ def test_an_imported_wespeaker_network_computes_what_wespeaker_computes(tmp_path
     assert report.spec.audio_scale == "int16" and report.dropped == {"projection.weight": (7, report.spec.nOut)}
     whole, crops = compare(out, speech_like(tmp_path / "a.wav"), wespeaker_embedding(model))
     print(f"wespeaker {name}: max relative difference {whole:.2e} (whole file), {crops:.2e} (crops)")
+    assert whole < 1e-4 and crops < 1e-4
+
+
+def test_an_imported_wespeaker_redimnet_computes_what_wespeaker_computes(tmp_path, one_thread, capsys):
+    """WeSpeaker's ReDimNetB0 as published (60 fbanks, 192-d, ASTP) with its recipe's config, imported by the
+    command line: SpeakerNet's ReDimNetB0 on WeSpeaker's features and pooling."""
+    path, model = wespeaker_file(tmp_path, "ReDimNetB0")
+    config = wespeaker_config(tmp_path, "ReDimNetB0", feat_dim=60, embed_dim=192, pooling_func="ASTP")
+    out = str(tmp_path / "imported.model")
+    assert inference.main(["import", "--from", "wespeaker", path, "--config", config, "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "wespeaker ReDimNetB0 (nOut 192, 60 Kaldi fbanks, window hamming, audio_scale int16)" in printed
+    assert "dropped projection.weight 7x192: wespeaker's training classifier" in printed
+    model_spec = read_checkpoint(out)["run"]["model"]
+    assert (model_spec["encoder_type"], model_spec["frontend"], model_spec["channels"]) == ("ASP", "kaldi_fbank", 10)
+    whole, crops = compare(out, speech_like(tmp_path / "a.wav"), wespeaker_embedding(model, bins=60))
+    print(f"wespeaker ReDimNetB0: max relative difference {whole:.2e} (whole file), {crops:.2e} (crops)")
     assert whole < 1e-4 and crops < 1e-4
 
 
@@ -412,6 +432,36 @@ def test_a_config_that_contradicts_the_weights_or_asks_for_more_is_an_error(tmp_
     path = wespeaker_layout_file(tmp_path)
     model = config_args.pop("model", "ResNet18")
     refused(tmp_path, "wespeaker", path, match, wespeaker_config(tmp_path, model, **config_args))
+
+
+REDIMNET_ARGS = {"feat_dim": 60, "embed_dim": 192, "pooling_func": "ASTP"}
+
+
+@pytest.mark.parametrize("config_args,match", [
+    ({"model": "ReDimNetB2", "feat_dim": 72}, "config contradicts the weights: .* says model ReDimNetB2, the file's "
+                                              r"keys layer\*/head\.\*/backbone\.\* \(the network\) says ReDimNetB0"),
+    ({"embed_dim": 256}, "says nOut 256, the file's key seg_1.weight / xvector.dense.* says 192"),
+    ({"feat_dim": 72}, "says n_mels 72, the file's first layer's input width says 60"),
+    ({"pooling_func": "TSTP"}, "key model_args.pooling_func: 'TSTP'; SpeakerNet's ReDimNetB0 computes 'ASTP' only"),
+    ({"two_emb_layer": True}, "key model_args.two_emb_layer: True; SpeakerNet's ReDimNetB0 computes False only"),
+    ({"model": "ReDimNet2B0"}, "key model: 'ReDimNet2B0' is not a WeSpeaker network SpeakerNet has")])
+def test_a_redimnet_config_that_contradicts_the_weights_is_an_error(tmp_path, config_args, match):
+    path = wespeaker_layout_file(tmp_path, name="ReDimNetB0")
+    model = config_args.pop("model", "ReDimNetB0")
+    refused(tmp_path, "wespeaker", path, match, wespeaker_config(tmp_path, model, **{**REDIMNET_ARGS, **config_args}))
+
+
+def test_a_redimnet_file_with_a_missing_or_misshapen_key_is_an_error_naming_it(tmp_path):
+    path = wespeaker_layout_file(tmp_path, name="ReDimNetB0")
+    state = torch.load(path, weights_only=True)
+    assert import_checkpoint("wespeaker", path, str(tmp_path / "ok.model")).spec.model == "ReDimNetB0"
+    key = "backbone.stage2.1.conv_block.bn1.running_mean"
+    torch.save({name: value for name, value in state.items() if name != key}, path)
+    refused(tmp_path, "wespeaker", path, f"key {key} of ReDimNetB0 is missing from the file")
+    torch.save({**state, key: torch.zeros(3)}, path)
+    refused(tmp_path, "wespeaker", path, rf"key {key} has shape \(3,\), ReDimNetB0 needs")
+    torch.save({**state, "seg_2.weight": torch.zeros(192, 192)}, path)
+    refused(tmp_path, "wespeaker", path, "key seg_2.weight: a ReDimNet with two_emb_layer True")
 
 
 def test_a_config_with_another_front_end_is_an_error(tmp_path):

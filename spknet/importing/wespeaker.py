@@ -1,5 +1,5 @@
-"""The ``wespeaker`` and ``pyannote`` entries of :mod:`spknet.importing`: WeSpeaker's ResNets and CAM++, and
-pyannote's re-packaged WeSpeaker ResNets."""
+"""The ``wespeaker`` and ``pyannote`` entries of :mod:`spknet.importing`: WeSpeaker's ResNets, CAM++ and ReDimNets,
+and pyannote's re-packaged WeSpeaker ResNets."""
 
 import os
 
@@ -7,6 +7,9 @@ import torch
 
 from spknet.errors import SpeakerNetError
 from spknet.importing.base import Imported, Toolkit, check_agrees, count_blocks, register, tensor_state
+from spknet.models._redimnet import CONFIGS as REDIMNET_CONFIGS
+from spknet.models._redimnet import ReDimNet
+from spknet.models._redimnet import identify as identify_redimnet
 from spknet.specs import ModelSpec
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -17,29 +20,70 @@ from spknet.specs import ModelSpec
 RESNET_DEPTHS = {18: (False, (2, 2, 2, 2)), 34: (False, (3, 4, 6, 3)), 50: (True, (3, 4, 6, 3)),
                  101: (True, (3, 4, 23, 3)), 152: (True, (3, 8, 36, 3)), 221: (True, (6, 16, 48, 3)),
                  293: (True, (10, 20, 64, 3))}
-WESPEAKER_MODELS = tuple(f"ResNet{depth}" for depth in RESNET_DEPTHS) + ("CAMPPlus",)
+# WeSpeaker's ReDimNetB0() ... ReDimNetB6() (wespeaker/models/redimnet.py), SpeakerNet's plugins of the same names
+REDIMNETS = tuple(f"ReDimNet{config}" for config in REDIMNET_CONFIGS)
+WESPEAKER_MODELS = tuple(f"ResNet{depth}" for depth in RESNET_DEPTHS) + ("CAMPPlus",) + REDIMNETS
 # the model_args each supports, with the values SpeakerNet's network computes (None: any value, read as a spec field)
 WESPEAKER_ARGS = {
     "resnet": {"feat_dim": None, "embed_dim": None, "pooling_func": "TSTP", "two_emb_layer": False},
     "CAMPPlus": {"feat_dim": None, "embed_dim": None, "pooling_func": "TSTP", "growth_rate": 32, "bn_size": 4,
                  "init_channels": 128, "config_str": "batchnorm-relu"},
+    "redimnet": {"feat_dim": None, "embed_dim": None, "pooling_func": "ASTP", "two_emb_layer": False},
 }
+# the pooling each computes, as SpeakerNet's encoder_type names it (WeSpeaker's ASTP with global context: ASP)
+WESPEAKER_POOLING = {"resnet": "TSTP", "CAMPPlus": "TSTP", "redimnet": "ASP"}
 # the fbank and CMVN WeSpeaker evaluates with (wespeaker/bin/extract.py: dither 0, cmvn with norm_mean only)
 WESPEAKER_FBANK = {"frame_length": 25, "frame_shift": 10}
 WESPEAKER_HEAD = "projection."
 # where in the weights each option a config gives is read
-WESPEAKER_HINTS = {"model": "key layer*/head.* (the network)", "nOut": "key seg_1.weight / xvector.dense.*",
-                   "n_mels": "its first layer's input"}
+WESPEAKER_HINTS = {"model": "keys layer*/head.*/backbone.* (the network)",
+                   "nOut": "key seg_1.weight / xvector.dense.*", "n_mels": "first layer's input width"}
 AUDIO_SCALE = "int16"           # WeSpeaker scales float waveforms by 1 << 15 before its fbank: int16 samples
+
+
+def family(model: str) -> str:
+    """The key of :data:`WESPEAKER_ARGS` and :data:`WESPEAKER_POOLING` for a WeSpeaker model name."""
+    return "CAMPPlus" if model == "CAMPPlus" else "redimnet" if model in REDIMNETS else "resnet"
+
+
+def nearest_redimnet(state: dict, path: str) -> dict:
+    """The ReDimNet configuration a state dict that is none exactly comes nearest to (the fewest keys missing,
+    unused or misshapen, among those with its number of stages), so that the strict load names the key at fault."""
+    for key, dims in (("backbone.stem.0.weight", 4), ("backbone.inputs_weights.1", 4), ("seg_1.weight", 2)):
+        if key not in state or state[key].dim() != dims:
+            raise SpeakerNetError(f"{path}: key {key} of a WeSpeaker ReDimNet (keys backbone.*) is missing or "
+                                  f"misshapen: its width, bands and embedding size are read there")
+    channels = state["backbone.stem.0.weight"].shape[0]
+    network = {"nOut": state["seg_1.weight"].shape[0], "channels": channels,
+               "n_mels": state["backbone.inputs_weights.1"].shape[2] // channels}
+    stages = count_blocks(state, "backbone.stage")
+    distances = {}
+    for config, setup in REDIMNET_CONFIGS.items():
+        if len(setup["stages"]) != stages:
+            continue
+        try:
+            own = ReDimNet(config, nOut=network["nOut"], n_mels=network["n_mels"], channels=channels).state_dict()
+        except (SpeakerNetError, ValueError, RuntimeError):
+            continue
+        distances[config] = len(set(own) ^ set(state)) + sum(
+            own[key].shape != state[key].shape for key in set(own) & set(state))
+    if not distances:
+        raise SpeakerNetError(f"{path}: a WeSpeaker ReDimNet (keys backbone.*) with {stages} stages (keys "
+                              f"backbone.stage*), which none of {', '.join(REDIMNETS)} has at {channels} channels "
+                              f"and {network['n_mels']} bands")
+    return {"model": f"ReDimNet{min(distances, key=distances.get)}", **network}
 
 
 def wespeaker_network(state: dict, path: str) -> dict:
     """What the keys and shapes of a WeSpeaker state dict say: ``model``, ``nOut``, ``n_mels`` (and ``channels``
-    for a ResNet); an error for a network SpeakerNet does not have."""
+    for a ResNet or a ReDimNet); an error for a network SpeakerNet does not have."""
+    if "seg_2.weight" in state and ("conv1.weight" in state or "backbone.stem.0.weight" in state):
+        kind = "ResNet" if "conv1.weight" in state else "ReDimNet"
+        raise SpeakerNetError(f"{path}: key seg_2.weight: a {kind} with two_emb_layer True, which SpeakerNet does "
+                              f"not carry (WeSpeaker's published {kind}s have one embedding layer)")
+    if "backbone.stem.0.weight" in state:
+        return identify_redimnet(state) or nearest_redimnet(state, path)
     if "conv1.weight" in state and "seg_1.weight" in state:
-        if "seg_2.weight" in state:
-            raise SpeakerNetError(f"{path}: key seg_2.weight: a ResNet with two_emb_layer True, which SpeakerNet "
-                                  f"does not carry (WeSpeaker's published ResNets have one embedding layer)")
         bottleneck = "layer1.0.conv3.weight" in state
         layout = (bottleneck, tuple(count_blocks(state, f"layer{stage}.") for stage in (1, 2, 3, 4)))
         depth = next((depth for depth, known in RESNET_DEPTHS.items() if known == layout), None)
@@ -59,8 +103,8 @@ def wespeaker_network(state: dict, path: str) -> dict:
         raise SpeakerNetError(f"{path}: key front.conv1.weight: a WeSpeaker SimAM-ResNet, which SpeakerNet does not "
                               f"import (it imports {', '.join(WESPEAKER_MODELS)})")
     raise SpeakerNetError(f"{path}: not a WeSpeaker network SpeakerNet has ({', '.join(WESPEAKER_MODELS)}): no "
-                          f"conv1.weight + seg_1.weight (ResNet) or head.conv1.weight + xvector.* (CAM++); its keys "
-                          f"start {', '.join(sorted(state)[:3])}")
+                          f"conv1.weight + seg_1.weight (ResNet), head.conv1.weight + xvector.* (CAM++) or "
+                          f"backbone.stem.0.weight (ReDimNet); its keys start {', '.join(sorted(state)[:3])}")
 
 
 def _config_value(config: dict, config_path: str, *keys, default=None):
@@ -80,7 +124,7 @@ def wespeaker_config(config: dict, config_path: str) -> dict:
         raise SpeakerNetError(f"{config_path}: key model: {model!r} is not a WeSpeaker network SpeakerNet has "
                               f"({', '.join(WESPEAKER_MODELS)})")
     args = _config_value(config, config_path, "model_args") or {}
-    supported = WESPEAKER_ARGS["CAMPPlus" if model == "CAMPPlus" else "resnet"]
+    supported = WESPEAKER_ARGS[family(model)]
     for key, value in args.items():
         if key not in supported:
             raise SpeakerNetError(f"{config_path}: key model_args.{key}: not an option of SpeakerNet's {model}")
@@ -115,8 +159,9 @@ def wespeaker_config(config: dict, config_path: str) -> dict:
 
 def wespeaker_spec(network: dict) -> ModelSpec:
     """The spec of a WeSpeaker network: its Kaldi fbanks (Hamming window, as WeSpeaker's training and extraction
-    compute them) on int16-scale samples, TSTP."""
-    return ModelSpec(model=network["model"], nOut=network["nOut"], n_mels=network["n_mels"], encoder_type="TSTP",
+    compute them) on int16-scale samples, its pooling (TSTP; ASTP for a ReDimNet)."""
+    return ModelSpec(model=network["model"], nOut=network["nOut"], n_mels=network["n_mels"],
+                     encoder_type=WESPEAKER_POOLING[family(network["model"])],
                      window="hamming", channels=network.get("channels"), audio_scale=AUDIO_SCALE,
                      frontend="kaldi_fbank")
 
