@@ -28,17 +28,18 @@ resumes, and one seed per process can run beside another.
 
 import argparse
 import json
-import math
 import os
 import re
 import shlex
-import statistics
 
 import torch
 
 import trainSpeakerNet
+from benchmarks.bench_learning import comma_list, summary
 from spknet.atomic import write_text
+from spknet.data.lists import read_train_list
 from spknet.data.telephone import telephone_copy
+from spknet.evaluation.trials import read_trial_list
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.yaml")
 CLEAN, TELEPHONE = "clean", "tel"
@@ -50,13 +51,13 @@ IT_LINE = re.compile(r"^IT (\d+),.*VEER (\d+\.\d+)")
 # lists
 # ------------------------------------------------------------------------------------------------------------
 
-def read_pairs(path: str) -> list[list[str]]:
-    with open(path, encoding="utf-8") as handle:
-        return [line.split() for line in handle if line.strip()]
+def read_pairs(path: str) -> tuple[list[list[str]], list[str]]:
+    """A training list's ``[speaker, relative path]`` rows (read by the trainer's reader) and its speakers, sorted."""
+    train = read_train_list(path, "")
+    return [[train.speakers[label], file] for file, label in zip(train.files, train.labels)], train.speakers
 
 
-def split_speakers(train: list[list[str]]) -> tuple[set, set]:
-    speakers = sorted({speaker for speaker, _ in train})
+def split_speakers(speakers: list[str]) -> tuple[set, set]:
     half = len(speakers) // 2
     return set(speakers[:half]), set(speakers[half:])
 
@@ -79,11 +80,11 @@ def write_list(path: str, rows) -> None:
 def prepare(corpus: str, workdir: str) -> None:
     """The lists (paths under ``workdir/root``: ``clean/`` the corpus, ``tel/`` its telephone copy) and the
     telephone copy of B's and the test list's files."""
-    train = read_pairs(os.path.join(corpus, "train_list.txt"))
-    trials = read_pairs(os.path.join(corpus, "veri_test.txt"))
-    first, second = split_speakers(train)
+    train, speakers = read_pairs(os.path.join(corpus, "train_list.txt"))
+    trials = read_trial_list(os.path.join(corpus, "veri_test.txt"))
+    first, second = split_speakers(speakers)
     half_b = [[speaker, path] for speaker, path in train if speaker in second]
-    test_files = sorted({path for _, enroll, test in trials for path in (enroll, test)})
+    test_files = sorted({path for trial in trials for path in (trial.enroll, trial.test)})
     root = os.path.join(workdir, "root")
     os.makedirs(root, exist_ok=True)
     if not os.path.islink(os.path.join(root, CLEAN)):
@@ -104,7 +105,7 @@ def prepare(corpus: str, workdir: str) -> None:
                under(TELEPHONE, half_b) + under(CLEAN, mixed_in(train, first)))
     for channel in (CLEAN, TELEPHONE):
         write_list(os.path.join(lists, f"test_{channel}.txt"),
-                   [[label, f"{channel}/{enroll}", f"{channel}/{test}"] for label, enroll, test in trials])
+                   [[str(trial.label), f"{channel}/{trial.enroll}", f"{channel}/{trial.test}"] for trial in trials])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -228,8 +229,7 @@ def results(workdir: str, seeds: list[int], full: int, short: int) -> dict[str, 
 
 
 def mean_sd(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else math.nan
-    return f"{statistics.fmean(values):.2f} ± {spread:.2f}"
+    return "{:.2f} ± {:.2f}".format(*summary(values))
 
 
 def report(workdir: str, seeds: list[int], full: int, short: int) -> dict[str, list[float]]:
@@ -239,10 +239,6 @@ def report(workdir: str, seeds: list[int], full: int, short: int) -> dict[str, l
         print(f"| {key} | {', '.join(f'{v:.2f}' for v in values)} | {mean_sd(values)} |")
     write_text(os.path.join(workdir, "results.json"), json.dumps({"seeds": seeds, "eer": table}, indent=1) + "\n")
     return table
-
-
-def comma_list(cast):
-    return lambda text: [cast(part) for part in text.split(",") if part]
 
 
 def build_parser() -> argparse.ArgumentParser:
