@@ -1,12 +1,20 @@
 """Session fixtures: one tiny synthetic corpus (40 training speakers) shared by the end-to-end tests."""
 
 import logging
+import os
 
 import pytest
 import torch
 
 from spknet import logs
 from spknet.data.synthetic import make_corpus
+
+# Under pytest-xdist every worker shares the cores with the others: one intra-op thread in each worker and in the
+# processes its tests start, as the one_thread fixture does for one test. Two OpenMP threads per worker on two cores
+# mostly wait for each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 TINY = dict(speakers=40, utterances=6, test_speakers=8, test_utterances=6, trials=200, min_duration=2.5,
             max_duration=2.5, seed=7)

@@ -443,14 +443,15 @@ def test_margin_flags_with_a_loss_without_margin_exit_2(tiny_corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_mid_epoch_then_resume_matches_a_straight_run(tiny_corpus, tmp_path):
+def test_sigterm_mid_epoch_then_resume_matches_a_straight_run(tiny_corpus, tmp_path, capsys, console_log, one_thread):
     """Through the command line: warm-up + cosine decay and a margin ramp, stopped by SIGTERM inside epoch 1
-    and resumed, give the straight run's log lines (LR, loss, EER) and weights."""
+    and resumed, give the straight run's log lines (LR, loss, EER) and weights (the stopped run in its own process,
+    the others in this one)."""
     argv = [*FAST, "--trainfunc", "aamsoftmax", "--scheduler", "warmup_cosine", "--lr", "0.01", "--optimizer", "sgd",
             "--warmup_epochs", "0.5", "--final_lr", "0.001", "--margin_start_epoch", "1", "--margin_rampup_epochs",
             "1", "--max_epoch", "2", "--test_interval", "2", *corpus_flags(tiny_corpus)]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert run_cli(*argv, "--save_path", straight).returncode == 0
+    assert trainSpeakerNet.main([*map(str, argv), "--save_path", str(straight)]) == 0
     # the run holds after its step on batch 3 of epoch 1 (inside the warm-up) until the signal comes
     process = start_held([*argv, "--save_path", stopped], epoch=1, batch=3, marker=tmp_path / "held",
                          stderr=subprocess.PIPE)
@@ -460,26 +461,28 @@ def test_sigterm_mid_epoch_then_resume_matches_a_straight_run(tiny_corpus, tmp_p
     state = torch.load(stopped / "model" / "resume.state", weights_only=True)
     assert state["progress"]["epoch"] == 1 and state["progress"]["batches"] == 3
     assert state["scheduler_state_dict"]["last_epoch"] == 3
-    resumed = run_cli(*argv, "--save_path", stopped)
-    assert resumed.returncode == 0 and "Resuming epoch 1, batch 3" in resumed.stdout, resumed.stderr[-2000:]
+    capsys.readouterr()
+    assert trainSpeakerNet.main([*map(str, argv), "--save_path", str(stopped)]) == 0
+    assert "Resuming epoch 1, batch 3" in capsys.readouterr().out
     assert log_lines(stopped) == log_lines(straight) and len(log_lines(straight)) == 2
     a = torch.load(straight / "model" / "model000000002.model", weights_only=True)
     b = torch.load(stopped / "model" / "model000000002.model", weights_only=True)
     assert all(torch.equal(a["model_state_dict"][key], b["model_state_dict"][key]) for key in a["model_state_dict"])
     assert a["scheduler_state_dict"] == b["scheduler_state_dict"]
-    longer = run_cli(*argv, "--save_path", stopped, "--max_epoch", "3")
-    assert longer.returncode == 2 and "--max_epoch: saved 2, given 3" in longer.stderr
+    assert trainSpeakerNet.main([*map(str, argv), "--save_path", str(stopped), "--max_epoch", "3"]) == 2
+    assert "--max_epoch: saved 2, given 3" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_the_ecapa_recipe_trains_with_its_warm_up_margin_ramp_and_speeds(tiny_corpus, tmp_path):
     """A tiny run of configs/recipe_ecapa_tdnn_aamsoftmax.yaml (its epochs, crops, batch and margin ramp cut for the
-    test) trains and evaluates: 3 x 40 speed classes, the LR rising through the warm-up, then decaying."""
+    test, and the network narrowed to 128 channels) trains and evaluates: 3 x 40 speed classes, the LR rising through
+    the warm-up, then decaying."""
     save_path = tmp_path / "recipe"
     result = run_cli("--config", REPO / "configs" / "recipe_ecapa_tdnn_aamsoftmax.yaml", *corpus_flags(tiny_corpus),
-                     "--save_path", save_path, "--max_epoch", "3", "--warmup_epochs", "1", "--margin_start_epoch",
-                     "2", "--margin_rampup_epochs", "0.5", "--max_frames", "50", "--batch_size", "16",
-                     "--test_interval", "3", "--nDataLoaderThread", "0")
+                     "--save_path", save_path, "--channels", "128", "--max_epoch", "3", "--warmup_epochs", "1",
+                     "--margin_start_epoch", "2", "--margin_rampup_epochs", "0.5", "--max_frames", "50",
+                     "--batch_size", "16", "--test_interval", "3", "--nDataLoaderThread", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = log_lines(save_path)
     assert len(lines) == 3 and "VEER" in lines[-1]

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+import trainSpeakerNet
 from tests.helpers import REPO, SUBPROCESS_ENV, fixture_file, run_cli
 
 pytestmark = pytest.mark.slow      # subprocess runs of the command line (seconds each)
@@ -60,17 +61,18 @@ def test_original_training_commands(tiny_corpus, tmp_path, index):
     assert "epoch 2" in result.stdout and "utt_s=" in result.stdout      # the progress bar
 
 
-def test_interval_lines_and_exact_resume(tiny_corpus, tmp_path):
+def test_interval_lines_and_exact_resume(tiny_corpus, tmp_path, capsys, console_log, one_thread):
     """Epochs without evaluation log the short line; a run stopped after epoch 1 and resumed ends with exactly
-    the weights of an uninterrupted run."""
+    the weights of an uninterrupted run (the three runs in this process, as a second command would run them)."""
     base = ["--model", "ResNetSE34L", "--trainfunc", "mp", "--optimizer", "sgd", "--lr", "0.2", "--test_interval",
             "2", *[f"--{k}={v}" for k, v in tiny_corpus.items()], *FAST]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert run_cli(*base, "--save_path", straight, "--max_epoch", "2").returncode == 0
-    first = run_cli(*base, "--save_path", resumed, "--max_epoch", "1")
-    assert first.returncode == 0 and (resumed / "model" / "resume.state").is_file()
-    second = run_cli(*base, "--save_path", resumed, "--max_epoch", "2")
-    assert second.returncode == 0 and "Resuming after epoch 1" in second.stdout
+    assert trainSpeakerNet.main([*base, "--save_path", str(straight), "--max_epoch", "2"]) == 0
+    assert trainSpeakerNet.main([*base, "--save_path", str(resumed), "--max_epoch", "1"]) == 0
+    assert (resumed / "model" / "resume.state").is_file()
+    capsys.readouterr()
+    assert trainSpeakerNet.main([*base, "--save_path", str(resumed), "--max_epoch", "2"]) == 0
+    assert "Resuming after epoch 1" in capsys.readouterr().out
     assert TRAIN.match(log_lines(resumed)[0]) and SCORE.match(log_lines(resumed)[1])
     assert log_lines(resumed) == log_lines(straight)
     a = torch.load(straight / "model" / "model000000002.model", weights_only=True)["model_state_dict"]

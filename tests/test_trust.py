@@ -184,18 +184,20 @@ def test_differences_list_the_options_that_change_the_run(tiny_corpus, tmp_path)
 
 
 @pytest.mark.slow
-def test_a_resume_refuses_another_run_and_accepts_session_options(tiny_corpus, tmp_path):
+def test_a_resume_refuses_another_run_and_accepts_session_options(tiny_corpus, tmp_path, capsys, console_log,
+                                                                   one_thread):
     save_path = tmp_path / "run"
     argv = [*FAST, *corpus_flags(tiny_corpus), "--save_path", str(save_path)]
-    assert run_cli(*argv, "--max_epoch", "1").returncode == 0
+    assert trainSpeakerNet.main([*argv, "--max_epoch", "1"]) == 0
     for changed, message in [(["--nOut", "32"], "--nOut: saved 16, given 32"),
                              (["--optimizer", "sgd"], "--optimizer: saved adam, given sgd"),
                              (["--trainfunc", "angleproto"], "--trainfunc: saved mp_balance, given angleproto")]:
-        result = run_cli(*argv, "--max_epoch", "2", *changed)
-        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
-        assert "holds a run with other options" in result.stderr and "Traceback" not in result.stderr
-    resumed = run_cli(*argv, "--max_epoch", "2", "--test_interval", "1", "--nDataLoaderThread", "1")
-    assert resumed.returncode == 0 and "Resuming after epoch 1" in resumed.stdout, resumed.stderr[-2000:]
+        capsys.readouterr()
+        assert trainSpeakerNet.main([*argv, "--max_epoch", "2", *changed]) == 2
+        error = capsys.readouterr().err
+        assert message in error and "holds a run with other options" in error and "Traceback" not in error, error
+    assert trainSpeakerNet.main([*argv, "--max_epoch", "2", "--test_interval", "1", "--nDataLoaderThread", "1"]) == 0
+    assert "Resuming after epoch 1" in capsys.readouterr().out
 
 
 # ---- an exception ends the process -------------------------------------------------------------------------------

@@ -134,12 +134,12 @@ inputs_10() { need 10 "$(final_model)" 4; need 10 "$test_path" 2; need_lists 10;
 # ---------------------------------------------------------------------------------------------------------------
 trainer() { "$PYTHON" "$repo/trainSpeakerNet.py" "$@"; }
 
+eval_words=""    # the evaluation flags, derived once before the stages run (below)
 evaluate() {  # evaluate FOLDER MODEL [flags]: every list at once; --eval writes FOLDER/result/metrics.json
   local folder="$1" model="$2" flags
   shift 2
   mkdir -p "$folder"
-  flags="$("$PYTHON" -m spknet.recipe eval-flags --config "$config" -- "${extra[@]+"${extra[@]}"}")"
-  mapfile -t flags <<< "$flags"
+  mapfile -t flags <<< "$eval_words"
   trainer --eval --initial_model "$model" --test_list "$lists_csv" --test_path "$test_path" --scoring cosine \
     --save_path "$folder" --save_scores "$folder/scores.txt" "${flags[@]}" "$@" 2>&1 | tee "$folder/eval.log"
 }
@@ -253,6 +253,10 @@ for checked in 4 5 8; do   # the stages whose options depend on others' (epochs 
     break
   fi
 done
+
+if (( first <= 8 && 6 <= end )); then   # stages 6-8 evaluate with the same flags: derive them once
+  eval_words="$("$PYTHON" -m spknet.recipe eval-flags --config "$config" -- "${extra[@]+"${extra[@]}"}")" || exit 2
+fi
 
 mkdir -p "$exp/.done" "$exp/logs"
 for ((n = stage; n <= stop_stage && n <= last_stage; n++)); do

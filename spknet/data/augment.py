@@ -24,7 +24,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import fftconvolve
 
 from spknet.data.audio import FLOAT, max_audio_samples, open_audio, read_audio
 from spknet.errors import SpeakerNetError
@@ -126,6 +125,8 @@ class Augmenter:
         return self.additive_noise(kind, wave, rng)
 
     def reverberate(self, wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        from scipy.signal import fftconvolve  # here: scipy.signal costs every command a second at its start
+
         rir = read_rir(self.rir_files[int(rng.integers(len(self.rir_files)))])
         return fftconvolve(wave.astype(np.float64), rir, mode="full")[:wave.shape[0]].astype(np.float32)
 

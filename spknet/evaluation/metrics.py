@@ -4,13 +4,14 @@ actDCF of scores read as log-likelihood ratios."""
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import roc_curve
 
 from spknet.errors import SpeakerNetError
 
 
 def roc(scores, labels):
     """False-alarm and miss rates at every threshold (scikit-learn's ROC)."""
+    from sklearn.metrics import roc_curve  # here, not at the top: sklearn adds a second to every command's start
+
     fpr, tpr, thresholds = roc_curve(np.asarray(labels), np.asarray(scores), pos_label=1)
     return fpr, 1 - tpr, thresholds
 

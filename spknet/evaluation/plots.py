@@ -1,16 +1,14 @@
 """DET curve and score histogram of a trial list, as PNG files (matplotlib, no display needed).
 
 Figures are :class:`matplotlib.figure.Figure` objects drawn by the Agg canvas, never pyplot's: no global backend is
-chosen, so a program that uses this library (and matplotlib itself) keeps its own.
+chosen, so a program that uses this library (and matplotlib itself) keeps its own. matplotlib, scipy and
+scikit-learn are imported by the functions that draw: a command that never plots does not pay their second of
+import at its start.
 """
 
 import os
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from scipy.stats import norm
-from sklearn.metrics import det_curve
 
 from spknet import atomic
 
@@ -19,6 +17,9 @@ TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
 
 def _figure(size: tuple[float, float]):
     """A figure with one axis, on its own Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=size)
     FigureCanvasAgg(figure)
     return figure, figure.add_subplot()
@@ -31,6 +32,9 @@ def _save(figure, path: str) -> None:
 
 def det_plot(scores, labels, path: str, title: str = "", eer: float | None = None) -> None:
     """Miss vs false-alarm probability on normal-deviate axes (the NIST DET convention)."""
+    from scipy.stats import norm
+    from sklearn.metrics import det_curve
+
     fpr, fnr, _ = det_curve(np.asarray(labels), np.asarray(scores))
     clip = lambda p: norm.ppf(np.clip(p, 5e-4, 1 - 5e-4))  # noqa: E731
     figure, axis = _figure((5, 5))
