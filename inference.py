@@ -394,7 +394,8 @@ def run_identify(args) -> None:
                                                  args.score_norm, args.cohort_size)
             print(f"threshold {threshold.describe()}, stored in {args.db}")
         elif args.threshold is not None:
-            db.set_threshold(Threshold(args.threshold, score_norm=args.score_norm))
+            db.set_threshold(Threshold(args.threshold, score_norm=args.score_norm,
+                                       **db.cohort_record(args.score_norm, args.cohort_size)))
             print(f"threshold {args.threshold:.4f}, stored in {args.db}")
         if not args.files:
             return

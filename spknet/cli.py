@@ -18,7 +18,6 @@ from spknet.evaluation import EVAL_PRECISIONS, SCORE_NORMS, SCORINGS
 from spknet.evaluation.extraction import SHORT_FILES
 from spknet.specs import (
     ENCODERS,
-    FLAG_NAMES,
     FRONTENDS,
     MODEL_FIELDS,
     ORIGINAL_MODEL,
@@ -28,6 +27,7 @@ from spknet.specs import (
     ModelSpec,
     RunSpec,
     TrainingSpec,
+    flag_destination,
 )
 
 PROG = "trainSpeakerNet.py"
@@ -44,7 +44,7 @@ OWN_DEFAULTS = {"model": "", "eval_frames": None}
 
 def spec_flags(spec_class) -> dict[str, str]:
     """Field -> the destination of the flag that sets it, for one spec class."""
-    return {item.name: FLAG_NAMES.get(item.name, item.name) for item in fields(spec_class)}
+    return {item.name: flag_destination(item.name) for item in fields(spec_class)}
 
 
 def field_defaults() -> dict[str, object]:
@@ -52,7 +52,7 @@ def field_defaults() -> dict[str, object]:
     defaults = {}
     for spec_class in SPECS:
         for item in fields(spec_class):
-            defaults.setdefault(FLAG_NAMES.get(item.name, item.name), item.default)
+            defaults.setdefault(flag_destination(item.name), item.default)
     return defaults
 
 

@@ -11,6 +11,7 @@ as ``inference.py verify --scoring cosine`` scores the pair. A speaker of severa
 their file embeddings, so identification against any number of speakers is one matrix product.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -71,6 +72,10 @@ class Threshold:
     source: str = ""
     miss: float | None = None       # the miss rate at it, on the same trials
     score_norm: str = "none"        # the scores it is in: a threshold of AS-norm scores means nothing to cosine ones
+    # AS-norm's scores move with the cohort and how many of its speakers each side keeps: the threshold holds for
+    # those it was set with (None: not recorded, as in databases from before they were)
+    cohort_size: int | None = None
+    cohort: str | None = None       # the digest of the cohort's means (SpeakerDB.cohort_digest)
 
     def describe(self) -> str:
         if self.far is None:
@@ -319,6 +324,13 @@ class SpeakerDB:
             return torch.empty(0)
         return torch.from_numpy(np.stack([_vector(blob) for (blob,) in rows]))
 
+    def cohort_digest(self) -> str:
+        """SHA-256 of the cohort's means, in their order: what an AS-norm threshold was set against."""
+        digest = hashlib.sha256()
+        for (blob,) in self._execute("SELECT mean FROM cohort ORDER BY id"):
+            digest.update(blob)
+        return digest.hexdigest()
+
     def scoring(self, score_norm: str = "none", cohort_size: int = 200) -> "Scorer":
         """The scorer of this database's speakers (see :class:`Scorer`)."""
         if score_norm not in SCORE_NORMS:
@@ -372,9 +384,36 @@ class SpeakerDB:
         if labels.all() or not labels.any():
             raise SpeakerNetError(f"{source}: a threshold needs both target and non-target trials")
         value = threshold_at_far(scores[~labels], far)
-        threshold = Threshold(value, far, source, float(np.mean(scores[labels] <= value)), score_norm)
+        threshold = Threshold(value, far, source, float(np.mean(scores[labels] <= value)), score_norm,
+                              **self.cohort_record(score_norm, cohort_size))
         self.set_threshold(threshold)
         return threshold
+
+    def cohort_record(self, score_norm: str, cohort_size: int) -> dict:
+        """What a threshold of ``score_norm`` scores holds for: with AS-norm, the cohort and its size used."""
+        if score_norm != "asnorm":
+            return {}
+        return {"cohort_size": cohort_size, "cohort": self.cohort_digest()}
+
+    def stored_threshold(self, score_norm: str, cohort_size: int) -> float | None:
+        """The database's threshold, when it was set for these scores; an error naming what differs otherwise."""
+        stored = self.threshold()
+        if stored is None:
+            return None
+        words = {"none": "plain cosine", "asnorm": "AS-norm"}
+        advice = "or set a threshold for these scores (--far or --threshold)"
+        if stored.score_norm != score_norm:
+            raise SpeakerNetError(f"{self.path}: its threshold was set on {words[stored.score_norm]} scores, and "
+                                  f"these are {words[score_norm]} ones: identify with --score_norm "
+                                  f"{stored.score_norm}, {advice}")
+        if score_norm == "asnorm" and stored.cohort_size not in (None, cohort_size):
+            raise SpeakerNetError(f"{self.path}: its threshold was set on AS-norm scores over the top "
+                                  f"{stored.cohort_size} cohort speakers, and these use {cohort_size}: identify with "
+                                  f"--cohort_size {stored.cohort_size}, {advice}")
+        if score_norm == "asnorm" and stored.cohort not in (None, self.cohort_digest()):
+            raise SpeakerNetError(f"{self.path}: its cohort was replaced after its AS-norm threshold was set: the "
+                                  f"threshold does not hold for the new cohort's scores; {advice}")
+        return stored.value
 
     def identify(self, files: list[str], top_k: int = 5, threshold: float | None = None, score_norm: str = "none",
                  cohort_size: int = 200) -> list[Identification]:
@@ -388,14 +427,8 @@ class SpeakerDB:
         speakers, means = self.matrix()
         if not speakers:
             raise SpeakerNetError(f"{self.path}: no speaker is enrolled")
-        stored = self.threshold()
-        if threshold is None and stored is not None:
-            if stored.score_norm != score_norm:
-                words = {"none": "plain cosine", "asnorm": "AS-norm"}
-                raise SpeakerNetError(f"{self.path}: its threshold was set on {words[stored.score_norm]} scores, and "
-                                      f"these are {words[score_norm]} ones: identify with --score_norm "
-                                      f"{stored.score_norm}, or set a threshold for these (--far or --threshold)")
-            threshold = stored.value
+        if threshold is None:
+            threshold = self.stored_threshold(score_norm, cohort_size)
         scores = self.scoring(score_norm, cohort_size).against(vectors, means)
         top = torch.topk(scores, min(top_k, len(speakers)), dim=1)
         calibration = self._calibration(score_norm, cohort_size)

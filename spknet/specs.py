@@ -31,9 +31,14 @@ FLAG_NAMES = {"per_speaker": "nPerSpeaker", "classes": "nSpeakers", "loader_work
               "c_miss": "dcf_c_miss", "c_fa": "dcf_c_fa"}
 
 
+def flag_destination(field_name: str) -> str:
+    """The argparse destination of a spec field's flag (``classes`` is ``nSpeakers``)."""
+    return FLAG_NAMES.get(field_name, field_name)
+
+
 def flag_name(field_name: str) -> str:
     """The command line's flag of a spec field (``classes`` is ``--nSpeakers``)."""
-    return f"--{FLAG_NAMES.get(field_name, field_name)}"
+    return f"--{flag_destination(field_name)}"
 
 
 def field_default(spec_class, name: str):

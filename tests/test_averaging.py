@@ -14,7 +14,7 @@ import trainSpeakerNet
 from spknet import checkpoints
 from spknet.errors import SpeakerNetError
 from spknet.identity import run_differences
-from spknet.specs import FLAG_NAMES, TrainingSpec
+from spknet.specs import TrainingSpec, flag_destination
 from spknet.training.run import run_identity
 from spknet.training.trainer import ModelTrainer
 from tests.helpers import run_cli, saved_run_checkpoint
@@ -162,7 +162,7 @@ def test_runs_that_differ_in_one_model_option_are_refused_naming_it_and_both_val
 def schema_1(run: dict) -> dict:
     """The entry that the code before the specs saved for the same run: the command line's flags, flat (a flag it
     had and schema 2 does not record, ``--preset``; none for what it did not have, ``--train_shards``)."""
-    options = {FLAG_NAMES.get(key, key): value for key, value in run["options"].items() if key != "train_shards"}
+    options = {flag_destination(key): value for key, value in run["options"].items() if key != "train_shards"}
     return {"options": {**options, **run["model"], "preset": None}, "lists": run["lists"]}
 
 

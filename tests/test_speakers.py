@@ -189,6 +189,34 @@ def test_asnorm_uses_the_stored_cohort(embedder, speakers_of, tmp_path):
         assert answer.candidates[0].score == pytest.approx(float(expected), rel=1e-3)   # near-equal random embeddings
 
 
+def test_an_asnorm_threshold_holds_for_its_cohort_and_cohort_size(embedder, speakers_of, tmp_path):
+    """A threshold of AS-norm scores is kept with the cohort and the number of its speakers each side keeps:
+    identification with another --cohort_size, or after the cohort was replaced, is refused naming what changed."""
+    chosen = names(speakers_of, 8)
+    with SpeakerDB(tmp_path / "s.db", embedder, create=True) as db:
+        db.set_cohort({name: speakers_of[name][:2] for name in chosen[2:6]})
+        db.enroll(chosen[0], speakers_of[chosen[0]][:2])
+        enroll = [speakers_of[chosen[0]][2], speakers_of[chosen[1]][0], speakers_of[chosen[0]][3]]
+        test = [speakers_of[chosen[0]][4], speakers_of[chosen[0]][5], speakers_of[chosen[1]][1]]
+        stored = db.threshold_from_trials(enroll, test, [1, 0, 0], far=0.5, source="dev", score_norm="asnorm",
+                                          cohort_size=3)
+        assert (stored.cohort_size, stored.cohort) == (3, db.cohort_digest())
+        probe = db.embed(speakers_of[chosen[0]][1:2])
+        (answer,) = db.identify_vectors(["probe"], probe, score_norm="asnorm", cohort_size=3)
+        assert answer.threshold == stored.value
+        with pytest.raises(SpeakerNetError, match="over the top 3 cohort speakers, and these use 2: identify with "
+                                                  "--cohort_size 3"):
+            db.identify_vectors(["probe"], probe, score_norm="asnorm", cohort_size=2)
+        db.set_cohort({name: speakers_of[name][:2] for name in chosen[4:8]})
+        with pytest.raises(SpeakerNetError, match="its cohort was replaced after its AS-norm threshold was set"):
+            db.identify_vectors(["probe"], probe, score_norm="asnorm", cohort_size=3)
+        (given,) = db.identify_vectors(["probe"], probe, threshold=0.5, score_norm="asnorm", cohort_size=2)
+        assert given.threshold == 0.5                           # a threshold given with the call is not checked
+        db.set_threshold(Threshold(stored.value, score_norm="asnorm"))       # a database from before the record
+        (old,) = db.identify_vectors(["probe"], probe, score_norm="asnorm", cohort_size=2)
+        assert old.threshold == stored.value
+
+
 def test_another_models_database_is_refused(embedder, speakers_of, tmp_path, capsys, random_checkpoint):
     (alice,) = names(speakers_of, 1)
     db_path = tmp_path / "speakers.db"
