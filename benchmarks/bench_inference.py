@@ -50,7 +50,7 @@ from spknet.model import SpeakerNet
 # WeSpeaker's single-thread RTFs (runtime/onnxruntime/README.md: onnxruntime, num_threads 1, SamplesPerChunk 80000,
 # an Intel Xeon Platinum 8160 at 2.10 GHz), by our network names at the same configurations.
 WESPEAKER_RTF = {"ECAPA_TDNN": 0.018, "ResNet34": 0.061, "ResNet152": 0.179, "ResNet221": 0.268,
-                 "ResNet293": 0.364, "CAMPPlus": 0.023}
+                 "ResNet293": 0.364, "CAMPPlus": 0.023, "ECAPA_TDNN_GLOB_c512": 0.018, "ECAPA_TDNN_GLOB_c1024": 0.042}
 RTF_SECONDS = 5.0
 
 

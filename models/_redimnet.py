@@ -333,25 +333,45 @@ def main_model(config: str, nOut: int, encoder_type: str, n_mels: int | None, lo
                     frontend=make_frontend(frontend, n_mels, window, log_input=log_input))
 
 
+def read_sizes(state: dict) -> dict | None:
+    """``nOut``, ``n_mels`` and ``channels`` of a WeSpeaker ReDimNet state dict, read from its stem, its first
+    stage's input weights and its embedding layer; None when those keys are missing or misshapen."""
+    try:
+        channels = state["backbone.stem.0.weight"].shape[0]
+        return {"nOut": state["seg_1.weight"].shape[0], "n_mels": state["backbone.inputs_weights.1"].shape[2] //
+                channels, "channels": channels}
+    except (KeyError, IndexError, AttributeError):
+        return None
+
+
+def stage_count(state: dict) -> int:
+    """How many stages (``backbone.stage<i>.*``) a ReDimNet state dict holds."""
+    indices = [int(key.split(".")[1][len("stage"):]) for key in state
+               if key.startswith("backbone.stage") and key.split(".")[1][len("stage"):].isdigit()]
+    return 1 + max(indices, default=-1)
+
+
+def distances(state: dict, sizes: dict) -> dict[str, int]:
+    """Each configuration with the state dict's number of stages, built at ``sizes`` -> how many of its keys are
+    missing from the state dict, unused by it or of another shape (0: the state dict is that configuration)."""
+    found, stages = {key: tuple(value.shape) for key, value in state.items()}, stage_count(state)
+    out = {}
+    for config, setup in CONFIGS.items():
+        if len(setup["stages"]) != stages:
+            continue
+        try:
+            own = ReDimNet(config, **sizes).state_dict()
+        except (SpeakerNetError, ValueError, RuntimeError):
+            continue
+        out[config] = len(set(own) ^ set(found)) + sum(tuple(own[key].shape) != found[key]
+                                                       for key in set(own) & set(found))
+    return out
+
+
 def identify(state: dict) -> dict | None:
     """Which configuration a WeSpeaker ReDimNet state dict (keys ``backbone.*``, ``pool.*``, ``seg_1.*``, no
     ``projection.*``) is: ``{"model": "ReDimNetB<k>", "nOut", "n_mels", "channels"}`` when its keys and shapes are
     exactly one configuration's at some C and bands; None otherwise (for an importer to name what does not fit)."""
-    try:
-        channels = state["backbone.stem.0.weight"].shape[0]
-        n_mels = state["backbone.inputs_weights.1"].shape[2] // channels
-        n_out = state["seg_1.weight"].shape[0]
-    except (KeyError, IndexError, AttributeError):
-        return None
-    shapes = {key: tuple(value.shape) for key, value in state.items()}
-    for config, setup in CONFIGS.items():
-        if f"backbone.stage{len(setup['stages']) - 1}.0.weight" not in state or \
-                f"backbone.stage{len(setup['stages'])}.0.weight" in state:
-            continue
-        try:
-            candidate = ReDimNet(config, nOut=n_out, n_mels=n_mels, channels=channels)
-        except (SpeakerNetError, ValueError, RuntimeError):
-            continue
-        if {key: tuple(value.shape) for key, value in candidate.state_dict().items()} == shapes:
-            return {"model": f"ReDimNet{config}", "nOut": n_out, "n_mels": n_mels, "channels": channels}
-    return None
+    sizes = read_sizes(state)
+    exact = [config for config, distance in distances(state, sizes).items() if distance == 0] if sizes else []
+    return {"model": f"ReDimNet{exact[0]}", **sizes} if exact else None

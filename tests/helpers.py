@@ -1,4 +1,6 @@
-"""Shared test helpers: the repository's fixture files, importing scripts by path, and running the CLI."""
+"""Shared test helpers: the repository's fixture files, importing scripts by path, running the CLI, and the small
+pieces several test modules use (wav writers, the original's crop arithmetic, a fixed random source, a trainer
+whose loss turns NaN). The other toolkits' code as test oracles is tests/oracles.py."""
 
 import os
 import socket
@@ -172,3 +174,102 @@ def assert_export_agrees(run, reference, lengths=(8000, 16000, 37000), batch: in
         assert cosine >= least_cosine, f"{samples} samples: cosine {cosine:.8f}"
         if most_relative is not None:
             assert relative(got, expected) <= most_relative, f"{samples} samples: {relative(got, expected):.2e}"
+
+
+def write_wav(path, samples, rate: int = 16000, channels: int = 1) -> str:
+    """A 16-bit wav of ``samples`` (cast to int16 as they are), the same samples in each of ``channels``."""
+    import numpy as np
+    import soundfile
+
+    data = np.asarray(samples, dtype=np.int16)
+    if channels > 1:
+        data = np.stack([data] * channels, axis=1)
+    soundfile.write(path, data, rate, subtype="PCM_16")
+    return str(path)
+
+
+def write_audio(path, samples, subtype: str = "PCM_16", rate: int = 16000) -> str:
+    """A mono file of ``samples`` (its folders made): 16-bit samples clipped to int16's range, or ``samples`` as they
+    are for another ``subtype`` (``FLOAT``)."""
+    import numpy as np
+    import soundfile
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = np.clip(samples, -32767, 32767).astype(np.int16) if subtype == "PCM_16" else samples
+    soundfile.write(path, data, rate, subtype=subtype)
+    return str(path)
+
+
+def make_folders(root, seed=0):
+    """musan/{noise,speech,music} (lengths from 0.3 s, shorter than a crop, to 4 s) and rirs/ with a delta RIR."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    musan, rirs = root / "musan", root / "rirs"
+    for category, count in (("noise", 3), ("speech", 8), ("music", 2)):
+        for index in range(count):
+            seconds = 0.3 if index == 0 else rng.uniform(1.0, 4.0)
+            write_audio(musan / category / "src" / f"{category}{index}" / "00000.wav",
+                        rng.standard_normal(int(seconds * 16000)) * rng.uniform(500, 5000))
+    decay = np.exp(-np.arange(3000) / 400.0)
+    write_audio(rirs / "medium" / "Room001" / "decay.wav", rng.standard_normal(3000) * decay * 0.5, subtype="FLOAT")
+    delta = np.zeros(500)
+    delta[0] = 0.5
+    write_audio(root / "delta" / "delta.wav", delta, subtype="FLOAT")
+    return str(musan), str(rirs), str(root / "delta")
+
+
+def original_loadwav(audio, max_frames, evalmode, num_eval=10, random_value=0.0):
+    """The original's algorithm on an in-memory int16 array (reference for the crop arithmetic)."""
+    import numpy as np
+
+    max_audio = max_frames * 160 + 240
+    audio = audio.astype(np.float64)
+    if audio.shape[0] <= max_audio:
+        shortage = int(np.floor((max_audio - audio.shape[0] + 1) / 2))
+        audio = np.pad(audio, (shortage, shortage), "constant", constant_values=0)
+    if evalmode:
+        starts = np.linspace(0, audio.shape[0] - max_audio, num=num_eval)
+    else:
+        starts = np.array([np.int64(random_value * (audio.shape[0] - max_audio))])
+    if evalmode and max_frames == 0:
+        return audio[None]
+    return np.stack([audio[int(s):int(s) + max_audio] for s in starts])
+
+
+class FixedRandom:
+    """A random source whose ``random()`` is always ``value``: the crop a loader draws, chosen."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def random(self):
+        return self.value
+
+
+class FakeLoader(list):
+    """Batches without audio."""
+
+
+def nan_trainer(bad_steps):
+    """A ModelTrainer of a small ResNetSE34L (mp_balance, 4 speakers, SGD at lr 0.1) whose loss is NaN on the steps
+    numbered (from 1) in ``bad_steps``, and a :class:`FakeLoader` of 8 batches for it."""
+    import torch
+
+    from spknet.model import SpeakerNet
+    from spknet.specs import TrainingSpec
+    from spknet.training.trainer import ModelTrainer
+
+    net = SpeakerNet.build(model="ResNetSE34L", trainfunc="mp_balance", nOut=16, nSpeakers=4)
+    trainer = ModelTrainer(net, torch.device("cpu"), TrainingSpec(optimizer="sgd", scheduler="plateau", lr=0.1))
+    real_forward = net.forward
+    calls = {"n": 0}
+
+    def forward(waves, labels, groups):
+        loss, accuracy = real_forward(waves, labels, groups)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] in bad_steps else loss), accuracy
+
+    net.forward = forward
+    batch = (torch.randn(8, 1000) * 1000, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]), torch.tensor([2, 2, 2, 2]))
+    return trainer, FakeLoader([batch] * 8)

@@ -13,34 +13,10 @@ from benchmarks import bench_loader as bench
 from spknet.data import augment, load_wav, max_audio_samples, read_train_list
 from spknet.data.augment import AUGMENT_TYPES, Augmenter, NoiseDraw, power_db
 from spknet.errors import SpeakerNetError
-from tests.helpers import run_cli
+from tests.helpers import make_folders, run_cli, write_audio
 
 FRAMES = 50
 LENGTH = max_audio_samples(FRAMES)          # 8240 samples
-
-
-def write(path, samples, subtype="PCM_16", rate=16000):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    data = np.clip(samples, -32767, 32767).astype(np.int16) if subtype == "PCM_16" else samples
-    sf.write(path, data, rate, subtype=subtype)
-    return str(path)
-
-
-def make_folders(root, seed=0):
-    """musan/{noise,speech,music} (lengths from 0.3 s, shorter than a crop, to 4 s) and rirs/ with a delta RIR."""
-    rng = np.random.default_rng(seed)
-    musan, rirs = root / "musan", root / "rirs"
-    for category, count in (("noise", 3), ("speech", 8), ("music", 2)):
-        for index in range(count):
-            seconds = 0.3 if index == 0 else rng.uniform(1.0, 4.0)
-            write(musan / category / "src" / f"{category}{index}" / "00000.wav",
-                  rng.standard_normal(int(seconds * 16000)) * rng.uniform(500, 5000))
-    decay = np.exp(-np.arange(3000) / 400.0)
-    write(rirs / "medium" / "Room001" / "decay.wav", rng.standard_normal(3000) * decay * 0.5, subtype="FLOAT")
-    delta = np.zeros(500)
-    delta[0] = 0.5
-    write(root / "delta" / "delta.wav", delta, subtype="FLOAT")
-    return str(musan), str(rirs), str(root / "delta")
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +100,7 @@ def test_types_are_drawn_uniformly_and_runs_are_deterministic(augmenter):
 
 
 def test_noise_and_training_crops_read_only_their_bytes(tmp_path, augmenter):
-    long_file = write(tmp_path / "long.wav", np.random.default_rng(0).standard_normal(16000 * 30) * 1000)
+    long_file = write_audio(tmp_path / "long.wav", np.random.default_rng(0).standard_normal(16000 * 30) * 1000)
     with bench.counting_reads() as counter:
         augment.read_noise_crop(long_file, LENGTH, np.random.default_rng(0))
         noise_bytes = counter.bytes
@@ -135,7 +111,7 @@ def test_noise_and_training_crops_read_only_their_bytes(tmp_path, augmenter):
 
 
 def test_bench_loader_counts_bytes(tmp_path):
-    files = [write(tmp_path / f"{i}.wav", np.ones(16000 * (5 + i))) for i in range(3)]
+    files = [write_audio(tmp_path / f"{i}.wav", np.ones(16000 * (5 + i))) for i in range(3)]
     got = bench.bytes_per_crop(files, FRAMES)
     assert got["partial"]["max"] <= 1.2 and got["whole"]["mean"] > 5
 
@@ -150,7 +126,7 @@ def test_missing_or_empty_folders_are_clear_errors(tmp_path, folders, case):
     elif case in ("no_category", "empty_category"):
         musan = str(tmp_path / "musan")
         for category in ("noise", "music"):
-            write(tmp_path / "musan" / category / "a.wav", np.ones(1000))
+            write_audio(tmp_path / "musan" / category / "a.wav", np.ones(1000))
         if case == "empty_category":
             (tmp_path / "musan" / "speech").mkdir()
     elif case == "no_rirs":
@@ -170,7 +146,7 @@ def test_a_noise_file_at_another_rate_with_two_channels_is_read_at_16_khz_mono(t
     """The one reader: 8-kHz stereo noise is mixed down and resampled, and the crop is the matching window."""
     import torchaudio
     stereo = np.random.default_rng(3).uniform(-8000, 8000, (4000, 2))
-    path = write(tmp_path / "noise.wav", stereo, rate=8000)
+    path = write_audio(tmp_path / "noise.wav", stereo, rate=8000)
     pcm = np.clip(stereo, -32767, 32767).astype(np.int16).astype(np.float32)
     expected = torchaudio.functional.resample(torch.from_numpy(pcm.mean(axis=1)), 8000, 16000).numpy()
     start = int(np.random.default_rng(5).integers(0, expected.shape[0] - 6000 + 1))

@@ -7,38 +7,7 @@ import soundfile as sf
 from spknet.data import GroupBatchSampler, check_files_exist, load_wav, max_audio_samples, read_train_list
 from spknet.errors import SpeakerNetError
 from spknet.evaluation import read_trial_list
-
-
-def write_wav(path, samples, rate=16000, channels=1):
-    data = np.asarray(samples, dtype=np.int16)
-    if channels > 1:
-        data = np.stack([data] * channels, axis=1)
-    sf.write(path, data, rate, subtype="PCM_16")
-    return str(path)
-
-
-def original_loadwav(audio, max_frames, evalmode, num_eval=10, random_value=0.0):
-    """The original's algorithm on an in-memory int16 array (reference for the crop arithmetic)."""
-    max_audio = max_frames * 160 + 240
-    audio = audio.astype(np.float64)
-    if audio.shape[0] <= max_audio:
-        shortage = int(np.floor((max_audio - audio.shape[0] + 1) / 2))
-        audio = np.pad(audio, (shortage, shortage), "constant", constant_values=0)
-    if evalmode:
-        starts = np.linspace(0, audio.shape[0] - max_audio, num=num_eval)
-    else:
-        starts = np.array([np.int64(random_value * (audio.shape[0] - max_audio))])
-    if evalmode and max_frames == 0:
-        return audio[None]
-    return np.stack([audio[int(s):int(s) + max_audio] for s in starts])
-
-
-class FixedRandom:
-    def __init__(self, value):
-        self.value = value
-
-    def random(self):
-        return self.value
+from tests.helpers import FixedRandom, original_loadwav, write_wav
 
 
 @pytest.mark.parametrize("length", [3000, 16240, 16241, 50000])

@@ -18,7 +18,7 @@ from spknet.specs import LossSpec, ModelSpec, TrainingSpec
 from spknet.training.initial import load_initial_model
 from spknet.training.trainer import ModelTrainer
 from tests.helpers import saved_run_checkpoint
-from tests.test_import_wespeaker import wespeaker_config, wespeaker_layout_file
+from tests.oracles import wespeaker_config, wespeaker_layout_file
 
 SMALL = ["--model", "ResNetSE34L", "--nOut", "16", "--optimizer", "sgd", "--lr", "0.05"]
 

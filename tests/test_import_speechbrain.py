@@ -24,7 +24,7 @@ from spknet.errors import SpeakerNetError
 from spknet.importing import TOOLKITS, import_checkpoint
 from spknet.inference import load_embedder
 from tests.helpers import assert_export_agrees, exported_runner, forget_lazy_modules, relative
-from tests.test_import_wespeaker import randomise, speech_like
+from tests.oracles import count, randomise, speech_like
 
 PUBLISHED_PARAMETERS = 20_767_552        # SpeechBrain's ECAPA_TDNN with spkrec-ecapa-voxceleb's hyperparams
 SMALL_CHANNELS = 32                      # [32, 32, 32, 32, 96]: the published layout, narrow
@@ -135,10 +135,6 @@ def compare(out: str, wav: str, original) -> tuple[float, float]:
 # ----------------------------------------------------------------------------------------------------------------
 # The network
 # ----------------------------------------------------------------------------------------------------------------
-
-def count(module: torch.nn.Module) -> int:
-    return sum(parameter.numel() for parameter in module.parameters())
-
 
 def test_the_published_configuration_has_speechbrains_parameter_count():
     network = plugins.load("models", "ECAPA_TDNN_SB")()

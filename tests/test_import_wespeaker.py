@@ -8,292 +8,41 @@ toolkit's own feature code, is compared with the embedding ``load_embedder`` giv
 whole file and for each of ``--eval_frames``' crops. Both packages are installed without their dependencies
 (pyproject.toml's ``oracles`` extra, with ``pip install --no-deps``: WeSpeaker's pull s3prl, whisper, silero-vad,
 umap and hdbscan; pyannote's Lightning, pyannote.database, torchcodec and more), and only the modules the models
-need are loaded (:func:`wespeaker_module`, :func:`pyannote_models`); the tests that need them skip where they are
-absent.
+need are loaded (tests/oracles.py's ``wespeaker_module`` and ``pyannote_models``, beside the builders and savers
+these tests use); the tests that need them skip where they are absent.
 """
 
 import ast
-import importlib
-import importlib.machinery
-import importlib.util
 import inspect
 import os
 import re
 import sys
 import types
-from dataclasses import dataclass
-from enum import Enum
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile
 import torch
-import torchaudio.compliance.kaldi as kaldi
 import yaml
 
 import inference
 from spknet.checkpoints import read_checkpoint
-from spknet.errors import SpeakerNetError
 from spknet.importing import TOOLKITS, import_checkpoint
 from spknet.inference import load_embedder
-from tests.helpers import assert_export_agrees, eval_output, exported_runner, oracle_module, relative
-
-SECONDS = 1.5
-EVAL_FRAMES = 50            # ten crops of 0.5 s
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The originals, loaded from their packages without the packages' heavy imports
-# ----------------------------------------------------------------------------------------------------------------
-
-def _namespace(name: str, folder: str) -> None:
-    """Register ``name`` as a package of ``folder`` without running its ``__init__.py``."""
-    if name not in sys.modules:
-        package = types.ModuleType(name)
-        package.__path__ = [folder]
-        package.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
-        package.__spec__.submodule_search_locations = [folder]
-        sys.modules[name] = package
-
-
-def wespeaker_module(name: str):
-    """``wespeaker.<name>`` from wespeaker-unofficial (its ``wespeaker/__init__.py`` imports the CLI, which needs
-    silero-vad, kaldiio, s3prl, ...: skipped); the test skips when the package is absent."""
-    return oracle_module("wespeaker", name)
-
-
-def wespeaker_features(wave: torch.Tensor, bins: int = 80) -> torch.Tensor:
-    """WeSpeaker's features of a float waveform in [-1, 1], ``(1, frames, bins)``: its ``processor.compute_fbank``
-    (``waveform * (1 << 15)``, ``kaldi.fbank`` with a Hamming window, no energy) with the ``dither 0`` that
-    ``wespeaker/bin/extract.py`` sets, then its batch ``apply_cmvn`` (``dataset_utils.py``: the mean over frames
-    subtracted). wespeaker-unofficial does not ship wespeaker/dataset/, so its two functions are these lines."""
-    mat = kaldi.fbank(wave.unsqueeze(0) * (1 << 15), num_mel_bins=bins, frame_length=25, frame_shift=10, dither=0.0,
-                      sample_frequency=16000, window_type="hamming", use_energy=False)
-    feats = mat.unsqueeze(0)
-    return feats - torch.mean(feats, dim=1, keepdim=True)
-
-
-class _StubModel(torch.nn.Module):
-    """What pyannote's ``WeSpeakerResNet*`` need of ``pyannote.audio.core.model.Model`` (a LightningModule, not
-    installed): ``save_hyperparameters`` of the named arguments and ``on_save_checkpoint`` as pyannote 3.1 wrote it
-    (the published checkpoints' ``versions`` carry torch's ``TorchVersion`` too)."""
-
-    def __init__(self, sample_rate: int = 16000, num_channels: int = 1, task=None):
-        super().__init__()
-
-    def save_hyperparameters(self, *names):
-        caller = inspect.currentframe().f_back.f_locals
-        self.hparams = SimpleNamespace(**{name: caller[name] for name in names})
-
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["pyannote.audio"] = {
-            "versions": {"torch": torch.__version__, "pyannote.audio": "3.1.0"},
-            "architecture": {"module": self.__class__.__module__, "class": self.__class__.__name__},
-            "specifications": self.specifications}
-
-
-def _task_module() -> types.ModuleType:
-    """``pyannote.audio.core.task``'s ``Problem``, ``Resolution`` and ``Specifications`` under their own names (so a
-    checkpoint pickles them as pyannote's do); the real module needs Lightning and pyannote.database."""
-    module = types.ModuleType("pyannote.audio.core.task")
-
-    class Problem(Enum):
-        BINARY_CLASSIFICATION = 0
-        MONO_LABEL_CLASSIFICATION = 1
-        MULTI_LABEL_CLASSIFICATION = 2
-        REPRESENTATION = 3
-        REGRESSION = 4
-
-    class Resolution(Enum):
-        FRAME = 1
-        CHUNK = 2
-
-    @dataclass
-    class Specifications:
-        problem: Problem
-        resolution: Resolution
-        duration: float
-        min_duration: float | None = None
-        warm_up: tuple | None = (0.0, 0.0)
-        classes: list | None = None
-        powerset_max_classes: int | None = None
-        permutation_invariant: bool = False
-
-    for item in (Problem, Resolution, Specifications):
-        item.__module__, item.__qualname__ = module.__name__, item.__name__
-        setattr(module, item.__name__, item)
-    module.Task = object
-    return module
-
-
-def pyannote_models():
-    """pyannote's ``pyannote.audio.models.embedding.wespeaker`` module, its code as published, with Lightning's
-    ``Model`` stubbed (:class:`_StubModel`) and its package ``__init__``s skipped; the test skips without
-    pyannote-audio or einops."""
-    spec = importlib.util.find_spec("pyannote")
-    audio = None if spec is None else os.path.join(spec.submodule_search_locations[0], "audio")
-    if audio is None or not os.path.isdir(audio) or importlib.util.find_spec("einops") is None:
-        pytest.skip("pyannote-audio and einops are not installed (pip install --no-deps pyannote-audio==4.0.7 "
-                    "einops==0.8.2)")
-    for name in ("", ".core", ".models", ".models.embedding", ".models.blocks", ".utils"):
-        _namespace(f"pyannote.audio{name}", os.path.join(audio, *name.split(".")[1:]))
-    sys.modules.setdefault("pyannote.audio.core.model", types.SimpleNamespace(Model=_StubModel))
-    sys.modules.setdefault("pyannote.audio.core.task", _task_module())
-    return importlib.import_module("pyannote.audio.models.embedding.wespeaker")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Helpers
-# ----------------------------------------------------------------------------------------------------------------
-
-def randomise(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Random weights and BatchNorm statistics (running means and variances too): no layer an identity."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-            if not tensor.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
-            elif name.endswith(("running_mean", "bias")):
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
-            elif tensor.dim() == 1:
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
-            else:
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) / tensor[0].numel() ** 0.5)
-    return model.eval()
-
-
-def speech_like(path, seconds: float = SECONDS, seed: int = 0) -> str:
-    """A 16-bit wav: a random walk (low frequencies) plus noise, nothing silent."""
-    rng = np.random.default_rng(seed)
-    samples = int(seconds * 16000)
-    audio = np.cumsum(rng.standard_normal(samples)) * 20 + rng.standard_normal(samples) * 800
-    soundfile.write(str(path), np.clip(audio, -32768, 32767).astype(np.int16), 16000, subtype="PCM_16")
-    return str(path)
-
-
-def compare(out: str, wav: str, original) -> tuple[float, float]:
-    """(whole file, crops) relative differences between ``load_embedder(out)`` and ``original(wave in [-1, 1])``
-    (one row per waveform of the batch it is given)."""
-    wave = torch.from_numpy(soundfile.read(wav, dtype="float32")[0])     # torchaudio.load's normalised samples
-    whole = load_embedder(out, device="cpu").embed(wav)
-    cropped = load_embedder(out, device="cpu", eval_frames=EVAL_FRAMES)
-    crops = torch.from_numpy(cropped.crops(wav)) / 32768                 # the same crops, in [-1, 1]
-    with torch.no_grad():
-        reference_whole, reference_crops = original(wave.unsqueeze(0)), original(crops)
-    return relative(whole, reference_whole), relative(cropped.embed(wav), reference_crops)
-
-
-def wespeaker_embedding(model, bins: int = 80):
-    """WeSpeaker's embedding of a batch of waveforms: features (``bins`` fbanks) per waveform, then
-    ``outputs[-1]`` as ``extract.py`` reads it."""
-    def embed(waves: torch.Tensor) -> torch.Tensor:
-        outputs = model(torch.cat([wespeaker_features(wave, bins) for wave in waves]))
-        return outputs[-1] if isinstance(outputs, tuple) else outputs
-    return embed
-
-
-def wespeaker_file(folder, name: str = "ResNet18", classes: int = 7, seed: int = 1) -> tuple[str, torch.nn.Module]:
-    """A WeSpeaker network with random weights, saved as ``wespeaker/utils/checkpoint.py``'s ``save_checkpoint``
-    saves it (``torch.save(model.state_dict(), path)``) with an arc-margin classifier ``projection.weight`` (the
-    file WeSpeaker trains); ResNet18 and ResNet50 at a narrow (8-channel) width, ResNet34, CAM++ and ReDimNet-B0
-    (60 fbanks, 192-d) as published."""
-    resnet = wespeaker_module("models.resnet")
-    builders = {
-        "ResNet18": lambda: resnet.ResNet(resnet.BasicBlock, [2, 2, 2, 2], m_channels=8, feat_dim=80, embed_dim=32),
-        "ResNet50": lambda: resnet.ResNet(resnet.Bottleneck, [3, 4, 6, 3], m_channels=8, feat_dim=80, embed_dim=32),
-        "ResNet34": lambda: resnet.ResNet34(feat_dim=80, embed_dim=256),         # as published: 32 channels
-        "CAMPPlus": lambda: wespeaker_module("models.campplus").CAMPPlus(feat_dim=80, embed_dim=512),
-        "ReDimNetB0": lambda: wespeaker_module("models.redimnet").ReDimNetB0(feat_dim=60, embed_dim=192),
-    }
-    torch.manual_seed(seed)
-    model = randomise(builders[name](), seed)
-    state = model.state_dict()
-    embed_dim = {"CAMPPlus": 512, "ResNet34": 256, "ReDimNetB0": 192}.get(name, 32)
-    state["projection.weight"] = torch.randn(classes, embed_dim)
-    path = os.path.join(str(folder), f"{name}.pt")
-    torch.save(state, path)
-    return path, model
-
-
-def wespeaker_config(folder, model: str = "ResNet18", **model_args) -> str:
-    """A WeSpeaker ``config.yaml`` as its recipes write it (the parts SpeakerNet reads)."""
-    args = {"feat_dim": 80, "embed_dim": 32, "pooling_func": "TSTP", "two_emb_layer": False, **model_args}
-    config = {"model": model, "model_args": args, "model_init": None,
-              "dataset_args": {"resample_rate": 16000, "fbank_args": {"num_mel_bins": args["feat_dim"],
-                                                                    "frame_shift": 10, "frame_length": 25,
-                                                                    "dither": 1.0}},
-              "projection_args": {"project_type": "arc_margin", "scale": 32.0}}
-    path = os.path.join(str(folder), "config.yaml")
-    with open(path, "w") as handle:
-        yaml.safe_dump(config, handle)
-    return path
-
-
-def layout_state(name: str = "ResNet18", seed: int = 1, **options) -> dict:
-    """A state dict in WeSpeaker's key layout without WeSpeaker's package: SpeakerNet's own network, whose keys and
-    shapes are WeSpeaker's (``tests/test_networks_wespeaker.py`` checks them against WeSpeaker's code), random."""
-    from spknet import plugins
-    torch.manual_seed(seed)
-    options = {"channels": 8, "nOut": 32, **options} if name.startswith("ResNet") else options
-    network = plugins.load("models", name)(frontend="kaldi_fbank", **options)
-    return dict(randomise(network, seed).state_dict())
-
-
-def wespeaker_layout_file(folder, classes: int = 7, name: str = "ResNet18") -> str:
-    """An ``avg_model.pt``-like file of an 8-channel ResNet18 (or ``name``: :func:`layout_state`) with
-    ``projection.weight``: for the tests of the import itself, which need no oracle."""
-    state = layout_state(name)
-    state["projection.weight"] = torch.randn(classes, state["seg_1.weight"].shape[0])
-    path = os.path.join(str(folder), f"{name}.pt")
-    torch.save(state, path)
-    return path
-
-
-def pyannote_checkpoint(state: dict, name: str = "WeSpeakerResNet34") -> dict:
-    """What pyannote's ``convert.py`` saves around a WeSpeaker ResNet's state dict (pyannote 3.1's
-    ``on_save_checkpoint``: versions with torch's ``TorchVersion``, the architecture, the ``Specifications``)."""
-    task = sys.modules.setdefault("pyannote.audio.core.task", _task_module())
-    specifications = task.Specifications(problem=task.Problem.REPRESENTATION, resolution=task.Resolution.CHUNK,
-                                         duration=5.0)
-    return {"state_dict": {f"resnet.{key}": value for key, value in state.items()},
-            "pyannote.audio": {"versions": {"torch": torch.__version__, "pyannote.audio": "3.1.0"},
-                               "architecture": {"module": "pyannote.audio.models.embedding.wespeaker",
-                                                "class": name},
-                               "specifications": specifications},
-            "pytorch-lightning_version": "2.1.3"}
-
-
-def pyannote_layout_file(folder) -> str:
-    """A ``pytorch_model.bin`` in pyannote's layout around an 8-channel ResNet34 (:func:`layout_state`), without
-    pyannote's package: for the tests of the import itself."""
-    path = os.path.join(str(folder), "pytorch_model.bin")
-    torch.save(pyannote_checkpoint(layout_state("ResNet34")), path)
-    return path
-
-
-def pyannote_file(folder, seed: int = 2) -> tuple[str, torch.nn.Module]:
-    """pyannote's ``WeSpeakerResNet34`` with random weights, its ``resnet`` at an 8-channel width, saved as
-    pyannote's ``convert.py`` saves it: ``{"state_dict": model.state_dict()}``, ``on_save_checkpoint``, the
-    Lightning version."""
-    wespeaker = pyannote_models()
-    model = wespeaker.WeSpeakerResNet34()
-    model.resnet = wespeaker.resnet.ResNet(wespeaker.resnet.BasicBlock, [3, 4, 6, 3], m_channels=8, feat_dim=80,
-                                           embed_dim=32, pooling_func="TSTP", two_emb_layer=False)
-    task = sys.modules["pyannote.audio.core.task"]
-    model.specifications = task.Specifications(problem=task.Problem.REPRESENTATION,
-                                               resolution=task.Resolution.CHUNK, duration=5.0)
-    torch.manual_seed(seed)
-    randomise(model, seed)
-    checkpoint = {"state_dict": model.state_dict()}
-    model.on_save_checkpoint(checkpoint)
-    checkpoint["pytorch-lightning_version"] = "2.1.3"
-    path = os.path.join(str(folder), "pytorch_model.bin")
-    torch.save(checkpoint, path)
-    return path, model
-
+from tests.helpers import assert_export_agrees, eval_output, exported_runner, relative
+from tests.oracles import (
+    compare,
+    pyannote_file,
+    pyannote_layout_file,
+    pyannote_models,
+    refused,
+    speech_like,
+    wespeaker_config,
+    wespeaker_embedding,
+    wespeaker_file,
+    wespeaker_layout_file,
+)
 
 # ----------------------------------------------------------------------------------------------------------------
 # The proof
@@ -390,15 +139,6 @@ def test_an_averaged_model_imports(tmp_path):
 # What a file that is not what --from says gives: one error naming the file and the key, nothing written
 # ----------------------------------------------------------------------------------------------------------------
 
-def refused(tmp_path, toolkit, path, match, config=None):
-    out = tmp_path / "never.model"
-    with pytest.raises(SpeakerNetError, match=match) as raised:
-        import_checkpoint(toolkit, str(path), str(out), config)
-    assert not out.exists() and not list(tmp_path.glob(".never.model.*"))
-    assert str(path) in str(raised.value) or (config and str(config) in str(raised.value))
-    return str(raised.value)
-
-
 def edited(tmp_path, edit) -> str:
     path = wespeaker_layout_file(tmp_path)
     state = torch.load(path, weights_only=True)
@@ -427,7 +167,7 @@ def test_a_misshapen_key_is_an_error_naming_it(tmp_path):
     ({"embed_dim": 256}, "says nOut 256, the file's key seg_1.weight"),
     ({"two_emb_layer": True}, "key model_args.two_emb_layer: True; SpeakerNet's ResNet18 computes False only"),
     ({"pooling_func": "ASTP"}, "key model_args.pooling_func: 'ASTP'"),
-    ({"model": "ECAPA_TDNN_GLOB_c512"}, "key model: 'ECAPA_TDNN_GLOB_c512' is not a WeSpeaker network")])
+    ({"model": "ERes2Net34_Base"}, "key model: 'ERes2Net34_Base' is not a WeSpeaker network")])
 def test_a_config_that_contradicts_the_weights_or_asks_for_more_is_an_error(tmp_path, config_args, match):
     path = wespeaker_layout_file(tmp_path)
     model = config_args.pop("model", "ResNet18")

@@ -10,12 +10,12 @@ import importlib.util
 
 import pytest
 import torch
-from torch import nn
 
 import SpeakerNet
 from spknet import plugins
 from spknet.errors import SpeakerNetError
 from tests.helpers import relative
+from tests.oracles import count, layout, randomise, speakerlab_class, threedspeaker_embedding
 
 HAS_SPEAKERLAB = importlib.util.find_spec("speakerlab") is not None
 needs_speakerlab = pytest.mark.skipif(not HAS_SPEAKERLAB, reason="speakerlab (the oracles extra) is not installed")
@@ -30,41 +30,6 @@ ORACLE_ARGS = {"ERes2NetV2": dict(feat_dim=80, embedding_size=192, baseWidth=26,
 SMALL = {"ERes2NetV2": ({"channels": 8, "n_mels": 24}, dict(m_channels=8, feat_dim=24)),
          "ERes2NetV2w24s4ep4": ({"channels": 8, "n_mels": 24}, dict(m_channels=8, feat_dim=24)),
          "CAMPPlus3D": ({"n_mels": 24}, dict(feat_dim=24))}
-
-
-def count(module: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in module.parameters())
-
-
-def layout(module: nn.Module) -> dict:
-    return {key: tuple(value.shape) for key, value in module.state_dict().items()}
-
-
-def randomise(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Random weights and BatchNorm statistics, so that no layer is an identity a bug could hide behind."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-            if tensor.dtype not in (torch.float32, torch.float64):
-                continue
-            if name.endswith("running_var"):
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
-            elif name.endswith(("running_mean", "bias")):
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
-            elif name.endswith("weight") and tensor.dim() == 1:
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
-            else:
-                fan_in = tensor[0].numel() if tensor.dim() > 1 else 1
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) / fan_in ** 0.5)
-    return model
-
-
-def oracle_class(name: str):
-    if name == "CAMPPlus3D":
-        from speakerlab.models.campplus.DTDNN import CAMPPlus
-        return CAMPPlus
-    from speakerlab.models.eres2net.ERes2NetV2 import ERes2NetV2
-    return ERes2NetV2
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +52,7 @@ def test_3dspeaker_voxceleb_campplus_is_512_d():
 @needs_speakerlab
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_same_counts_and_keys_as_speakerlab(published, name):
-    oracle = oracle_class(name)(**ORACLE_ARGS[name])
+    oracle = speakerlab_class(name)(**ORACLE_ARGS[name])
     assert count(oracle) == count(published[name]) == PUBLISHED[name]
     assert layout(published[name]) == layout(oracle)              # key for key, shape for shape, in order
     assert list(published[name].state_dict()) == list(oracle.state_dict())
@@ -96,7 +61,7 @@ def test_same_counts_and_keys_as_speakerlab(published, name):
 def max_difference(name: str, frames: int = 37) -> float:
     options, oracle_args = SMALL[name]
     torch.manual_seed(0)
-    oracle = randomise(oracle_class(name)(**{**ORACLE_ARGS[name], **oracle_args})).eval()
+    oracle = randomise(speakerlab_class(name)(**{**ORACLE_ARGS[name], **oracle_args})).eval()
     ours = plugins.load("models", name)(**options).eval()
     ours.load_state_dict(oracle.state_dict(), strict=True)
     features = torch.randn(3, options["n_mels"], frames, generator=torch.Generator().manual_seed(2)) * 2
@@ -118,7 +83,7 @@ def test_campplus3d_computes_3dspeakers_pooling_not_wespeakers():
     """With WeSpeaker's pooling (``sqrt(var + 1e-7)``) a randomly initialised CAM++ is off by far more than 1e-5:
     the reason for a 3D-Speaker plugin beside WeSpeaker's ``CAMPPlus``."""
     options, oracle_args = SMALL["CAMPPlus3D"]
-    oracle = randomise(oracle_class("CAMPPlus3D")(**{**ORACLE_ARGS["CAMPPlus3D"], **oracle_args})).eval()
+    oracle = randomise(speakerlab_class("CAMPPlus3D")(**{**ORACLE_ARGS["CAMPPlus3D"], **oracle_args})).eval()
     wespeakers = plugins.load("models", "CAMPPlus")(nOut=192, **options).eval()
     wespeakers.load_state_dict(oracle.state_dict(), strict=True)
     features = torch.randn(3, options["n_mels"], 37, generator=torch.Generator().manual_seed(2)) * 2
@@ -135,7 +100,7 @@ def test_waveform_embedding_is_speakerlabs_fbank_and_network(name):
 
     options, oracle_args = SMALL[name]
     options, oracle_args = {**options, "n_mels": 80}, {**oracle_args, "feat_dim": 80}
-    oracle = randomise(oracle_class(name)(**{**ORACLE_ARGS[name], **oracle_args})).eval()
+    oracle = randomise(speakerlab_class(name)(**{**ORACLE_ARGS[name], **oracle_args})).eval()
     ours = plugins.load("models", name)(**options).eval()
     ours.load_state_dict(oracle.state_dict(), strict=True)
     wave = torch.rand(1, 8000, generator=torch.Generator().manual_seed(4)) * 2 - 1
@@ -203,14 +168,6 @@ def speech_like_wave(path, seconds: float = 2.0, seed: int = 7):
     return torch.from_numpy(samples)
 
 
-def threedspeaker_embedding(oracle: nn.Module, samples: torch.Tensor) -> torch.Tensor:
-    """speakerlab/bin/infer_sv.py's compute_embedding: FBank(80, 16000, mean_nor=True), then the network."""
-    from speakerlab.process.processor import FBank
-
-    with torch.no_grad():
-        return oracle(FBank(80, sample_rate=16000, mean_nor=True)(samples.unsqueeze(0)).unsqueeze(0))[0]
-
-
 def three_d_speaker_config(path, **args) -> str:
     """A 3D-Speaker training config (conf/eres2netv2.yaml's model part, its <references> kept)."""
     import yaml
@@ -242,7 +199,7 @@ def test_import_gives_3dspeakers_embedding(tmp_path, name, args, selector, expec
     from spknet.importing import import_checkpoint
 
     torch.manual_seed(0)
-    oracle = randomise(oracle_class(name)(**args)).eval()
+    oracle = randomise(speakerlab_class(name)(**args)).eval()
     published = tmp_path / "pretrained.ckpt"
     torch.save(oracle.state_dict(), published)                   # 3D-Speaker's file: the bare state dict
     if selector == "yaml":
@@ -280,7 +237,7 @@ def test_a_config_that_contradicts_the_file_writes_nothing(tmp_path, selector, m
     from spknet.importing import import_checkpoint
 
     published = tmp_path / "campplus_cn_common.bin"
-    torch.save(oracle_class("CAMPPlus3D")(feat_dim=80, embedding_size=192).state_dict(), published)
+    torch.save(speakerlab_class("CAMPPlus3D")(feat_dim=80, embedding_size=192).state_dict(), published)
     out = tmp_path / "imported.model"
     with pytest.raises(SpeakerNetError, match=message):
         import_checkpoint("3dspeaker", str(published), str(out), config_path=selector)
@@ -306,7 +263,7 @@ def test_files_that_are_not_3dspeaker_models_are_named(tmp_path):
 def test_the_import_command_takes_a_model_id(tmp_path, capsys):
     import inference
 
-    oracle = randomise(oracle_class("ERes2NetV2")(**dict(ORACLE_ARGS["ERes2NetV2"], m_channels=8))).eval()
+    oracle = randomise(speakerlab_class("ERes2NetV2")(**dict(ORACLE_ARGS["ERes2NetV2"], m_channels=8))).eval()
     published = tmp_path / "pretrained_eres2netv2.ckpt"
     torch.save(oracle.state_dict(), published)
     out = tmp_path / "eres2netv2.model"

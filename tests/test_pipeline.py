@@ -10,7 +10,7 @@ from spknet import evaluation
 from spknet.checkpoints import load_model_state
 from spknet.data import ORIGINAL, AudioPipeline, TrainDataset, TrainList, load_wav, max_audio_samples
 from spknet.models.ResNetSE34L import MainModel
-from tests.test_data import FixedRandom, original_loadwav, write_wav
+from tests.helpers import FixedRandom, original_loadwav, write_wav
 from trainSpeakerNet import parse_args, spec_from_argv
 
 VOXCELEB_TRAINER = AudioPipeline(scale="float", pad="wrap")

@@ -11,6 +11,7 @@ import pytest
 import tqdm
 
 from spknet.progress import LOG_FILE_INTERVAL, progress_bar
+from tests.helpers import nan_trainer
 
 
 class Terminal(io.StringIO):
@@ -88,7 +89,6 @@ class TickingLoader(list):
 
 def test_the_training_bar_in_a_log_file_writes_no_line_per_step(capsys, clock):
     """The trainer sets loss and accuracy on its bar after every step; redirected, that is no line per step."""
-    from tests.test_robustness import nan_trainer
     trainer, loader = nan_trainer(bad_steps=set())
     trainer.train_network(TickingLoader(loader, clock), epoch=1, show_progress=True)
     out = capsys.readouterr().out

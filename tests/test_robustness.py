@@ -18,7 +18,7 @@ from spknet.lock import RunLock
 from spknet.model import SpeakerNet
 from spknet.specs import TrainingSpec
 from spknet.training.trainer import ModelTrainer
-from tests.helpers import REPO, SUBPROCESS_ENV, run_cli, start_held, wait_until
+from tests.helpers import REPO, SUBPROCESS_ENV, nan_trainer, run_cli, start_held, wait_until
 from trainSpeakerNet import parse_args
 
 FAST = ["--max_frames", "50", "--batch_size", "8", "--nDataLoaderThread", "0", "--model", "ResNetSE34L",
@@ -153,26 +153,6 @@ def test_sigkill_with_loader_workers_then_the_same_command_resumes_at_once(tiny_
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming after epoch 1" in resumed.stdout
     assert (save_path / "model" / "model000000002.model").is_file()
-
-
-class FakeLoader(list):
-    """Batches without audio."""
-
-
-def nan_trainer(bad_steps):
-    net = SpeakerNet.build(model="ResNetSE34L", trainfunc="mp_balance", nOut=16, nSpeakers=4)
-    trainer = ModelTrainer(net, torch.device("cpu"), TrainingSpec(optimizer="sgd", scheduler="plateau", lr=0.1))
-    real_forward = net.forward
-    calls = {"n": 0}
-
-    def forward(waves, labels, groups):
-        loss, accuracy = real_forward(waves, labels, groups)
-        calls["n"] += 1
-        return (loss * float("nan") if calls["n"] in bad_steps else loss), accuracy
-
-    net.forward = forward
-    batch = (torch.randn(8, 1000) * 1000, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]), torch.tensor([2, 2, 2, 2]))
-    return trainer, FakeLoader([batch] * 8)
 
 
 def test_non_finite_loss_skips_the_step_with_a_warning(logged):

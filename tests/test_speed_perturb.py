@@ -25,9 +25,7 @@ from spknet.data import (
 )
 from spknet.errors import SpeakerNetError
 from spknet.training.run import SPEED_FACTORS, training_classes, training_data
-from tests.helpers import run_cli
-from tests.test_augment import make_folders
-from tests.test_data import write_wav
+from tests.helpers import make_folders, run_cli, write_wav
 from trainSpeakerNet import spec_from_argv
 
 SPEEDS = SPEED_FACTORS

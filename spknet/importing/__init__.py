@@ -19,7 +19,8 @@ Every import then goes the same way (:func:`import_checkpoint`):
    --initial_model``, ``load_embedder`` and every ``inference.py`` command read as one of our own.
 
 Toolkits: ``wespeaker`` (``avg_model.pt``, a state dict as ``wespeaker/utils/checkpoint.py`` saves it, with its
-``config.yaml``: ResNet18-293 and CAM++), ``pyannote`` (``pytorch_model.bin``: WeSpeaker's ResNets re-packaged as
+``config.yaml``: ResNet18-293, CAM++, ReDimNet B0-B6 and the ECAPA-TDNNs ``ECAPA_TDNN[_GLOB]_c{512,1024}``),
+``pyannote`` (``pytorch_model.bin``: WeSpeaker's ResNets re-packaged as
 ``pyannote.audio.models.embedding.wespeaker.WeSpeakerResNet{34,152,221,293}``), ``3dspeaker`` (a bare state dict per
 model id: CAM++ and ERes2NetV2; ``--config`` is the model id, the network's name or its training config),
 ``speechbrain`` (``embedding_model.ckpt``, a state dict, with its ``hyperparams.yaml`` read as data: ECAPA-TDNN).

@@ -1,5 +1,5 @@
-"""The ``wespeaker`` and ``pyannote`` entries of :mod:`spknet.importing`: WeSpeaker's ResNets, CAM++ and ReDimNets,
-and pyannote's re-packaged WeSpeaker ResNets."""
+"""The ``wespeaker`` and ``pyannote`` entries of :mod:`spknet.importing`: WeSpeaker's ResNets, CAM++, ECAPA-TDNNs and
+ReDimNets, and pyannote's re-packaged WeSpeaker ResNets."""
 
 import os
 
@@ -8,8 +8,11 @@ import torch
 from spknet.errors import SpeakerNetError
 from spknet.importing.base import Imported, Toolkit, check_agrees, count_blocks, register, tensor_state
 from spknet.models._redimnet import CONFIGS as REDIMNET_CONFIGS
-from spknet.models._redimnet import ReDimNet
-from spknet.models._redimnet import identify as identify_redimnet
+from spknet.models._redimnet import distances as redimnet_distances
+from spknet.models._redimnet import read_sizes as redimnet_sizes
+from spknet.models._redimnet import stage_count as redimnet_stages
+from spknet.models._wespeaker_ecapa import AGGREGATED as ECAPA_AGGREGATED
+from spknet.models._wespeaker_ecapa import NETWORKS as ECAPA_NETWORKS
 from spknet.specs import ModelSpec
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -22,67 +25,100 @@ RESNET_DEPTHS = {18: (False, (2, 2, 2, 2)), 34: (False, (3, 4, 6, 3)), 50: (True
                  293: (True, (10, 20, 64, 3))}
 # WeSpeaker's ReDimNetB0() ... ReDimNetB6() (wespeaker/models/redimnet.py), SpeakerNet's plugins of the same names
 REDIMNETS = tuple(f"ReDimNet{config}" for config in REDIMNET_CONFIGS)
-WESPEAKER_MODELS = tuple(f"ResNet{depth}" for depth in RESNET_DEPTHS) + ("CAMPPlus",) + REDIMNETS
+# WeSpeaker's ECAPA_TDNN_c512 ... ECAPA_TDNN_GLOB_c1024 (wespeaker/models/ecapa_tdnn.py), plugins of the same names
+ECAPAS = tuple(ECAPA_NETWORKS)
+WESPEAKER_MODELS = tuple(f"ResNet{depth}" for depth in RESNET_DEPTHS) + ("CAMPPlus",) + ECAPAS + REDIMNETS
 # the model_args each supports, with the values SpeakerNet's network computes (None: any value, read as a spec field)
 WESPEAKER_ARGS = {
     "resnet": {"feat_dim": None, "embed_dim": None, "pooling_func": "TSTP", "two_emb_layer": False},
     "CAMPPlus": {"feat_dim": None, "embed_dim": None, "pooling_func": "TSTP", "growth_rate": 32, "bn_size": 4,
                  "init_channels": 128, "config_str": "batchnorm-relu"},
     "redimnet": {"feat_dim": None, "embed_dim": None, "pooling_func": "ASTP", "two_emb_layer": False},
+    "ecapa": {"feat_dim": None, "embed_dim": None, "pooling_func": None, "emb_bn": False},
 }
-# the pooling each computes, as SpeakerNet's encoder_type names it (WeSpeaker's ASTP with global context: ASP)
-WESPEAKER_POOLING = {"resnet": "TSTP", "CAMPPlus": "TSTP", "redimnet": "ASP"}
+# the pooling each computes, as SpeakerNet's encoder_type names it (WeSpeaker's ASTP, with or without global
+# context: ASP; the ECAPA's model name says which)
+WESPEAKER_POOLING = {"resnet": "TSTP", "CAMPPlus": "TSTP", "redimnet": "ASP", "ecapa": "ASP"}
 # the fbank and CMVN WeSpeaker evaluates with (wespeaker/bin/extract.py: dither 0, cmvn with norm_mean only)
 WESPEAKER_FBANK = {"frame_length": 25, "frame_shift": 10}
 WESPEAKER_HEAD = "projection."
 # where in the weights each option a config gives is read
 WESPEAKER_HINTS = {"model": "keys layer*/head.*/backbone.* (the network)",
                    "nOut": "key seg_1.weight / xvector.dense.*", "n_mels": "first layer's input width"}
+ECAPA_HINTS = {"model": "keys layer1.conv.weight (C) and pool.linear1.weight (GLOB: its input width)",
+               "nOut": "key linear.weight", "n_mels": "key layer1.conv.weight's input width",
+               "pooling_func": "keys pool.linear1.weight and pool.linear2.weight (ASTP's attention)"}
 AUDIO_SCALE = "int16"           # WeSpeaker scales float waveforms by 1 << 15 before its fbank: int16 samples
 
 
 def family(model: str) -> str:
     """The key of :data:`WESPEAKER_ARGS` and :data:`WESPEAKER_POOLING` for a WeSpeaker model name."""
-    return "CAMPPlus" if model == "CAMPPlus" else "redimnet" if model in REDIMNETS else "resnet"
+    if model == "CAMPPlus":
+        return "CAMPPlus"
+    return "redimnet" if model in REDIMNETS else "ecapa" if model in ECAPAS else "resnet"
 
 
 def nearest_redimnet(state: dict, path: str) -> dict:
-    """The ReDimNet configuration a state dict that is none exactly comes nearest to (the fewest keys missing,
-    unused or misshapen, among those with its number of stages), so that the strict load names the key at fault."""
+    """The ReDimNet configuration a state dict is, or else comes nearest to (the fewest keys missing, unused or
+    misshapen, among those with its number of stages), so that the strict load names the key at fault."""
     for key, dims in (("backbone.stem.0.weight", 4), ("backbone.inputs_weights.1", 4), ("seg_1.weight", 2)):
         if key not in state or state[key].dim() != dims:
             raise SpeakerNetError(f"{path}: key {key} of a WeSpeaker ReDimNet (keys backbone.*) is missing or "
                                   f"misshapen: its width, bands and embedding size are read there")
-    channels = state["backbone.stem.0.weight"].shape[0]
-    network = {"nOut": state["seg_1.weight"].shape[0], "channels": channels,
-               "n_mels": state["backbone.inputs_weights.1"].shape[2] // channels}
-    stages = count_blocks(state, "backbone.stage")
-    distances = {}
-    for config, setup in REDIMNET_CONFIGS.items():
-        if len(setup["stages"]) != stages:
-            continue
-        try:
-            own = ReDimNet(config, nOut=network["nOut"], n_mels=network["n_mels"], channels=channels).state_dict()
-        except (SpeakerNetError, ValueError, RuntimeError):
-            continue
-        distances[config] = len(set(own) ^ set(state)) + sum(
-            own[key].shape != state[key].shape for key in set(own) & set(state))
+    sizes = redimnet_sizes(state)
+    distances = redimnet_distances(state, sizes)
     if not distances:
-        raise SpeakerNetError(f"{path}: a WeSpeaker ReDimNet (keys backbone.*) with {stages} stages (keys "
-                              f"backbone.stage*), which none of {', '.join(REDIMNETS)} has at {channels} channels "
-                              f"and {network['n_mels']} bands")
-    return {"model": f"ReDimNet{min(distances, key=distances.get)}", **network}
+        raise SpeakerNetError(f"{path}: a WeSpeaker ReDimNet (keys backbone.*) with {redimnet_stages(state)} stages "
+                              f"(keys backbone.stage*), which none of {', '.join(REDIMNETS)} has at "
+                              f"{sizes['channels']} channels and {sizes['n_mels']} bands")
+    return {"model": f"ReDimNet{min(distances, key=distances.get)}", **sizes}
+
+
+def ecapa_shape(state: dict, path: str, key: str, dims: int) -> torch.Size:
+    """The shape of ``state[key]``, a tensor of ``dims`` dimensions, or an error naming the key."""
+    if key not in state or state[key].dim() != dims:
+        raise SpeakerNetError(f"{path}: key {key} of a WeSpeaker ECAPA-TDNN (keys layer1-4.*, pool.*) is missing or "
+                              f"misshapen: the network is read there")
+    return state[key].shape
+
+
+def wespeaker_ecapa(state: dict, path: str) -> dict:
+    """Which ECAPA-TDNN a WeSpeaker state dict with ``layer2.se_res2block.*`` is: C from the first conv's outputs
+    (512 or 1024), GLOB from the attention's input width (3 x 1536: the utterance's statistics beside each frame)."""
+    if "bn2.weight" in state:
+        raise SpeakerNetError(f"{path}: key bn2.weight: an ECAPA-TDNN with emb_bn True, which SpeakerNet does not "
+                              f"carry (WeSpeaker's published ECAPA-TDNNs have none)")
+    if "pool.linear1.weight" not in state:
+        raise SpeakerNetError(f"{path}: key pool.linear1.weight is missing: an ECAPA-TDNN whose pooling is not ASTP, "
+                              f"which SpeakerNet does not import (WeSpeaker's published ECAPA-TDNNs pool with ASTP)")
+    first = ecapa_shape(state, path, "layer1.conv.weight", 3)
+    attention_inputs = ecapa_shape(state, path, "pool.linear1.weight", 3)[1]
+    widths = {ECAPA_AGGREGATED: False, 3 * ECAPA_AGGREGATED: True}
+    if attention_inputs not in widths:
+        raise SpeakerNetError(f"{path}: key pool.linear1.weight takes {attention_inputs} channels; WeSpeaker's "
+                              f"ECAPA-TDNN's ASTP takes {ECAPA_AGGREGATED} ({3 * ECAPA_AGGREGATED} with global "
+                              f"context)")
+    found = (first[0], widths[attention_inputs])
+    model = next((name for name, layout in ECAPA_NETWORKS.items() if layout == found), None)
+    if model is None:
+        raise SpeakerNetError(f"{path}: key layer1.conv.weight: an ECAPA-TDNN of {first[0]} channels, which none of "
+                              f"{', '.join(ECAPAS)} has (512 or 1024)")
+    return {"model": model, "nOut": ecapa_shape(state, path, "linear.weight", 2)[0], "n_mels": first[1],
+            "pooling_func": "ASTP"}
 
 
 def wespeaker_network(state: dict, path: str) -> dict:
     """What the keys and shapes of a WeSpeaker state dict say: ``model``, ``nOut``, ``n_mels`` (and ``channels``
-    for a ResNet or a ReDimNet); an error for a network SpeakerNet does not have."""
+    for a ResNet or a ReDimNet, ``pooling_func`` for an ECAPA-TDNN); an error for a network SpeakerNet does not
+    have."""
     if "seg_2.weight" in state and ("conv1.weight" in state or "backbone.stem.0.weight" in state):
         kind = "ResNet" if "conv1.weight" in state else "ReDimNet"
         raise SpeakerNetError(f"{path}: key seg_2.weight: a {kind} with two_emb_layer True, which SpeakerNet does "
                               f"not carry (WeSpeaker's published {kind}s have one embedding layer)")
     if "backbone.stem.0.weight" in state:
-        return identify_redimnet(state) or nearest_redimnet(state, path)
+        return nearest_redimnet(state, path)
+    if "layer2.se_res2block.0.conv.weight" in state:
+        return wespeaker_ecapa(state, path)
     if "conv1.weight" in state and "seg_1.weight" in state:
         bottleneck = "layer1.0.conv3.weight" in state
         layout = (bottleneck, tuple(count_blocks(state, f"layer{stage}.") for stage in (1, 2, 3, 4)))
@@ -103,8 +139,9 @@ def wespeaker_network(state: dict, path: str) -> dict:
         raise SpeakerNetError(f"{path}: key front.conv1.weight: a WeSpeaker SimAM-ResNet, which SpeakerNet does not "
                               f"import (it imports {', '.join(WESPEAKER_MODELS)})")
     raise SpeakerNetError(f"{path}: not a WeSpeaker network SpeakerNet has ({', '.join(WESPEAKER_MODELS)}): no "
-                          f"conv1.weight + seg_1.weight (ResNet), head.conv1.weight + xvector.* (CAM++) or "
-                          f"backbone.stem.0.weight (ReDimNet); its keys start {', '.join(sorted(state)[:3])}")
+                          f"conv1.weight + seg_1.weight (ResNet), head.conv1.weight + xvector.* (CAM++), "
+                          f"layer2.se_res2block.* (ECAPA-TDNN) or backbone.stem.0.weight (ReDimNet); its keys start "
+                          f"{', '.join(sorted(state)[:3])}")
 
 
 def _config_value(config: dict, config_path: str, *keys, default=None):
@@ -154,12 +191,21 @@ def wespeaker_config(config: dict, config_path: str) -> dict:
         raise SpeakerNetError(f"{config_path}: key model_args.feat_dim: {n_mels}, but dataset_args.fbank_args."
                               f"num_mel_bins is {bins}")
     described = {"model": model, "nOut": args.get("embed_dim"), "n_mels": n_mels}
+    if family(model) == "ecapa":        # an ECAPA-TDNN's pooling is read from its weights (pool.*: ASTP's)
+        described["pooling_func"] = args.get("pooling_func")
     return {key: value for key, value in described.items() if value is not None}
+
+
+def wespeaker_config_keys(config: dict) -> dict:
+    """The config key each option of :func:`wespeaker_config` is read from, for the message of a contradiction."""
+    args = config.get("model_args") or {}
+    return {"model": "model", "nOut": "model_args.embed_dim", "pooling_func": "model_args.pooling_func",
+            "n_mels": "model_args.feat_dim" if "feat_dim" in args else "dataset_args.fbank_args.num_mel_bins"}
 
 
 def wespeaker_spec(network: dict) -> ModelSpec:
     """The spec of a WeSpeaker network: its Kaldi fbanks (Hamming window, as WeSpeaker's training and extraction
-    compute them) on int16-scale samples, its pooling (TSTP; ASTP for a ReDimNet)."""
+    compute them) on int16-scale samples, its pooling (TSTP; ASTP for an ECAPA-TDNN or a ReDimNet)."""
     return ModelSpec(model=network["model"], nOut=network["nOut"], n_mels=network["n_mels"],
                      encoder_type=WESPEAKER_POOLING[family(network["model"])],
                      window="hamming", channels=network.get("channels"), audio_scale=AUDIO_SCALE,
@@ -181,7 +227,8 @@ def read_wespeaker(path: str, loaded, config: dict | None, config_path: str | No
     notes = []
     if config is not None:
         described = wespeaker_config(config, config_path)
-        check_agrees(path, network, described, WESPEAKER_HINTS, config_path)
+        hints = ECAPA_HINTS if family(network["model"]) == "ecapa" else WESPEAKER_HINTS
+        check_agrees(path, network, described, hints, config_path, config_keys=wespeaker_config_keys(config))
         notes.append(f"config {os.path.basename(config_path)}: model {described['model']}, as the keys say")
     return Imported(wespeaker_spec(network), body, dropped=head, notes=notes)
 
