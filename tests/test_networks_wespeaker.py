@@ -1,6 +1,7 @@
 """WeSpeaker's networks: the ResNet family by depth (ResNet18 ... ResNet293, one body in models/_wespeaker_resnet.py),
-CAM++ (models/CAMPPlus.py, WeSpeaker's and 3D-Speaker's layout) and the ECAPA-TDNNs (models/_wespeaker_ecapa.py; their
-import in tests/test_import_wespeaker_ecapa.py): parameter counts to the parameter against the
+CAM++ (models/CAMPPlus.py, WeSpeaker's and 3D-Speaker's layout), the ECAPA-TDNNs (models/_wespeaker_ecapa.py; their
+import in tests/test_import_wespeaker_ecapa.py) and the SimAM-ResNets (models/_wespeaker_simam.py; their import in
+tests/test_import_wespeaker_simam.py): parameter counts to the parameter against the
 published figures and against WeSpeaker's own model code (wespeaker-unofficial, where installed: the same keys and
 shapes), training steps with the losses, BatchNorm folding, their options."""
 
@@ -21,6 +22,7 @@ from trainSpeakerNet import spec_from_argv
 
 DEPTHS = (18, 34, 50, 101, 152, 221, 293)
 ECAPAS = ("ECAPA_TDNN_c512", "ECAPA_TDNN_GLOB_c512", "ECAPA_TDNN_c1024", "ECAPA_TDNN_GLOB_c1024")
+SIMAMS = ("SimAM_ResNet34_ASP", "SimAM_ResNet100_ASP")
 # Published: WeSpeaker's model cards and the counts of its own code (256-d, TSTP, 80 fbanks; CAM++ 512-d)
 PUBLISHED = {"ResNet34": 6_634_336, "ResNet293": 28_626_016, "CAMPPlus": 7_176_224}
 
@@ -55,10 +57,13 @@ def wespeaker_networks():
     ecapa = wespeaker_module("models.ecapa_tdnn")
     for name in ECAPAS:
         networks[name] = lambda name=name: getattr(ecapa, name)(feat_dim=80, embed_dim=192, pooling_func="ASTP")
+    simam = wespeaker_module("models.samresnet")
+    for name in SIMAMS:
+        networks[name] = lambda name=name: getattr(simam, name)(in_planes=64, embed_dim=256, acoustic_dim=80)
     return networks
 
 
-@pytest.mark.parametrize("name", [f"ResNet{depth}" for depth in DEPTHS] + ["CAMPPlus", *ECAPAS])
+@pytest.mark.parametrize("name", [f"ResNet{depth}" for depth in DEPTHS] + ["CAMPPlus", *ECAPAS, *SIMAMS])
 def test_keys_shapes_and_counts_are_wespeakers_own(name):
     theirs = wespeaker_networks()[name]()
     ours = build(name, frontend="kaldi_fbank")

@@ -19,7 +19,8 @@ Every import then goes the same way (:func:`import_checkpoint`):
    --initial_model``, ``load_embedder`` and every ``inference.py`` command read as one of our own.
 
 Toolkits: ``wespeaker`` (``avg_model.pt``, a state dict as ``wespeaker/utils/checkpoint.py`` saves it, with its
-``config.yaml``: ResNet18-293, CAM++, ReDimNet B0-B6 and the ECAPA-TDNNs ``ECAPA_TDNN[_GLOB]_c{512,1024}``),
+``config.yaml``: ResNet18-293, CAM++, ReDimNet B0-B6, the ECAPA-TDNNs ``ECAPA_TDNN[_GLOB]_c{512,1024}`` and the
+SimAM-ResNets ``SimAM_ResNet34_ASP``, ``SimAM_ResNet100_ASP``),
 ``pyannote`` (``pytorch_model.bin``: WeSpeaker's ResNets re-packaged as
 ``pyannote.audio.models.embedding.wespeaker.WeSpeakerResNet{34,152,221,293}``), ``3dspeaker`` (a bare state dict per
 model id: CAM++ and ERes2NetV2; ``--config`` is the model id, the network's name or its training config),

@@ -1,5 +1,5 @@
-"""The ``wespeaker`` and ``pyannote`` entries of :mod:`spknet.importing`: WeSpeaker's ResNets, CAM++, ECAPA-TDNNs and
-ReDimNets, and pyannote's re-packaged WeSpeaker ResNets."""
+"""The ``wespeaker`` and ``pyannote`` entries of :mod:`spknet.importing`: WeSpeaker's ResNets, CAM++, ECAPA-TDNNs,
+SimAM-ResNets and ReDimNets, and pyannote's re-packaged WeSpeaker ResNets."""
 
 import os
 
@@ -13,6 +13,7 @@ from spknet.models._redimnet import read_sizes as redimnet_sizes
 from spknet.models._redimnet import stage_count as redimnet_stages
 from spknet.models._wespeaker_ecapa import AGGREGATED as ECAPA_AGGREGATED
 from spknet.models._wespeaker_ecapa import NETWORKS as ECAPA_NETWORKS
+from spknet.models._wespeaker_simam import NETWORKS as SIMAM_NETWORKS
 from spknet.specs import ModelSpec
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -27,7 +28,9 @@ RESNET_DEPTHS = {18: (False, (2, 2, 2, 2)), 34: (False, (3, 4, 6, 3)), 50: (True
 REDIMNETS = tuple(f"ReDimNet{config}" for config in REDIMNET_CONFIGS)
 # WeSpeaker's ECAPA_TDNN_c512 ... ECAPA_TDNN_GLOB_c1024 (wespeaker/models/ecapa_tdnn.py), plugins of the same names
 ECAPAS = tuple(ECAPA_NETWORKS)
-WESPEAKER_MODELS = tuple(f"ResNet{depth}" for depth in RESNET_DEPTHS) + ("CAMPPlus",) + ECAPAS + REDIMNETS
+# WeSpeaker's SimAM_ResNet34_ASP and SimAM_ResNet100_ASP (wespeaker/models/samresnet.py), plugins of the same names
+SIMAMS = tuple(SIMAM_NETWORKS)
+WESPEAKER_MODELS = tuple(f"ResNet{depth}" for depth in RESNET_DEPTHS) + ("CAMPPlus",) + ECAPAS + SIMAMS + REDIMNETS
 # the model_args each supports, with the values SpeakerNet's network computes (None: any value, read as a spec field)
 WESPEAKER_ARGS = {
     "resnet": {"feat_dim": None, "embed_dim": None, "pooling_func": "TSTP", "two_emb_layer": False},
@@ -35,10 +38,12 @@ WESPEAKER_ARGS = {
                  "init_channels": 128, "config_str": "batchnorm-relu"},
     "redimnet": {"feat_dim": None, "embed_dim": None, "pooling_func": "ASTP", "two_emb_layer": False},
     "ecapa": {"feat_dim": None, "embed_dim": None, "pooling_func": None, "emb_bn": False},
+    # a SimAM-ResNet's own argument names; its dropout acts in training only and has no weights: any value
+    "simam": {"in_planes": None, "embed_dim": None, "acoustic_dim": None, "dropout": None},
 }
 # the pooling each computes, as SpeakerNet's encoder_type names it (WeSpeaker's ASTP, with or without global
-# context: ASP; the ECAPA's model name says which)
-WESPEAKER_POOLING = {"resnet": "TSTP", "CAMPPlus": "TSTP", "redimnet": "ASP", "ecapa": "ASP"}
+# context: ASP, the ECAPA's model name says which; a SimAM-ResNet's own attentive statistics, WeSpeaker's ASP: ASP)
+WESPEAKER_POOLING = {"resnet": "TSTP", "CAMPPlus": "TSTP", "redimnet": "ASP", "ecapa": "ASP", "simam": "ASP"}
 # the fbank and CMVN WeSpeaker evaluates with (wespeaker/bin/extract.py: dither 0, cmvn with norm_mean only)
 WESPEAKER_FBANK = {"frame_length": 25, "frame_shift": 10}
 WESPEAKER_HEAD = "projection."
@@ -48,6 +53,9 @@ WESPEAKER_HINTS = {"model": "keys layer*/head.*/backbone.* (the network)",
 ECAPA_HINTS = {"model": "keys layer1.conv.weight (C) and pool.linear1.weight (GLOB: its input width)",
                "nOut": "key linear.weight", "n_mels": "key layer1.conv.weight's input width",
                "pooling_func": "keys pool.linear1.weight and pool.linear2.weight (ASTP's attention)"}
+SIMAM_HINTS = {"model": "keys front.layer1-4.* (blocks per stage)", "nOut": "key bottleneck.weight",
+               "n_mels": "key pooling.attention.0.weight's input width (in_planes x n_mels)",
+               "channels": "key front.conv1.weight (in_planes)"}
 AUDIO_SCALE = "int16"           # WeSpeaker scales float waveforms by 1 << 15 before its fbank: int16 samples
 
 
@@ -55,6 +63,8 @@ def family(model: str) -> str:
     """The key of :data:`WESPEAKER_ARGS` and :data:`WESPEAKER_POOLING` for a WeSpeaker model name."""
     if model == "CAMPPlus":
         return "CAMPPlus"
+    if model in SIMAMS:
+        return "simam"
     return "redimnet" if model in REDIMNETS else "ecapa" if model in ECAPAS else "resnet"
 
 
@@ -74,11 +84,13 @@ def nearest_redimnet(state: dict, path: str) -> dict:
     return {"model": f"ReDimNet{min(distances, key=distances.get)}", **sizes}
 
 
-def ecapa_shape(state: dict, path: str, key: str, dims: int) -> torch.Size:
-    """The shape of ``state[key]``, a tensor of ``dims`` dimensions, or an error naming the key."""
+def network_shape(state: dict, path: str, key: str, dims: int,
+                  network: str = "ECAPA-TDNN (keys layer1-4.*, pool.*)") -> torch.Size:
+    """The shape of ``state[key]``, a tensor of ``dims`` dimensions, or an error naming the key (and ``network``,
+    what the keys say the file is)."""
     if key not in state or state[key].dim() != dims:
-        raise SpeakerNetError(f"{path}: key {key} of a WeSpeaker ECAPA-TDNN (keys layer1-4.*, pool.*) is missing or "
-                              f"misshapen: the network is read there")
+        raise SpeakerNetError(f"{path}: key {key} of a WeSpeaker {network} is missing or misshapen: the network is "
+                              f"read there")
     return state[key].shape
 
 
@@ -91,8 +103,8 @@ def wespeaker_ecapa(state: dict, path: str) -> dict:
     if "pool.linear1.weight" not in state:
         raise SpeakerNetError(f"{path}: key pool.linear1.weight is missing: an ECAPA-TDNN whose pooling is not ASTP, "
                               f"which SpeakerNet does not import (WeSpeaker's published ECAPA-TDNNs pool with ASTP)")
-    first = ecapa_shape(state, path, "layer1.conv.weight", 3)
-    attention_inputs = ecapa_shape(state, path, "pool.linear1.weight", 3)[1]
+    first = network_shape(state, path, "layer1.conv.weight", 3)
+    attention_inputs = network_shape(state, path, "pool.linear1.weight", 3)[1]
     widths = {ECAPA_AGGREGATED: False, 3 * ECAPA_AGGREGATED: True}
     if attention_inputs not in widths:
         raise SpeakerNetError(f"{path}: key pool.linear1.weight takes {attention_inputs} channels; WeSpeaker's "
@@ -103,14 +115,35 @@ def wespeaker_ecapa(state: dict, path: str) -> dict:
     if model is None:
         raise SpeakerNetError(f"{path}: key layer1.conv.weight: an ECAPA-TDNN of {first[0]} channels, which none of "
                               f"{', '.join(ECAPAS)} has (512 or 1024)")
-    return {"model": model, "nOut": ecapa_shape(state, path, "linear.weight", 2)[0], "n_mels": first[1],
+    return {"model": model, "nOut": network_shape(state, path, "linear.weight", 2)[0], "n_mels": first[1],
             "pooling_func": "ASTP"}
+
+
+def wespeaker_simam(state: dict, path: str) -> dict:
+    """Which SimAM-ResNet a WeSpeaker state dict with ``front.conv1.weight`` is: ResNet34 or ResNet100 from the
+    blocks per stage, in_planes from the stem's outputs, n_mels from the rows the pooling's attention takes
+    (in_planes x 8 channels x n_mels / 8 bands), nOut from ``bottleneck.weight``."""
+    network = "SimAM-ResNet (keys front.*, pooling.attention.*, bottleneck.*)"
+    in_planes = network_shape(state, path, "front.conv1.weight", 4, network)[0]
+    rows = network_shape(state, path, "pooling.attention.0.weight", 3, network)[1]
+    nOut = network_shape(state, path, "bottleneck.weight", 2, network)[0]
+    if rows % (8 * in_planes):
+        raise SpeakerNetError(f"{path}: key pooling.attention.0.weight takes {rows} rows, not a multiple of the "
+                              f"{8 * in_planes} channels of the last stage (8 x in_planes {in_planes}, key "
+                              f"front.conv1.weight)")
+    blocks = tuple(count_blocks(state, f"front.layer{stage}.") for stage in (1, 2, 3, 4))
+    model = next((name for name, known in SIMAM_NETWORKS.items() if known == blocks), None)
+    if model is None:
+        raise SpeakerNetError(f"{path}: a WeSpeaker SimAM-ResNet with blocks {'-'.join(map(str, blocks))} per stage "
+                              f"(keys front.layer1-4), which is none of {', '.join(SIMAMS)} ("
+                              f"{', '.join('-'.join(map(str, known)) for known in SIMAM_NETWORKS.values())})")
+    return {"model": model, "nOut": nOut, "n_mels": 8 * (rows // (8 * in_planes)), "channels": in_planes}
 
 
 def wespeaker_network(state: dict, path: str) -> dict:
     """What the keys and shapes of a WeSpeaker state dict say: ``model``, ``nOut``, ``n_mels`` (and ``channels``
-    for a ResNet or a ReDimNet, ``pooling_func`` for an ECAPA-TDNN); an error for a network SpeakerNet does not
-    have."""
+    for a ResNet, a SimAM-ResNet (its in_planes) or a ReDimNet, ``pooling_func`` for an ECAPA-TDNN); an error for a
+    network SpeakerNet does not have."""
     if "seg_2.weight" in state and ("conv1.weight" in state or "backbone.stem.0.weight" in state):
         kind = "ResNet" if "conv1.weight" in state else "ReDimNet"
         raise SpeakerNetError(f"{path}: key seg_2.weight: a {kind} with two_emb_layer True, which SpeakerNet does "
@@ -136,12 +169,11 @@ def wespeaker_network(state: dict, path: str) -> dict:
         return {"model": "CAMPPlus", "nOut": state["xvector.dense.linear.weight"].shape[0],
                 "n_mels": 8 * (state["xvector.tdnn.linear.weight"].shape[1] // state["head.conv1.weight"].shape[0])}
     if "front.conv1.weight" in state:
-        raise SpeakerNetError(f"{path}: key front.conv1.weight: a WeSpeaker SimAM-ResNet, which SpeakerNet does not "
-                              f"import (it imports {', '.join(WESPEAKER_MODELS)})")
+        return wespeaker_simam(state, path)
     raise SpeakerNetError(f"{path}: not a WeSpeaker network SpeakerNet has ({', '.join(WESPEAKER_MODELS)}): no "
                           f"conv1.weight + seg_1.weight (ResNet), head.conv1.weight + xvector.* (CAM++), "
-                          f"layer2.se_res2block.* (ECAPA-TDNN) or backbone.stem.0.weight (ReDimNet); its keys start "
-                          f"{', '.join(sorted(state)[:3])}")
+                          f"layer2.se_res2block.* (ECAPA-TDNN), front.conv1.weight (SimAM-ResNet) or "
+                          f"backbone.stem.0.weight (ReDimNet); its keys start {', '.join(sorted(state)[:3])}")
 
 
 def _config_value(config: dict, config_path: str, *keys, default=None):
@@ -186,26 +218,37 @@ def wespeaker_config(config: dict, config_path: str) -> dict:
         raise SpeakerNetError(f"{config_path}: key dataset_args.cmvn_args: SpeakerNet's kaldi_fbank subtracts the "
                               f"utterance mean only (cmvn True, norm_mean True, norm_var False)")
     bins = _config_value(config, config_path, "dataset_args", "fbank_args", "num_mel_bins")
-    n_mels = args.get("feat_dim", bins)
+    width = feature_argument(model)
+    n_mels = args.get(width, bins)
     if bins is not None and n_mels != bins:
-        raise SpeakerNetError(f"{config_path}: key model_args.feat_dim: {n_mels}, but dataset_args.fbank_args."
+        raise SpeakerNetError(f"{config_path}: key model_args.{width}: {n_mels}, but dataset_args.fbank_args."
                               f"num_mel_bins is {bins}")
     described = {"model": model, "nOut": args.get("embed_dim"), "n_mels": n_mels}
     if family(model) == "ecapa":        # an ECAPA-TDNN's pooling is read from its weights (pool.*: ASTP's)
         described["pooling_func"] = args.get("pooling_func")
+    if family(model) == "simam":        # in_planes, read from its weights (front.conv1.weight)
+        described["channels"] = args.get("in_planes")
     return {key: value for key, value in described.items() if value is not None}
+
+
+def feature_argument(model: str) -> str:
+    """The ``model_args`` key of the fbank width: WeSpeaker's SimAM-ResNets name it ``acoustic_dim``."""
+    return "acoustic_dim" if family(model) == "simam" else "feat_dim"
 
 
 def wespeaker_config_keys(config: dict) -> dict:
     """The config key each option of :func:`wespeaker_config` is read from, for the message of a contradiction."""
     args = config.get("model_args") or {}
+    width = feature_argument(config.get("model"))
     return {"model": "model", "nOut": "model_args.embed_dim", "pooling_func": "model_args.pooling_func",
-            "n_mels": "model_args.feat_dim" if "feat_dim" in args else "dataset_args.fbank_args.num_mel_bins"}
+            "channels": "model_args.in_planes",
+            "n_mels": f"model_args.{width}" if width in args else "dataset_args.fbank_args.num_mel_bins"}
 
 
 def wespeaker_spec(network: dict) -> ModelSpec:
     """The spec of a WeSpeaker network: its Kaldi fbanks (Hamming window, as WeSpeaker's training and extraction
-    compute them) on int16-scale samples, its pooling (TSTP; ASTP for an ECAPA-TDNN or a ReDimNet)."""
+    compute them) on int16-scale samples, its pooling (TSTP; ASTP for an ECAPA-TDNN or a ReDimNet, ASP for a
+    SimAM-ResNet: SpeakerNet's ASP either way)."""
     return ModelSpec(model=network["model"], nOut=network["nOut"], n_mels=network["n_mels"],
                      encoder_type=WESPEAKER_POOLING[family(network["model"])],
                      window="hamming", channels=network.get("channels"), audio_scale=AUDIO_SCALE,
@@ -227,7 +270,7 @@ def read_wespeaker(path: str, loaded, config: dict | None, config_path: str | No
     notes = []
     if config is not None:
         described = wespeaker_config(config, config_path)
-        hints = ECAPA_HINTS if family(network["model"]) == "ecapa" else WESPEAKER_HINTS
+        hints = {"ecapa": ECAPA_HINTS, "simam": SIMAM_HINTS}.get(family(network["model"]), WESPEAKER_HINTS)
         check_agrees(path, network, described, hints, config_path, config_keys=wespeaker_config_keys(config))
         notes.append(f"config {os.path.basename(config_path)}: model {described['model']}, as the keys say")
     return Imported(wespeaker_spec(network), body, dropped=head, notes=notes)
