@@ -345,3 +345,20 @@ def refused(tmp_path, toolkit, path, match, config=None) -> str:
     assert not out.exists() and not list(tmp_path.glob(".never.model.*"))
     assert str(path) in str(raised.value) or (config and str(config) in str(raised.value))
     return str(raised.value)
+
+
+def assert_imported_exports(folder, path: str, config: str | None = None) -> dict:
+    """Import WeSpeaker's ``path`` (with ``config``), export it to ONNX through ``inference.py export`` and check the
+    program against ``load_embedder`` on 1-s and 2.5-s waveforms; the program's metadata."""
+    import inference
+    from tests.helpers import assert_export_agrees, exported_runner
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model, onnx_path = str(folder / "M.model"), str(folder / "M.onnx")
+    import_checkpoint("wespeaker", path, model, config)
+    assert inference.main(["export", "--initial_model", model, "--format", "onnx", "--out", onnx_path]) == 0
+    run, metadata = exported_runner(onnx_path, "onnx")
+    embedder = load_embedder(model, device="cpu")
+    assert_export_agrees(run, lambda waves: embedder.embed(waves[0]), (16000, 40000), batch=1)
+    return metadata

@@ -30,8 +30,9 @@ import inference
 from spknet.checkpoints import read_checkpoint
 from spknet.importing import TOOLKITS, import_checkpoint
 from spknet.inference import load_embedder
-from tests.helpers import assert_export_agrees, eval_output, exported_runner, relative
+from tests.helpers import eval_output, relative
 from tests.oracles import (
+    assert_imported_exports,
     compare,
     pyannote_file,
     pyannote_layout_file,
@@ -328,17 +329,7 @@ def test_an_imported_model_embeds_and_verifies_as_ours(tmp_path, one_thread, cap
 
 @pytest.mark.slow
 def test_an_imported_model_exports_to_onnx_with_its_front_end(tmp_path, one_thread):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    path = wespeaker_layout_file(tmp_path)
-    model = str(tmp_path / "M.model")
-    import_checkpoint("wespeaker", path, model)
-    onnx_path = str(tmp_path / "M.onnx")
-    assert inference.main(["export", "--initial_model", model, "--format", "onnx", "--out", onnx_path]) == 0
-    run, metadata = exported_runner(onnx_path, "onnx")
-    embedder = load_embedder(model, device="cpu")
-    assert_export_agrees(run, lambda waves: embedder.embed(waves[0]), (16000, 40000), batch=1)
-    assert metadata["frontend"] == "kaldi_fbank"
+    assert assert_imported_exports(tmp_path, wespeaker_layout_file(tmp_path))["frontend"] == "kaldi_fbank"
 
 
 @pytest.mark.slow

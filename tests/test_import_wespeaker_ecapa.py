@@ -21,13 +21,13 @@ from spknet.checkpoints import read_checkpoint
 from spknet.errors import SpeakerNetError
 from spknet.folding import fold_batch_norms, inference_copy
 from spknet.importing import import_checkpoint
-from spknet.inference import load_embedder
 from spknet.model import SpeakerNet
 from spknet.specs import ModelSpec
-from tests.helpers import assert_export_agrees, exported_runner
 from tests.oracles import (
+    assert_imported_exports,
     compare,
     count,
+    layout,
     randomise,
     refused,
     speech_like,
@@ -48,7 +48,7 @@ MOST_RELATIVE = 1e-4
 
 def shapes(module: torch.nn.Module) -> list:
     """Keys (in order) and shapes of every parameter and buffer the state dict holds."""
-    return [(key, tuple(value.shape)) for key, value in module.state_dict().items()]
+    return list(layout(module).items())
 
 
 def wespeaker_ecapa(name: str) -> torch.nn.Module:
@@ -226,13 +226,5 @@ def test_weights_that_are_no_plugin_are_one_error_naming_the_key(tmp_path, edit,
 
 @pytest.mark.slow
 def test_an_imported_ecapa_exports_to_onnx_and_agrees(tmp_path, one_thread):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    model = str(tmp_path / "M.model")
-    import_checkpoint("wespeaker", layout_file(tmp_path), model, ecapa_config(tmp_path))
-    onnx_path = str(tmp_path / "M.onnx")
-    assert inference.main(["export", "--initial_model", model, "--format", "onnx", "--out", onnx_path]) == 0
-    run, metadata = exported_runner(onnx_path, "onnx")
-    embedder = load_embedder(model, device="cpu")
-    assert_export_agrees(run, lambda waves: embedder.embed(waves[0]), (16000, 40000), batch=1)
+    metadata = assert_imported_exports(tmp_path, layout_file(tmp_path), ecapa_config(tmp_path))
     assert metadata["frontend"] == "kaldi_fbank" and metadata["model"] == "ECAPA_TDNN_GLOB_c512"
