@@ -27,6 +27,7 @@ from torch import nn
 from spknet.errors import SpeakerNetError
 
 from ._frontend import check_choice, check_feature_frontend, make_frontend
+from ._wespeaker_ecapa import AttentiveStatistics
 
 # WeSpeaker's ReDimNetB0 ... B6: C, the 2D block, the group divisor, and per stage (stride, blocks, conv_exp,
 # kernel_sizes (unused, kept as WeSpeaker writes them), att_block_red); every one has 1D block "conv+att", no
@@ -275,25 +276,6 @@ class ReDimNetBone(nn.Module):
         return self.mfa(self.weigh(outputs, -1))
 
 
-class ASTP(nn.Module):
-    """WeSpeaker's attentive statistics pooling with global context (mean and std of the utterance beside each
-    frame), bottleneck 128: the attention-weighted mean and standard deviation of every row."""
-
-    def __init__(self, in_dim: int, bottleneck_dim: int = 128):
-        super().__init__()
-        self.linear1 = nn.Conv1d(in_dim * 3, bottleneck_dim, kernel_size=1)
-        self.linear2 = nn.Conv1d(bottleneck_dim, in_dim, kernel_size=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        context_mean = torch.mean(x, dim=-1, keepdim=True).expand_as(x)
-        context_std = torch.sqrt(torch.var(x, dim=-1, keepdim=True) + 1e-7).expand_as(x)
-        alpha = torch.softmax(self.linear2(torch.tanh(self.linear1(torch.cat((x, context_mean, context_std), 1)))),
-                              dim=2)
-        mean = torch.sum(alpha * x, dim=2)
-        var = torch.sum(alpha * x ** 2, dim=2) - mean ** 2
-        return torch.cat([mean, torch.sqrt(var.clamp(min=1e-7))], dim=1)
-
-
 class ReDimNet(nn.Module):
     """Features ``(batch, n_mels, frames)`` -> embeddings ``(batch, nOut)`` (:meth:`embed`); with a front end,
     waveforms -> embeddings (``forward``). ``channels`` overrides the configuration's ``C`` (a narrower network for
@@ -308,7 +290,7 @@ class ReDimNet(nn.Module):
         self.config = config
         self.frontend = frontend
         self.backbone = ReDimNetBone(n_mels, C, setup["block_2d"], setup["stages"], setup["group_divisor"])
-        self.pool = ASTP(in_dim=C * n_mels)
+        self.pool = AttentiveStatistics(C * n_mels, global_context=True)      # WeSpeaker's ASTP
         self.seg_1 = nn.Linear(2 * C * n_mels, nOut)
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:

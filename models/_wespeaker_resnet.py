@@ -94,6 +94,12 @@ def shortcut(inplanes: int, planes: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(inplanes, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(planes))
 
 
+def block_pairs(model: nn.Module, block_types: tuple[type, ...]) -> list[tuple[str, str]]:
+    """The conv -> BN pairs every block of ``block_types`` in ``model`` declares, named from ``model``."""
+    return [(f"{name}.{conv}", f"{name}.{norm}") for name, module in model.named_modules()
+            if isinstance(module, block_types) for conv, norm in module.fusable_conv_bn_pairs()]
+
+
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
@@ -133,11 +139,7 @@ class WeSpeakerResNet(nn.Module):
 
     def fusable_conv_bn_pairs(self) -> list[tuple[str, str]]:
         """The stem and every block's pairs (spknet.folding)."""
-        pairs = [("conv1", "bn1")]
-        for name, module in self.named_modules():
-            if isinstance(module, (BasicBlock, Bottleneck)):
-                pairs += [(f"{name}.{conv}", f"{name}.{norm}") for conv, norm in module.fusable_conv_bn_pairs()]
-        return pairs
+        return [("conv1", "bn1"), *block_pairs(self, (BasicBlock, Bottleneck))]
 
     @staticmethod
     def statistics(x: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from torch import nn
 from spknet.errors import SpeakerNetError
 
 from ._frontend import check_choice, check_feature_frontend, make_frontend
+from ._wespeaker_resnet import block_pairs, shortcut
 
 ENCODERS = ("ASP",)         # WeSpeaker's ASP: attentive statistics of every (channel, frequency) row
 SIMAM_LAMBDA = 1e-4         # SimAM's regulariser of the map's variance (WeSpeaker's lambda_p)
@@ -61,10 +62,7 @@ class SimAMBasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = nn.Sequential()
-        if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, kernel_size=1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(planes))
+        self.downsample = shortcut(inplanes, planes, stride)    # WeSpeaker's name here, the ResNets' layers
 
     def fusable_conv_bn_pairs(self) -> list[tuple[str, str]]:
         """Each BN normalises its conv's output alone (SimAM reads bn2's output, after the BN)."""
@@ -125,16 +123,13 @@ class WeSpeakerSimAM(nn.Module):
         self.frontend = frontend
         self.front = SimAMTrunk(in_planes, blocks)
         # (channels x frequency) rows after three stride-2 stages: WeSpeaker's in_planes * 8 * (acoustic_dim / 8)
-        self.pooling = AttentiveStatistics(in_planes * 8 * -(-n_mels // 8))
-        self.bottleneck = nn.Linear(2 * in_planes * 8 * -(-n_mels // 8), nOut)
+        rows = in_planes * 8 * -(-n_mels // 8)
+        self.pooling = AttentiveStatistics(rows)
+        self.bottleneck = nn.Linear(2 * rows, nOut)
 
     def fusable_conv_bn_pairs(self) -> list[tuple[str, str]]:
         """The stem's and every block's pairs (spknet.folding); the pooling's BN follows a ReLU."""
-        pairs = [("front.conv1", "front.bn1")]
-        for name, module in self.named_modules():
-            if isinstance(module, SimAMBasicBlock):
-                pairs += [(f"{name}.{conv}", f"{name}.{norm}") for conv, norm in module.fusable_conv_bn_pairs()]
-        return pairs
+        return [("front.conv1", "front.bn1"), *block_pairs(self, (SimAMBasicBlock,))]
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         """WeSpeaker's ``forward(features.transpose(1, 2))``."""
